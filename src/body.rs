@@ -1,0 +1,125 @@
+//! The body type of the request path. An enum rather than a boxed trait object, so the common
+//! cases (a streamed hyper body, a small buffer) cost no allocation. Bodies are never collected
+//! whole: they stream frame by frame between client and upstream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+use crate::error::BoxError;
+
+/// Per-request counters shared by the request body and the access log.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub bytes_in: AtomicU64,
+    /// Set when the client sent more than the route's `max_body_size` (a chunked body cannot be
+    /// refused before it is read).
+    pub body_too_large: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+pub enum Body {
+    Empty,
+    Full(Option<Bytes>),
+    /// A streamed body from hyper (a response from an upstream).
+    Incoming(Incoming),
+    /// A client's request body, counted and capped at `limit` bytes.
+    Request {
+        inner: Incoming,
+        limit: u64,
+        seen: u64,
+        tally: Arc<Tally>,
+    },
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::Empty
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        Body::Full(Some(b.into()))
+    }
+
+    pub fn request(inner: Incoming, limit: Option<u64>, tally: Arc<Tally>) -> Body {
+        Body::Request {
+            inner,
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+            tally,
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(data) => Poll::Ready(
+                data.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Body::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Body::Request {
+                inner,
+                limit,
+                seen,
+                tally,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        let n = data.len() as u64;
+                        *seen += n;
+                        tally.bytes_in.fetch_add(n, Ordering::Relaxed);
+                        if *seen > *limit {
+                            tally.body_too_large.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(d) => d.as_ref().is_none_or(|b| b.is_empty()),
+            Body::Incoming(i) => i.is_end_stream(),
+            Body::Request { inner, .. } => inner.is_end_stream(),
+            Body::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Incoming(i) => i.size_hint(),
+            Body::Request { inner, .. } => inner.size_hint(),
+            Body::Boxed(b) => b.size_hint(),
+        }
+    }
+}

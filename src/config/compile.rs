@@ -1,0 +1,865 @@
+//! Config (plain data) -> Runtime (validated, precompiled, immutable). Every check that needs
+//! more than one key lives here, and every problem is collected with its key path; nothing
+//! half-valid ever runs. Warnings (routes that can never match, unused upstreams) do not stop
+//! the config from loading.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method, Uri};
+
+use super::ConfigError;
+use super::model::*;
+use crate::policy::headers::HeadersPolicy;
+use crate::policy::{Bound, Policy};
+use crate::router::{HostPattern, Matcher, PathPattern, RewriteTemplate, Routable, Router};
+use crate::upstream::balancer::SmoothWeighted;
+use crate::upstream::{self, Pools, Target, Timeouts, Upstream};
+
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's read buffer cannot be smaller than this.
+const MIN_HEADER_SIZE: u64 = 8 * 1024;
+
+/// The compiled, immutable form of a config. A request loads one and uses it to the end.
+pub struct Runtime {
+    pub listeners: Vec<SocketAddr>,
+    pub router: Router<Route>,
+    /// In config order.
+    pub routes: Vec<Arc<Route>>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub access_log: Option<AccessLogConfig>,
+    pub server: ServerSettings,
+    pub workers: Option<usize>,
+    pub warnings: Vec<ConfigError>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub request_header_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_body_size: Option<u64>,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+}
+
+pub enum PathAction {
+    /// Forward the client's path and query as they came.
+    Keep,
+    /// Remove this prefix from the path.
+    StripPrefix(String),
+    /// Replace the path (the query is kept).
+    Rewrite(RewriteTemplate),
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub index: usize,
+    pub matcher: Matcher,
+    pub upstream: Arc<Upstream>,
+    pub path_action: PathAction,
+    pub chain: Vec<Bound>,
+    pub max_body_size: Option<u64>,
+}
+
+impl Routable for Route {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+}
+
+/// Compiles a parsed config. `pools` keeps connection pools across recompiles.
+pub fn compile(cfg: &Config, pools: &Pools) -> Result<Runtime, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+
+    let listeners = compile_listeners(&cfg.listen, &mut errors);
+    let server = compile_server(&cfg.server, &mut errors);
+
+    if let Some(w) = cfg.workers {
+        if w == 0 || w > 1024 {
+            errors.push(ConfigError::new(
+                "workers",
+                format!("must be between 1 and 1024, got {w}"),
+            ));
+        }
+    }
+
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &cfg.upstreams {
+        if let Some(up) = compile_upstream(name, u, pools, &mut errors) {
+            upstreams.insert(name.clone(), Arc::new(up));
+        }
+    }
+
+    // Named policies compile once and are shared by every route that uses them.
+    let mut named: BTreeMap<&str, Vec<Arc<dyn Policy>>> = BTreeMap::new();
+    for (name, p) in &cfg.policies {
+        named.insert(
+            name.as_str(),
+            compile_policy_set(p, &format!("policies.{name}"), &mut errors),
+        );
+    }
+    let known_policies = || {
+        cfg.policies
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let resolve_uses = |uses: &[String], path: &str, errors: &mut Vec<ConfigError>| -> Vec<Bound> {
+        let mut chain = Vec::new();
+        for (i, u) in uses.iter().enumerate() {
+            match named.get(u.as_str()) {
+                Some(ps) => chain.extend(ps.iter().map(|p| Bound {
+                    policy: p.clone(),
+                    source: format!("policies.{u}"),
+                })),
+                None => errors.push(ConfigError::new(
+                    format!("{path}[{i}]"),
+                    if cfg.policies.is_empty() {
+                        format!("no policy named {u:?} (there is no `policies:` section)")
+                    } else {
+                        format!("no policy named {u:?} (known: {})", known_policies())
+                    },
+                )),
+            }
+        }
+        chain
+    };
+
+    let mut global_chain = Vec::new();
+    if let Some(g) = &cfg.global {
+        global_chain.extend(resolve_uses(&g.uses, "global.use", &mut errors));
+        let inline = PolicySetConfig {
+            headers: g.headers.clone(),
+        };
+        global_chain.extend(
+            compile_policy_set(&inline, "global", &mut errors)
+                .into_iter()
+                .map(|p| Bound {
+                    policy: p,
+                    source: "global".into(),
+                }),
+        );
+    }
+
+    let mut routes = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
+    let mut used_upstreams: HashSet<&str> = HashSet::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let matcher = compile_matcher(&r.matcher, &format!("{path}.match"), &mut errors);
+        let upstream = match upstreams.get(&r.upstream) {
+            Some(u) => Some(u.clone()),
+            None => {
+                if !cfg.upstreams.contains_key(&r.upstream) {
+                    let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
+                    errors.push(ConfigError::new(
+                        format!("{path}.upstream"),
+                        if known.is_empty() {
+                            format!(
+                                "no upstream named {:?} (there is no `upstreams:` section)",
+                                r.upstream
+                            )
+                        } else {
+                            format!(
+                                "no upstream named {:?} (known: {})",
+                                r.upstream,
+                                known.join(", ")
+                            )
+                        },
+                    ));
+                }
+                None
+            }
+        };
+        used_upstreams.insert(r.upstream.as_str());
+
+        let name = match &r.name {
+            Some(n) => {
+                if n.trim().is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{path}.name"),
+                        "must not be empty",
+                    ));
+                }
+                if !names.insert(n.clone()) {
+                    errors.push(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("duplicate route name {n:?}"),
+                    ));
+                }
+                n.clone()
+            }
+            None => {
+                let mut n = matcher
+                    .as_ref()
+                    .map_or_else(|| format!("routes[{i}]"), derive_name);
+                if names.contains(&n) {
+                    n = format!("{n} #{i}");
+                }
+                names.insert(n.clone());
+                n
+            }
+        };
+
+        let path_action = match (&r.rewrite, r.strip_prefix) {
+            (Some(_), true) => {
+                errors.push(ConfigError::new(
+                    format!("{path}.rewrite"),
+                    "use either `rewrite` or `strip_prefix`, not both",
+                ));
+                PathAction::Keep
+            }
+            (Some(t), false) => match RewriteTemplate::parse(
+                t,
+                &matcher
+                    .as_ref()
+                    .map(|m| m.path.param_names())
+                    .unwrap_or_default(),
+            ) {
+                Ok(t) => PathAction::Rewrite(t),
+                Err(e) => {
+                    errors.push(ConfigError::new(format!("{path}.rewrite"), e));
+                    PathAction::Keep
+                }
+            },
+            (None, true) => match matcher.as_ref().map(|m| &m.path) {
+                Some(PathPattern::Prefix(p)) => PathAction::StripPrefix(p.clone()),
+                None => PathAction::Keep,
+                _ => {
+                    errors.push(ConfigError::new(
+                        format!("{path}.strip_prefix"),
+                        "needs `match.path_prefix` (with `match.path`, use `rewrite`)",
+                    ));
+                    PathAction::Keep
+                }
+            },
+            (None, false) => PathAction::Keep,
+        };
+
+        let mut chain: Vec<Bound> = global_chain
+            .iter()
+            .map(|b| Bound {
+                policy: b.policy.clone(),
+                source: b.source.clone(),
+            })
+            .collect();
+        chain.extend(resolve_uses(&r.uses, &format!("{path}.use"), &mut errors));
+        let inline = PolicySetConfig {
+            headers: r.headers.clone(),
+        };
+        chain.extend(
+            compile_policy_set(&inline, &path, &mut errors)
+                .into_iter()
+                .map(|p| Bound {
+                    policy: p,
+                    source: "inline".into(),
+                }),
+        );
+
+        if let (Some(upstream), Some(matcher)) = (upstream, matcher) {
+            routes.push(Arc::new(Route {
+                name: name.into(),
+                index: i,
+                matcher,
+                upstream,
+                path_action,
+                chain,
+                max_body_size: r.max_body_size.map(|b| b.0).or(server.max_body_size),
+            }));
+        }
+    }
+
+    for name in cfg.upstreams.keys() {
+        if !used_upstreams.contains(name.as_str()) {
+            warnings.push(ConfigError::new(
+                format!("upstreams.{name}"),
+                "is not used by any route",
+            ));
+        }
+    }
+    if cfg.routes.is_empty() {
+        warnings.push(ConfigError::new(
+            "routes",
+            "no routes: every request will get 404",
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let router = Router::new(routes.clone());
+    for s in router.shadowed() {
+        let (a, b) = (&routes[s.index], routes.iter().find(|r| r.index == s.by));
+        warnings.push(ConfigError::new(
+            format!("routes[{}]", a.index),
+            match b {
+                Some(b) => format!(
+                    "route {:?} can never match: route {:?} (routes[{}]) matches every request it would, and is at least as specific",
+                    a.name, b.name, b.index
+                ),
+                None => format!("route {:?} can never match", a.name),
+            },
+        ));
+    }
+
+    let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+    pools.retain(&names);
+
+    let access_log = match &cfg.access_log {
+        None => Some(AccessLogConfig::default()),
+        Some(AccessLogSetting::Switch(Switch::Bool(false) | Switch::Word(OnOff::Off))) => None,
+        Some(AccessLogSetting::Switch(Switch::Bool(true) | Switch::Word(OnOff::On))) => {
+            Some(AccessLogConfig::default())
+        }
+        Some(AccessLogSetting::Config(c)) => Some(c.clone()),
+    };
+
+    Ok(Runtime {
+        listeners,
+        router,
+        routes,
+        upstreams,
+        access_log,
+        server,
+        workers: cfg.workers,
+        warnings,
+    })
+}
+
+fn derive_name(m: &Matcher) -> String {
+    let mut s = String::new();
+    if !m.methods.is_empty() {
+        s.push_str(
+            &m.methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        s.push(' ');
+    }
+    if let Some(h) = m.hosts.first() {
+        if *h != HostPattern::Any {
+            s.push_str(&h.display());
+        }
+    }
+    s.push_str(&m.path.display());
+    if matches!(m.path, PathPattern::Prefix(_)) && !s.ends_with('/') {
+        s.push_str("/*");
+    } else if matches!(m.path, PathPattern::Prefix(_)) {
+        s.push('*');
+    }
+    s
+}
+
+fn compile_listeners(l: &ListenConfig, errors: &mut Vec<ConfigError>) -> Vec<SocketAddr> {
+    let entries: Vec<(String, &str)> = match l {
+        ListenConfig::One(s) => vec![("listen".into(), s.as_str())],
+        ListenConfig::Many(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match e {
+                ListenerEntry::Addr(s) => (format!("listen[{i}]"), s.as_str()),
+                ListenerEntry::Full(f) => (format!("listen[{i}].addr"), f.addr.as_str()),
+            })
+            .collect(),
+    };
+    if entries.is_empty() {
+        errors.push(ConfigError::new(
+            "listen",
+            "at least one listener is needed",
+        ));
+    }
+    let mut out = Vec::new();
+    for (path, s) in entries {
+        match parse_listen_addr(s) {
+            Ok(a) => {
+                if out.contains(&a) {
+                    errors.push(ConfigError::new(
+                        path,
+                        format!("address {a} is listed twice"),
+                    ));
+                } else {
+                    out.push(a);
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(path, e)),
+        }
+    }
+    out
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all interfaces), `localhost:8080`.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Err(format!(
+        "invalid listen address {s:?} (expected IP:PORT such as \"127.0.0.1:8080\" or \"[::]:8080\")"
+    ))
+}
+
+fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSettings {
+    let max_header_size = s.max_header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |b| b.0);
+    if max_header_size < MIN_HEADER_SIZE || max_header_size > 16 * 1024 * 1024 {
+        errors.push(ConfigError::new(
+            "server.max_header_size",
+            "must be between 8KiB and 16MiB",
+        ));
+    }
+    let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        errors.push(ConfigError::new(
+            "server.max_connections",
+            "must be at least 1",
+        ));
+    }
+    let request_header_timeout = s
+        .request_header_timeout
+        .map_or(DEFAULT_REQUEST_HEADER_TIMEOUT, |d| d.0);
+    if request_header_timeout.is_zero() {
+        errors.push(ConfigError::new(
+            "server.request_header_timeout",
+            "must be more than 0",
+        ));
+    }
+    ServerSettings {
+        request_header_timeout,
+        max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
+        max_body_size: s.max_body_size.map(|b| b.0),
+        max_connections,
+        shutdown_timeout: s.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+    }
+}
+
+fn compile_upstream(
+    name: &str,
+    u: &UpstreamConfig,
+    pools: &Pools,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Upstream> {
+    let path = format!("upstreams.{name}");
+    let before = errors.len();
+    if u.targets.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{path}.targets"),
+            "at least one target is needed",
+        ));
+    }
+    let mut targets = Vec::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let (url, weight, tpath) = match t {
+            TargetConfig::Url(s) => (s.as_str(), 1, format!("{path}.targets[{i}]")),
+            TargetConfig::Weighted(w) => (
+                w.url.as_str(),
+                w.weight.unwrap_or(1),
+                format!("{path}.targets[{i}].url"),
+            ),
+        };
+        if weight > 1000 {
+            errors.push(ConfigError::new(
+                format!("{path}.targets[{i}].weight"),
+                format!("must be 0..=1000, got {weight}"),
+            ));
+        }
+        match parse_target_url(url) {
+            Ok((scheme, authority)) => {
+                let Ok(host_header) = HeaderValue::from_str(authority.as_str()) else {
+                    errors.push(ConfigError::new(tpath, format!("invalid host in {url:?}")));
+                    continue;
+                };
+                if targets.iter().any(|t: &Target| t.authority == authority) {
+                    errors.push(ConfigError::new(
+                        tpath,
+                        format!("target {url:?} is listed twice"),
+                    ));
+                    continue;
+                }
+                targets.push(Target {
+                    url: url.to_owned(),
+                    scheme,
+                    authority,
+                    host_header,
+                    weight,
+                });
+            }
+            Err(e) => errors.push(ConfigError::new(tpath, e)),
+        }
+    }
+    if !targets.is_empty() && targets.iter().all(|t| t.weight == 0) {
+        errors.push(ConfigError::new(
+            format!("{path}.targets"),
+            "every target has weight 0: none could take traffic",
+        ));
+    }
+    let timeouts = Timeouts {
+        connect: u
+            .timeouts
+            .connect
+            .map_or(upstream::DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+        response: u
+            .timeouts
+            .response
+            .map_or(upstream::DEFAULT_RESPONSE_TIMEOUT, |d| d.0),
+        idle: u
+            .timeouts
+            .idle
+            .map_or(upstream::DEFAULT_IDLE_TIMEOUT, |d| d.0),
+    };
+    for (k, d) in [
+        ("connect", timeouts.connect),
+        ("response", timeouts.response),
+    ] {
+        if d.is_zero() {
+            errors.push(ConfigError::new(
+                format!("{path}.timeouts.{k}"),
+                "must be more than 0",
+            ));
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    Some(Upstream {
+        name: name.into(),
+        balancer: SmoothWeighted::new(&weights),
+        targets,
+        client: pools.client(name, timeouts),
+        timeouts,
+        preserve_host: u.preserve_host.unwrap_or(true),
+    })
+}
+
+/// `http://host:port` (port defaults to 80). No path, query or user info.
+pub fn parse_target_url(url: &str) -> Result<(Scheme, Authority), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("URL {url:?} needs a scheme, e.g. \"http://{url}\""))?;
+    if scheme != Scheme::HTTP {
+        return Err(if scheme == Scheme::HTTPS {
+            format!(
+                "URL {url:?}: https targets are not supported yet (TLS to upstreams is a later capability); use http://"
+            )
+        } else {
+            format!("URL {url:?}: unsupported scheme {scheme} (use http://)")
+        });
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("URL {url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("URL {url:?} must not contain user info"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("URL {url:?} has no host"));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+    {
+        return Err(format!(
+            "URL {url:?} must not have a path or query (use the route's `rewrite` to change paths)"
+        ));
+    }
+    let authority = if authority.port().is_none() {
+        format!("{}:80", authority.host())
+            .parse::<Authority>()
+            .map_err(|e| format!("invalid URL {url:?}: {e}"))?
+    } else {
+        authority
+    };
+    // Host names are resolved when connecting, not here.
+    Ok((scheme, authority))
+}
+
+fn compile_matcher(m: &MatchConfig, path: &str, errors: &mut Vec<ConfigError>) -> Option<Matcher> {
+    let before = errors.len();
+    let pattern = match (&m.path, &m.path_prefix) {
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::new(
+                format!("{path}.path"),
+                "use either `path` or `path_prefix`, not both",
+            ));
+            None
+        }
+        (Some(p), None) => PathPattern::parse_path(p)
+            .map_err(|e| errors.push(ConfigError::new(format!("{path}.path"), e)))
+            .ok(),
+        (None, Some(p)) => PathPattern::parse_prefix(p)
+            .map_err(|e| errors.push(ConfigError::new(format!("{path}.path_prefix"), e)))
+            .ok(),
+        (None, None) => Some(PathPattern::Prefix("/".into())),
+    };
+    let mut hosts = Vec::new();
+    for (i, h) in m.hosts.iter().enumerate() {
+        match HostPattern::parse(h) {
+            Ok(p) => {
+                if hosts.contains(&p) {
+                    errors.push(ConfigError::new(
+                        format!("{path}.hosts[{i}]"),
+                        format!("host {h:?} is listed twice"),
+                    ));
+                } else {
+                    hosts.push(p);
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(format!("{path}.hosts[{i}]"), e)),
+        }
+    }
+    if hosts.contains(&HostPattern::Any) {
+        hosts.clear();
+    }
+    let mut methods = Vec::new();
+    for (i, s) in m.methods.iter().enumerate() {
+        let up = s.to_ascii_uppercase();
+        match Method::from_bytes(up.as_bytes()) {
+            Ok(me) if up.bytes().all(|b| b.is_ascii_uppercase()) => {
+                if !methods.contains(&me) {
+                    methods.push(me);
+                }
+            }
+            _ => errors.push(ConfigError::new(
+                format!("{path}.methods[{i}]"),
+                format!("invalid method {s:?}"),
+            )),
+        }
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &m.headers {
+        let name = HeaderName::from_bytes(k.as_bytes());
+        let value = HeaderValue::from_str(v);
+        match (name, value) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => errors.push(ConfigError::new(
+                format!("{path}.headers.{k}"),
+                format!("invalid header name {k:?}"),
+            )),
+            (_, Err(_)) => errors.push(ConfigError::new(
+                format!("{path}.headers.{k}"),
+                "invalid header value",
+            )),
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Matcher {
+        hosts,
+        path: pattern?,
+        methods,
+        headers,
+    })
+}
+
+/// Compiles one policy set; kinds come out in the fixed chain order.
+fn compile_policy_set(
+    p: &PolicySetConfig,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Arc<dyn Policy>> {
+    let mut out: Vec<Arc<dyn Policy>> = Vec::new();
+    if let Some(h) = &p.headers {
+        if let Some(policy) = HeadersPolicy::compile(h, &format!("{path}.headers"), errors) {
+            out.push(Arc::new(policy));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    fn compile_yaml(y: &str) -> Result<Runtime, Vec<ConfigError>> {
+        let cfg = parse_str(y, &|_| None)?;
+        compile(&cfg, &Pools::default())
+    }
+
+    fn errors_of(y: &str) -> Vec<(String, String)> {
+        match compile_yaml(y) {
+            Ok(_) => panic!("expected errors for:\n{y}"),
+            Err(e) => e.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  echo:
+    targets: ["http://127.0.0.1:9001"]
+routes:
+  - match: { path_prefix: "/" }
+    upstream: echo
+"#;
+
+    #[test]
+    fn minimal_config_compiles() {
+        let rt = compile_yaml(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(rt.listeners, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(rt.routes.len(), 1);
+        assert!(rt.warnings.is_empty(), "{:?}", rt.warnings);
+        assert!(rt.access_log.is_some());
+    }
+
+    #[test]
+    fn collects_every_error_with_its_path() {
+        let errs = errors_of(
+            r#"
+listen: "nope"
+upstreams:
+  a:
+    targets: ["ftp://x", {url: "http://127.0.0.1:1", weight: 5000}, "127.0.0.1:2"]
+  b:
+    targets: []
+routes:
+  - name: r
+    match: { path_prefix: "/a" }
+    upstream: a
+  - name: r
+    match: { path_prefix: "/b", hosts: ["a:1"], methods: ["G T"] }
+    upstream: user
+  - match: { path: "/x/{id}", path_prefix: "/x" }
+    upstream: a
+  - match: { path: "/x/{id}" }
+    upstream: a
+    rewrite: "/y/{nope}"
+    use: [missing]
+"#,
+        );
+        let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        for want in [
+            "listen",
+            "upstreams.a.targets[0]",
+            "upstreams.a.targets[1].weight",
+            "upstreams.a.targets[2]",
+            "upstreams.b.targets",
+            "routes[1].name",
+            "routes[1].match.hosts[0]",
+            "routes[1].match.methods[0]",
+            "routes[1].upstream",
+            "routes[2].match.path",
+            "routes[3].rewrite",
+            "routes[3].use[0]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+        let dangling = errs
+            .iter()
+            .find(|(p, _)| p == "routes[1].upstream")
+            .unwrap();
+        assert!(
+            dangling.1.contains("no upstream named \"user\""),
+            "{}",
+            dangling.1
+        );
+    }
+
+    #[test]
+    fn warns_about_shadowed_routes() {
+        let rt = compile_yaml(
+            r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  a: { targets: ["http://127.0.0.1:1"] }
+routes:
+  - { name: first, match: { path_prefix: "/users" }, upstream: a }
+  - { name: twin, match: { path_prefix: "/users/" }, upstream: a }
+  - { name: get, match: { path_prefix: "/users", methods: [GET] }, upstream: a }
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(rt.warnings.len(), 1, "{:?}", rt.warnings);
+        assert_eq!(rt.warnings[0].path, "routes[1]");
+        assert!(rt.warnings[0].message.contains("\"first\""));
+    }
+
+    #[test]
+    fn strip_prefix_needs_a_prefix() {
+        let errs = errors_of(
+            r#"
+listen: "127.0.0.1:8080"
+upstreams: { a: { targets: ["http://127.0.0.1:1"] } }
+routes:
+  - { match: { path: "/x" }, upstream: a, strip_prefix: true }
+"#,
+        );
+        assert_eq!(errs[0].0, "routes[0].strip_prefix");
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen_addr(":8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("localhost:81").unwrap(),
+            "127.0.0.1:81".parse().unwrap()
+        );
+        assert!(parse_listen_addr("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn target_urls() {
+        assert_eq!(parse_target_url("http://a").unwrap().1.as_str(), "a:80");
+        assert!(parse_target_url("http://a:1/x").is_err());
+        assert!(parse_target_url("https://a").is_err());
+        assert!(parse_target_url("http://u@a").is_err());
+        assert!(parse_target_url("a:1").is_err());
+    }
+
+    #[test]
+    fn policies_chain_in_order() {
+        let rt = compile_yaml(
+            r#"
+listen: "127.0.0.1:8080"
+upstreams: { a: { targets: ["http://127.0.0.1:1"] } }
+policies:
+  p1: { headers: { request: { set: { x-p1: "1" } } } }
+global:
+  use: [p1]
+routes:
+  - match: { path_prefix: "/" }
+    upstream: a
+    use: [p1]
+    headers: { response: { remove: [server] } }
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let sources: Vec<&str> = rt.routes[0]
+            .chain
+            .iter()
+            .map(|b| b.source.as_str())
+            .collect();
+        assert_eq!(sources, ["policies.p1", "policies.p1", "inline"]);
+    }
+}

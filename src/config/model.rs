@@ -1,0 +1,266 @@
+//! The config file as plain data: serde structs that mirror the YAML, nothing else.
+//! `compile` turns a [`Config`] into a `Runtime`; every semantic check lives there.
+//! Unknown keys are refused everywhere (`deny_unknown_fields`): a typo must not pass silently.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, DurationStr};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where to accept client traffic: `"127.0.0.1:8080"` or a list of listeners.
+    pub listen: ListenConfig,
+    /// Named groups of targets that routes forward to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Named, reusable policy sets; a route applies them with `use:`.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicySetConfig>,
+    /// Policies applied to every route, before the route's own.
+    #[serde(default)]
+    pub global: Option<GlobalConfig>,
+    /// Requests are matched against routes; the most specific match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// One line per request: `off`, or `{ format: text|json, path: stdout|stderr|FILE }`.
+    #[serde(default)]
+    pub access_log: Option<AccessLogSetting>,
+    /// Runtime worker threads. Default: the CPUs this process may run on.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Limits and timeouts on the client side.
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// `listen: "addr"` or `listen: [ "addr", { addr: ... } ]`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ListenConfig {
+    One(String),
+    Many(Vec<ListenerEntry>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ListenerEntry {
+    Addr(String),
+    Full(ListenerConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `host:port`, e.g. `0.0.0.0:8080` or `[::1]:8080`.
+    pub addr: String,
+}
+
+/// Client-side limits and timeouts.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Time a client has to send a complete request head (and, on HTTP/1.1, the longest a
+    /// keep-alive connection may sit idle before its next request). Default `10s`.
+    #[serde(default)]
+    pub request_header_timeout: Option<DurationStr>,
+    /// Largest request head (request line + headers) accepted; larger gets 431. Default `64KiB`.
+    #[serde(default)]
+    pub max_header_size: Option<ByteSize>,
+    /// Largest request body for every route unless a route sets its own; larger gets 413.
+    /// Default: no limit (bodies stream through).
+    #[serde(default)]
+    pub max_body_size: Option<ByteSize>,
+    /// Client connections open at once, over all listeners. Default 10000.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default `30s`.
+    #[serde(default)]
+    pub shutdown_timeout: Option<DurationStr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AccessLogSetting {
+    /// `off` / `false` disables the access log; `on` / `true` is the default text format.
+    Switch(Switch),
+    Config(AccessLogConfig),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Switch {
+    Bool(bool),
+    Word(OnOff),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `stdout` (default), `stderr`, or a file path (appended to).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A named group of targets.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `"http://host:port"` or `{ url, weight }`.
+    pub targets: Vec<TargetConfig>,
+    /// Load-balancing algorithm. Default `round_robin` (smooth weighted).
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    #[serde(default)]
+    pub timeouts: UpstreamTimeoutsConfig,
+    /// Forward the client's Host header (true, default) or the target's host:port (false).
+    #[serde(default)]
+    pub preserve_host: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TargetConfig {
+    Url(String),
+    Weighted(WeightedTargetConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTargetConfig {
+    pub url: String,
+    /// Relative share of requests, 0..=1000 (0 = receives none). Default 1.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceConfig {
+    #[default]
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTimeoutsConfig {
+    /// TCP connect to a target. Default `5s`.
+    #[serde(default)]
+    pub connect: Option<DurationStr>,
+    /// From sending the request to receiving the response head. Default `30s`.
+    #[serde(default)]
+    pub response: Option<DurationStr>,
+    /// How long an unused pooled connection is kept. Default `60s`.
+    #[serde(default)]
+    pub idle: Option<DurationStr>,
+}
+
+/// Policy kinds. The same fields appear inline on a route, in `policies.<name>` and in `global`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySetConfig {
+    #[serde(default)]
+    pub headers: Option<HeadersPolicyConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// Named policies applied to every route, in order.
+    #[serde(default, rename = "use")]
+    pub uses: Vec<String>,
+    #[serde(default)]
+    pub headers: Option<HeadersPolicyConfig>,
+}
+
+/// Header changes: `request` before forwarding, `response` before answering the client.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersPolicyConfig {
+    #[serde(default)]
+    pub request: Option<HeaderOpsConfig>,
+    #[serde(default)]
+    pub response: Option<HeaderOpsConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsConfig {
+    /// Replace (or add) these headers.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Add a value, keeping any existing ones.
+    #[serde(default)]
+    pub append: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name; defaults to one derived from the match (e.g. `GET api.example.com/users`).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    /// Name of the upstream to forward to.
+    pub upstream: String,
+    /// Remove the matched `path_prefix` from the forwarded path.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the forwarded path; `{param}` takes a value captured by `match.path`.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Named policies applied to this route, in order, before its inline ones.
+    #[serde(default, rename = "use")]
+    pub uses: Vec<String>,
+    /// Largest request body for this route; larger gets 413.
+    #[serde(default)]
+    pub max_body_size: Option<ByteSize>,
+    /// Inline `headers` policy.
+    #[serde(default)]
+    pub headers: Option<HeadersPolicyConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Path prefix, matched on whole segments: `/users` matches `/users` and `/users/7`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Exact path, or a template with `{param}` segments and an optional final `{*rest}`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host names, exact or `*.example.com` (any depth of subdomain). Absent = any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Methods, e.g. `[GET, POST]`. Absent = any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}

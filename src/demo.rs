@@ -1,0 +1,117 @@
+//! `gatehouse demo`: the gateway on a built-in config in front of built-in demo services (three
+//! instances of `users`, one of `orders`) on loopback, to show routing and balancing with curl.
+//! The demo services are tiny hyper servers that echo what reached them as JSON.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// Starts one demo service on an ephemeral loopback port; runs until the process ends.
+pub async fn start_demo_service(
+    service: &'static str,
+    instance: String,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let instance = instance.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let body = serde_json::json!({
+                        "service": service,
+                        "instance": instance,
+                        "method": req.method().as_str(),
+                        "path": req.uri().path_and_query().map(|p| p.as_str()),
+                        "host": req.headers().get("host").and_then(|v| v.to_str().ok()),
+                        "x_forwarded_for": req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+                        "x_request_id": req.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+                    });
+                    async move {
+                        let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+                        resp.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The demo's config, pointing at the demo services.
+pub fn demo_config(listen: &str, users: &[SocketAddr], orders: SocketAddr) -> String {
+    let mut targets = String::new();
+    for (i, a) in users.iter().enumerate() {
+        // The last instance gets twice the share, to show weights.
+        let weight = if i + 1 == users.len() { 2 } else { 1 };
+        targets.push_str(&format!(
+            "      - {{ url: \"http://{a}\", weight: {weight} }}\n"
+        ));
+    }
+    format!(
+        r#"listen: "{listen}"
+access_log: {{ format: text }}
+upstreams:
+  users:
+    targets:
+{targets}  orders:
+    targets: ["http://{orders}"]
+routes:
+  - name: users
+    match: {{ path_prefix: /users }}
+    upstream: users
+  - name: user-by-id
+    match: {{ path: "/users/{{id}}", methods: [GET] }}
+    upstream: users
+    rewrite: "/v1/users/{{id}}"
+  - name: orders
+    match: {{ path_prefix: /api/orders }}
+    upstream: orders
+    strip_prefix: true
+    headers:
+      response: {{ set: {{ x-served-by: gatehouse-demo }} }}
+"#
+    )
+}
+
+pub fn demo_help(addr: SocketAddr, config_path: &std::path::Path) -> String {
+    let config_path = config_path.display();
+    format!(
+        r#"
+Gatehouse demo is running on http://{addr}  (Ctrl-C to stop)
+
+  # balancing: 3 instances of `users`, the third with weight 2 (watch "instance")
+  for i in 1 2 3 4 5 6 7 8; do curl -s http://{addr}/users | grep instance; done
+
+  # the most specific route wins: /users/{{id}} is rewritten to /v1/users/{{id}}
+  curl -s http://{addr}/users/42
+
+  # strip_prefix: /api/orders/7 reaches the orders service as /7, with a response header added
+  curl -si http://{addr}/api/orders/7
+
+  # no route: a JSON 404 with the request id
+  curl -si http://{addr}/nope
+
+  # which route would handle a request, without sending one
+  # (the demo's config is in {config_path})
+  cargo run --release -- explain --config {config_path} GET http://{addr}/users/42
+"#
+    )
+}

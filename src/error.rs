@@ -1,0 +1,161 @@
+//! The one error type of the request path, mapped to a status and a JSON body in exactly one
+//! place ([`GatewayError::status`] and [`GatewayError::into_response`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("upstream {upstream} has no target that can take traffic")]
+    NoTarget { upstream: String },
+    #[error("could not connect to upstream")]
+    UpstreamConnect(#[source] BoxError),
+    #[error("upstream connection failed")]
+    UpstreamFailed(#[source] BoxError),
+    #[error("upstream did not answer within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl GatewayError {
+    /// Exactly one status per variant; no wildcard arm, so a new variant must choose one.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable snake_case code: the JSON `error` field, log field and (later) metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "no_route",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::NoTarget { .. } => "no_healthy_target",
+            GatewayError::UpstreamConnect(_) => "upstream_connect_failed",
+            GatewayError::UpstreamFailed(_) => "upstream_failed",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Whether the request may be sent again to another target: true only when nothing reached
+    /// an upstream.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamConnect(_) | GatewayError::NoTarget { .. }
+        )
+    }
+
+    /// The client-facing message: what happened, never internal detail (that goes to the log).
+    fn public_message(&self) -> String {
+        match self {
+            GatewayError::BadRequest(why) => format!("bad request: {why}"),
+            GatewayError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        json_error(
+            self.status(),
+            self.code(),
+            &self.public_message(),
+            request_id,
+        )
+    }
+}
+
+/// `{"error": code, "message": ..., "request_id": ...}`; used for every error the gateway makes.
+pub fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<Body> {
+    let body = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
+    let mut resp = Response::new(Body::full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_variant_has_its_status() {
+        let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
+        let table: Vec<(GatewayError, u16, &str)> = vec![
+            (GatewayError::NoRoute, 404, "no_route"),
+            (GatewayError::BadRequest("x"), 400, "bad_request"),
+            (
+                GatewayError::BodyTooLarge { limit: 1 },
+                413,
+                "body_too_large",
+            ),
+            (
+                GatewayError::NoTarget {
+                    upstream: "u".into(),
+                },
+                503,
+                "no_healthy_target",
+            ),
+            (
+                GatewayError::UpstreamConnect(io()),
+                502,
+                "upstream_connect_failed",
+            ),
+            (GatewayError::UpstreamFailed(io()), 502, "upstream_failed"),
+            (
+                GatewayError::UpstreamTimeout(Duration::from_secs(1)),
+                504,
+                "upstream_timeout",
+            ),
+            (
+                GatewayError::Internal("secret detail".into()),
+                500,
+                "internal_error",
+            ),
+        ];
+        for (err, status, code) in table {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.code(), code);
+            let resp = err.into_response("rid");
+            assert_eq!(resp.status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn internal_detail_is_not_leaked() {
+        assert_eq!(
+            GatewayError::Internal("secret".into()).public_message(),
+            "internal error"
+        );
+    }
+}

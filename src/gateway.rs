@@ -1,0 +1,283 @@
+//! `handle`: the request path, top to bottom. Load the runtime snapshot once, refuse malformed
+//! framing, find the route, run its policy chain, forward to a target, run the response
+//! policies, and hand back a body that writes the access-log line when it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::{Body, Tally};
+use crate::config::compile::Runtime;
+use crate::error::GatewayError;
+use crate::observe::access_log::{AccessLog, LoggedBody, Record};
+use crate::policy::{self, RequestCtx};
+use crate::proxy::{self, Downstream, X_REQUEST_ID};
+use crate::router;
+
+/// What every request handler shares: the current config and the log sink.
+pub struct Gateway {
+    pub runtime: ArcSwap<Runtime>,
+    pub access_log: Option<AccessLog>,
+}
+
+/// Facts about the client connection.
+#[derive(Clone, Copy)]
+pub struct ConnInfo {
+    pub client_addr: SocketAddr,
+    pub proto: &'static str,
+}
+
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
+    let start = Instant::now();
+    let rt = gw.runtime.load_full();
+    let request_id = request_id(req.headers());
+    let tally = Arc::new(Tally::default());
+
+    let mut rec = gw.access_log.as_ref().map(|_| {
+        Box::new(Record {
+            start,
+            time: SystemTime::now(),
+            client: conn.client_addr,
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            version: req.version(),
+            host: router::request_host(req.uri(), req.headers())
+                .map(|h| h.into_owned())
+                .unwrap_or_default(),
+            route: None,
+            target: None,
+            status: http::StatusCode::OK,
+            error: None,
+            request_id: String::new(),
+            tally: tally.clone(),
+        })
+    });
+
+    let mut resp = match route_and_forward(&rt, req, conn, &request_id, &tally, rec.as_deref_mut())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(
+                e,
+                GatewayError::UpstreamFailed(_)
+                    | GatewayError::UpstreamConnect(_)
+                    | GatewayError::Internal(_)
+            ) {
+                tracing::warn!(request_id = %request_id_str(&request_id), error = %e, source = ?std::error::Error::source(&e), "request failed");
+            }
+            if let Some(r) = rec.as_deref_mut() {
+                r.error = Some(e.code());
+            }
+            e.into_response(request_id_str(&request_id))
+        }
+    };
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    let log = match (gw.access_log.as_ref(), rec) {
+        (Some(l), Some(mut r)) => {
+            r.status = resp.status();
+            r.request_id = request_id_str(&request_id).to_owned();
+            Some((l.clone(), r))
+        }
+        _ => None,
+    };
+    resp.map(|b| LoggedBody::new(b, log))
+}
+
+async fn route_and_forward(
+    rt: &Runtime,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+    tally: &Arc<Tally>,
+    mut rec: Option<&mut Record>,
+) -> Result<Response<Body>, GatewayError> {
+    check_framing(req.headers())?;
+
+    let host = router::request_host(req.uri(), req.headers());
+    let path = router::normalize(req.uri().path());
+    let found = rt
+        .router
+        .find(host.as_deref(), &path, req.method(), req.headers())
+        .ok_or(GatewayError::NoRoute)?;
+    let route = found.route.clone();
+    let params = found.params;
+    drop(path);
+    drop(host);
+    if let Some(r) = rec.as_deref_mut() {
+        r.route = Some(route.name.clone());
+    }
+
+    if let Some(limit) = route.max_body_size {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+    }
+    let mut req = req.map(|b| Body::request(b, route.max_body_size, tally.clone()));
+
+    let mut cx = RequestCtx {
+        request_id: request_id_str(request_id).to_owned(),
+        route: route.name.clone(),
+        params,
+        client_addr: conn.client_addr,
+    };
+    if let Some(answer) = policy::run_request(&route.chain, &mut req, &mut cx).await? {
+        return Ok(answer);
+    }
+
+    let upstream = &route.upstream;
+    let target = upstream.select().ok_or_else(|| GatewayError::NoTarget {
+        upstream: upstream.name.to_string(),
+    })?;
+    if let Some(r) = rec.as_deref_mut() {
+        r.target = Some(target.authority.to_string());
+    }
+    let upstream_path = proxy::upstream_path(&route.path_action, req.uri(), &cx.params)?;
+    // The client's Host (HTTP/1.1) or authority (HTTP/2), as sent.
+    let client_host = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let down = Downstream {
+        client_addr: conn.client_addr,
+        proto: conn.proto,
+        host: client_host.as_ref(),
+    };
+    let mut resp =
+        match proxy::forward(upstream, target, req, upstream_path, &down, request_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                if tally
+                    .body_too_large
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(GatewayError::BodyTooLarge {
+                        limit: route.max_body_size.unwrap_or(0),
+                    });
+                }
+                return Err(e);
+            }
+        };
+    policy::run_response(&route.chain, &mut resp, &cx);
+    Ok(resp)
+}
+
+/// Request smuggling defences on top of hyper's parser: a request whose body length could be
+/// read two ways is refused, never forwarded.
+fn check_framing(h: &http::HeaderMap) -> Result<(), GatewayError> {
+    let te = h.get_all(header::TRANSFER_ENCODING);
+    let mut te_count = 0;
+    for v in te.iter() {
+        te_count += 1;
+        if !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(GatewayError::BadRequest(
+                "unsupported or obfuscated Transfer-Encoding",
+            ));
+        }
+    }
+    if te_count > 1 {
+        return Err(GatewayError::BadRequest(
+            "Transfer-Encoding given more than once",
+        ));
+    }
+    let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = cl.next() {
+        if te_count > 0 {
+            return Err(GatewayError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if cl.any(|v| v != first) {
+            return Err(GatewayError::BadRequest(
+                "conflicting Content-Length headers",
+            ));
+        }
+        if first.is_empty() || !first.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Err(GatewayError::BadRequest("invalid Content-Length"));
+        }
+    }
+    Ok(())
+}
+
+/// The client's `X-Request-Id` if it is sane, else a new random 128-bit id.
+fn request_id(h: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn request_id_str(v: &HeaderValue) -> &str {
+    v.to_str().unwrap_or("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn framing() {
+        assert!(check_framing(&h(&[("content-length", "5")])).is_ok());
+        assert!(check_framing(&h(&[("transfer-encoding", "chunked")])).is_ok());
+        assert!(check_framing(&h(&[("transfer-encoding", "Chunked")])).is_ok());
+        for bad in [
+            vec![("content-length", "5"), ("transfer-encoding", "chunked")],
+            vec![("content-length", "5"), ("content-length", "6")],
+            vec![("transfer-encoding", "chunked, identity")],
+            vec![("transfer-encoding", "xchunked")],
+            vec![
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            vec![("content-length", "+5")],
+        ] {
+            assert!(check_framing(&h(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        let id = request_id(&HeaderMap::new());
+        assert_eq!(id.len(), 32);
+        assert_eq!(request_id(&h(&[("x-request-id", "abc-1")])), "abc-1");
+        assert_ne!(
+            request_id(&h(&[("x-request-id", "has space")])),
+            "has space"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The `gatehouse` command line: parse arguments, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use gatehouse::config::compile::Runtime;
+use gatehouse::server::Server;
+use gatehouse::upstream::Pools;
+use gatehouse::{demo, explain, gateway_for, load_runtime};
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An API gateway: one binary, one YAML file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with a config file.
+    Run {
+        #[arg(short, long, env = "GATEHOUSE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 if it would load, 1 with every problem otherwise.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Show which route would handle a request, its params, upstream path and policies.
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// e.g. GET
+        method: String,
+        /// e.g. https://api.example.com/users/7
+        url: String,
+        /// Extra request headers, `-H 'x-api-version: 2'`.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Print the JSON Schema of the config file (for editors).
+    Schema,
+    /// Run the gateway on a built-in config in front of built-in demo services.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Schema => {
+            let schema = schemars::schema_for!(gatehouse::config::Config);
+            match serde_json::to_string_pretty(&schema) {
+                Ok(s) => {
+                    println!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("cannot render schema: {e}")),
+            }
+        }
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+        } => match load_runtime(&config, &Pools::default()) {
+            Err(e) => fail(&e.to_string()),
+            Ok(rt) => match explain::explain(&rt, &method, &url, &headers) {
+                Ok(s) => {
+                    print!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(s) => {
+                    print!("{s}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+        Command::Run { config } => {
+            let rt = match load_runtime(&config, &Pools::default()) {
+                Ok(rt) => rt,
+                Err(e) => return fail(&e.to_string()),
+            };
+            for w in &rt.warnings {
+                tracing::warn!("{}: {}", config.display(), w);
+            }
+            serve(rt, None)
+        }
+        Command::Demo { listen } => demo(&listen),
+    }
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    match load_runtime(config, &Pools::default()) {
+        Err(e) => fail(&e.to_string()),
+        Ok(rt) => {
+            for w in &rt.warnings {
+                eprintln!("warning: {}: {}", config.display(), w);
+            }
+            println!(
+                "{}: OK ({} route{}, {} upstream{}, {} warning{})",
+                config.display(),
+                rt.routes.len(),
+                plural(rt.routes.len()),
+                rt.upstreams.len(),
+                plural(rt.upstreams.len()),
+                rt.warnings.len(),
+                plural(rt.warnings.len())
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The number of worker threads: the config's, else the CPUs this process may run on
+/// (`available_parallelism` honours CPU affinity and cgroup quotas).
+fn worker_count(rt: &Runtime) -> usize {
+    rt.workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("gatehouse-worker")
+        .enable_all()
+        .build()
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully and exits 0.
+fn serve(rt: Runtime, banner: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>) -> ExitCode {
+    let workers = worker_count(&rt);
+    let tokio_rt = match build_runtime(workers) {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start runtime: {e}")),
+    };
+    tokio_rt.block_on(async move {
+        let gw = match gateway_for(rt) {
+            Ok(gw) => gw,
+            Err(e) => return fail(&format!("cannot open access log: {e}")),
+        };
+        let server = match Server::start(gw).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
+        tracing::info!(workers, "gatehouse {} started", env!("CARGO_PKG_VERSION"));
+        if let (Some(b), Some(addr)) = (banner, server.local_addrs.first()) {
+            b(*addr);
+        }
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        server.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C will stop the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn demo(listen: &str) -> ExitCode {
+    // The demo services need a runtime before the gateway's config can name their ports.
+    let services = match build_runtime(1) {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start runtime: {e}")),
+    };
+    let addrs = services.block_on(async {
+        let mut users = Vec::new();
+        for i in 1..=3 {
+            users.push(demo::start_demo_service("users", format!("users-{i}")).await?);
+        }
+        let orders = demo::start_demo_service("orders", "orders-1".into()).await?;
+        Ok::<_, std::io::Error>((users, orders))
+    });
+    let (users, orders) = match addrs {
+        Ok(a) => a,
+        Err(e) => return fail(&format!("cannot start demo services: {e}")),
+    };
+    let yaml = demo::demo_config(listen, &users, orders);
+    let path = std::env::temp_dir().join("gatehouse-demo.yaml");
+    if let Err(e) = std::fs::write(&path, &yaml) {
+        return fail(&format!("cannot write {}: {e}", path.display()));
+    }
+    let rt = match load_runtime(&path, &Pools::default()) {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let path2 = path.clone();
+    let code = serve(
+        rt,
+        Some(Box::new(move |addr| {
+            println!("{}", demo::demo_help(addr, &path2))
+        })),
+    );
+    // Keep the service runtime alive until the gateway stops.
+    drop(Arc::new(services));
+    code
+}

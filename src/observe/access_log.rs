@@ -1,0 +1,255 @@
+//! The access log: one line per request, text or JSON, written when the response body ends (so
+//! duration and byte counts are the real ones, also for streams). Lines go through a bounded
+//! channel to a dedicated writer thread, so the runtime never blocks on stdout or a file; if
+//! the writer falls behind, lines are dropped and counted rather than slowing requests.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+
+use crate::body::{Body, Tally};
+use crate::config::model::{AccessLogConfig, LogFormat};
+use crate::error::BoxError;
+
+/// Where lines go. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    format: LogFormat,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread. `path`: `stdout` (default), `stderr`, or a file appended to.
+    pub fn start(cfg: &AccessLogConfig) -> std::io::Result<AccessLog> {
+        let out: Box<dyn std::io::Write + Send> = match cfg.path.as_deref() {
+            None | Some("stdout") | Some("-") => Box::new(std::io::stdout()),
+            Some("stderr") => Box::new(std::io::stderr()),
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        let (tx, rx) = sync_channel::<String>(16 * 1024);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(rx, out))?;
+        Ok(AccessLog {
+            tx,
+            format: cfg.format,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn send(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                    tracing::warn!("access log writer is behind; dropping lines");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+fn writer(rx: Receiver<String>, out: Box<dyn std::io::Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(line.as_bytes());
+        // Drain what is queued, then flush once: one syscall per burst, not per line.
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(line.as_bytes());
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
+/// What one access-log line says.
+pub struct Record {
+    pub start: Instant,
+    pub time: SystemTime,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub host: String,
+    pub route: Option<Arc<str>>,
+    pub target: Option<String>,
+    pub status: StatusCode,
+    pub error: Option<&'static str>,
+    pub request_id: String,
+    pub tally: Arc<Tally>,
+}
+
+impl Record {
+    fn line(&self, format: LogFormat, bytes_out: u64) -> String {
+        let dur = self.start.elapsed().as_secs_f64() * 1000.0;
+        let bytes_in = self.tally.bytes_in.load(Ordering::Relaxed);
+        let ts = rfc3339(self.time);
+        match format {
+            LogFormat::Json => {
+                let v = serde_json::json!({
+                    "time": ts,
+                    "client": self.client.to_string(),
+                    "method": self.method.as_str(),
+                    "path": self.path,
+                    "protocol": version_str(self.version),
+                    "host": self.host,
+                    "route": self.route.as_deref(),
+                    "upstream_target": self.target,
+                    "status": self.status.as_u16(),
+                    "error": self.error,
+                    "duration_ms": (dur * 1000.0).round() / 1000.0,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "request_id": self.request_id,
+                });
+                let mut s = v.to_string();
+                s.push('\n');
+                s
+            }
+            LogFormat::Text => {
+                let mut s = String::with_capacity(192);
+                let _ = write!(
+                    s,
+                    "{ts} {client} \"{method} {path} {proto}\" {status} route={route} target={target} duration_ms={dur:.3} bytes_in={bytes_in} bytes_out={bytes_out} request_id={rid}",
+                    client = self.client,
+                    method = self.method,
+                    path = self.path.escape_debug(),
+                    proto = version_str(self.version),
+                    status = self.status.as_u16(),
+                    route = self.route.as_deref().unwrap_or("-").escape_debug(),
+                    target = self.target.as_deref().unwrap_or("-"),
+                    rid = self.request_id.escape_debug(),
+                );
+                if let Some(e) = self.error {
+                    let _ = write!(s, " error={e}");
+                }
+                s.push('\n');
+                s
+            }
+        }
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, without a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+        d.subsec_millis()
+    )
+}
+
+/// The response body on its way to the client: counts bytes and writes the access-log line
+/// when the body ends or is dropped (client gone), exactly once.
+pub struct LoggedBody {
+    inner: Body,
+    bytes: u64,
+    log: Option<(AccessLog, Box<Record>)>,
+}
+
+impl LoggedBody {
+    pub fn new(inner: Body, log: Option<(AccessLog, Box<Record>)>) -> Self {
+        LoggedBody {
+            inner,
+            bytes: 0,
+            log,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((log, rec)) = self.log.take() {
+            log.send(rec.line(log.format, self.bytes));
+        }
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_time() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_723_200_123);
+        assert_eq!(rfc3339(t), "2026-11-26T20:00:00.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,481 @@
+//! The route table: finds the most specific route for a request, whatever the config order.
+//! Runs first in `gateway::handle`, on the normalised path.
+//!
+//! Each route is expanded into one entry per host pattern; entries are sorted once, at compile
+//! time, from most to least specific, so lookup is "first entry that matches". Specificity:
+//! host (exact > longer wildcard > shorter wildcard > any), then path (exact > template >
+//! longer prefix > shorter), then methods given > any, then more header conditions, then config
+//! order.
+
+pub mod path;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+pub use path::{PathPattern, RewriteTemplate, normalize};
+
+/// A host condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    /// `api.example.com` (lower-case, no port)
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any subdomain, not the apex.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(h: &str) -> Result<HostPattern, String> {
+        let h = h.trim().to_ascii_lowercase();
+        if h.is_empty() || h == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let check = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        if let Some(rest) = h.strip_prefix("*.") {
+            if !check(rest) {
+                return Err(format!(
+                    "invalid wildcard host {h:?} (expected `*.example.com`)"
+                ));
+            }
+            return Ok(HostPattern::Suffix(format!(".{rest}")));
+        }
+        if h.contains(':') {
+            return Err(format!(
+                "host {h:?} must not include a port (hosts match regardless of port)"
+            ));
+        }
+        if !check(&h) {
+            return Err(format!("invalid host {h:?}"));
+        }
+        Ok(HostPattern::Exact(h))
+    }
+
+    fn matches(&self, host: Option<&str>) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(e) => host == Some(e.as_str()),
+            HostPattern::Suffix(s) => {
+                host.is_some_and(|h| h.len() > s.len() && h.ends_with(s.as_str()))
+            }
+        }
+    }
+
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(e) => (2, e.len()),
+            HostPattern::Suffix(s) => (1, s.len()),
+            HostPattern::Any => (0, 0),
+        }
+    }
+
+    fn covers(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Any, _) => true,
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Suffix(a), HostPattern::Exact(b)) => {
+                b.len() > a.len() && b.ends_with(a.as_str())
+            }
+            (HostPattern::Suffix(a), HostPattern::Suffix(b)) => b.ends_with(a.as_str()),
+            _ => false,
+        }
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            HostPattern::Any => "*".to_owned(),
+            HostPattern::Exact(e) => e.clone(),
+            HostPattern::Suffix(s) => format!("*{s}"),
+        }
+    }
+}
+
+/// Everything a route requires of a request.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub hosts: Vec<HostPattern>,
+    pub path: PathPattern,
+    /// Empty = any method.
+    pub methods: Vec<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Matcher {
+    fn matches_rest(
+        &self,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        params: &mut Vec<(String, String)>,
+    ) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| headers.get_all(n).iter().any(|x| x == v))
+            && self.path.matches(path, params)
+    }
+}
+
+struct Entry<R> {
+    host: HostPattern,
+    route: Arc<R>,
+    /// Index of the route in the config, for messages and as the last tie-break.
+    index: usize,
+}
+
+/// A route found for a request, with the params its path template captured.
+pub struct Found<'a, R> {
+    pub route: &'a Arc<R>,
+    pub params: Vec<(String, String)>,
+}
+
+/// Routes that can never match, for `gatehouse check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadowed {
+    pub index: usize,
+    pub by: usize,
+}
+
+pub trait Routable {
+    fn matcher(&self) -> &Matcher;
+}
+
+pub struct Router<R> {
+    entries: Vec<Entry<R>>,
+}
+
+impl<R: Routable> Router<R> {
+    /// Builds the table; `routes` are in config order.
+    pub fn new(routes: Vec<Arc<R>>) -> Self {
+        let mut entries = Vec::new();
+        for (index, route) in routes.into_iter().enumerate() {
+            let hosts = if route.matcher().hosts.is_empty() {
+                vec![HostPattern::Any]
+            } else {
+                route.matcher().hosts.clone()
+            };
+            for host in hosts {
+                entries.push(Entry {
+                    host,
+                    route: route.clone(),
+                    index,
+                });
+            }
+        }
+        entries.sort_by(|a, b| {
+            let ka = sort_key(&a.host, a.route.matcher());
+            let kb = sort_key(&b.host, b.route.matcher());
+            kb.cmp(&ka).then(a.index.cmp(&b.index))
+        });
+        Router { entries }
+    }
+
+    /// `host` is lower-case without port; `path` is normalised.
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<Found<'_, R>> {
+        let mut params = Vec::new();
+        for e in &self.entries {
+            if e.host.matches(host)
+                && e.route
+                    .matcher()
+                    .matches_rest(path, method, headers, &mut params)
+            {
+                return Some(Found {
+                    route: &e.route,
+                    params,
+                });
+            }
+        }
+        None
+    }
+
+    /// Routes none of whose entries can ever be reached: an earlier (more specific or equal)
+    /// entry matches every request they would.
+    pub fn shadowed(&self) -> Vec<Shadowed> {
+        let mut alive: std::collections::BTreeMap<usize, (bool, usize)> =
+            std::collections::BTreeMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let by = self.entries[..i].iter().find(|a| {
+                a.index != e.index
+                    && a.host.covers(&e.host)
+                    && covers(a.route.matcher(), e.route.matcher())
+            });
+            let slot = alive.entry(e.index).or_insert((false, usize::MAX));
+            match by {
+                None => slot.0 = true,
+                Some(a) => slot.1 = a.index,
+            }
+        }
+        alive
+            .into_iter()
+            .filter(|(_, (live, _))| !live)
+            .map(|(index, (_, by))| Shadowed { index, by })
+            .collect()
+    }
+}
+
+fn sort_key(host: &HostPattern, m: &Matcher) -> ((u8, usize), (u8, usize, usize), bool, usize) {
+    (
+        host.rank(),
+        m.path.rank(),
+        !m.methods.is_empty(),
+        m.headers.len(),
+    )
+}
+
+/// `a` matches every request `b` matches (hosts checked by the caller).
+fn covers(a: &Matcher, b: &Matcher) -> bool {
+    let methods = a.methods.is_empty()
+        || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
+    let headers = a.headers.iter().all(|h| b.headers.contains(h));
+    methods && headers && a.path.covers(&b.path)
+}
+
+/// The host a request is for: the Host header (HTTP/1.1) or the URI authority (HTTP/2),
+/// lower-cased, without port or trailing dot.
+pub fn request_host<'a>(
+    uri: &'a http::Uri,
+    headers: &'a HeaderMap,
+) -> Option<std::borrow::Cow<'a, str>> {
+    let raw = match uri.authority() {
+        Some(a) => a.host(),
+        None => {
+            let h = headers.get(http::header::HOST)?.to_str().ok()?;
+            strip_port(h)
+        }
+    };
+    let raw = raw.strip_suffix('.').unwrap_or(raw);
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(std::borrow::Cow::Owned(raw.to_ascii_lowercase()))
+    } else {
+        Some(std::borrow::Cow::Borrowed(raw))
+    }
+}
+
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        // [v6]:port
+        return match h.find(']') {
+            Some(i) => &h[..=i],
+            None => h,
+        };
+    }
+    match h.rfind(':') {
+        Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
+        _ => h,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct R {
+        name: &'static str,
+        m: Matcher,
+    }
+    impl Routable for R {
+        fn matcher(&self) -> &Matcher {
+            &self.m
+        }
+    }
+
+    fn route(
+        name: &'static str,
+        hosts: &[&str],
+        path: &str,
+        methods: &[&str],
+        headers: &[(&str, &str)],
+    ) -> Arc<R> {
+        let path = if let Some(p) = path.strip_prefix("=") {
+            PathPattern::parse_path(p).unwrap()
+        } else {
+            PathPattern::parse_prefix(path).unwrap()
+        };
+        Arc::new(R {
+            name,
+            m: Matcher {
+                hosts: hosts
+                    .iter()
+                    .map(|h| HostPattern::parse(h).unwrap())
+                    .collect(),
+                path,
+                methods: methods
+                    .iter()
+                    .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                    .collect(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                            HeaderValue::from_str(v).unwrap(),
+                        )
+                    })
+                    .collect(),
+            },
+        })
+    }
+
+    fn find(
+        r: &Router<R>,
+        host: &str,
+        path: &str,
+        method: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<&'static str> {
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        r.find(
+            if host.is_empty() { None } else { Some(host) },
+            &normalize(path),
+            &m,
+            &h,
+        )
+        .map(|f| f.route.name)
+    }
+
+    #[test]
+    fn most_specific_wins_regardless_of_order() {
+        let routes = vec![
+            route("root", &[], "/", &[], &[]),
+            route("users", &[], "/users", &[], &[]),
+            route("users-me", &[], "=/users/me", &[], &[]),
+            route("user-id", &[], "=/users/{id}", &[], &[]),
+            route("users-post", &[], "/users", &["POST"], &[]),
+            route("api-host", &["api.example.com"], "/", &[], &[]),
+            route("wild", &["*.example.com"], "/", &[], &[]),
+            route("v2", &[], "/users", &[], &[("x-api-version", "2")]),
+        ];
+        let r = Router::new(routes);
+        let table = [
+            ("", "/x", "GET", vec![], Some("root")),
+            ("", "/users", "GET", vec![], Some("users")),
+            ("", "/usersx", "GET", vec![], Some("root")),
+            ("", "/users/7/orders", "GET", vec![], Some("users")),
+            ("", "/users/me", "GET", vec![], Some("users-me")),
+            ("", "/users/7", "GET", vec![], Some("user-id")),
+            ("", "/users", "POST", vec![], Some("users-post")),
+            (
+                "",
+                "/users",
+                "GET",
+                vec![("x-api-version", "2")],
+                Some("v2"),
+            ),
+            (
+                "",
+                "/users",
+                "GET",
+                vec![("x-api-version", "3")],
+                Some("users"),
+            ),
+            (
+                "api.example.com",
+                "/users/me",
+                "GET",
+                vec![],
+                Some("api-host"),
+            ),
+            ("other.example.com", "/users", "GET", vec![], Some("wild")),
+            ("example.com", "/users", "GET", vec![], Some("users")),
+            (
+                "",
+                "/public/%2e%2e/users/me",
+                "GET",
+                vec![],
+                Some("users-me"),
+            ),
+        ];
+        for (host, path, method, headers, want) in table {
+            assert_eq!(
+                find(&r, host, path, method, &headers),
+                want,
+                "{method} {host}{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_route() {
+        let r = Router::new(vec![route(
+            "users",
+            &["api.example.com"],
+            "/users",
+            &["GET"],
+            &[],
+        )]);
+        assert_eq!(find(&r, "api.example.com", "/orders", "GET", &[]), None);
+        assert_eq!(find(&r, "x.example.com", "/users", "GET", &[]), None);
+        assert_eq!(find(&r, "api.example.com", "/users", "DELETE", &[]), None);
+    }
+
+    #[test]
+    fn detects_shadowed_routes() {
+        let r = Router::new(vec![
+            route("a", &[], "/users", &[], &[]),
+            route("b", &[], "/users", &[], &[]),
+            route("c", &[], "/users", &["GET"], &[]),
+            route("d", &["*.example.com"], "/", &[], &[]),
+            route("e", &["api.example.com"], "/", &[], &[]),
+            route("f", &["*.example.com"], "/x", &[], &[]),
+        ]);
+        let sh = r.shadowed();
+        assert_eq!(sh, vec![Shadowed { index: 1, by: 0 }]);
+        let r2 = Router::new(vec![
+            route("any", &[], "/", &[], &[]),
+            route("sub", &[], "=/a/{x}", &["GET"], &[]),
+        ]);
+        assert!(r2.shadowed().is_empty());
+        let r3 = Router::new(vec![
+            route("t", &[], "=/a/{x}", &[], &[]),
+            route("t2", &[], "=/a/{y}", &[], &[]),
+        ]);
+        assert_eq!(r3.shadowed(), vec![Shadowed { index: 1, by: 0 }]);
+        // A GET-only twin is more specific, so it shadows nothing and is not shadowed.
+        let r4 = Router::new(vec![
+            route("t", &[], "=/a/{x}", &[], &[]),
+            route("t2", &[], "=/a/{y}", &["GET"], &[]),
+        ]);
+        assert!(r4.shadowed().is_empty());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            HostPattern::parse("API.Example.com"),
+            Ok(HostPattern::Exact("api.example.com".into()))
+        );
+        assert!(HostPattern::parse("*.").is_err());
+        assert!(HostPattern::parse("a:80").is_err());
+        let uri: http::Uri = "/x".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::HOST,
+            HeaderValue::from_static("API.example.com:8080"),
+        );
+        assert_eq!(request_host(&uri, &h).as_deref(), Some("api.example.com"));
+        h.insert(http::header::HOST, HeaderValue::from_static("[::1]:8080"));
+        assert_eq!(request_host(&uri, &h).as_deref(), Some("[::1]"));
+    }
+}
