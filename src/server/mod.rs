@@ -60,6 +60,11 @@ impl Server {
         })
     }
 
+    /// Signals the accept loops to stop without waiting (for use in `Drop`).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Stops accepting, waits for in-flight requests up to the shutdown deadline, then returns.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

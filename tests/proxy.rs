@@ -1,0 +1,530 @@
+//! Proxying end to end: routing, balancing, failures, headers, paths, h2c, streaming, upgrades.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn most_specific_route_wins_and_unmatched_gets_json_404() {
+    let a = TestUpstream::echo("a").await;
+    let b = TestUpstream::echo("b").await;
+    let c = TestUpstream::echo("c").await;
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  a: {{ targets: ["{a}"] }}
+  b: {{ targets: ["{b}"] }}
+  c: {{ targets: ["{c}"] }}
+routes:
+  - {{ name: catch-all, match: {{ path_prefix: /api }}, upstream: a }}
+  - {{ name: user, match: {{ path: "/api/users/{{id}}" }}, upstream: b }}
+  - {{ name: me, match: {{ path: /api/users/me }}, upstream: c }}
+  - {{ name: host, match: {{ hosts: ["*.example.com"], path_prefix: /api }}, upstream: c }}
+"#,
+        a = a.url(),
+        b = b.url(),
+        c = c.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let cases = [
+        ("/api/x", "a"),
+        ("/api/users/7", "b"),
+        ("/api/users/me", "c"),
+        ("/api/users/7/orders", "a"),
+        ("/api/%75sers/7", "b"),
+    ];
+    for (path, want) in cases {
+        let r = get(&gw.url(path)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.json()["name"], want, "{path}");
+    }
+    // Host routing: a wildcard host beats any host.
+    let req = Request::get(gw.url("/api/users/7"))
+        .header("host", "shop.example.com")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.json()["name"], "c");
+
+    // Segment boundaries and no route: JSON 404 with the request id.
+    for path in ["/apix", "/", "/other"] {
+        let r = get(&gw.url(path)).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        let j = r.json();
+        assert_eq!(j["error"], "no_route");
+        assert_eq!(j["request_id"].as_str(), r.header("x-request-id"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_spreads_exactly() {
+    let ups = [
+        TestUpstream::echo("a").await,
+        TestUpstream::echo("b").await,
+        TestUpstream::echo("c").await,
+    ];
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  u:
+    targets:
+      - "{}"
+      - {{ url: "{}", weight: 2 }}
+      - {{ url: "{}", weight: 1 }}
+routes:
+  - {{ match: {{ path_prefix: / }}, upstream: u }}
+"#,
+        ups[0].url(),
+        ups[1].url(),
+        ups[2].url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    for _ in 0..400 {
+        let r = send(&c, get_req(&gw.url("/")).body(full("")).unwrap()).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        [ups[0].hits(), ups[1].hits(), ups[2].hits()],
+        [100, 200, 100]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_target_gets_502_and_rotation_continues() {
+    let live = TestUpstream::echo("live").await;
+    // A port with nothing listening: bind, note the port, close.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = TestGateway::start(&simple_config(&[live.url(), format!("http://{dead}")])).await;
+    let mut ok = 0;
+    let mut bad = 0;
+    for _ in 0..10 {
+        let r = get(&gw.url("/x")).await;
+        match r.status.as_u16() {
+            200 => ok += 1,
+            502 => {
+                bad += 1;
+                let j = r.json();
+                assert_eq!(j["error"], "upstream_connect_failed");
+                assert_eq!(j["request_id"].as_str(), r.header("x-request-id"));
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, bad), (5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_gets_504_and_reset_gets_502() {
+    let slow = TestUpstream::start(Arc::new(|_req| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Response::new(full("late"))
+        })
+    }))
+    .await;
+    // An upstream that accepts and closes without answering.
+    let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude_addr = rude.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((mut s, _)) = rude.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                drop(s);
+            }
+        }
+    });
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  slow: {{ targets: ["{}"], timeouts: {{ response: 300ms }} }}
+  rude: {{ targets: ["http://{}"] }}
+routes:
+  - {{ match: {{ path_prefix: /slow }}, upstream: slow }}
+  - {{ match: {{ path_prefix: /rude }}, upstream: rude }}
+"#,
+        slow.url(),
+        rude_addr
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let t = Instant::now();
+    let r = get(&gw.url("/slow")).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    let r = get(&gw.url("/rude")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.json()["error"], "upstream_failed");
+    assert!(r.json()["request_id"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_hop_by_hop_and_request_id() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let req = Request::get(gw.url("/h?q=1"))
+        .header("host", "api.example.com:8443")
+        .header("connection", "x-secret")
+        .header("x-secret", "s")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "10.1.1.1")
+        .header("x-app", "kept")
+        .body(full(""))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(j["path"], "/h?q=1");
+    assert_eq!(
+        h["host"][0], "api.example.com:8443",
+        "Host is preserved by default"
+    );
+    assert!(
+        h.get("x-secret").is_none(),
+        "header named in Connection is removed"
+    );
+    assert!(h.get("keep-alive").is_none());
+    assert_eq!(h["x-app"][0], "kept");
+    assert_eq!(h["x-forwarded-for"][0], "10.1.1.1, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], "api.example.com:8443");
+    let rid = r
+        .header("x-request-id")
+        .expect("x-request-id returned")
+        .to_owned();
+    assert_eq!(rid.len(), 32);
+    assert_eq!(
+        h["x-request-id"][0],
+        rid.as_str(),
+        "the same id goes upstream"
+    );
+
+    // A client's own request id is kept.
+    let req = Request::get(gw.url("/"))
+        .header("x-request-id", "abc-123")
+        .body(full(""))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    assert_eq!(r.json()["headers"]["x-request-id"][0], "abc-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_can_be_the_targets() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u: {{ targets: [\"{}\"], preserve_host: false }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: u }}\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let req = Request::get(gw.url("/"))
+        .header("host", "api.example.com")
+        .body(full(""))
+        .unwrap();
+    let j = send(&client(), req).await.json();
+    assert_eq!(j["headers"]["host"][0], up.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_rewrite_and_raw_path() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  u: {{ targets: ["{}"] }}
+routes:
+  - {{ match: {{ path_prefix: /api }}, upstream: u, strip_prefix: true }}
+  - {{ match: {{ path: "/users/{{id}}/orders/{{oid}}" }}, upstream: u, rewrite: "/v2/orders/{{oid}}?user={{id}}" }}
+  - {{ match: {{ path_prefix: /raw }}, upstream: u }}
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(
+        get(&gw.url("/api/users/7?x=1")).await.json()["path"],
+        "/users/7?x=1"
+    );
+    assert_eq!(get(&gw.url("/api")).await.json()["path"], "/");
+    assert_eq!(
+        get(&gw.url("/users/7/orders/9")).await.json()["path"],
+        "/v2/orders/9?user=7"
+    );
+    // Without a rewrite the client's bytes go upstream unchanged.
+    assert_eq!(
+        get(&gw.url("/raw/%7Euser/a%2Fb")).await.json()["path"],
+        "/raw/%7Euser/a%2Fb"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_cannot_escape_a_route() {
+    let public = TestUpstream::echo("public").await;
+    let admin = TestUpstream::echo("admin").await;
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  public: {{ targets: ["{}"] }}
+  admin: {{ targets: ["{}"] }}
+routes:
+  - {{ match: {{ path_prefix: /public }}, upstream: public }}
+  - {{ match: {{ path_prefix: /admin }}, upstream: admin }}
+"#,
+        public.url(),
+        admin.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // The router sees /admin, so the admin route (with its policies) handles it, not /public.
+    for p in [
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin/x",
+        "/public/./../admin",
+    ] {
+        let r = get(&gw.url(p)).await;
+        assert_eq!(r.json()["name"], "admin", "{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_policy_global_named_and_inline() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  u: {{ targets: ["{}"] }}
+policies:
+  tag:
+    headers:
+      request: {{ set: {{ x-tag: named }}, append: {{ x-list: named }} }}
+global:
+  headers:
+    request: {{ set: {{ x-global: "1" }}, remove: [x-drop] }}
+    response: {{ set: {{ x-powered-by: gatehouse }} }}
+routes:
+  - match: {{ path_prefix: / }}
+    upstream: u
+    use: [tag]
+    headers:
+      request: {{ append: {{ x-list: inline }} }}
+      response: {{ remove: [x-upstream], append: {{ x-route: r1 }} }}
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let req = Request::get(gw.url("/"))
+        .header("x-drop", "1")
+        .header("x-list", "client")
+        .body(full(""))
+        .unwrap();
+    let r = send(&client(), req).await;
+    let h = r.json()["headers"].clone();
+    assert_eq!(h["x-global"][0], "1");
+    assert!(h.get("x-drop").is_none());
+    assert_eq!(h["x-tag"][0], "named");
+    assert_eq!(
+        h["x-list"],
+        serde_json::json!(["client", "named", "inline"])
+    );
+    assert_eq!(r.header("x-powered-by"), Some("gatehouse"));
+    assert_eq!(r.header("x-route"), Some("r1"));
+    assert!(r.header("x-upstream").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_clients_are_proxied_over_http1() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let c = h2c_client();
+    let req = Request::post(gw.url("/h2?x=1"))
+        .body(full("hello"))
+        .unwrap();
+    let r = send(&c, req).await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["path"], "/h2?x=1");
+    assert_eq!(j["body_len"], 5);
+    assert_eq!(
+        j["headers"]["host"][0],
+        gw.addr.to_string(),
+        "HTTP/2 authority becomes Host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_arrive_as_sent() {
+    // The upstream sends one event, waits, sends another: the client must see the first
+    // before the second exists.
+    let up = TestUpstream::start(Arc::new(|_req| {
+        Box::pin(async {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: one\n\n"))))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: two\n\n"))))
+                    .await;
+            });
+            let stream = tokio_stream_from(rx);
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            resp
+        })
+    }))
+    .await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let t = Instant::now();
+    let resp = client()
+        .request(Request::get(gw.url("/events")).body(full("")).unwrap())
+        .await
+        .unwrap();
+    let mut body: Incoming = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.into_data().unwrap(),
+        Bytes::from_static(b"data: one\n\n")
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "first event was held back: {:?}",
+        t.elapsed()
+    );
+    let second = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second.into_data().unwrap(),
+        Bytes::from_static(b"data: two\n\n")
+    );
+    assert!(t.elapsed() >= Duration::from_millis(600));
+}
+
+/// A `Stream` over an mpsc receiver, without pulling in tokio-stream.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_core::Stream<Item = T> + Send {
+    struct S<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for S<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    S(rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    // The upstream accepts the upgrade, then echoes bytes in upper case.
+    let up = TestUpstream::start(Arc::new(|mut req: Request<Incoming>| {
+        Box::pin(async move {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on_upgrade.await {
+                    let mut io = hyper_util::rt::TokioIo::new(up);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let upper: Vec<u8> = buf[..n].to_ascii_uppercase();
+                        if io.write_all(&upper).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut resp = Response::new(full(""));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert("connection", http::HeaderValue::from_static("upgrade"));
+            resp.headers_mut()
+                .insert("upgrade", http::HeaderValue::from_static("websocket"));
+            resp.headers_mut().insert(
+                "sec-websocket-accept",
+                http::HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            );
+            resp
+        })
+    }))
+    .await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut s, b"\r\n\r\n").await;
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("sec-websocket-accept"), "{head}");
+    for msg in [&b"hello"[..], b"again"] {
+        s.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg.to_ascii_uppercase());
+    }
+}
+
+pub async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !out.ends_with(end) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
+            Ok(Ok(1)) => out.push(b[0]),
+            _ => break,
+        }
+    }
+    out
+}
