@@ -32,7 +32,14 @@ pub struct ConnInfo {
     pub proto: &'static str,
 }
 
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
+/// `ambiguous_framing`: the connection's framing watch saw both Content-Length and
+/// Transfer-Encoding on this request (hyper hides that; see `server::framing`).
+pub async fn handle(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    ambiguous_framing: bool,
+) -> Response<LoggedBody> {
     let start = Instant::now();
     let rt = gw.runtime.load_full();
     let request_id = request_id(req.headers());
@@ -62,9 +69,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Res
         })
     });
 
-    let mut resp = match route_and_forward(&rt, req, conn, &request_id, &tally, rec.as_deref_mut())
-        .await
-    {
+    let result = if ambiguous_framing {
+        Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ))
+    } else {
+        route_and_forward(&rt, req, conn, &request_id, &tally, rec.as_deref_mut()).await
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             if matches!(
@@ -78,7 +90,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Res
             if let Some(r) = rec.as_deref_mut() {
                 r.error = Some(e.code());
             }
-            e.into_response(request_id_str(&request_id))
+            // After a framing error the rest of the connection cannot be trusted: close it.
+            let close = matches!(e, GatewayError::BadRequest(_));
+            let mut resp = e.into_response(request_id_str(&request_id));
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     resp.headers_mut()

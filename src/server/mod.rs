@@ -2,6 +2,8 @@
 //! (prior knowledge) on the same port with the request-head timeout and size limit, and shut
 //! down gracefully (stop accepting, let in-flight requests finish up to a deadline).
 
+pub mod framing;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,6 +124,7 @@ async fn accept_loop(
     shutdown_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    let max_head = gw.runtime.load().server.max_header_size;
     loop {
         // Take a connection slot first: at the cap, new clients wait in the kernel backlog
         // instead of being accepted and starved.
@@ -148,9 +151,12 @@ async fn accept_loop(
         };
         let gw = gw.clone();
         let builder = builder.clone();
+        let watch = Arc::new(framing::FramingWatch::default());
+        let stream = framing::Watched::new(stream, framing::Scanner::new(watch.clone(), max_head));
         let svc = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gateway::handle(&gw, req, info).await) }
+            let ambiguous = watch.next_request_is_ambiguous();
+            async move { Ok::<_, Infallible>(gateway::handle(&gw, req, info, ambiguous).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)

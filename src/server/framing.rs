@@ -1,0 +1,352 @@
+//! A second, independent reading of HTTP/1.1 request framing on each client connection, to
+//! refuse requests that carry both `Content-Length` and `Transfer-Encoding`.
+//!
+//! hyper handles such a request as RFC 9112 6.3 allows (Transfer-Encoding wins, the
+//! Content-Length header is dropped, the connection closes afterwards), which leaves no trace in
+//! the parsed request. A gateway must not forward a message that two parsers could frame
+//! differently, so this wrapper watches the bytes hyper reads, finds each request head (skipping
+//! bodies by their framing), and records the ordinal of the first ambiguous request. The
+//! connection's service compares it with its own request count and answers 400.
+//!
+//! The scanner never changes the bytes. If it meets something it cannot follow (h2c, an
+//! upgrade, a head hyper will refuse anyway), it stops watching that connection.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const MAX_HEADERS: usize = 128;
+
+/// Shared between the connection's reader (scanner) and its service.
+#[derive(Default)]
+pub struct FramingWatch {
+    /// 1-based ordinal of the first request with both Content-Length and Transfer-Encoding.
+    ambiguous_at: AtomicU64,
+    /// Requests the service has seen.
+    served: AtomicU64,
+}
+
+impl FramingWatch {
+    /// Called once per request by the service; true if this request must be refused.
+    pub fn next_request_is_ambiguous(&self) -> bool {
+        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        self.ambiguous_at.load(Ordering::Acquire) == n
+    }
+}
+
+enum State {
+    /// Collecting a request head.
+    Head,
+    /// Skipping this many body bytes.
+    Body(u64),
+    /// Chunked body: reading a chunk-size line.
+    ChunkSize {
+        size: u64,
+        digits: bool,
+        in_ext: bool,
+    },
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    ChunkCrlf(u8),
+    /// After the last chunk: trailer lines until an empty one. `line_len` of the current line.
+    Trailers {
+        line_len: usize,
+    },
+    /// Not watching any more.
+    Off,
+}
+
+pub struct Scanner {
+    state: State,
+    head: Vec<u8>,
+    max_head: usize,
+    requests: u64,
+    watch: Arc<FramingWatch>,
+}
+
+impl Scanner {
+    pub fn new(watch: Arc<FramingWatch>, max_head: usize) -> Scanner {
+        Scanner {
+            state: State::Head,
+            head: Vec::new(),
+            max_head,
+            requests: 0,
+            watch,
+        }
+    }
+
+    /// Feeds bytes just read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head => {
+                    // Skip the empty lines RFC 9112 2.2 lets a client send between requests.
+                    if self.head.is_empty() {
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let before = self.head.len();
+                    let search_from = before.saturating_sub(3);
+                    self.head.extend_from_slice(data);
+                    match find_head_end(&self.head[search_from..]) {
+                        Some(end) => {
+                            let head_len = search_from + end;
+                            let consumed = head_len - before;
+                            self.on_head(head_len);
+                            data = &data[consumed..];
+                            self.head.clear();
+                        }
+                        None => {
+                            if self.head.len() > self.max_head {
+                                self.state = State::Off;
+                            }
+                            return;
+                        }
+                    }
+                }
+                State::Body(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::Head;
+                    }
+                }
+                State::ChunkSize {
+                    size,
+                    digits,
+                    in_ext,
+                } => {
+                    let b = data[0];
+                    data = &data[1..];
+                    match b {
+                        b'\n' => {
+                            if !*digits {
+                                self.state = State::Off;
+                            } else if *size == 0 {
+                                self.state = State::Trailers { line_len: 0 };
+                            } else {
+                                self.state = State::ChunkData(*size);
+                            }
+                        }
+                        _ if *in_ext => {}
+                        b';' | b' ' | b'\t' => *in_ext = true,
+                        b'\r' => {}
+                        _ => match (b as char).to_digit(16) {
+                            Some(d) if *size < (1 << 56) => {
+                                *size = *size * 16 + u64::from(d);
+                                *digits = true;
+                            }
+                            _ => self.state = State::Off,
+                        },
+                    }
+                }
+                State::ChunkData(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::ChunkCrlf(0);
+                    }
+                }
+                State::ChunkCrlf(seen) => {
+                    let b = data[0];
+                    data = &data[1..];
+                    match (b, *seen) {
+                        (b'\r', 0) => *seen = 1,
+                        (b'\n', _) => {
+                            self.state = State::ChunkSize {
+                                size: 0,
+                                digits: false,
+                                in_ext: false,
+                            }
+                        }
+                        _ => self.state = State::Off,
+                    }
+                }
+                State::Trailers { line_len } => {
+                    let b = data[0];
+                    data = &data[1..];
+                    match b {
+                        b'\n' if *line_len == 0 => self.state = State::Head,
+                        b'\n' => *line_len = 0,
+                        b'\r' => {}
+                        _ => *line_len += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_head(&mut self, len: usize) {
+        if self.head.starts_with(b"PRI * HTTP/2.0") {
+            self.state = State::Off;
+            return;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&self.head[..len]) {
+            Ok(httparse::Status::Complete(_)) => {}
+            // hyper will refuse what httparse refuses; stop watching.
+            _ => {
+                self.state = State::Off;
+                return;
+            }
+        }
+        self.requests += 1;
+        let mut cl: Option<u64> = None;
+        let mut te = false;
+        let mut upgrade = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                cl = Some(v.unwrap_or(0));
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        if te && cl.is_some() {
+            // hyper closes the connection after this request: nothing after it matters.
+            let _ = self.watch.ambiguous_at.compare_exchange(
+                0,
+                self.requests,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            self.state = State::Off;
+        } else if upgrade || req.method == Some("CONNECT") {
+            // What follows may be another protocol.
+            self.state = State::Off;
+        } else if te {
+            self.state = State::ChunkSize {
+                size: 0,
+                digits: false,
+                in_ext: false,
+            };
+        } else if let Some(n) = cl.filter(|n| *n > 0) {
+            self.state = State::Body(n);
+        } else {
+            self.state = State::Head;
+        }
+    }
+}
+
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// The client stream with the scanner reading along.
+pub struct Watched<S> {
+    inner: S,
+    scanner: Scanner,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, scanner: Scanner) -> Self {
+        Watched { inner, scanner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            if !matches!(this.scanner.state, State::Off) {
+                this.scanner.feed(&buf.filled()[before..]);
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> (u64, u64) {
+        let w = Arc::new(FramingWatch::default());
+        let mut s = Scanner::new(w.clone(), 64 * 1024);
+        for c in chunks {
+            s.feed(c);
+        }
+        (s.requests, w.ambiguous_at.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn follows_keep_alive_requests_and_bodies() {
+        let stream = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /last HTTP/1.1\r\n\r\n";
+        assert_eq!(scan(&[stream]), (4, 0));
+        // The same bytes split at every position give the same answer.
+        for i in 1..stream.len() {
+            assert_eq!(scan(&[&stream[..i], &stream[i..]]), (4, 0), "split at {i}");
+        }
+    }
+
+    #[test]
+    fn flags_the_ambiguous_request_by_ordinal() {
+        let stream = b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG";
+        assert_eq!(scan(&[stream]), (2, 2));
+        let te_first =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(scan(&[te_first]), (1, 1));
+    }
+
+    #[test]
+    fn body_text_that_looks_like_headers_is_not_a_head() {
+        let stream = b"POST / HTTP/1.1\r\nContent-Length: 66\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(scan(&[stream]), (2, 0));
+    }
+
+    #[test]
+    fn stops_on_h2c_and_garbage() {
+        assert_eq!(scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), (0, 0));
+        assert_eq!(scan(&[b"\x00\x01garbage\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]), (0, 0));
+    }
+}

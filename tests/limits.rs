@@ -1,0 +1,246 @@
+//! Limits and malformed input: smuggling attempts get 400 and never reach an upstream; oversize
+//! heads get 431 and bodies 413; a slowloris client is cut off while others are served; the
+//! connection cap holds. After each, the gateway keeps serving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends raw bytes on a fresh connection and returns everything read until the server closes
+/// or 3 s pass.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_are_refused_and_never_forwarded() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let attacks: &[&[u8]] = &[
+        // CL.TE
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        // TE.CL with the headers in the other order
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\n\r\n0\r\n\r\n",
+        // duplicate, differing Content-Length
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        // obfuscated Transfer-Encoding
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n",
+        // Transfer-Encoding on HTTP/1.0
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // bad Content-Length
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x4\r\n\r\nabcd",
+        // line folding
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+        // a bare LF inside a header line
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\nb\r\n\r\n",
+    ];
+    for a in attacks {
+        let resp = raw(gw.addr, a).await;
+        let status = status_of(&resp);
+        assert_eq!(
+            status,
+            400,
+            "attack {:?} got {resp:?}",
+            String::from_utf8_lossy(a)
+        );
+    }
+    assert_eq!(up.hits(), 0, "an ambiguous request reached the upstream");
+    // Still serving.
+    assert_eq!(get(&gw.url("/")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_head_gets_431() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = simple_config(&[up.url()]).replace(
+        "access_log: off\n",
+        "access_log: off\nserver: { max_header_size: 16KiB }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let big = "a".repeat(20 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(status_of(&resp), 431, "{resp}");
+    // Just under the limit is fine.
+    let ok = "a".repeat(8 * 1024);
+    let r = send(
+        &client(),
+        Request::get(gw.url("/"))
+            .header("x-ok", ok)
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_gets_413() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+server: {{ max_body_size: 1MiB }}
+upstreams:
+  u: {{ targets: ["{}"] }}
+routes:
+  - {{ match: {{ path_prefix: /small }}, upstream: u, max_body_size: 1KiB }}
+  - {{ match: {{ path_prefix: / }}, upstream: u }}
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Declared too large: refused before anything is forwarded.
+    let r = send(
+        &client(),
+        Request::post(gw.url("/small"))
+            .body(full(vec![b'x'; 2048]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["error"], "body_too_large");
+    assert_eq!(up.hits(), 0);
+    // Chunked (no length): cut off when the limit is crossed.
+    let chunked = b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n";
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(chunked).await.unwrap();
+    s.write_all(&[b'y'; 1024]).await.unwrap();
+    s.write_all(b"\r\n400\r\n").await.unwrap();
+    s.write_all(&[b'y'; 1024]).await.unwrap();
+    s.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&out), 413, "{out}");
+    // The server-wide default applies to other routes; within it, bodies pass.
+    let r = send(
+        &client(),
+        Request::post(gw.url("/big"))
+            .body(full(vec![b'x'; 2 * 1024 * 1024]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let r = send(
+        &client(),
+        Request::post(gw.url("/big"))
+            .body(full(vec![b'x'; 512 * 1024]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 512 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_while_others_are_served() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = simple_config(&[up.url()]).replace(
+        "access_log: off\n",
+        "access_log: off\nserver: { request_header_timeout: 500ms }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr;
+    // The slow client trickles one header byte every 100 ms and never finishes.
+    let slow = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        for _ in 0..60 {
+            if s.write_all(b"a").await.is_err() {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut buf = [0u8; 256];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+            {
+                if n == 0 || buf[..n].starts_with(b"HTTP/1.1 408") {
+                    return start.elapsed();
+                }
+                if n > 0 {
+                    return start.elapsed();
+                }
+            }
+        }
+        start.elapsed()
+    });
+    // Meanwhile a normal client is served.
+    for _ in 0..5 {
+        assert_eq!(get(&gw.url("/")).await.status, 200);
+    }
+    let cut_after = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "slow client held the connection for {cut_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_holds_and_frees() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = simple_config(&[up.url()]).replace(
+        "access_log: off\n",
+        "access_log: off\nserver: { max_connections: 2 }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Two keep-alive connections take both slots.
+    let mut a = TcpStream::connect(gw.addr).await.unwrap();
+    let mut b = TcpStream::connect(gw.addr).await.unwrap();
+    for s in [&mut a, &mut b] {
+        s.write_all(req).await.unwrap();
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+    }
+    // A third waits in the backlog and is not served...
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(req).await.unwrap();
+    let mut buf = [0u8; 12];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c.read_exact(&mut buf))
+            .await
+            .is_err(),
+        "third connection was served"
+    );
+    // ...until a slot frees.
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut buf))
+        .await
+        .expect("served after a slot freed")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
