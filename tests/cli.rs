@@ -1,0 +1,419 @@
+//! The `gatehouse` binary: check, explain, schema, run with signals, the access log, and memory
+//! staying flat while large bodies stream through.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run gatehouse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_good_config_and_the_examples() {
+    let cfg = TempConfig::new(
+        "listen: \"127.0.0.1:8080\"\nupstreams:\n  echo:\n    targets: [\"http://127.0.0.1:9001\"]\nroutes:\n  - match: { path_prefix: \"/\" }\n    upstream: echo\n",
+    );
+    let (code, out, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("OK (1 route, 1 upstream, 0 warnings)"),
+        "{out}"
+    );
+    // Every shipped example must stay valid.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(examples).expect("examples/") {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let (code, out, err) = run(&["check", "--config", p.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {out}{err}", p.display());
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no example configs found");
+}
+
+#[test]
+fn check_names_file_key_path_and_problem() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  users: { targets: ["http://127.0.0.1:9001"], timeouts: { connect: 5 } }
+routes:
+  - { match: { path_prefix: / }, upstream: users }
+"#,
+    );
+    let p = cfg.path.to_str().unwrap();
+    let (code, _, err) = run(&["check", "--config", p]);
+    assert_eq!(code, 1);
+    assert!(err.contains(p), "{err}");
+    assert!(err.contains("upstreams.users.timeouts.connect"), "{err}");
+
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  users: { targets: ["http://127.0.0.1:9001"] }
+routes:
+  - { name: a, match: { path_prefix: / }, upstream: users }
+  - { name: a, match: { path_prefix: /x }, upstream: user }
+  - { match: { path_prefix: /y }, upstream: users, bogus: 1 }
+"#,
+    );
+    let (code, _, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("routes[2].bogus") && err.contains("unknown field"),
+        "{err}"
+    );
+
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  users: { targets: ["http://127.0.0.1:9001"] }
+routes:
+  - { name: a, match: { path_prefix: / }, upstream: users }
+  - { name: a, match: { path_prefix: /x }, upstream: user }
+"#,
+    );
+    let (code, _, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("routes[1].name: duplicate route name \"a\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[1].upstream: no upstream named \"user\" (known: users)"),
+        "{err}"
+    );
+    assert!(err.contains("2 errors"), "{err}");
+
+    let (code, _, err) = run(&["check", "--config", "/nonexistent/gatehouse.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/gatehouse.yaml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_warns_about_routes_that_can_never_match() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  u: { targets: ["http://127.0.0.1:9001"] }
+routes:
+  - { name: users, match: { path_prefix: /users }, upstream: u }
+  - { name: users-again, match: { path_prefix: /users }, upstream: u }
+  - { name: user, match: { path: "/users/{id}" }, upstream: u }
+  - { name: user-get, match: { path: "/users/{uid}", methods: [GET] }, upstream: u }
+  - { name: user-get-twin, match: { path: "/users/{x}", methods: [GET] }, upstream: u }
+"#,
+    );
+    let (code, out, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 warnings"), "{out}");
+    assert!(
+        err.contains("routes[1]: route \"users-again\" can never match"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[4]: route \"user-get-twin\" can never match"),
+        "{err}"
+    );
+    assert!(!err.contains("\"user-get\" can never"), "{err}");
+}
+
+#[test]
+fn env_vars_are_interpolated_and_missing_ones_are_errors() {
+    let cfg = TempConfig::new(
+        "listen: \"127.0.0.1:${GH_TEST_PORT}\"\nupstreams:\n  u: { targets: [\"http://127.0.0.1:9001\"] }\nroutes:\n  - { match: { path_prefix: / }, upstream: u }\n",
+    );
+    let p = cfg.path.to_str().unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config", p])
+        .env("GH_TEST_PORT", "8089")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin())
+        .args(["check", "--config", p])
+        .env_remove("GH_TEST_PORT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen: environment variable GH_TEST_PORT is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn explain_shows_route_params_path_and_policies() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  users: { targets: ["http://10.0.0.1:8081", { url: "http://10.0.0.2:8081", weight: 2 }] }
+policies:
+  tag: { headers: { request: { set: { x-tag: "1" } } } }
+global: { use: [tag] }
+routes:
+  - name: users
+    match: { hosts: [api.example.com], path: "/users/{id}" }
+    upstream: users
+    rewrite: "/v2/users/{id}"
+    headers: { response: { set: { x-a: "1" } } }
+"#,
+    );
+    let p = cfg.path.to_str().unwrap();
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        p,
+        "GET",
+        "https://api.example.com/users/7?x=1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "route:      users (routes[0])",
+        "params:     id=7",
+        "forwards:   GET /v2/users/7?x=1 (rewritten)",
+        "http://10.0.0.2:8081 weight 2",
+        "1. headers (from policies.tag)",
+        "2. headers (from inline)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        p,
+        "GET",
+        "https://other.example.com/users/7",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("none: the gateway answers 404"), "{out}");
+}
+
+#[test]
+fn schema_is_json_schema_of_the_config() {
+    let (code, out, _) = run(&["schema"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("schema is JSON");
+    assert!(
+        v["$schema"]
+            .as_str()
+            .unwrap_or("")
+            .contains("json-schema.org")
+    );
+    let props = &v["properties"];
+    for k in [
+        "listen",
+        "upstreams",
+        "routes",
+        "policies",
+        "global",
+        "access_log",
+        "workers",
+        "server",
+    ] {
+        assert!(props.get(k).is_some(), "schema lacks {k}");
+    }
+    assert_eq!(
+        v["additionalProperties"], false,
+        "unknown keys must be refused by the schema too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let slow = TestUpstream::start(Arc::new(|_req| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            Response::new(full("done"))
+        })
+    }))
+    .await;
+    let cfg = TempConfig::new(&simple_config(&[slow.url()]));
+    let mut gw = GatewayProcess::start(&cfg.path);
+    let url = gw.url("/slow");
+    let inflight = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("TERM");
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"done");
+    let code = tokio::task::spawn_blocking(move || {
+        let c = gw.wait_exit(Duration::from_secs(10));
+        (c, gw)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code.0,
+        Some(0),
+        "exit code; log: {:?}",
+        code.1.stderr_lines.lock().unwrap()
+    );
+    // The listener is closed.
+    assert!(std::net::TcpStream::connect(code.1.addr).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_json_to_a_file() {
+    let up = TestUpstream::echo("u").await;
+    let dir = TempConfig::new("");
+    let log = dir.dir.join("access.log");
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: {{ format: json, path: \"{}\" }}\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        log.display(),
+        up.url()
+    );
+    let cfg = TempConfig::new(&yaml);
+    let gw = GatewayProcess::start(&cfg.path);
+    let r = send(
+        &client(),
+        Request::post(gw.url("/a/b?c=d"))
+            .header("x-request-id", "rid-1")
+            .body(full("12345"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let s = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = s.lines().next() {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access log line written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/a/b?c=d");
+    assert_eq!(v["route"], "all");
+    assert_eq!(v["upstream_target"], up.addr.to_string());
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["bytes_in"], 5);
+    assert_eq!(v["bytes_out"].as_u64(), Some(r.body.len() as u64));
+    assert_eq!(v["request_id"], "rid-1");
+    assert!(v["duration_ms"].as_f64().is_some());
+}
+
+/// An upstream that streams `n` bytes of zeros in 64 KiB frames, lazily.
+async fn zeros_upstream(n: u64) -> TestUpstream {
+    TestUpstream::start(Arc::new(move |_req: Request<Incoming>| {
+        Box::pin(async move {
+            let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+            let frames = futures_iter(n, chunk);
+            let mut resp = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(frames)));
+            resp.headers_mut()
+                .insert("content-length", http::HeaderValue::from(n));
+            resp
+        })
+    }))
+    .await
+}
+
+fn futures_iter(
+    total: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send {
+    struct S {
+        left: u64,
+        chunk: Bytes,
+    }
+    impl futures_core::Stream for S {
+        type Item = Result<Frame<Bytes>, BoxError>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = self.left.min(self.chunk.len() as u64);
+            self.left -= n;
+            let b = self.chunk.slice(..n as usize);
+            std::task::Poll::Ready(Some(Ok(Frame::data(b))))
+        }
+    }
+    S { left: total, chunk }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_with_flat_memory() {
+    const SIZE: u64 = 512 * 1024 * 1024;
+    let sink = TestUpstream::echo("sink").await;
+    let source = zeros_upstream(SIZE).await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  sink: {{ targets: [\"{}\"] }}\n  source: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ match: {{ path_prefix: /up }}, upstream: sink }}\n  - {{ match: {{ path_prefix: /down }}, upstream: source }}\n",
+        sink.url(),
+        source.url()
+    );
+    let cfg = TempConfig::new(&yaml);
+    let gw = GatewayProcess::start(&cfg.path);
+    let baseline = gw.peak_rss_kib();
+
+    // Upload: a streamed body the gateway must pass on without collecting it.
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(futures_iter(
+        SIZE,
+        Bytes::from(vec![1u8; 64 * 1024]),
+    )));
+    let req = Request::post(gw.url("/up"))
+        .header("content-length", SIZE)
+        .body(body)
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], SIZE);
+
+    // Download: counted frame by frame.
+    let resp = client()
+        .request(Request::get(gw.url("/down")).body(full("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(f) = body.frame().await {
+        got += f.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+        assert!(Instant::now() < deadline, "download too slow");
+    }
+    assert_eq!(got, SIZE);
+
+    let peak = gw.peak_rss_kib();
+    // 512 MiB went each way; the gateway's peak must stay within a few tens of MiB of idle.
+    assert!(
+        peak < baseline + 64 * 1024,
+        "peak RSS grew from {baseline} KiB to {peak} KiB"
+    );
+}
