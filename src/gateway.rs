@@ -164,7 +164,7 @@ async fn route_and_forward(
     let target = upstream.select().ok_or_else(|| GatewayError::NoTarget {
         upstream: upstream.name.to_string(),
     })?;
-    if let Some(r) = rec.as_deref_mut() {
+    if let Some(r) = rec {
         r.target = Some(target.authority.to_string());
     }
     let upstream_path = proxy::upstream_path(&route.path_action, req.uri(), &cx.params)?;

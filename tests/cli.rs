@@ -1,6 +1,8 @@
 //! The `gatehouse` binary: check, explain, schema, run with signals, the access log, and memory
 //! staying flat while large bodies stream through.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

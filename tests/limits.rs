@@ -2,6 +2,8 @@
 //! heads get 431 and bodies 413; a slowloris client is cut off while others are served; the
 //! connection cap holds. After each, the gateway keeps serving.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

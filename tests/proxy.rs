@@ -1,5 +1,7 @@
 //! Proxying end to end: routing, balancing, failures, headers, paths, h2c, streaming, upgrades.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

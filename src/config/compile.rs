@@ -81,13 +81,13 @@ pub fn compile(cfg: &Config, pools: &Pools) -> Result<Runtime, Vec<ConfigError>>
     let listeners = compile_listeners(&cfg.listen, &mut errors);
     let server = compile_server(&cfg.server, &mut errors);
 
-    if let Some(w) = cfg.workers {
-        if w == 0 || w > 1024 {
-            errors.push(ConfigError::new(
-                "workers",
-                format!("must be between 1 and 1024, got {w}"),
-            ));
-        }
+    if let Some(w) = cfg.workers
+        && (w == 0 || w > 1024)
+    {
+        errors.push(ConfigError::new(
+            "workers",
+            format!("must be between 1 and 1024, got {w}"),
+        ));
     }
 
     let mut upstreams = BTreeMap::new();
@@ -347,10 +347,10 @@ fn derive_name(m: &Matcher) -> String {
         );
         s.push(' ');
     }
-    if let Some(h) = m.hosts.first() {
-        if *h != HostPattern::Any {
-            s.push_str(&h.display());
-        }
+    if let Some(h) = m.hosts.first()
+        && *h != HostPattern::Any
+    {
+        s.push_str(&h.display());
     }
     s.push_str(&m.path.display());
     if matches!(m.path, PathPattern::Prefix(_)) && !s.ends_with('/') {
@@ -419,7 +419,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
 
 fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSettings {
     let max_header_size = s.max_header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |b| b.0);
-    if max_header_size < MIN_HEADER_SIZE || max_header_size > 16 * 1024 * 1024 {
+    if !(MIN_HEADER_SIZE..=16 * 1024 * 1024).contains(&max_header_size) {
         errors.push(ConfigError::new(
             "server.max_header_size",
             "must be between 8KiB and 16MiB",
@@ -682,10 +682,10 @@ fn compile_policy_set(
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Arc<dyn Policy>> {
     let mut out: Vec<Arc<dyn Policy>> = Vec::new();
-    if let Some(h) = &p.headers {
-        if let Some(policy) = HeadersPolicy::compile(h, &format!("{path}.headers"), errors) {
-            out.push(Arc::new(policy));
-        }
+    if let Some(h) = &p.headers
+        && let Some(policy) = HeadersPolicy::compile(h, &format!("{path}.headers"), errors)
+    {
+        out.push(Arc::new(policy));
     }
     out
 }

@@ -133,14 +133,10 @@ fn interpolate(
     errors: &mut Vec<ConfigError>,
 ) {
     match v {
-        serde_json::Value::String(s) => {
-            if s.contains('$') {
-                match interpolate_str(s, env) {
-                    Ok(new) => *s = new,
-                    Err(msg) => errors.push(ConfigError::new(path.clone(), msg)),
-                }
-            }
-        }
+        serde_json::Value::String(s) if s.contains('$') => match interpolate_str(s, env) {
+            Ok(new) => *s = new,
+            Err(msg) => errors.push(ConfigError::new(path.clone(), msg)),
+        },
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();

@@ -57,7 +57,11 @@ impl AccessLog {
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(10_000)
+                {
                     tracing::warn!("access log writer is behind; dropping lines");
                 }
             }

@@ -182,15 +182,15 @@ pub async fn forward(
         Ok(Ok(r)) => r,
     };
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down_up) = downstream_upgrade {
-            let up_up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(down_up, up_up));
-            let (mut parts, _) = resp.into_parts();
-            // Keep Connection/Upgrade: they are the point of a 101.
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            return Ok(Response::from_parts(parts, Body::empty()));
-        }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down_up) = downstream_upgrade
+    {
+        let up_up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(splice(down_up, up_up));
+        let (mut parts, _) = resp.into_parts();
+        // Keep Connection/Upgrade: they are the point of a 101.
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);

@@ -271,10 +271,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            if !matches!(this.scanner.state, State::Off) {
-                this.scanner.feed(&buf.filled()[before..]);
-            }
+        if let Poll::Ready(Ok(())) = r
+            && !matches!(this.scanner.state, State::Off)
+        {
+            this.scanner.feed(&buf.filled()[before..]);
         }
         r
     }

@@ -67,10 +67,10 @@ pub struct Pools {
 impl Pools {
     pub fn client(&self, upstream: &str, t: Timeouts) -> HttpClient {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((tt, c)) = map.get(upstream) {
-            if *tt == t {
-                return c.clone();
-            }
+        if let Some((tt, c)) = map.get(upstream)
+            && *tt == t
+        {
+            return c.clone();
         }
         let c = build_client(t);
         map.insert(upstream.to_owned(), (t, c.clone()));

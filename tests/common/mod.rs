@@ -1,6 +1,7 @@
 //! Test harness: a real gateway (in-process, or the real binary) and real upstream HTTP servers,
 //! all on 127.0.0.1 with ephemeral ports, torn down on drop. Every wait is bounded.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
