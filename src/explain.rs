@@ -34,11 +34,16 @@ pub fn explain(
         hmap.append(name, value);
     }
     let host = router::request_host(&uri, &hmap);
-    let path = router::normalize(uri.path());
+    let (path, restructured) = router::normalize_ext(uri.path());
     let mut out = String::new();
     let _ = writeln!(out, "request:    {method} {url}");
     if path != uri.path() {
-        let _ = writeln!(out, "normalised: {path} (used for matching only)");
+        let used = if restructured {
+            "used for matching and forwarded"
+        } else {
+            "used for matching; the client's spelling is forwarded"
+        };
+        let _ = writeln!(out, "normalised: {path} ({used})");
     }
     let Some(found) = rt.router.find(host.as_deref(), &path, &method, &hmap) else {
         let _ = writeln!(
@@ -94,7 +99,8 @@ pub fn explain(
         }
         b.body(Body::empty()).map_err(|e| e.to_string())?
     };
-    let pq = proxy::upstream_path(&r.path_action, req.uri(), &found.params)
+    let normalized = restructured.then_some(path.as_ref());
+    let pq = proxy::upstream_path(&r.path_action, req.uri(), normalized, &found.params)
         .map_err(|e| e.to_string())?;
     let how = match &r.path_action {
         PathAction::Keep => "as sent by the client".to_owned(),

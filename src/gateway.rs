@@ -4,17 +4,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::{Body, Tally};
 use crate::config::compile::Runtime;
 use crate::error::GatewayError;
-use crate::observe::access_log::{AccessLog, LoggedBody, Record};
+use crate::observe::access_log::{AccessLog, LoggedBody, PendingLine, Record};
 use crate::policy::{self, RequestCtx};
 use crate::proxy::{self, Downstream, X_REQUEST_ID};
 use crate::router;
@@ -26,10 +28,12 @@ pub struct Gateway {
 }
 
 /// Facts about the client connection.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnInfo {
     pub client_addr: SocketAddr,
     pub proto: &'static str,
+    /// The connection's slot under `server.max_connections`; an upgraded connection keeps it.
+    pub slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 /// `ambiguous_framing`: the connection's framing watch saw both Content-Length and
@@ -37,36 +41,35 @@ pub struct ConnInfo {
 pub async fn handle(
     gw: &Gateway,
     req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     ambiguous_framing: bool,
 ) -> Response<LoggedBody> {
     let start = Instant::now();
     let rt = gw.runtime.load_full();
     let request_id = request_id(req.headers());
     let tally = Arc::new(Tally::default());
-
-    let mut rec = gw.access_log.as_ref().map(|_| {
-        Box::new(Record {
-            start,
-            time: SystemTime::now(),
-            client: conn.client_addr,
-            method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-            version: req.version(),
-            host: router::request_host(req.uri(), req.headers())
-                .map(|h| h.into_owned())
-                .unwrap_or_default(),
-            route: None,
-            target: None,
-            status: http::StatusCode::OK,
-            error: None,
-            request_id: String::new(),
-            tally: tally.clone(),
-        })
+    // The access-log line: handed to the response body, or written by the guard (as 499) if
+    // the client goes away before a response exists.
+    let mut line = PendingLine::new(gw.access_log.as_ref(), || Record {
+        start,
+        time: SystemTime::now(),
+        client: conn.client_addr,
+        method: req.method().clone(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        version: req.version(),
+        host: router::request_host(req.uri(), req.headers())
+            .map(|h| h.into_owned())
+            .unwrap_or_default(),
+        route: None,
+        target: None,
+        status: http::StatusCode::OK,
+        error: None,
+        request_id: request_id_str(&request_id).to_owned(),
+        tally: tally.clone(),
     });
 
     let result = if ambiguous_framing {
@@ -74,7 +77,7 @@ pub async fn handle(
             "both Content-Length and Transfer-Encoding",
         ))
     } else {
-        route_and_forward(&rt, req, conn, &request_id, &tally, rec.as_deref_mut()).await
+        route_and_forward(&rt, req, conn, &request_id, &tally, &mut line).await
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -85,9 +88,14 @@ pub async fn handle(
                     | GatewayError::UpstreamConnect(_)
                     | GatewayError::Internal(_)
             ) {
-                tracing::warn!(request_id = %request_id_str(&request_id), error = %e, source = ?std::error::Error::source(&e), "request failed");
+                tracing::warn!(
+                    request_id = %request_id_str(&request_id),
+                    error = %e,
+                    source = ?std::error::Error::source(&e),
+                    "request failed"
+                );
             }
-            if let Some(r) = rec.as_deref_mut() {
+            if let Some(r) = line.record() {
                 r.error = Some(e.code());
             }
             // After a framing error the rest of the connection cannot be trusted: close it.
@@ -102,39 +110,36 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
-
-    let log = match (gw.access_log.as_ref(), rec) {
-        (Some(l), Some(mut r)) => {
-            r.status = resp.status();
-            r.request_id = request_id_str(&request_id).to_owned();
-            Some((l.clone(), r))
-        }
-        _ => None,
-    };
+    let log = line.respond(resp.status());
     resp.map(|b| LoggedBody::new(b, log))
 }
 
 async fn route_and_forward(
     rt: &Runtime,
     req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     tally: &Arc<Tally>,
-    mut rec: Option<&mut Record>,
+    line: &mut PendingLine,
 ) -> Result<Response<Body>, GatewayError> {
     check_framing(req.headers())?;
+    let client_host = client_host(&req)?;
 
-    let host = router::request_host(req.uri(), req.headers());
-    let path = router::normalize(req.uri().path());
+    let host = client_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(router::host_key);
+    let (path, restructured) = router::normalize_ext(req.uri().path());
     let found = rt
         .router
         .find(host.as_deref(), &path, req.method(), req.headers())
         .ok_or(GatewayError::NoRoute)?;
     let route = found.route.clone();
     let params = found.params;
-    drop(path);
+    // When normalisation resolved dot segments or merged slashes, forward what was routed.
+    let normalized = restructured.then(|| path.into_owned());
     drop(host);
-    if let Some(r) = rec.as_deref_mut() {
+    if let Some(r) = line.record() {
         r.route = Some(route.name.clone());
     }
 
@@ -149,6 +154,9 @@ async fn route_and_forward(
         }
     }
     let mut req = req.map(|b| Body::request(b, route.max_body_size, tally.clone()));
+    // Before the policies: a client's `Connection: x-api-key` must not remove what a policy adds.
+    let upgrade = proxy::take_upgrade(&mut req);
+    proxy::remove_hop_by_hop(req.headers_mut());
 
     let mut cx = RequestCtx {
         request_id: request_id_str(request_id).to_owned(),
@@ -164,40 +172,58 @@ async fn route_and_forward(
     let target = upstream.select().ok_or_else(|| GatewayError::NoTarget {
         upstream: upstream.name.to_string(),
     })?;
-    if let Some(r) = rec {
+    if let Some(r) = line.record() {
         r.target = Some(target.authority.to_string());
     }
-    let upstream_path = proxy::upstream_path(&route.path_action, req.uri(), &cx.params)?;
-    // The client's Host (HTTP/1.1) or authority (HTTP/2), as sent.
-    let client_host = match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
+    let upstream_path = proxy::upstream_path(
+        &route.path_action,
+        req.uri(),
+        normalized.as_deref(),
+        &cx.params,
+    )?;
     let down = Downstream {
         client_addr: conn.client_addr,
         proto: conn.proto,
         host: client_host.as_ref(),
+        conn_slot: conn.slot.clone(),
     };
-    let mut resp =
-        match proxy::forward(upstream, target, req, upstream_path, &down, request_id).await {
-            Ok(r) => r,
-            Err(e) => {
-                if tally
-                    .body_too_large
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    return Err(GatewayError::BodyTooLarge {
-                        limit: route.max_body_size.unwrap_or(0),
-                    });
-                }
-                return Err(e);
-            }
-        };
+    let forwarded = proxy::forward(
+        upstream,
+        target,
+        req,
+        upstream_path,
+        down,
+        request_id,
+        upgrade,
+    )
+    .await;
+    let mut resp = match forwarded {
+        Ok(r) => r,
+        // The upstream call failed because our body limit cut the request off.
+        Err(_) if tally.body_too_large.load(Ordering::Relaxed) => {
+            return Err(GatewayError::BodyTooLarge {
+                limit: route.max_body_size.unwrap_or(0),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     policy::run_response(&route.chain, &mut resp, &cx);
     Ok(resp)
+}
+
+/// The host the client addressed, exactly as written: the URI authority when there is one
+/// (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target, where RFC 9112 3.2.2 says Host
+/// is ignored), else the one Host header. Routing and forwarding both use this value.
+fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
+    match req.uri().authority() {
+        Some(a) => Ok(HeaderValue::from_str(a.as_str()).ok()),
+        None => Ok(first.cloned()),
+    }
 }
 
 /// Request smuggling defences on top of hyper's parser: a request whose body length could be
@@ -298,5 +324,20 @@ mod tests {
             request_id(&h(&[("x-request-id", "has space")])),
             "has space"
         );
+    }
+
+    #[test]
+    fn one_host_for_routing_and_forwarding() {
+        let req = Request::get("http://public.example.com/x")
+            .header("host", "admin.example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(client_host(&req).unwrap().unwrap(), "public.example.com");
+        let two = Request::get("/x")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        assert!(client_host(&two).is_err());
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gatehouse::config::compile::Runtime;
@@ -171,7 +172,7 @@ fn serve(rt: Runtime, banner: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send
             Ok(gw) => gw,
             Err(e) => return fail(&format!("cannot open access log: {e}")),
         };
-        let server = match Server::start(gw).await {
+        let server = match Server::start(gw.clone()).await {
             Ok(s) => s,
             Err(e) => return fail(&e.to_string()),
         };
@@ -182,6 +183,9 @@ fn serve(rt: Runtime, banner: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send
         wait_for_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         server.shutdown().await;
+        if let Some(log) = gw.access_log.clone() {
+            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

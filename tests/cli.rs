@@ -419,3 +419,43 @@ async fn large_bodies_stream_with_flat_memory() {
         "peak RSS grew from {baseline} KiB to {peak} KiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_early_is_still_logged() {
+    let slow = TestUpstream::start(Arc::new(|_req| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Response::new(full("late"))
+        })
+    }))
+    .await;
+    let dir = TempConfig::new("");
+    let log = dir.dir.join("access.log");
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: {{ format: json, path: \"{}\" }}\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: u }}\n",
+        log.display(),
+        slow.url()
+    );
+    let cfg = TempConfig::new(&yaml);
+    let gw = GatewayProcess::start(&cfg.path);
+    let url = gw.url("/gone");
+    let req = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    req.abort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let s = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = s.lines().next() {
+            break l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for the abandoned request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 499);
+    assert_eq!(v["error"], "client_closed");
+    assert_eq!(v["path"], "/gone");
+}

@@ -530,3 +530,204 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_spoof_forwarded_proto_host_or_strip_policy_headers() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n    headers: {{ request: {{ set: {{ x-tag: gateway }} }} }}\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let req = Request::get(gw.url("/"))
+        .header("host", "api.example.com")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("connection", "x-tag")
+        .body(full(""))
+        .unwrap();
+    let h = send(&client(), req).await.json()["headers"].clone();
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(
+        h["x-forwarded-host"],
+        serde_json::json!(["api.example.com"])
+    );
+    assert_eq!(
+        h["x-tag"],
+        serde_json::json!(["gateway"]),
+        "Connection: x-tag must not remove a policy's header"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_routes_and_forwards_one_host() {
+    let public = TestUpstream::echo("public").await;
+    let admin = TestUpstream::echo("admin").await;
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  public: {{ targets: ["{}"] }}
+  admin: {{ targets: ["{}"] }}
+routes:
+  - {{ match: {{ hosts: [public.example.com] }}, upstream: public }}
+  - {{ match: {{ hosts: [admin.example.com] }}, upstream: admin }}
+"#,
+        public.url(),
+        admin.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET http://public.example.com/x HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let j: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(j["name"], "public");
+    assert_eq!(
+        j["headers"]["host"],
+        serde_json::json!(["public.example.com"])
+    );
+    // Two Host headers: refused.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: public.example.com\r\nHost: admin.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut s, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert_eq!(admin.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normalised_paths_are_what_the_upstream_sees() {
+    let public = TestUpstream::echo("public").await;
+    let admin = TestUpstream::echo("admin").await;
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  public: {{ targets: ["{}"] }}
+  admin: {{ targets: ["{}"] }}
+routes:
+  - {{ match: {{ path_prefix: / }}, upstream: public }}
+  - {{ match: {{ path_prefix: /admin }}, upstream: admin }}
+  - {{ match: {{ path: "/files/{{name}}" }}, upstream: public, rewrite: "/store/{{name}}" }}
+"#,
+        public.url(),
+        admin.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Dot segments and doubled slashes are resolved, and the resolved path is forwarded.
+    let r = get(&gw.url("/public/%2e%2e/admin/x?q=1")).await.json();
+    assert_eq!(
+        (r["name"].as_str(), r["path"].as_str()),
+        (Some("admin"), Some("/admin/x?q=1"))
+    );
+    let r = get(&gw.url("//admin")).await.json();
+    assert_eq!(
+        (r["name"].as_str(), r["path"].as_str()),
+        (Some("admin"), Some("/admin"))
+    );
+    // An encoded slash inside a rewritten param could be decoded upstream: refused.
+    let r = get(&gw.url("/files/..%2Fadmin")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        get(&gw.url("/files/report.pdf")).await.json()["path"],
+        "/store/report.pdf"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_are_forwarded() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let req = Request::get(gw.url("/"))
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQAAP__")
+        .body(full(""))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.status, 200);
+    let h = &r.json()["headers"];
+    assert!(
+        h.get("upgrade").is_none() && h.get("http2-settings").is_none(),
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_keeps_its_connection_slot() {
+    let up = TestUpstream::start(Arc::new(|mut req: Request<Incoming>| {
+        Box::pin(async move {
+            if !req.headers().contains_key("upgrade") {
+                return Response::new(full("plain"));
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on_upgrade.await {
+                    let mut io = hyper_util::rt::TokioIo::new(up);
+                    let mut buf = [0u8; 16];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut resp = Response::new(full(""));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert("connection", http::HeaderValue::from_static("upgrade"));
+            resp.headers_mut()
+                .insert("upgrade", http::HeaderValue::from_static("websocket"));
+            resp
+        })
+    }))
+    .await;
+    let yaml = simple_config(&[up.url()]).replace(
+        "access_log: off\n",
+        "access_log: off\nserver: { max_connections: 1 }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut ws = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    ws.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut ws, b"\r\n\r\n").await;
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    ws.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    // While the WebSocket lives, the only slot is taken.
+    let mut other = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 12];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), other.read_exact(&mut b))
+            .await
+            .is_err()
+    );
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(5), other.read_exact(&mut b))
+        .await
+        .expect("served once the WebSocket closed")
+        .unwrap();
+    assert_eq!(&b, b"HTTP/1.1 200");
+}

@@ -426,10 +426,10 @@ fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSett
         ));
     }
     let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    if max_connections == 0 {
+    if !(1..=1_000_000).contains(&max_connections) {
         errors.push(ConfigError::new(
             "server.max_connections",
-            "must be at least 1",
+            "must be between 1 and 1000000",
         ));
     }
     let request_header_timeout = s

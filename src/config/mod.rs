@@ -133,10 +133,16 @@ fn interpolate(
     errors: &mut Vec<ConfigError>,
 ) {
     match v {
-        serde_json::Value::String(s) if s.contains('$') => match interpolate_str(s, env) {
-            Ok(new) => *s = new,
-            Err(msg) => errors.push(ConfigError::new(path.clone(), msg)),
-        },
+        serde_json::Value::String(s) if s.contains('$') => {
+            // A value that is exactly one `${NAME}` may stand for a number or a boolean
+            // (`workers: ${WORKERS}`), as it would if written literally.
+            let whole = s.starts_with("${") && s.ends_with('}') && s.matches('$').count() == 1;
+            match interpolate_str(s, env) {
+                Ok(new) if whole => *v = scalar(new),
+                Ok(new) => *s = new,
+                Err(msg) => errors.push(ConfigError::new(path.clone(), msg)),
+            }
+        }
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
@@ -157,6 +163,20 @@ fn interpolate(
             }
         }
         _ => {}
+    }
+}
+
+fn scalar(s: String) -> serde_json::Value {
+    if let Ok(n) = s.parse::<u64>() {
+        return n.into();
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        return n.into();
+    }
+    match s.as_str() {
+        "true" => true.into(),
+        "false" => false.into(),
+        _ => serde_json::Value::String(s),
     }
 }
 
@@ -231,6 +251,18 @@ mod tests {
         let errs = parse_str(yaml, &env).unwrap_err();
         assert_eq!(errs[0].path, "upstreams.a.targets[0]");
         assert!(errs[0].message.contains("NOPE"));
+    }
+
+    #[test]
+    fn whole_env_values_can_be_numbers() {
+        let yaml = "listen: \"127.0.0.1:${PORT}\"\nworkers: ${PORT}\n";
+        let cfg = parse_str(yaml, &env).unwrap();
+        assert_eq!(cfg.workers, Some(9001));
+        if let model::ListenConfig::One(l) = cfg.listen {
+            assert_eq!(l, "127.0.0.1:9001");
+        } else {
+            panic!("listen form");
+        }
     }
 
     #[test]

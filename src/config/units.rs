@@ -59,10 +59,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "invalid duration {s:?}: a unit is required (e.g. \"{t}s\" or \"{t}ms\")"
         ));
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!("invalid duration {s:?}: {e} (expected e.g. \"5s\", \"250ms\", \"2m\")")
-    })
+    })?;
+    // Far beyond any sensible timeout, and far from overflowing `Instant + Duration`.
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is too long (at most 7 days)"));
+    }
+    Ok(d)
 }
+
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A size in bytes: an integer, or a string like `512`, `64KiB`, `10MB`, `1GiB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,6 +159,8 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("8d").is_err());
+        assert!(parse_duration("99999999999999h").is_err());
     }
 
     #[test]

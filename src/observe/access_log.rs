@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, Version};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 
 use crate::body::{Body, Tally};
 use crate::config::model::{AccessLogConfig, LogFormat};
@@ -24,9 +24,15 @@ use crate::error::BoxError;
 /// Where lines go. Cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    tx: SyncSender<Msg>,
     format: LogFormat,
     dropped: Arc<AtomicU64>,
+}
+
+enum Msg {
+    Line(String),
+    /// Write out everything queued before this, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 impl AccessLog {
@@ -42,7 +48,7 @@ impl AccessLog {
                     .open(p)?,
             ),
         };
-        let (tx, rx) = sync_channel::<String>(16 * 1024);
+        let (tx, rx) = sync_channel::<Msg>(16 * 1024);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || writer(rx, out))?;
@@ -54,7 +60,7 @@ impl AccessLog {
     }
 
     fn send(&self, line: String) {
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 if self
@@ -68,19 +74,81 @@ impl AccessLog {
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
+
+    /// Blocks until every line sent so far is written (bounded by `timeout`). Called at
+    /// shutdown, off the runtime, so no line of a finished request is lost on exit.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(ack_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
 }
 
-fn writer(rx: Receiver<String>, out: Box<dyn std::io::Write + Send>) {
+fn writer(rx: Receiver<Msg>, out: Box<dyn std::io::Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        // Drain what is queued, then flush once: one syscall per burst, not per line.
-        while let Ok(line) = rx.try_recv() {
+    let write = |msg: Msg, out: &mut std::io::BufWriter<_>| match msg {
+        Msg::Line(line) => {
             let _ = out.write_all(line.as_bytes());
+        }
+        Msg::Flush(ack) => {
+            let _ = out.flush();
+            let _ = ack.send(());
+        }
+    };
+    while let Ok(msg) = rx.recv() {
+        write(msg, &mut out);
+        // Drain what is queued, then flush once: one syscall per burst, not per line.
+        while let Ok(msg) = rx.try_recv() {
+            write(msg, &mut out);
         }
         let _ = out.flush();
     }
     let _ = out.flush();
+}
+
+/// The line of a request still being handled. If the handler is dropped before a response
+/// exists (the client went away while the upstream was slow), the line is written anyway, with
+/// status 499 and `error=client_closed`, so exactly the slow requests do not vanish from the log.
+pub struct PendingLine(Option<(AccessLog, Box<Record>)>);
+
+impl PendingLine {
+    pub fn new(log: Option<&AccessLog>, record: impl FnOnce() -> Record) -> Self {
+        PendingLine(log.map(|l| (l.clone(), Box::new(record()))))
+    }
+
+    pub fn record(&mut self) -> Option<&mut Record> {
+        self.0.as_mut().map(|(_, r)| r.as_mut())
+    }
+
+    /// The response head exists: hand the line to the response body.
+    pub fn respond(mut self, status: StatusCode) -> Option<(AccessLog, Box<Record>)> {
+        let mut taken = self.0.take();
+        if let Some((_, r)) = taken.as_mut() {
+            r.status = status;
+        }
+        taken
+    }
+}
+
+impl Drop for PendingLine {
+    fn drop(&mut self) {
+        if let Some((log, mut rec)) = self.0.take() {
+            rec.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            rec.error = Some("client_closed");
+            log.send(rec.line(log.format, 0));
+        }
+    }
 }
 
 /// What one access-log line says.
@@ -201,8 +269,13 @@ impl LoggedBody {
         }
     }
 
-    fn finish(&mut self) {
-        if let Some((log, rec)) = self.log.take() {
+    /// `complete`: the body reached its end. Otherwise it failed or the client left mid-body,
+    /// and the line says so.
+    fn finish(&mut self, complete: bool) {
+        if let Some((log, mut rec)) = self.log.take() {
+            if !complete && rec.error.is_none() {
+                rec.error = Some("response_incomplete");
+            }
             log.send(rec.line(log.format, self.bytes));
         }
     }
@@ -210,7 +283,8 @@ impl LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        self.finish();
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
     }
 }
 
@@ -230,7 +304,8 @@ impl http_body::Body for LoggedBody {
                     this.bytes += d.len() as u64;
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Pending => {}
         }
         r

@@ -2,13 +2,16 @@
 //! header removal (RFC 9110 7.6.1), `X-Forwarded-*`, Host, the response-head timeout, and
 //! protocol upgrades (WebSocket) spliced byte for byte. Runs after the policy chain.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::Body;
 use crate::config::compile::PathAction;
@@ -22,45 +25,53 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// The path and query to send upstream. The client's bytes unless the route changes them.
+/// The path and query to send upstream: the client's bytes unless the route changes them, or
+/// unless normalisation changed the segment structure (`normalized` is then `Some`): the
+/// upstream must see the resource the route was chosen for, not `/public/../admin`.
 pub fn upstream_path(
     action: &PathAction,
     original: &Uri,
+    normalized: Option<&str>,
     params: &[(String, String)],
 ) -> Result<PathAndQuery, GatewayError> {
     let pq = original
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let new_path = match action {
-        PathAction::Keep => return Ok(pq),
+    let path = normalized.unwrap_or(pq.path());
+    match action {
+        PathAction::Keep if normalized.is_none() => Ok(pq),
+        PathAction::Keep => join_query(path, pq.query()),
         PathAction::StripPrefix(prefix) => {
-            let path = pq.path();
-            let rest = if prefix == "/" {
-                path
-            } else if let Some(rest) = path
+            let rest = match path
                 .strip_prefix(prefix.as_str())
-                .filter(|r| r.is_empty() || r.starts_with('/'))
+                .filter(|r| prefix != "/" && (r.is_empty() || r.starts_with('/')))
             {
-                rest
-            } else {
-                // The raw path differs from the normalised one the route matched (escapes, dot
-                // segments): strip from the normalised form, which is what matched.
-                let norm = crate::router::normalize(path);
-                let stripped = norm
-                    .strip_prefix(prefix.as_str())
-                    .unwrap_or(&norm)
-                    .to_owned();
-                return join_query(
-                    if stripped.is_empty() { "/" } else { &stripped },
-                    pq.query(),
-                );
+                Some(rest) => Cow::Borrowed(rest),
+                None if prefix == "/" => Cow::Borrowed(path),
+                // The raw path spells the prefix differently (escapes): strip from the
+                // normalised form, which is what matched.
+                None => {
+                    let norm = crate::router::normalize(path);
+                    Cow::Owned(
+                        norm.strip_prefix(prefix.as_str())
+                            .unwrap_or(&norm)
+                            .to_owned(),
+                    )
+                }
             };
-            if rest.is_empty() { "/" } else { rest }.to_owned()
+            join_query(if rest.is_empty() { "/" } else { &rest }, pq.query())
         }
-        PathAction::Rewrite(t) => t.render(params),
-    };
-    join_query(&new_path, pq.query())
+        PathAction::Rewrite(t) => {
+            let rendered = t.render(params).map_err(GatewayError::BadRequest)?;
+            // A rewrite may carry its own query; the client's is appended to it.
+            match (rendered.split_once('?'), pq.query()) {
+                (Some((p, tq)), Some(cq)) => join_query(p, Some(&format!("{tq}&{cq}"))),
+                (Some(_), None) => join_query(&rendered, None),
+                (None, q) => join_query(&rendered, q),
+            }
+        }
+    }
 }
 
 fn join_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
@@ -72,11 +83,33 @@ fn join_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayEr
         .map_err(|_| GatewayError::BadRequest("rewritten path is not a valid URI path"))
 }
 
-/// True for an HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header.
-pub fn is_upgrade(req: &Request<Body>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
+/// A WebSocket upgrade the client asked for, taken from the request before its hop-by-hop
+/// headers are removed.
+pub struct Upgrade {
+    proto: HeaderValue,
+    on: hyper::upgrade::OnUpgrade,
+}
+
+/// Takes the client's upgrade, if it is an HTTP/1.1 `Connection: upgrade` request for
+/// `websocket`. Other protocols (notably `h2c`, which would open a tunnel around the router)
+/// are not forwarded: their `Upgrade` header is dropped with the other hop-by-hop headers.
+pub fn take_upgrade<B>(req: &mut Request<B>) -> Option<Upgrade> {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    let proto = req.headers().get(header::UPGRADE)?.clone();
+    let websocket = proto
+        .to_str()
+        .ok()?
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return None;
+    }
+    Some(Upgrade {
+        proto,
+        on: hyper::upgrade::on(req),
+    })
 }
 
 fn connection_has(h: &HeaderMap, token: &str) -> bool {
@@ -87,7 +120,9 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Removes hop-by-hop headers: the fixed list and every header named in `Connection`.
+/// Removes hop-by-hop headers: the fixed list and every header named in `Connection`. Runs on
+/// the request before the policy chain (so a client's `Connection: x-api-key` cannot remove a
+/// header a policy adds) and on every response.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
@@ -115,55 +150,50 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::PROXY_AUTHORIZATION);
 }
 
-/// Facts about the client connection the forwarded headers need.
+/// Facts about the client side that forwarding needs.
 pub struct Downstream<'a> {
     pub client_addr: SocketAddr,
     pub proto: &'static str,
+    /// The host the request was routed by, as the client wrote it (URI authority or Host).
     pub host: Option<&'a HeaderValue>,
+    /// Held by an upgraded connection for as long as it lives, so WebSockets count against
+    /// `server.max_connections` too.
+    pub conn_slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 /// Sends the request to `target` and returns the upstream's response head (body streaming).
+/// The request's hop-by-hop headers were removed before the policy chain ran.
 pub async fn forward(
     upstream: &Upstream,
     target: &Target,
     mut req: Request<Body>,
     path: PathAndQuery,
-    down: &Downstream<'_>,
+    down: Downstream<'_>,
     request_id: &HeaderValue,
+    upgrade: Option<Upgrade>,
 ) -> Result<Response<Body>, GatewayError> {
-    let upgrade = is_upgrade(&req);
-    let upgrade_proto = if upgrade {
-        req.headers().get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    let downstream_upgrade = if upgrade {
-        Some(hyper::upgrade::on(&mut req))
-    } else {
-        None
-    };
-
-    let client_host = down.host.cloned();
     let headers = req.headers_mut();
-    remove_hop_by_hop(headers);
     append_forwarded(headers, &X_FORWARDED_FOR, &ip_value(down.client_addr));
-    append_forwarded(
-        headers,
-        &X_FORWARDED_PROTO,
-        &HeaderValue::from_static(down.proto),
+    // Proto and Host describe this hop: a client cannot be trusted to say them, so they are
+    // set, not appended (a client-sent `X-Forwarded-Host: evil.com` must not reach a service
+    // that builds links from it).
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(down.proto),
     );
-    if let Some(h) = &client_host {
-        append_forwarded(headers, &X_FORWARDED_HOST, h);
-    }
+    match down.host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    let host = match (upstream.preserve_host, client_host) {
-        (true, Some(h)) => h,
+    let host = match (upstream.preserve_host, down.host) {
+        (true, Some(h)) => h.clone(),
         _ => target.host_header.clone(),
     };
     headers.insert(header::HOST, host);
-    if let Some(p) = upgrade_proto {
+    if let Some(u) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, p);
+        headers.insert(header::UPGRADE, u.proto.clone());
     }
 
     let mut parts = http::uri::Parts::default();
@@ -182,11 +212,14 @@ pub async fn forward(
         Ok(Ok(r)) => r,
     };
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(down_up) = downstream_upgrade
-    {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(u) = upgrade else {
+            return Err(GatewayError::UpstreamFailed(
+                "upstream switched protocols without being asked".into(),
+            ));
+        };
         let up_up = hyper::upgrade::on(&mut resp);
-        tokio::spawn(splice(down_up, up_up));
+        tokio::spawn(splice(u.on, up_up, down.conn_slot));
         let (mut parts, _) = resp.into_parts();
         // Keep Connection/Upgrade: they are the point of a 101.
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -198,8 +231,12 @@ pub async fn forward(
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection until
-/// either side closes.
-async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+/// either side closes. Holds the client connection's slot until then.
+async fn splice(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    _slot: Option<Arc<OwnedSemaphorePermit>>,
+) {
     let (down, up) = match tokio::join!(down, up) {
         (Ok(d), Ok(u)) => (d, u),
         (d, u) => {
@@ -284,31 +321,59 @@ mod tests {
         assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "http");
     }
 
+    fn u_with(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn paths_sent_upstream() {
         let uri: Uri = "/api/users/7?x=1".parse().unwrap();
         let strip = PathAction::StripPrefix("/api".into());
         assert_eq!(
-            upstream_path(&strip, &uri, &[]).unwrap().as_str(),
+            upstream_path(&strip, &uri, None, &[]).unwrap().as_str(),
             "/users/7?x=1"
         );
         let exact: Uri = "/api".parse().unwrap();
-        assert_eq!(upstream_path(&strip, &exact, &[]).unwrap().as_str(), "/");
+        assert_eq!(
+            upstream_path(&strip, &exact, None, &[]).unwrap().as_str(),
+            "/"
+        );
         let escaped: Uri = "/%61pi/users".parse().unwrap();
         assert_eq!(
-            upstream_path(&strip, &escaped, &[]).unwrap().as_str(),
+            upstream_path(&strip, &escaped, None, &[]).unwrap().as_str(),
             "/users"
         );
         let keep = PathAction::Keep;
-        let raw: Uri = "/a/%2e%2e/b?q".parse().unwrap();
+        let raw: Uri = "/a/%7e/b?q".parse().unwrap();
         assert_eq!(
-            upstream_path(&keep, &raw, &[]).unwrap().as_str(),
-            "/a/%2e%2e/b?q"
+            upstream_path(&keep, &raw, None, &[]).unwrap().as_str(),
+            "/a/%7e/b?q",
+            "escapes alone do not change what is forwarded"
+        );
+        let dotted: Uri = "/a/%2e%2e/b?q".parse().unwrap();
+        assert_eq!(
+            upstream_path(&keep, &dotted, Some("/b"), &[])
+                .unwrap()
+                .as_str(),
+            "/b?q",
+            "resolved dot segments are forwarded resolved"
+        );
+        let q = PathAction::Rewrite(RewriteTemplate::parse("/orders?user={id}", &["id"]).unwrap());
+        assert_eq!(
+            upstream_path(
+                &q,
+                &u_with("/u/7?page=2"),
+                None,
+                &[("id".into(), "7".into())]
+            )
+            .unwrap()
+            .as_str(),
+            "/orders?user=7&page=2"
         );
         let rw = PathAction::Rewrite(RewriteTemplate::parse("/v2/users/{id}", &["id"]).unwrap());
         let u: Uri = "/users/7?expand=1".parse().unwrap();
         assert_eq!(
-            upstream_path(&rw, &u, &[("id".into(), "7".into())])
+            upstream_path(&rw, &u, None, &[("id".into(), "7".into())])
                 .unwrap()
                 .as_str(),
             "/v2/users/7?expand=1"

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-pub use path::{PathPattern, RewriteTemplate, normalize};
+pub use path::{PathPattern, RewriteTemplate, normalize, normalize_ext};
 
 /// A host condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,24 +245,27 @@ fn covers(a: &Matcher, b: &Matcher) -> bool {
     methods && headers && a.path.covers(&b.path)
 }
 
-/// The host a request is for: the Host header (HTTP/1.1) or the URI authority (HTTP/2),
-/// lower-cased, without port or trailing dot.
+/// The host a request is for: the URI authority (HTTP/2, or an HTTP/1.1 absolute-form target,
+/// where RFC 9112 3.2.2 says Host is ignored), else the Host header; lower-cased, without port
+/// or trailing dot. The gateway forwards the same value it routes by.
 pub fn request_host<'a>(
     uri: &'a http::Uri,
     headers: &'a HeaderMap,
 ) -> Option<std::borrow::Cow<'a, str>> {
-    let raw = match uri.authority() {
-        Some(a) => a.host(),
-        None => {
-            let h = headers.get(http::header::HOST)?.to_str().ok()?;
-            strip_port(h)
-        }
-    };
+    match uri.authority() {
+        Some(a) => Some(host_key(a.as_str())),
+        None => Some(host_key(headers.get(http::header::HOST)?.to_str().ok()?)),
+    }
+}
+
+/// `API.Example.com:8080` -> `api.example.com`: the form routes compare hosts in.
+pub fn host_key(host_and_port: &str) -> std::borrow::Cow<'_, str> {
+    let raw = strip_port(host_and_port);
     let raw = raw.strip_suffix('.').unwrap_or(raw);
     if raw.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(std::borrow::Cow::Owned(raw.to_ascii_lowercase()))
+        std::borrow::Cow::Owned(raw.to_ascii_lowercase())
     } else {
-        Some(std::borrow::Cow::Borrowed(raw))
+        std::borrow::Cow::Borrowed(raw)
     }
 }
 
@@ -414,6 +417,18 @@ mod tests {
                 "{method} {host}{path}"
             );
         }
+    }
+
+    #[test]
+    fn catch_all_templates_rank_as_prefixes() {
+        let r = Router::new(vec![
+            route("rest", &[], "=/admin/{*rest}", &[], &[]),
+            route("users", &[], "/admin/users", &[], &[]),
+            route("admin", &[], "/admin", &[], &[]),
+        ]);
+        assert_eq!(find(&r, "", "/admin/users/1", "GET", &[]), Some("users"));
+        assert_eq!(find(&r, "", "/admin/x", "GET", &[]), Some("rest"));
+        assert_eq!(find(&r, "", "/admin", "GET", &[]), Some("admin"));
     }
 
     #[test]

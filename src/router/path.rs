@@ -6,24 +6,36 @@ use std::borrow::Cow;
 
 /// Normalises a request path for matching: percent-decodes unreserved characters
 /// (RFC 3986 2.3), upper-cases the hex of the escapes it keeps (so `%2f` and `%2F` match
-/// alike), and resolves `.` and `..` segments (RFC 3986 5.2.4). `%2F` stays encoded: it is data,
-/// not a separator. Returns the input unchanged (borrowed) in the common case.
+/// alike), merges repeated slashes, and resolves `.` and `..` segments (RFC 3986 5.2.4). `%2F`
+/// stays encoded: it is data, not a separator. Returns the input unchanged (borrowed) in the
+/// common case.
 pub fn normalize(path: &str) -> Cow<'_, str> {
+    normalize_ext(path).0
+}
+
+/// Like [`normalize`], and also says whether the segment structure changed (dot segments
+/// resolved or slashes merged). When it did, the gateway forwards the normalised path, so the
+/// upstream sees the resource the route was chosen for.
+pub fn normalize_ext(path: &str) -> (Cow<'_, str>, bool) {
     let needs_decode = path.contains('%');
-    let needs_dots = path.contains("/.") || path.starts_with('.');
-    if !needs_decode && !needs_dots {
-        return Cow::Borrowed(path);
+    let needs_structure = has_structure_issues(path);
+    if !needs_decode && !needs_structure {
+        return (Cow::Borrowed(path), false);
     }
     let decoded: Cow<'_, str> = if needs_decode {
         Cow::Owned(decode_unreserved(path))
     } else {
         Cow::Borrowed(path)
     };
-    if decoded.contains("/.") || decoded.starts_with('.') {
-        Cow::Owned(remove_dot_segments(&decoded))
+    if has_structure_issues(&decoded) {
+        (Cow::Owned(remove_dot_segments(&decoded)), true)
     } else {
-        Cow::Owned(decoded.into_owned())
+        (Cow::Owned(decoded.into_owned()), false)
     }
+}
+
+fn has_structure_issues(p: &str) -> bool {
+    p.contains("/.") || p.starts_with('.') || p.contains("//")
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -73,27 +85,25 @@ fn utf8_len(b: u8) -> usize {
     }
 }
 
-/// RFC 3986 5.2.4 on a path starting with `/`. Empty segments (`/a//b`) are kept: the upstream
-/// sees them too, so `//admin` must not match `/admin`.
+/// RFC 3986 5.2.4 on a path starting with `/`, merging empty segments (`/a//b` is `/a/b`, as
+/// nginx's `merge_slashes` does) and keeping a trailing slash.
 fn remove_dot_segments(path: &str) -> String {
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let mut out: Vec<&str> = Vec::new();
     let n = segs.len();
+    let mut trailing = false;
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == n;
         match *seg {
-            "." => {
-                if last {
-                    out.push("");
-                }
-            }
+            "" | "." => trailing = last,
             ".." => {
                 out.pop();
-                if last {
-                    out.push("");
-                }
+                trailing = last;
             }
-            s => out.push(s),
+            s => {
+                out.push(s);
+                trailing = false;
+            }
         }
     }
     let mut s = String::with_capacity(path.len());
@@ -101,7 +111,7 @@ fn remove_dot_segments(path: &str) -> String {
         s.push('/');
         s.push_str(seg);
     }
-    if s.is_empty() {
+    if s.is_empty() || trailing {
         s.push('/');
     }
     s
@@ -218,18 +228,22 @@ impl PathPattern {
         }
     }
 
-    /// Sort key: larger is more specific. Exact > template > prefix; then by length.
+    /// Sort key: larger is more specific. Exact > template > prefix. A template ending in
+    /// `{*rest}` is a prefix in disguise: it ranks among prefixes by the length of its literal
+    /// part, just above the plain prefix of the same length (it needs at least one more segment).
     pub fn rank(&self) -> (u8, usize, usize) {
         match self {
             PathPattern::Exact(p) => (3, p.len(), 0),
             PathPattern::Template(segs) => {
-                let literals = segs
-                    .iter()
-                    .filter(|s| matches!(s, Segment::Literal(_)))
-                    .count();
-                let catch = segs.iter().any(|s| matches!(s, Segment::CatchAll(_)));
-                // Templates without a catch-all outrank those with one.
-                (2, usize::from(!catch) * 1000 + literals, segs.len())
+                if segs.iter().any(|s| matches!(s, Segment::CatchAll(_))) {
+                    (1, literal_prefix(segs).len(), segs.len())
+                } else {
+                    let literals = segs
+                        .iter()
+                        .filter(|s| matches!(s, Segment::Literal(_)))
+                        .count();
+                    (2, literals, segs.len())
+                }
             }
             PathPattern::Prefix(p) => (1, if p == "/" { 0 } else { p.len() }, 0),
         }
@@ -242,16 +256,7 @@ impl PathPattern {
             (PathPattern::Prefix(a), PathPattern::Exact(b)) => prefix_match(a, b),
             (PathPattern::Prefix(a), PathPattern::Template(segs)) => {
                 // The template's leading literal segments form a prefix of every path it matches.
-                let mut lit = String::new();
-                for s in segs {
-                    match s {
-                        Segment::Literal(l) => {
-                            lit.push('/');
-                            lit.push_str(l);
-                        }
-                        _ => break,
-                    }
-                }
+                let lit = literal_prefix(segs);
                 if lit.is_empty() {
                     a == "/"
                 } else {
@@ -314,6 +319,21 @@ impl PathPattern {
             _ => Vec::new(),
         }
     }
+}
+
+/// `/a/b` for `/a/b/{x}/c`: the literal segments before the first parameter.
+fn literal_prefix(segs: &[Segment]) -> String {
+    let mut lit = String::new();
+    for s in segs {
+        match s {
+            Segment::Literal(l) => {
+                lit.push('/');
+                lit.push_str(l);
+            }
+            _ => break,
+        }
+    }
+    lit
 }
 
 fn check_param_name(name: &str, p: &str) -> Result<(), String> {
@@ -422,22 +442,42 @@ impl RewriteTemplate {
         if !rest.is_empty() {
             parts.push(RewritePart::Text(rest.to_owned()));
         }
-        Ok(RewriteTemplate { parts })
+        if t.contains('#') {
+            return Err(format!("rewrite {t:?} must not contain `#`"));
+        }
+        let tpl = RewriteTemplate { parts };
+        // Every value a param can take is a valid path segment; check the text around them.
+        let sample: Vec<(String, String)> = available
+            .iter()
+            .map(|n| ((*n).to_owned(), "x".to_owned()))
+            .collect();
+        let rendered = tpl.render(&sample).unwrap_or_default();
+        if http::uri::PathAndQuery::try_from(rendered.as_str()).is_err() {
+            return Err(format!(
+                "rewrite {t:?} is not a valid URI path (spaces and other special characters must be percent-encoded)"
+            ));
+        }
+        Ok(tpl)
     }
 
-    pub fn render(&self, params: &[(String, String)]) -> String {
+    /// Fills in the params. Refuses a value holding an encoded slash or backslash: an upstream
+    /// that decodes it would see a different path (`..%2Fadmin`) than the route was chosen for.
+    pub fn render(&self, params: &[(String, String)]) -> Result<String, &'static str> {
         let mut s = String::new();
         for p in &self.parts {
             match p {
                 RewritePart::Text(t) => s.push_str(t),
                 RewritePart::Param(n) => {
                     if let Some((_, v)) = params.iter().find(|(k, _)| k == n) {
+                        if v.contains("%2F") || v.contains("%5C") || v.contains('\\') {
+                            return Err("encoded slash or backslash in a path parameter");
+                        }
                         s.push_str(v);
                     }
                 }
             }
         }
-        s
+        Ok(s)
     }
 }
 
@@ -458,8 +498,11 @@ mod tests {
             ("/a%2fb", "/a%2Fb"),
             ("/a%41", "/aA"),
             ("/..", "/"),
-            ("/a//b", "/a//b"),
-            ("/a//../b", "/a/b"),
+            ("/a//b", "/a/b"),
+            ("//admin", "/admin"),
+            ("/a//../b", "/b"),
+            ("/a/b/", "/a/b/"),
+            ("/a/./", "/a/"),
             ("/%", "/%"),
             ("/%zz", "/%zz"),
             ("/a%2", "/a%2"),
@@ -519,7 +562,14 @@ mod tests {
     #[test]
     fn rewrites() {
         let t = RewriteTemplate::parse("/v2/users/{id}", &["id"]).unwrap();
-        assert_eq!(t.render(&[("id".into(), "7".into())]), "/v2/users/7");
+        assert_eq!(
+            t.render(&[("id".into(), "7".into())]).unwrap(),
+            "/v2/users/7"
+        );
+        assert!(t.render(&[("id".into(), "..%2Fadmin".into())]).is_err());
+        assert!(RewriteTemplate::parse("/a b/{id}", &["id"]).is_err());
+        assert!(RewriteTemplate::parse("/a#x", &[]).is_err());
+        assert!(RewriteTemplate::parse("/orders?user={id}", &["id"]).is_ok());
         assert!(RewriteTemplate::parse("/v2/{nope}", &["id"]).is_err());
         assert!(RewriteTemplate::parse("v2", &[]).is_err());
     }

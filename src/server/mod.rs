@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::config::compile::ServerSettings;
 use crate::gateway::{self, ConnInfo, Gateway};
 
-/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+/// A running server. [`Server::shutdown`] drains it gracefully; dropping it stops accepting.
 pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -145,28 +145,31 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
+        let info = Arc::new(ConnInfo {
             client_addr: peer,
             proto: "http",
-        };
+            slot: Some(Arc::new(permit)),
+        });
         let gw = gw.clone();
         let builder = builder.clone();
         let watch = Arc::new(framing::FramingWatch::default());
         let stream = framing::Watched::new(stream, framing::Scanner::new(watch.clone(), max_head));
         let svc = service_fn(move |req| {
             let gw = gw.clone();
+            let info = info.clone();
             let ambiguous = watch.next_request_is_ambiguous();
-            async move { Ok::<_, Infallible>(gateway::handle(&gw, req, info, ambiguous).await) }
+            async move { Ok::<_, Infallible>(gateway::handle(&gw, req, &info, ambiguous).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
+        // The connection's slot is released when the connection and every upgraded
+        // connection spliced from it (which hold a clone) have ended.
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
         });
     }
     drop(listener);
