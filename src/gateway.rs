@@ -34,6 +34,23 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// The connection's slot under `server.max_connections`; an upgraded connection keeps it.
     pub slot: Option<Arc<OwnedSemaphorePermit>>,
+    /// The client IP as an `X-Forwarded-For` element, formatted once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(
+        client_addr: SocketAddr,
+        proto: &'static str,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        ConnInfo {
+            client_addr,
+            proto,
+            slot: slot.map(Arc::new),
+            forwarded_for: proxy::ip_value(client_addr),
+        }
+    }
 }
 
 /// `ambiguous_framing`: the connection's framing watch saw both Content-Length and
@@ -159,7 +176,7 @@ async fn route_and_forward(
     proxy::remove_hop_by_hop(req.headers_mut());
 
     let mut cx = RequestCtx {
-        request_id: request_id_str(request_id).to_owned(),
+        request_id: request_id.clone(),
         route: route.name.clone(),
         params,
         client_addr: conn.client_addr,
@@ -182,7 +199,7 @@ async fn route_and_forward(
         &cx.params,
     )?;
     let down = Downstream {
-        client_addr: conn.client_addr,
+        forwarded_for: &conn.forwarded_for,
         proto: conn.proto,
         host: client_host.as_ref(),
         conn_slot: conn.slot.clone(),
@@ -263,7 +280,7 @@ fn check_framing(h: &http::HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// The client's `X-Request-Id` if it is sane, else a new random 128-bit id.
+/// The client's `X-Request-Id` if it is sane, else a new random 128-bit id in hex.
 fn request_id(h: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
@@ -271,8 +288,13 @@ fn request_id(h: &http::HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn request_id_str(v: &HeaderValue) -> &str {

@@ -153,6 +153,14 @@ fn worker_count(rt: &Runtime) -> usize {
 }
 
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    // One worker needs no work stealing: the single-threaded scheduler runs woken tasks in
+    // order (reads of a burst, then their writes), which measured 10-15% more req/s on one
+    // core than the multi-threaded scheduler with one worker (bench/RESULTS.md).
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("gatehouse-worker")
@@ -208,7 +216,12 @@ async fn wait_for_signal() {
 
 fn demo(listen: &str) -> ExitCode {
     // The demo services need a runtime before the gateway's config can name their ports.
-    let services = match build_runtime(1) {
+    // Its own multi-threaded runtime: its worker keeps serving after `block_on` returns.
+    let services = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };

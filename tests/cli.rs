@@ -293,7 +293,8 @@ async fn access_log_json_to_a_file() {
     let dir = TempConfig::new("");
     let log = dir.dir.join("access.log");
     let yaml = format!(
-        "listen: \"127.0.0.1:0\"\naccess_log: {{ format: json, path: \"{}\" }}\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        // One worker: the single-threaded runtime path.
+        "listen: \"127.0.0.1:0\"\nworkers: 1\naccess_log: {{ format: json, path: \"{}\" }}\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
         log.display(),
         up.url()
     );

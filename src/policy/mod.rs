@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 
 /// Per-request facts the policies may read or record.
 pub struct RequestCtx {
-    pub request_id: String,
+    pub request_id: http::HeaderValue,
     pub route: std::sync::Arc<str>,
     pub params: Vec<(String, String)>,
     pub client_addr: std::net::SocketAddr,

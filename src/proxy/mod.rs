@@ -152,7 +152,8 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
 
 /// Facts about the client side that forwarding needs.
 pub struct Downstream<'a> {
-    pub client_addr: SocketAddr,
+    /// The client's IP, formatted for `X-Forwarded-For`.
+    pub forwarded_for: &'a HeaderValue,
     pub proto: &'static str,
     /// The host the request was routed by, as the client wrote it (URI authority or Host).
     pub host: Option<&'a HeaderValue>,
@@ -173,7 +174,7 @@ pub async fn forward(
     upgrade: Option<Upgrade>,
 ) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers_mut();
-    append_forwarded(headers, &X_FORWARDED_FOR, &ip_value(down.client_addr));
+    append_forwarded(headers, &X_FORWARDED_FOR, down.forwarded_for);
     // Proto and Host describe this hop: a client cannot be trusted to say them, so they are
     // set, not appended (a client-sent `X-Forwarded-Host: evil.com` must not reach a service
     // that builds links from it).
@@ -273,7 +274,7 @@ fn append_forwarded(h: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
     // Several header lines of the same name are folded into the one just written.
 }
 
-fn ip_value(addr: SocketAddr) -> HeaderValue {
+pub fn ip_value(addr: SocketAddr) -> HeaderValue {
     let ip = addr.ip().to_canonical();
     HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))

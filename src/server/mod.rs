@@ -145,11 +145,7 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo {
-            client_addr: peer,
-            proto: "http",
-            slot: Some(Arc::new(permit)),
-        });
+        let info = Arc::new(ConnInfo::new(peer, "http", Some(permit)));
         let gw = gw.clone();
         let builder = builder.clone();
         let watch = Arc::new(framing::FramingWatch::default());
