@@ -246,3 +246,67 @@ async fn connection_cap_holds_and_frees() {
         .unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_and_request_head_have_separate_timeouts() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = simple_config(&[up.url()]).replace(
+        "access_log: off\n",
+        "access_log: off\nserver: { request_header_timeout: 300ms, idle_timeout: 1500ms }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 12];
+    s.write_all(req).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    drain(&mut s).await;
+    // Idle for longer than the head timeout but less than the idle timeout: still open.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(req).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &buf, b"HTTP/1.1 200",
+        "the keep-alive connection was closed too early"
+    );
+    drain(&mut s).await;
+    // Idle beyond the idle timeout: closed by the gateway.
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest))
+        .await
+        .expect("idle connection not closed");
+    assert!(n.is_ok());
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+
+    // A client that connects and sends nothing is cut off after the head timeout.
+    let mut quiet = TcpStream::connect(gw.addr).await.unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), quiet.read_to_end(&mut out))
+        .await
+        .expect("silent client not cut off")
+        .ok();
+    assert!(
+        start.elapsed() < Duration::from_millis(1200),
+        "silent client held {:?}",
+        start.elapsed()
+    );
+}
+
+/// Reads whatever is immediately available after a response's first bytes.
+async fn drain(s: &mut TcpStream) {
+    let mut junk = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut junk)).await;
+}

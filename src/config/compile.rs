@@ -20,6 +20,7 @@ use crate::upstream::balancer::SmoothWeighted;
 use crate::upstream::{self, Pools, Target, Timeouts, Upstream};
 
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +43,7 @@ pub struct Runtime {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub request_header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_header_size: usize,
     pub max_body_size: Option<u64>,
     pub max_connections: usize,
@@ -441,8 +443,16 @@ fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSett
             "must be more than 0",
         ));
     }
+    let idle_timeout = s.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0);
+    if idle_timeout.is_zero() {
+        errors.push(ConfigError::new(
+            "server.idle_timeout",
+            "must be more than 0",
+        ));
+    }
     ServerSettings {
         request_header_timeout,
+        idle_timeout,
         max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
         max_body_size: s.max_body_size.map(|b| b.0),
         max_connections,

@@ -64,10 +64,13 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Time a client has to send a complete request head (and, on HTTP/1.1, the longest a
-    /// keep-alive connection may sit idle before its next request). Default `10s`.
+    /// Time a client has to send a complete request head, counted from the connection's
+    /// accept (first request) or from the first byte of a later head. Default `10s`.
     #[serde(default)]
     pub request_header_timeout: Option<DurationStr>,
+    /// How long an HTTP/1.1 keep-alive connection may sit idle between requests. Default `60s`.
+    #[serde(default)]
+    pub idle_timeout: Option<DurationStr>,
     /// Largest request head (request line + headers) accepted; larger gets 431. Default `64KiB`.
     #[serde(default)]
     pub max_header_size: Option<ByteSize>,

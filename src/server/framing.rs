@@ -8,16 +8,21 @@
 //! bodies by their framing), and records the ordinal of the first ambiguous request. The
 //! connection's service compares it with its own request count and answers 400.
 //!
+//! The same reader times request heads (see [`Watched`]).
+//!
 //! The scanner never changes the bytes. If it meets something it cannot follow (h2c, an
 //! upgrade, a head hyper will refuse anyway), it stops watching that connection.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 const MAX_HEADERS: usize = 128;
 
@@ -189,6 +194,11 @@ impl Scanner {
         }
     }
 
+    /// A request head is awaited (the first on this connection) or partly received.
+    fn in_head(&self) -> bool {
+        matches!(self.state, State::Head) && (self.requests == 0 || !self.head.is_empty())
+    }
+
     fn on_head(&mut self, len: usize) {
         if self.head.starts_with(b"PRI * HTTP/2.0") {
             self.state = State::Off;
@@ -250,15 +260,52 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
     b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// The client stream with the scanner reading along.
+/// The client stream with the scanner reading along. It also enforces the request-head
+/// timeout, which hyper cannot tell apart from keep-alive idleness: the clock starts when the
+/// connection is accepted (for its first request) or when the first byte of a later request
+/// head arrives, and stops when the head is complete. A client that is still sending a head
+/// when it runs out gets a read error, and hyper closes the connection. An idle keep-alive
+/// connection is bounded separately, by hyper's header timer, set to `idle_timeout` plus this.
 pub struct Watched<S> {
     inner: S,
     scanner: Scanner,
+    header_timeout: Duration,
+    /// Armed while a head is awaited or in progress; `None` once the first head is done and
+    /// no other has started.
+    deadline: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, scanner: Scanner) -> Self {
-        Watched { inner, scanner }
+    pub fn new(inner: S, scanner: Scanner, header_timeout: Duration) -> Self {
+        Watched {
+            inner,
+            scanner,
+            header_timeout,
+            deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
+            armed: true,
+        }
+    }
+
+    /// Arms or disarms the head clock after a read; true if it ran out.
+    fn head_clock(&mut self, cx: &mut Context<'_>) -> bool {
+        let in_head = self.scanner.in_head();
+        if !in_head {
+            self.armed = false;
+            return false;
+        }
+        if !self.armed {
+            let at = tokio::time::Instant::now() + self.header_timeout;
+            match &mut self.deadline {
+                Some(d) => d.as_mut().reset(at),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        match &mut self.deadline {
+            Some(d) => d.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
     }
 }
 
@@ -271,10 +318,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r
-            && !matches!(this.scanner.state, State::Off)
-        {
+        if matches!(this.scanner.state, State::Off) {
+            return r;
+        }
+        if let Poll::Ready(Ok(())) = r {
             this.scanner.feed(&buf.filled()[before..]);
+        }
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            // End of stream: nothing to time.
+            return r;
+        }
+        if this.head_clock(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received within request_header_timeout",
+            )));
         }
         r
     }

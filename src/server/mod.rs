@@ -87,7 +87,9 @@ fn connection_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.request_header_timeout)
+        // hyper's timer runs from the end of one request to the end of the next head: it
+        // bounds idleness plus the head. The head alone is timed by `framing::Watched`.
+        .header_read_timeout(s.idle_timeout + s.request_header_timeout)
         .max_buf_size(s.max_header_size.max(8192))
         .keep_alive(true);
     b.http2()
@@ -124,7 +126,10 @@ async fn accept_loop(
     shutdown_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let max_head = gw.runtime.load().server.max_header_size;
+    let (max_head, header_timeout) = {
+        let rt = gw.runtime.load();
+        (rt.server.max_header_size, rt.server.request_header_timeout)
+    };
     loop {
         // Take a connection slot first: at the cap, new clients wait in the kernel backlog
         // instead of being accepted and starved.
@@ -149,7 +154,11 @@ async fn accept_loop(
         let gw = gw.clone();
         let builder = builder.clone();
         let watch = Arc::new(framing::FramingWatch::default());
-        let stream = framing::Watched::new(stream, framing::Scanner::new(watch.clone(), max_head));
+        let stream = framing::Watched::new(
+            stream,
+            framing::Scanner::new(watch.clone(), max_head),
+            header_timeout,
+        );
         let svc = service_fn(move |req| {
             let gw = gw.clone();
             let info = info.clone();
