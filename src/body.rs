@@ -13,6 +13,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::error::BoxError;
+use crate::upstream::pool::UpstreamBody;
 
 /// Per-request counters shared by the request body and the access log.
 #[derive(Debug, Default)]
@@ -39,6 +40,8 @@ pub enum Body {
         seen: u64,
         tally: Arc<Tally>,
     },
+    /// A response streamed from a pooled upstream connection, which it drives.
+    Upstream(Box<UpstreamBody>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
@@ -99,6 +102,7 @@ impl http_body::Body for Body {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Body::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
             Body::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -109,6 +113,7 @@ impl http_body::Body for Body {
             Body::Full(d) => d.as_ref().is_none_or(|b| b.is_empty()),
             Body::Incoming(i) => i.is_end_stream(),
             Body::Request { inner, .. } => inner.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
             Body::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -119,6 +124,7 @@ impl http_body::Body for Body {
             Body::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(i) => i.size_hint(),
             Body::Request { inner, .. } => inner.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
             Body::Boxed(b) => b.size_hint(),
         }
     }

@@ -731,3 +731,76 @@ async fn an_open_websocket_keeps_its_connection_slot() {
         .unwrap();
     assert_eq!(&b, b"HTTP/1.1 200");
 }
+
+/// An upstream that answers with keep-alive, then closes each connection 100 ms later, as
+/// servers with short keep-alive timeouts do.
+async fn closes_idle_connections_upstream()
+-> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = read_until(&mut s, b"\r\n\r\n").await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(s);
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_closed_by_the_upstream_are_not_reused() {
+    let (addr, conns) = closes_idle_connections_upstream().await;
+    let gw = TestGateway::start(&simple_config(&[format!("http://{addr}")])).await;
+    for i in 0..5 {
+        let r = get(&gw.url("/")).await;
+        assert_eq!(
+            r.status,
+            200,
+            "request {i}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(&r.body[..], b"ok");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "each request needed a fresh connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_are_reused() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(
+            send(&c, get_req(&gw.url("/")).body(full("")).unwrap())
+                .await
+                .status,
+            200
+        );
+    }
+    let rt = gw.gw.runtime.load();
+    let pool = &rt.upstreams["u"].targets[0].pool;
+    assert_eq!(
+        pool.idle_count(),
+        1,
+        "one sequential client needs one upstream connection"
+    );
+}

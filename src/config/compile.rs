@@ -496,14 +496,17 @@ fn compile_upstream(
                     errors.push(ConfigError::new(tpath, format!("invalid host in {url:?}")));
                     continue;
                 };
-                if targets.iter().any(|t: &Target| t.authority == authority) {
+                if targets
+                    .iter()
+                    .any(|t: &TargetParts| t.authority == authority)
+                {
                     errors.push(ConfigError::new(
                         tpath,
                         format!("target {url:?} is listed twice"),
                     ));
                     continue;
                 }
-                targets.push(Target {
+                targets.push(TargetParts {
                     url: url.to_owned(),
                     scheme,
                     authority,
@@ -549,14 +552,39 @@ fn compile_upstream(
         return None;
     }
     let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    // Only a valid upstream touches the pool registry, so a rejected config cannot disturb the
+    // running one's connections.
+    let pool = pools.upstream(name, timeouts);
+    let authorities: Vec<&str> = targets.iter().map(|t| t.authority.as_str()).collect();
+    pool.retain(&authorities);
+    let targets = targets
+        .into_iter()
+        .map(|t| Target {
+            pool: pool.target(t.authority.as_str()),
+            url: t.url,
+            scheme: t.scheme,
+            authority: t.authority,
+            host_header: t.host_header,
+            weight: t.weight,
+        })
+        .collect();
     Some(Upstream {
         name: name.into(),
         balancer: SmoothWeighted::new(&weights),
         targets,
-        client: pools.client(name, timeouts),
+        pool,
         timeouts,
         preserve_host: u.preserve_host.unwrap_or(true),
     })
+}
+
+/// A target as parsed, before it gets its connection pool.
+struct TargetParts {
+    url: String,
+    scheme: Scheme,
+    authority: Authority,
+    host_header: HeaderValue,
+    weight: u32,
 }
 
 /// `http://host:port` (port defaults to 80). No path, query or user info.

@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::body::Body;
 use crate::config::compile::PathAction;
 use crate::error::GatewayError;
+use crate::upstream::pool::UpstreamBody;
 use crate::upstream::{Target, Upstream};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -206,11 +207,27 @@ pub async fn forward(
     *req.version_mut() = Version::HTTP_11;
 
     let timeout = upstream.timeouts.response;
-    let mut resp = match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+    let exchange = async {
+        let mut conn = target.pool.checkout().await?;
+        match conn.send(req).await {
+            Ok(resp) => Ok((conn, resp)),
+            Err(mut e) => match e.take_message() {
+                // Never written (the pooled connection was not usable after all): sending it
+                // on a fresh connection cannot duplicate it.
+                Some(req) => {
+                    let mut fresh = target.pool.connect().await?;
+                    match fresh.send(req).await {
+                        Ok(resp) => Ok((fresh, resp)),
+                        Err(e) => Err(GatewayError::UpstreamFailed(Box::new(e.into_error()))),
+                    }
+                }
+                None => Err(GatewayError::UpstreamFailed(Box::new(e.into_error()))),
+            },
+        }
+    };
+    let (conn, mut resp) = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
-        Ok(Err(e)) if e.is_connect() => return Err(GatewayError::UpstreamConnect(Box::new(e))),
-        Ok(Err(e)) => return Err(GatewayError::UpstreamFailed(Box::new(e))),
-        Ok(Ok(r)) => r,
+        Ok(r) => r?,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -220,6 +237,8 @@ pub async fn forward(
             ));
         };
         let up_up = hyper::upgrade::on(&mut resp);
+        // The connection must be driven to hand over the upgraded stream; it is never pooled.
+        conn.spawn();
         tokio::spawn(splice(u.on, up_up, down.conn_slot));
         let (mut parts, _) = resp.into_parts();
         // Keep Connection/Upgrade: they are the point of a 101.
@@ -228,7 +247,8 @@ pub async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Body::Incoming(body)))
+    let body = UpstreamBody::new(body, conn, target.pool.clone());
+    Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection until

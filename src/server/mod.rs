@@ -54,6 +54,7 @@ impl Server {
                 settings.shutdown_timeout,
             ));
         }
+        tasks.spawn(sweep_pools(gw.clone(), stop_rx.clone()));
         Ok(Server {
             local_addrs,
             stop,
@@ -79,6 +80,23 @@ impl Server {
         .is_err()
         {
             self.tasks.abort_all();
+        }
+    }
+}
+
+/// Closes idle upstream connections that expired or were closed by their upstream, for the
+/// upstreams of whatever config is current.
+async fn sweep_pools(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::upstream::pool::SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let rt = gw.runtime.load_full();
+        for u in rt.upstreams.values() {
+            u.pool.sweep();
         }
     }
 }

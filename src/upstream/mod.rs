@@ -5,6 +5,7 @@
 //! reload) keeps the warm connections of upstreams whose settings did not change.
 
 pub mod balancer;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,13 +13,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::Body;
-
-pub type HttpClient = Client<HttpConnector, Body>;
+use pool::{TargetPool, UpstreamPool};
 
 /// Documented defaults (README "Timeouts").
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,13 +36,15 @@ pub struct Target {
     /// `host:port` of the target, sent as Host when the upstream does not preserve the client's.
     pub host_header: HeaderValue,
     pub weight: u32,
+    /// Keep-alive connections to this target (shared with the previous config's same target).
+    pub pool: Arc<TargetPool>,
 }
 
 pub struct Upstream {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
     pub balancer: balancer::SmoothWeighted,
-    pub client: HttpClient,
+    pub pool: Arc<UpstreamPool>,
     pub timeouts: Timeouts,
     pub preserve_host: bool,
 }
@@ -61,20 +59,20 @@ impl Upstream {
 /// Connection pools by upstream name, reused across recompiles when the settings match.
 #[derive(Default)]
 pub struct Pools {
-    inner: Mutex<HashMap<String, (Timeouts, HttpClient)>>,
+    inner: Mutex<HashMap<String, Arc<UpstreamPool>>>,
 }
 
 impl Pools {
-    pub fn client(&self, upstream: &str, t: Timeouts) -> HttpClient {
+    pub fn upstream(&self, upstream: &str, t: Timeouts) -> Arc<UpstreamPool> {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((tt, c)) = map.get(upstream)
-            && *tt == t
+        if let Some(p) = map.get(upstream)
+            && p.same_settings(t.connect, t.idle)
         {
-            return c.clone();
+            return p.clone();
         }
-        let c = build_client(t);
-        map.insert(upstream.to_owned(), (t, c.clone()));
-        c
+        let p = Arc::new(UpstreamPool::new(t.connect, t.idle));
+        map.insert(upstream.to_owned(), p.clone());
+        p
     }
 
     /// Drops pools of upstreams that no longer exist.
@@ -82,19 +80,4 @@ impl Pools {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|k, _| names.contains(&k.as_str()));
     }
-}
-
-fn build_client(t: Timeouts) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(t.connect));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(t.idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        // The gateway writes Host itself (preserved or the target's).
-        .set_host(false)
-        .build(connector)
 }

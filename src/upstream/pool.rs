@@ -1,0 +1,334 @@
+//! Keep-alive connections to one target, driven inside the request's own task.
+//!
+//! A request checks out an idle HTTP/1.1 connection (or opens one), sends on it, and polls the
+//! connection itself while it waits for the response head and while the response body streams
+//! (see [`UpstreamBody`]). So no second task and no task switch sit between the client side
+//! and the upstream side, which Pingora does as well. When the body ends cleanly, the connection
+//! goes back to the pool; when it does not (the client left mid-body, an error), it is closed.
+//!
+//! Idle connections are not polled. A connection the upstream closed is found when it is next
+//! checked out (one poll sees the EOF) and dropped. A background sweep closes connections idle
+//! for longer than `timeouts.idle`.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::error::{BoxError, GatewayError};
+
+/// hyper's upgradeable connection type cannot be named; it is boxed once per connection.
+type Conn = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// Idle connections kept per target, at most: enough for bursts, bounded for file descriptors.
+const MAX_IDLE_PER_TARGET: usize = 1024;
+/// How often idle connections are checked for expiry and closure by the upstream.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// An HTTP/1.1 connection to a target: the handle to send on and the connection state machine.
+pub struct PooledConn {
+    send: http1::SendRequest<Body>,
+    conn: Conn,
+    reused: bool,
+}
+
+impl PooledConn {
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Sends `req` and drives the connection until the response head arrives. If the request
+    /// was never written (the connection turned out not to be ready), it comes back in the error
+    /// and may be sent on another connection.
+    pub async fn send(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        let mut response = std::pin::pin!(self.send.try_send_request(req));
+        let conn = &mut self.conn;
+        let mut conn_done = false;
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if !conn_done {
+                match conn.as_mut().poll(cx) {
+                    Poll::Pending => {}
+                    // The connection ended (or failed); the response future now resolves with
+                    // the reason.
+                    Poll::Ready(_) => {
+                        conn_done = true;
+                        return response.as_mut().poll(cx);
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Hands the connection to a task of its own: after a `101 Switching Protocols` the
+    /// connection must be driven to release the upgraded stream.
+    pub fn spawn(self) {
+        tokio::spawn(async move {
+            if let Err(e) = self.conn.await {
+                tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
+            }
+        });
+    }
+
+    /// Polls once without a real waker: true if the connection is gone or cannot take a request.
+    fn is_dead(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.conn.as_mut().poll(&mut cx) {
+            Poll::Ready(_) => true,
+            Poll::Pending => !self.send.is_ready(),
+        }
+    }
+}
+
+struct Idle {
+    conn: PooledConn,
+    since: Instant,
+}
+
+/// The pool of one target.
+pub struct TargetPool {
+    authority: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl TargetPool {
+    fn new(authority: String, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        TargetPool {
+            authority,
+            connect_timeout,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A live idle connection (most recently used first), or a new one.
+    pub async fn checkout(&self) -> Result<PooledConn, GatewayError> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.pop()
+            };
+            let Some(Idle { mut conn, since }) = candidate else {
+                break;
+            };
+            if since.elapsed() < self.idle_timeout && !conn.is_dead() {
+                conn.reused = true;
+                return Ok(conn);
+            }
+        }
+        self.connect().await
+    }
+
+    /// A new connection, never a pooled one.
+    pub async fn connect(&self) -> Result<PooledConn, GatewayError> {
+        let connect = TcpStream::connect(self.authority.as_str());
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(GatewayError::UpstreamConnect(Box::new(e))),
+            Err(_) => {
+                return Err(GatewayError::UpstreamConnect(
+                    format!(
+                        "connect to {} timed out after {:?}",
+                        self.authority, self.connect_timeout
+                    )
+                    .into(),
+                ));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| GatewayError::UpstreamConnect(Box::new(e)))?;
+        Ok(PooledConn {
+            send,
+            conn: Box::pin(conn.with_upgrades()),
+            reused: false,
+        })
+    }
+
+    /// Returns a connection whose last response ended cleanly.
+    fn put(&self, mut conn: PooledConn) {
+        if conn.is_dead() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_TARGET {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes idle connections that expired or that the upstream closed.
+    fn sweep(&self) {
+        let expired: Vec<Idle> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let (keep, drop): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|i| i.since.elapsed() < self.idle_timeout);
+            *idle = keep;
+            drop
+        };
+        // Closed outside the lock.
+        drop(expired);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain_mut(|i| !i.conn.is_dead());
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+}
+
+/// The pools of one upstream, by target authority. Reused across recompiles while the
+/// upstream's connect and idle timeouts stay the same.
+pub struct UpstreamPool {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    targets: Mutex<HashMap<String, Arc<TargetPool>>>,
+}
+
+impl UpstreamPool {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        UpstreamPool {
+            connect_timeout,
+            idle_timeout,
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn same_settings(&self, connect_timeout: Duration, idle_timeout: Duration) -> bool {
+        self.connect_timeout == connect_timeout && self.idle_timeout == idle_timeout
+    }
+
+    /// The pool of one target, created on first use.
+    pub fn target(&self, authority: &str) -> Arc<TargetPool> {
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        t.entry(authority.to_owned())
+            .or_insert_with(|| {
+                Arc::new(TargetPool::new(
+                    authority.to_owned(),
+                    self.connect_timeout,
+                    self.idle_timeout,
+                ))
+            })
+            .clone()
+    }
+
+    /// Drops the pools of targets that are no longer configured.
+    pub fn retain(&self, authorities: &[&str]) {
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        t.retain(|k, _| authorities.contains(&k.as_str()));
+    }
+
+    pub fn sweep(&self) {
+        let pools: Vec<Arc<TargetPool>> = self
+            .targets
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        for p in pools {
+            p.sweep();
+        }
+    }
+}
+
+/// A response body from an upstream. Polling it also drives the upstream connection, so the
+/// bytes move without a task of their own. At a clean end the connection returns to its pool.
+pub struct UpstreamBody {
+    incoming: Incoming,
+    conn: Option<PooledConn>,
+    pool: Arc<TargetPool>,
+    ended: bool,
+}
+
+impl UpstreamBody {
+    pub fn new(incoming: Incoming, conn: PooledConn, pool: Arc<TargetPool>) -> Self {
+        UpstreamBody {
+            incoming,
+            conn: Some(conn),
+            pool,
+            ended: false,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.put(c);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body with nothing left (HEAD, 204, 304, or fully read) leaves a reusable
+        // connection; one dropped mid-way does not, and the connection closes with it.
+        if self.ended || self.incoming.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let mut frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        if frame.is_pending()
+            && let Some(c) = this.conn.as_mut()
+        {
+            match c.conn.as_mut().poll(cx) {
+                Poll::Pending => {}
+                // Closed by the upstream after this response (e.g. `Connection: close`): the
+                // body still drains from what was read; the connection is not reused.
+                Poll::Ready(Ok(())) => this.conn = None,
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+            // The connection may have produced data for the body just now.
+            frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        }
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+            this.release();
+        }
+        frame.map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
