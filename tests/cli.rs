@@ -255,13 +255,7 @@ fn schema_is_json_schema_of_the_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
-    let slow = TestUpstream::start(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            Response::new(full("done"))
-        })
-    }))
-    .await;
+    let slow = TestUpstream::delayed(Duration::from_millis(800), "done").await;
     let cfg = TempConfig::new(&simple_config(&[slow.url()]));
     let mut gw = GatewayProcess::start(&cfg.path);
     let url = gw.url("/slow");
@@ -309,15 +303,7 @@ async fn access_log_json_to_a_file() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let s = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(l) = s.lines().next() {
-            break l.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no access log line written");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = first_line(&log).await;
     let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
     assert_eq!(v["method"], "POST");
     assert_eq!(v["path"], "/a/b?c=d");
@@ -423,13 +409,7 @@ async fn large_bodies_stream_with_flat_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_early_is_still_logged() {
-    let slow = TestUpstream::start(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            Response::new(full("late"))
-        })
-    }))
-    .await;
+    let slow = TestUpstream::delayed(Duration::from_secs(2), "late").await;
     let dir = TempConfig::new("");
     let log = dir.dir.join("access.log");
     let yaml = format!(
@@ -443,18 +423,7 @@ async fn a_client_that_leaves_early_is_still_logged() {
     let req = tokio::spawn(async move { get(&url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     req.abort();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let s = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(l) = s.lines().next() {
-            break l.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access log line for the abandoned request"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = first_line(&log).await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["status"], 499);
     assert_eq!(v["error"], "client_closed");

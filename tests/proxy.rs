@@ -132,13 +132,7 @@ async fn refused_target_gets_502_and_rotation_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_gets_504_and_reset_gets_502() {
-    let slow = TestUpstream::start(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            Response::new(full("late"))
-        })
-    }))
-    .await;
+    let slow = TestUpstream::delayed(Duration::from_secs(3), "late").await;
     // An upstream that accepts and closes without answering.
     let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rude_addr = rude.local_addr().unwrap();
@@ -284,23 +278,12 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_cannot_escape_a_route() {
-    let public = TestUpstream::echo("public").await;
-    let admin = TestUpstream::echo("admin").await;
-    let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-access_log: off
-upstreams:
-  public: {{ targets: ["{}"] }}
-  admin: {{ targets: ["{}"] }}
-routes:
-  - {{ match: {{ path_prefix: /public }}, upstream: public }}
-  - {{ match: {{ path_prefix: /admin }}, upstream: admin }}
+    let (gw, _public, _admin) = public_and_admin(
+        r#"  - { match: { path_prefix: /public }, upstream: public }
+  - { match: { path_prefix: /admin }, upstream: admin }
 "#,
-        public.url(),
-        admin.url()
-    );
-    let gw = TestGateway::start(&yaml).await;
+    )
+    .await;
     // The router sees /admin, so the admin route (with its policies) handles it, not /public.
     for p in [
         "/public/%2e%2e/admin",
@@ -561,23 +544,12 @@ async fn clients_cannot_spoof_forwarded_proto_host_or_strip_policy_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_target_routes_and_forwards_one_host() {
-    let public = TestUpstream::echo("public").await;
-    let admin = TestUpstream::echo("admin").await;
-    let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-access_log: off
-upstreams:
-  public: {{ targets: ["{}"] }}
-  admin: {{ targets: ["{}"] }}
-routes:
-  - {{ match: {{ hosts: [public.example.com] }}, upstream: public }}
-  - {{ match: {{ hosts: [admin.example.com] }}, upstream: admin }}
+    let (gw, _public, admin) = public_and_admin(
+        r#"  - { match: { hosts: [public.example.com] }, upstream: public }
+  - { match: { hosts: [admin.example.com] }, upstream: admin }
 "#,
-        public.url(),
-        admin.url()
-    );
-    let gw = TestGateway::start(&yaml).await;
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET http://public.example.com/x HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut out = Vec::new();
@@ -609,24 +581,13 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normalised_paths_are_what_the_upstream_sees() {
-    let public = TestUpstream::echo("public").await;
-    let admin = TestUpstream::echo("admin").await;
-    let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-access_log: off
-upstreams:
-  public: {{ targets: ["{}"] }}
-  admin: {{ targets: ["{}"] }}
-routes:
-  - {{ match: {{ path_prefix: / }}, upstream: public }}
-  - {{ match: {{ path_prefix: /admin }}, upstream: admin }}
-  - {{ match: {{ path: "/files/{{name}}" }}, upstream: public, rewrite: "/store/{{name}}" }}
+    let (gw, _public, _admin) = public_and_admin(
+        r#"  - { match: { path_prefix: / }, upstream: public }
+  - { match: { path_prefix: /admin }, upstream: admin }
+  - { match: { path: "/files/{name}" }, upstream: public, rewrite: "/store/{name}" }
 "#,
-        public.url(),
-        admin.url()
-    );
-    let gw = TestGateway::start(&yaml).await;
+    )
+    .await;
     // Dot segments and doubled slashes are resolved, and the resolved path is forwarded.
     let r = get(&gw.url("/public/%2e%2e/admin/x?q=1")).await.json();
     assert_eq!(

@@ -121,6 +121,17 @@ impl TestUpstream {
         .await
     }
 
+    /// Answers `body` after `delay`.
+    pub async fn delayed(delay: Duration, body: &'static str) -> TestUpstream {
+        Self::start(Arc::new(move |_req| {
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Response::new(full(body))
+            })
+        }))
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -246,6 +257,35 @@ pub async fn get(url: &str) -> TestResponse {
 
 pub fn get_req(url: &str) -> http::request::Builder {
     Request::get(url)
+}
+
+/// Waits (at most 5 s) for the first line of a log file.
+pub async fn first_line(path: &std::path::Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(l) = s.lines().next() {
+            return l.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line written to {}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A gateway in front of two echo upstreams named `public` and `admin`, with these routes.
+pub async fn public_and_admin(routes: &str) -> (TestGateway, TestUpstream, TestUpstream) {
+    let public = TestUpstream::echo("public").await;
+    let admin = TestUpstream::echo("admin").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  public: {{ targets: [\"{}\"] }}\n  admin: {{ targets: [\"{}\"] }}\nroutes:\n{routes}",
+        public.url(),
+        admin.url()
+    );
+    (TestGateway::start(&yaml).await, public, admin)
 }
 
 /// The gatehouse binary built for these tests.
