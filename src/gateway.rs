@@ -16,15 +16,17 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::body::{Body, Tally};
 use crate::config::compile::Runtime;
 use crate::error::GatewayError;
-use crate::observe::access_log::{AccessLog, LoggedBody, PendingLine, Record};
+use crate::observe::access_log::{AccessLog, LoggedBody, Pending, Record};
+use crate::observe::metrics::Metrics;
 use crate::policy::{self, RequestCtx};
 use crate::proxy::{self, Downstream, X_REQUEST_ID};
 use crate::router;
 
-/// What every request handler shares: the current config and the log sink.
+/// What every request handler shares: the current config, the log sink, the metrics.
 pub struct Gateway {
     pub runtime: ArcSwap<Runtime>,
-    pub access_log: Option<AccessLog>,
+    pub access_log: arc_swap::ArcSwapOption<AccessLog>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Facts about the client connection.
@@ -65,29 +67,37 @@ pub async fn handle(
     let rt = gw.runtime.load_full();
     let request_id = request_id(req.headers());
     let tally = Arc::new(Tally::default());
-    // The access-log line: handed to the response body, or written by the guard (as 499) if
-    // the client goes away before a response exists.
-    let mut line = PendingLine::new(gw.access_log.as_ref(), || Record {
+    // The request's outcome (metrics, access-log line): handed to the response body, or
+    // accounted by the guard (as 499) if the client goes away before a response exists.
+    let access_log = gw.access_log.load();
+    let mut line = Pending::new(
+        &gw.metrics,
+        req.method(),
         start,
-        time: SystemTime::now(),
-        client: conn.client_addr,
-        method: req.method().clone(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned(),
-        version: req.version(),
-        host: router::request_host(req.uri(), req.headers())
-            .map(|h| h.into_owned())
-            .unwrap_or_default(),
-        route: None,
-        target: None,
-        status: http::StatusCode::OK,
-        error: None,
-        request_id: request_id_str(&request_id).to_owned(),
-        tally: tally.clone(),
-    });
+        &tally,
+        access_log.as_deref(),
+        || Record {
+            start,
+            time: SystemTime::now(),
+            client: conn.client_addr,
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            version: req.version(),
+            host: router::request_host(req.uri(), req.headers())
+                .map(|h| h.into_owned())
+                .unwrap_or_default(),
+            route: None,
+            target: None,
+            status: http::StatusCode::OK,
+            error: None,
+            request_id: request_id_str(&request_id).to_owned(),
+            tally: tally.clone(),
+        },
+    );
 
     let result = if ambiguous_framing {
         Err(GatewayError::BadRequest(
@@ -127,8 +137,8 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
-    let log = line.respond(resp.status());
-    resp.map(|b| LoggedBody::new(b, log))
+    let outcome = line.respond(resp.status());
+    resp.map(|b| LoggedBody::new(b, outcome))
 }
 
 async fn route_and_forward(
@@ -137,7 +147,7 @@ async fn route_and_forward(
     conn: &ConnInfo,
     request_id: &HeaderValue,
     tally: &Arc<Tally>,
-    line: &mut PendingLine,
+    line: &mut Pending,
 ) -> Result<Response<Body>, GatewayError> {
     check_framing(req.headers())?;
     let client_host = client_host(&req)?;
@@ -156,6 +166,7 @@ async fn route_and_forward(
     // When normalisation resolved dot segments or merged slashes, forward what was routed.
     let normalized = restructured.then(|| path.into_owned());
     drop(host);
+    line.set_route(&route.stats);
     if let Some(r) = line.record() {
         r.route = Some(route.name.clone());
     }

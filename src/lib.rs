@@ -4,8 +4,10 @@
 //! runtime snapshot) -> the route's `policy` chain -> `proxy` to an `upstream` target ->
 //! response policies -> access log. `config` turns the YAML into the immutable `Runtime`.
 
+pub mod admin;
 pub mod body;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod explain;
@@ -20,29 +22,55 @@ pub mod upstream;
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::config::ConfigErrors;
 use crate::config::compile::{Runtime, compile};
-use crate::config::{ConfigErrors, load_file};
+use crate::observe::metrics::Metrics;
 use crate::upstream::Pools;
 
+/// State that outlives a config reload, keyed by stable names: connection pools and metrics.
+#[derive(Default)]
+pub struct State {
+    pub pools: Pools,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Loads and compiles a config file; errors name the file, key paths and problems.
-pub fn load_runtime(path: &Path, pools: &Pools) -> Result<Runtime, ConfigErrors> {
-    let cfg = load_file(path)?;
-    compile(&cfg, pools).map_err(|errors| ConfigErrors {
+pub fn load_runtime(path: &Path, state: &State) -> Result<Runtime, ConfigErrors> {
+    load_config(path, state).map(|(_, rt)| rt)
+}
+
+/// Like [`load_runtime`], also returning the file's text.
+pub fn load_config(path: &Path, state: &State) -> Result<(String, Runtime), ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: path.to_owned(),
+        errors: vec![config::ConfigError::new(
+            "",
+            format!("cannot read file: {e}"),
+        )],
+    })?;
+    let cfg =
+        config::parse_str(&text, &|k| std::env::var(k).ok()).map_err(|errors| ConfigErrors {
+            file: path.to_owned(),
+            errors,
+        })?;
+    let rt = compile(&cfg, state).map_err(|errors| ConfigErrors {
         file: path.to_owned(),
         errors,
-    })
+    })?;
+    Ok((text, rt))
 }
 
 /// Builds the shared gateway state for a runtime (starting the access-log writer).
-pub fn gateway_for(rt: Runtime) -> std::io::Result<Arc<gateway::Gateway>> {
+pub fn gateway_for(rt: Runtime, state: &State) -> std::io::Result<Arc<gateway::Gateway>> {
     let access_log = match &rt.access_log {
-        Some(cfg) => Some(observe::access_log::AccessLog::start(cfg)?),
+        Some(cfg) => Some(Arc::new(observe::access_log::AccessLog::start(cfg)?)),
         None => None,
     };
     Ok(Arc::new(gateway::Gateway {
         runtime: ArcSwap::from_pointee(rt),
-        access_log,
+        access_log: ArcSwapOption::new(access_log),
+        metrics: state.metrics.clone(),
     }))
 }

@@ -3,13 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gatehouse::config::compile::Runtime;
-use gatehouse::server::Server;
-use gatehouse::upstream::Pools;
-use gatehouse::{demo, explain, gateway_for, load_runtime};
+use gatehouse::control::Control;
+use gatehouse::{State, demo, explain, load_config, load_runtime};
 
 #[derive(Parser)]
 #[command(
@@ -24,10 +22,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic with a config file.
+    /// Serve traffic with a config file (reloaded on SIGHUP, on change, and by the admin API).
     Run {
         #[arg(short, long, env = "GATEHOUSE_CONFIG")]
         config: PathBuf,
+        /// Do not watch the config file for changes (SIGHUP and the admin API still reload).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config file: exit 0 if it would load, 1 with every problem otherwise.
     Check {
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
             method,
             url,
             headers,
-        } => match load_runtime(&config, &Pools::default()) {
+        } => match load_runtime(&config, &State::default()) {
             Err(e) => fail(&e.to_string()),
             Ok(rt) => match explain::explain(&rt, &method, &url, &headers) {
                 Ok(s) => {
@@ -89,22 +90,23 @@ fn main() -> ExitCode {
                 }
             },
         },
-        Command::Run { config } => {
-            let rt = match load_runtime(&config, &Pools::default()) {
-                Ok(rt) => rt,
+        Command::Run { config, no_watch } => {
+            let state = Arc::new(State::default());
+            let (text, rt) = match load_config(&config, &state) {
+                Ok(x) => x,
                 Err(e) => return fail(&e.to_string()),
             };
             for w in &rt.warnings {
                 tracing::warn!("{}: {}", config.display(), w);
             }
-            serve(rt, None)
+            serve(rt, text, Some(config), state, !no_watch, None)
         }
         Command::Demo { listen } => demo(&listen),
     }
 }
 
 fn check(config: &std::path::Path) -> ExitCode {
-    match load_runtime(config, &Pools::default()) {
+    match load_runtime(config, &State::default()) {
         Err(e) => fail(&e.to_string()),
         Ok(rt) => {
             for w in &rt.warnings {
@@ -168,32 +170,44 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Serves until SIGTERM or SIGINT, then shuts down gracefully and exits 0.
-fn serve(rt: Runtime, banner: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>) -> ExitCode {
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully and exits 0. SIGHUP reloads.
+fn serve(
+    rt: Runtime,
+    text: String,
+    path: Option<PathBuf>,
+    state: Arc<State>,
+    watch: bool,
+    banner: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+) -> ExitCode {
     let workers = worker_count(&rt);
     let tokio_rt = match build_runtime(workers) {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
     tokio_rt.block_on(async move {
-        let gw = match gateway_for(rt) {
-            Ok(gw) => gw,
-            Err(e) => return fail(&format!("cannot open access log: {e}")),
-        };
-        let server = match Server::start(gw.clone()).await {
-            Ok(s) => s,
+        let control = match Control::start(rt, text, path, state).await {
+            Ok(c) => c,
             Err(e) => return fail(&e.to_string()),
         };
+        if watch && let Err(e) = control.watch_file() {
+            tracing::warn!("config file changes will not be noticed: {e}");
+        }
         tracing::info!(workers, "gatehouse {} started", env!("CARGO_PKG_VERSION"));
-        if let (Some(b), Some(addr)) = (banner, server.local_addrs.first()) {
+        if let (Some(b), Some(addr)) = (banner, control.proxy_addrs().await.first()) {
             b(*addr);
         }
-        wait_for_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        server.shutdown().await;
-        if let Some(log) = gw.access_log.clone() {
-            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = wait_for_signal() => break,
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the config file");
+                    let _ = control.reload_file("sighup").await;
+                }
+            }
         }
+        tracing::info!("shutting down: finishing in-flight requests");
+        control.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
@@ -242,13 +256,18 @@ fn demo(listen: &str) -> ExitCode {
     if let Err(e) = std::fs::write(&path, &yaml) {
         return fail(&format!("cannot write {}: {e}", path.display()));
     }
-    let rt = match load_runtime(&path, &Pools::default()) {
-        Ok(rt) => rt,
+    let state = Arc::new(State::default());
+    let (text, rt) = match load_config(&path, &state) {
+        Ok(x) => x,
         Err(e) => return fail(&e.to_string()),
     };
     let path2 = path.clone();
     let code = serve(
         rt,
+        text,
+        Some(path),
+        state,
+        false,
         Some(Box::new(move |addr| {
             println!("{}", demo::demo_help(addr, &path2))
         })),

@@ -13,11 +13,13 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 
 use super::ConfigError;
 use super::model::*;
+use crate::State;
+use crate::observe::metrics::RouteStats;
 use crate::policy::headers::HeadersPolicy;
 use crate::policy::{Bound, Policy};
 use crate::router::{HostPattern, Matcher, PathPattern, RewriteTemplate, Routable, Router};
 use crate::upstream::balancer::SmoothWeighted;
-use crate::upstream::{self, Pools, Target, Timeouts, Upstream};
+use crate::upstream::{self, Target, Timeouts, Upstream};
 
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,6 +32,7 @@ const MIN_HEADER_SIZE: u64 = 8 * 1024;
 /// The compiled, immutable form of a config. A request loads one and uses it to the end.
 pub struct Runtime {
     pub listeners: Vec<SocketAddr>,
+    pub admin: Option<AdminSettings>,
     pub router: Router<Route>,
     /// In config order.
     pub routes: Vec<Arc<Route>>,
@@ -39,6 +42,14 @@ pub struct Runtime {
     pub workers: Option<usize>,
     pub warnings: Vec<ConfigError>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -67,6 +78,8 @@ pub struct Route {
     pub path_action: PathAction,
     pub chain: Vec<Bound>,
     pub max_body_size: Option<u64>,
+    /// Metric handles, shared with same-named routes of earlier and later configs.
+    pub stats: Arc<RouteStats>,
 }
 
 impl Routable for Route {
@@ -76,11 +89,16 @@ impl Routable for Route {
 }
 
 /// Compiles a parsed config. `pools` keeps connection pools across recompiles.
-pub fn compile(cfg: &Config, pools: &Pools) -> Result<Runtime, Vec<ConfigError>> {
+pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>> {
+    let pools = &state.pools;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
 
     let listeners = compile_listeners(&cfg.listen, &mut errors);
+    let admin = cfg
+        .admin
+        .as_ref()
+        .and_then(|a| compile_admin(a, &listeners, &mut errors));
     let server = compile_server(&cfg.server, &mut errors);
 
     if let Some(w) = cfg.workers
@@ -94,7 +112,7 @@ pub fn compile(cfg: &Config, pools: &Pools) -> Result<Runtime, Vec<ConfigError>>
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in &cfg.upstreams {
-        if let Some(up) = compile_upstream(name, u, pools, &mut errors) {
+        if let Some(up) = compile_upstream(name, u, state, &mut errors) {
             upstreams.insert(name.clone(), Arc::new(up));
         }
     }
@@ -267,8 +285,10 @@ pub fn compile(cfg: &Config, pools: &Pools) -> Result<Runtime, Vec<ConfigError>>
         );
 
         if let (Some(upstream), Some(matcher)) = (upstream, matcher) {
+            let name: Arc<str> = name.into();
             routes.push(Arc::new(Route {
-                name: name.into(),
+                stats: state.metrics.route(&name),
+                name,
                 index: i,
                 matcher,
                 upstream,
@@ -327,6 +347,7 @@ pub fn compile(cfg: &Config, pools: &Pools) -> Result<Runtime, Vec<ConfigError>>
 
     Ok(Runtime {
         listeners,
+        admin,
         router,
         routes,
         upstreams,
@@ -419,6 +440,40 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
     ))
 }
 
+fn compile_admin(
+    a: &AdminConfig,
+    listeners: &[SocketAddr],
+    errors: &mut Vec<ConfigError>,
+) -> Option<AdminSettings> {
+    let addr = match parse_listen_addr(a.addr.as_deref().unwrap_or(DEFAULT_ADMIN_ADDR)) {
+        Ok(addr) => addr,
+        Err(e) => {
+            errors.push(ConfigError::new("admin.addr", e));
+            return None;
+        }
+    };
+    if listeners.contains(&addr) && addr.port() != 0 {
+        errors.push(ConfigError::new(
+            "admin.addr",
+            format!("{addr} is also a proxy listener; the admin API needs its own"),
+        ));
+    }
+    let token = a.token.clone().filter(|t| !t.is_empty());
+    if token.is_none() && !addr.ip().is_loopback() {
+        errors.push(ConfigError::new(
+            "admin.token",
+            format!("required when the admin API listens beyond loopback ({addr})"),
+        ));
+    }
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        errors.push(ConfigError::new(
+            "admin.token",
+            "must be at least 16 characters",
+        ));
+    }
+    Some(AdminSettings { addr, token })
+}
+
 fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSettings {
     let max_header_size = s.max_header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |b| b.0);
     if !(MIN_HEADER_SIZE..=16 * 1024 * 1024).contains(&max_header_size) {
@@ -463,7 +518,7 @@ fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSett
 fn compile_upstream(
     name: &str,
     u: &UpstreamConfig,
-    pools: &Pools,
+    state: &State,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Upstream> {
     let path = format!("upstreams.{name}");
@@ -554,13 +609,17 @@ fn compile_upstream(
     let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
     // Only a valid upstream touches the pool registry, so a rejected config cannot disturb the
     // running one's connections.
-    let pool = pools.upstream(name, timeouts);
+    let pool = state.pools.upstream(name, timeouts);
     let authorities: Vec<&str> = targets.iter().map(|t| t.authority.as_str()).collect();
     pool.retain(&authorities);
+    let upstream_name: Arc<str> = name.into();
     let targets = targets
         .into_iter()
         .map(|t| Target {
             pool: pool.target(t.authority.as_str()),
+            stats: state
+                .metrics
+                .target(&upstream_name, &Arc::from(t.authority.as_str())),
             url: t.url,
             scheme: t.scheme,
             authority: t.authority,
@@ -569,7 +628,7 @@ fn compile_upstream(
         })
         .collect();
     Some(Upstream {
-        name: name.into(),
+        name: upstream_name,
         balancer: SmoothWeighted::new(&weights),
         targets,
         pool,
@@ -735,7 +794,7 @@ mod tests {
 
     fn compile_yaml(y: &str) -> Result<Runtime, Vec<ConfigError>> {
         let cfg = parse_str(y, &|_| None)?;
-        compile(&cfg, &Pools::default())
+        compile(&cfg, &State::default())
     }
 
     fn errors_of(y: &str) -> Vec<(String, String)> {

@@ -36,6 +36,20 @@ pub struct Config {
     /// Limits and timeouts on the client side.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The admin API, metrics and dashboard, on a listener of their own. Absent = off.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:9901`.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Bearer token required on every admin request. Required when `addr` is not loopback.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// `listen: "addr"` or `listen: [ "addr", { addr: ... } ]`.

@@ -20,6 +20,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use crate::body::{Body, Tally};
 use crate::config::model::{AccessLogConfig, LogFormat};
 use crate::error::BoxError;
+use crate::observe::metrics::{Metrics, RouteStats};
 
 /// Where lines go. Cheap to clone.
 #[derive(Clone)]
@@ -117,36 +118,96 @@ fn writer(rx: Receiver<Msg>, out: Box<dyn std::io::Write + Send>) {
     let _ = out.flush();
 }
 
-/// The line of a request still being handled. If the handler is dropped before a response
-/// exists (the client went away while the upstream was slow), the line is written anyway, with
-/// status 499 and `error=client_closed`, so exactly the slow requests do not vanish from the log.
-pub struct PendingLine(Option<(AccessLog, Box<Record>)>);
+/// Everything needed to account for one request when it ends: its metrics always, its
+/// access-log line when the log is on.
+pub struct Outcome {
+    metrics: Arc<Metrics>,
+    route: Option<Arc<RouteStats>>,
+    method: Method,
+    start: Instant,
+    tally: Arc<Tally>,
+    status: StatusCode,
+    log: Option<(AccessLog, Box<Record>)>,
+}
 
-impl PendingLine {
-    pub fn new(log: Option<&AccessLog>, record: impl FnOnce() -> Record) -> Self {
-        PendingLine(log.map(|l| (l.clone(), Box::new(record()))))
+impl Outcome {
+    fn finish(mut self, bytes_out: u64, incomplete: Option<&'static str>) {
+        let bytes_in = self.tally.bytes_in.load(Ordering::Relaxed);
+        self.metrics.request(
+            self.route.as_deref(),
+            &self.method,
+            self.status,
+            self.start.elapsed(),
+            bytes_in,
+            bytes_out,
+        );
+        if let Some((log, mut rec)) = self.log.take() {
+            rec.status = self.status;
+            if let Some(e) = incomplete
+                && rec.error.is_none()
+            {
+                rec.error = Some(e);
+            }
+            log.send(rec.line(log.format, bytes_out));
+        }
+    }
+}
+
+/// The outcome of a request still being handled. If the handler is dropped before a response
+/// exists (the client went away while the upstream was slow), it is accounted anyway, with
+/// status 499 and `error=client_closed`, so exactly the slow requests do not vanish from the
+/// log and the metrics.
+pub struct Pending(Option<Outcome>);
+
+impl Pending {
+    pub fn new(
+        metrics: &Arc<Metrics>,
+        method: &Method,
+        start: Instant,
+        tally: &Arc<Tally>,
+        log: Option<&AccessLog>,
+        record: impl FnOnce() -> Record,
+    ) -> Self {
+        Pending(Some(Outcome {
+            metrics: metrics.clone(),
+            route: None,
+            method: method.clone(),
+            start,
+            tally: tally.clone(),
+            status: StatusCode::OK,
+            log: log.map(|l| (l.clone(), Box::new(record()))),
+        }))
     }
 
+    /// The access-log record, when the log is on.
     pub fn record(&mut self) -> Option<&mut Record> {
-        self.0.as_mut().map(|(_, r)| r.as_mut())
+        self.0
+            .as_mut()
+            .and_then(|o| o.log.as_mut())
+            .map(|(_, r)| r.as_mut())
     }
 
-    /// The response head exists: hand the line to the response body.
-    pub fn respond(mut self, status: StatusCode) -> Option<(AccessLog, Box<Record>)> {
+    pub fn set_route(&mut self, route: &Arc<RouteStats>) {
+        if let Some(o) = self.0.as_mut() {
+            o.route = Some(route.clone());
+        }
+    }
+
+    /// The response head exists: hand the outcome to the response body.
+    pub fn respond(mut self, status: StatusCode) -> Option<Outcome> {
         let mut taken = self.0.take();
-        if let Some((_, r)) = taken.as_mut() {
-            r.status = status;
+        if let Some(o) = taken.as_mut() {
+            o.status = status;
         }
         taken
     }
 }
 
-impl Drop for PendingLine {
+impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some((log, mut rec)) = self.0.take() {
-            rec.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            rec.error = Some("client_closed");
-            log.send(rec.line(log.format, 0));
+        if let Some(mut o) = self.0.take() {
+            o.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            o.finish(0, Some("client_closed"));
         }
     }
 }
@@ -254,29 +315,28 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// The response body on its way to the client: counts bytes and writes the access-log line
 /// when the body ends or is dropped (client gone), exactly once.
+/// The response body on its way to the client: counts bytes and accounts the request (metrics,
+/// access-log line) when the body ends or is dropped (client gone), exactly once.
 pub struct LoggedBody {
     inner: Body,
     bytes: u64,
-    log: Option<(AccessLog, Box<Record>)>,
+    outcome: Option<Outcome>,
 }
 
 impl LoggedBody {
-    pub fn new(inner: Body, log: Option<(AccessLog, Box<Record>)>) -> Self {
+    pub fn new(inner: Body, outcome: Option<Outcome>) -> Self {
         LoggedBody {
             inner,
             bytes: 0,
-            log,
+            outcome,
         }
     }
 
     /// `complete`: the body reached its end. Otherwise it failed or the client left mid-body,
     /// and the line says so.
     fn finish(&mut self, complete: bool) {
-        if let Some((log, mut rec)) = self.log.take() {
-            if !complete && rec.error.is_none() {
-                rec.error = Some("response_incomplete");
-            }
-            log.send(rec.line(log.format, self.bytes));
+        if let Some(o) = self.outcome.take() {
+            o.finish(self.bytes, (!complete).then_some("response_incomplete"));
         }
     }
 }

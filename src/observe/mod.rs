@@ -1,3 +1,4 @@
-//! Observability: the access log (metrics and tracing arrive with the operations capability).
+//! Observability: the access log and Prometheus metrics.
 
 pub mod access_log;
+pub mod metrics;

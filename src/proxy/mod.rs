@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::body::Body;
 use crate::config::compile::PathAction;
 use crate::error::GatewayError;
+use crate::observe::metrics::UpstreamOutcome;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::{Target, Upstream};
 
@@ -241,7 +242,16 @@ pub async fn forward(
             },
         }
     };
-    let (conn, mut resp) = match tokio::time::timeout(timeout, exchange).await {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(timeout, exchange).await;
+    let outcome = match &result {
+        Ok(Ok(_)) => UpstreamOutcome::Response,
+        Ok(Err(GatewayError::UpstreamConnect(_))) => UpstreamOutcome::ConnectError,
+        Ok(Err(_)) => UpstreamOutcome::Failed,
+        Err(_) => UpstreamOutcome::Timeout,
+    };
+    target.stats.record(outcome, started.elapsed());
+    let (conn, mut resp) = match result {
         Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
         Ok(r) => r?,
     };

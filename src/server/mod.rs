@@ -15,72 +15,143 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
 
-use crate::config::compile::ServerSettings;
+use crate::config::compile::{Runtime, ServerSettings};
 use crate::gateway::{self, ConnInfo, Gateway};
 
-/// A running server. [`Server::shutdown`] drains it gracefully; dropping it stops accepting.
+/// The running listeners. A reload adds and removes listeners without touching those that
+/// stay: [`Server::prepare`] binds what a new config adds (so a failure changes nothing), and
+/// [`Server::commit`] starts them and stops what it removed.
 pub struct Server {
-    pub local_addrs: Vec<SocketAddr>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
-    shutdown_timeout: Duration,
+    gw: Arc<Gateway>,
+    permits: Arc<Semaphore>,
+    cap: usize,
+    /// By configured address (`127.0.0.1:0` stays the same key across reloads).
+    listeners: Vec<(SocketAddr, Listener)>,
+    sweeper: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
 }
+
+struct Listener {
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Listeners bound for a config that is not yet active.
+pub struct Prepared(Vec<(SocketAddr, TcpListener)>);
 
 impl Server {
     /// Binds every listener of the current runtime and starts accepting.
     pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Server> {
         let rt = gw.runtime.load_full();
-        let settings = rt.server.clone();
-        let builder = Arc::new(connection_builder(&settings));
-        let permits = Arc::new(Semaphore::new(settings.max_connections));
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut local_addrs = Vec::new();
+        let cap = rt.server.max_connections;
+        let (sweep_stop, sweep_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(sweep_pools(gw.clone(), sweep_rx));
+        let mut server = Server {
+            gw,
+            permits: Arc::new(Semaphore::new(cap)),
+            cap,
+            listeners: Vec::new(),
+            sweeper: (sweep_stop, sweeper),
+        };
+        let prepared = match server.prepare(&rt) {
+            Ok(p) => p,
+            Err(e) => {
+                server.stop();
+                return Err(e);
+            }
+        };
+        server.commit(&rt, prepared);
+        Ok(server)
+    }
+
+    /// Where the listeners of the current config are bound, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(_, l)| l.local).collect()
+    }
+
+    /// Binds the listeners `rt` has and the running config does not.
+    pub fn prepare(&self, rt: &Runtime) -> std::io::Result<Prepared> {
+        let mut out = Vec::new();
         for addr in &rt.listeners {
+            if self.listeners.iter().any(|(a, _)| a == addr) {
+                continue;
+            }
             let listener = bind(*addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
-            let local = listener.local_addr()?;
-            local_addrs.push(local);
-            tracing::info!(addr = %local, "listening");
-            tasks.spawn(accept_loop(
-                listener,
-                gw.clone(),
-                builder.clone(),
-                permits.clone(),
-                stop_rx.clone(),
-                settings.shutdown_timeout,
-            ));
+            out.push((*addr, listener));
         }
-        tasks.spawn(sweep_pools(gw.clone(), stop_rx.clone()));
-        Ok(Server {
-            local_addrs,
-            stop,
-            tasks,
-            shutdown_timeout: settings.shutdown_timeout,
-        })
+        Ok(Prepared(out))
     }
 
-    /// Signals the accept loops to stop without waiting (for use in `Drop`).
+    /// After `rt` became the current runtime: starts its new listeners, stops the ones it
+    /// dropped (they finish their in-flight requests), and applies its connection cap.
+    pub fn commit(&mut self, rt: &Runtime, prepared: Prepared) {
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .partition(|(a, _)| rt.listeners.contains(a));
+        for (addr, l) in gone {
+            tracing::info!(addr = %addr, "listener removed by reload: no longer accepting");
+            let _ = l.stop.send(true);
+        }
+        self.listeners = keep;
+        for (addr, listener) in prepared.0 {
+            let Ok(local) = listener.local_addr() else {
+                continue;
+            };
+            tracing::info!(addr = %local, "listening");
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(accept_loop(
+                listener,
+                addr.to_string(),
+                self.gw.clone(),
+                self.permits.clone(),
+                stop_rx,
+            ));
+            self.listeners.push((addr, Listener { local, stop, task }));
+        }
+        // Config order, so local_addrs()[0] is the first `listen` entry.
+        self.listeners.sort_by_key(|(a, _)| {
+            rt.listeners
+                .iter()
+                .position(|x| x == a)
+                .unwrap_or(usize::MAX)
+        });
+        let cap = rt.server.max_connections;
+        if cap > self.cap {
+            self.permits.add_permits(cap - self.cap);
+        } else if cap < self.cap {
+            // Slots in use are not revoked; fewer are handed out from now on.
+            self.permits.forget_permits(self.cap - cap);
+        }
+        self.cap = cap;
+    }
+
+    /// Signals every listener to stop, without waiting (for use in `Drop`).
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        for (_, l) in &self.listeners {
+            let _ = l.stop.send(true);
+        }
+        let _ = self.sweeper.0.send(true);
     }
 
     /// Stops accepting, waits for in-flight requests up to the shutdown deadline, then returns.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
+    pub async fn shutdown(self) {
+        self.stop();
+        let deadline = self.gw.runtime.load().server.shutdown_timeout;
         // Each accept loop enforces the deadline itself; this bound is a backstop.
-        let backstop = self.shutdown_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(backstop, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            self.tasks.abort_all();
+        let backstop = deadline + Duration::from_secs(1);
+        let tasks: Vec<_> = self.listeners.into_iter().map(|(_, l)| l.task).collect();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(backstop, all).await.is_err() {
+            tracing::warn!("listeners did not stop within the shutdown deadline");
         }
+        let _ = self.sweeper.1.await;
     }
 }
 
@@ -119,7 +190,7 @@ fn connection_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
 }
 
 /// Binds with SO_REUSEADDR and a deep backlog, so restarts and bursts behave.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -137,17 +208,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
+    name: String,
     gw: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
-    shutdown_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let (max_head, header_timeout) = {
-        let rt = gw.runtime.load();
-        (rt.server.max_header_size, rt.server.request_header_timeout)
-    };
     loop {
         // Take a connection slot first: at the cap, new clients wait in the kernel backlog
         // instead of being accepted and starved.
@@ -168,14 +234,17 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        // Limits and timeouts of the config current at accept time.
+        let settings = gw.runtime.load().server.clone();
+        let builder = connection_builder(&settings);
         let info = Arc::new(ConnInfo::new(peer, "http", Some(permit)));
+        let active = gw.metrics.connection_opened(&name);
         let gw = gw.clone();
-        let builder = builder.clone();
         let watch = Arc::new(framing::FramingWatch::default());
         let stream = framing::Watched::new(
             stream,
-            framing::Scanner::new(watch.clone(), max_head),
-            header_timeout,
+            framing::Scanner::new(watch.clone(), settings.max_header_size),
+            settings.request_header_timeout,
         );
         let svc = service_fn(move |req| {
             let gw = gw.clone();
@@ -193,9 +262,11 @@ async fn accept_loop(
             if let Err(e) = conn.await {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
+            active.dec();
         });
     }
     drop(listener);
+    let shutdown_timeout = gw.runtime.load().server.shutdown_timeout;
     if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
         .await
         .is_err()

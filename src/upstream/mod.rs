@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
+use crate::observe::metrics::TargetStats;
 use pool::{TargetPool, UpstreamPool};
 
 /// Documented defaults (README "Timeouts").
@@ -38,6 +39,7 @@ pub struct Target {
     pub weight: u32,
     /// Keep-alive connections to this target (shared with the previous config's same target).
     pub pool: Arc<TargetPool>,
+    pub stats: Arc<TargetStats>,
 }
 
 pub struct Upstream {

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gatehouse::State;
 use gatehouse::config::compile::compile;
 use gatehouse::config::parse_str;
+use gatehouse::control::Control;
 use gatehouse::gateway::Gateway;
-use gatehouse::server::Server;
-use gatehouse::upstream::Pools;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -152,26 +152,34 @@ impl Drop for TestUpstream {
     }
 }
 
-/// An in-process gateway on an ephemeral port.
+/// An in-process gateway on an ephemeral port (the whole control plane: listeners, reloads,
+/// admin API when configured).
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub gw: Arc<Gateway>,
-    server: Option<Server>,
+    pub control: Arc<Control>,
 }
 
 impl TestGateway {
     /// `yaml` must listen on `127.0.0.1:0`.
     pub async fn start(yaml: &str) -> TestGateway {
+        Self::start_with(yaml, None).await
+    }
+
+    /// Serves `yaml`, which is also what `path` (if any) holds, as `gatehouse run` would.
+    pub async fn start_with(yaml: &str, path: Option<std::path::PathBuf>) -> TestGateway {
         let cfg = parse_str(yaml, &|k| std::env::var(k).ok())
             .unwrap_or_else(|e| panic!("config: {e:?}\n{yaml}"));
-        let rt =
-            compile(&cfg, &Pools::default()).unwrap_or_else(|e| panic!("compile: {e:?}\n{yaml}"));
-        let gw = gatehouse::gateway_for(rt).expect("gateway");
-        let server = Server::start(gw.clone()).await.expect("start server");
+        let state = Arc::new(State::default());
+        let rt = compile(&cfg, &state).unwrap_or_else(|e| panic!("compile: {e:?}\n{yaml}"));
+        let control = Control::start(rt, yaml.to_owned(), path, state)
+            .await
+            .expect("start gateway");
+        let addr = control.proxy_addrs().await[0];
         TestGateway {
-            addr: server.local_addrs[0],
-            gw,
-            server: Some(server),
+            addr,
+            gw: control.gw.clone(),
+            control,
         }
     }
 
@@ -179,18 +187,22 @@ impl TestGateway {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{}",
+            self.control.admin_addr().expect("admin listener"),
+            path
+        )
+    }
+
+    pub async fn shutdown(self) {
+        self.control.shutdown().await;
     }
 }
 
 impl Drop for TestGateway {
     fn drop(&mut self) {
-        if let Some(s) = &self.server {
-            s.stop();
-        }
+        self.control.stop();
     }
 }
 

@@ -1,0 +1,357 @@
+//! The admin API, on a listener of its own: status, routes, upstreams, the config (read,
+//! validate, apply), reload, Prometheus metrics and the dashboard. Every request needs
+//! `Authorization: Bearer <admin.token>` when a token is configured (always, when the admin
+//! listener is not on loopback). Described in `docs/admin-api.yaml` (OpenAPI 3).
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::compile::PathAction;
+use crate::control::{ApplyError, Control};
+use crate::router::{HostPattern, PathPattern};
+
+/// Largest config body accepted by validate/apply.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+type Resp = Response<Full<Bytes>>;
+
+/// Accepts admin connections until `stop` fires or the control plane is gone.
+pub async fn serve(listener: TcpListener, control: Weak<Control>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let control = control.clone();
+                async move {
+                    Ok::<_, Infallible>(match control.upgrade() {
+                        Some(c) => handle(&c, req).await,
+                        None => json_resp(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({"error": "shutting down"}),
+                        ),
+                    })
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    // The dashboard page itself holds no data (it fetches /stats with the token), so it is
+    // served without one.
+    if req.method() == Method::GET && (path.is_empty() || path == "/dashboard") {
+        return html(DASHBOARD_HTML);
+    }
+    if !authorized(c, &req) {
+        let mut r = json_resp(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "unauthorized", "message": "a valid `Authorization: Bearer <admin token>` header is required"}),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/status") => json_resp(StatusCode::OK, &status(c)),
+        (Method::GET, "/routes") => json_resp(StatusCode::OK, &routes(c)),
+        (Method::GET, "/upstreams") => json_resp(StatusCode::OK, &upstreams(c)),
+        (Method::GET, "/stats") => json_resp(
+            StatusCode::OK,
+            &json!({ "status": status(c), "routes": routes(c), "upstreams": upstreams(c) }),
+        ),
+        (Method::GET, "/config") => json_resp(StatusCode::OK, &config(c)),
+        (Method::POST, "/config/validate") => match body_text(req).await {
+            Err(r) => r,
+            Ok(text) => match c.validate(&text) {
+                Ok(rt) => json_resp(
+                    StatusCode::OK,
+                    &json!({ "valid": true, "warnings": rt.warnings.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+                ),
+                Err(errs) => json_resp(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "valid": false, "errors": errs.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+                ),
+            },
+        },
+        (Method::PUT | Method::POST, "/config") => match body_text(req).await {
+            Err(r) => r,
+            Ok(text) => match c.apply(text, "admin", true).await {
+                Ok(()) => json_resp(
+                    StatusCode::OK,
+                    &json!({ "applied": true, "hash": c.config_hash() }),
+                ),
+                Err(e) => apply_error(&e),
+            },
+        },
+        (Method::POST, "/reload") => match c.reload_file("admin").await {
+            Ok(changed) => json_resp(
+                StatusCode::OK,
+                &json!({ "reloaded": changed, "hash": c.config_hash() }),
+            ),
+            Err(e) => apply_error(&e),
+        },
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(c.gw.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (
+            _,
+            "/status" | "/routes" | "/upstreams" | "/stats" | "/config" | "/config/validate"
+            | "/reload" | "/metrics" | "/dashboard",
+        ) => json_resp(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "method_not_allowed"}),
+        ),
+        _ => json_resp(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "message": "see docs/admin-api.yaml"}),
+        ),
+    }
+}
+
+fn authorized<B>(c: &Control, req: &Request<B>) -> bool {
+    let rt = c.gw.runtime.load();
+    let Some(token) = rt.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Compares without an early exit, so response timing does not reveal a token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+async fn body_text(req: Request<Incoming>) -> Result<String, Resp> {
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Err(json_resp(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad_request", "message": format!("cannot read the body (at most {MAX_BODY} bytes): {e}")}),
+            ));
+        }
+    };
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "bad_request", "message": "the body must be UTF-8 YAML"}),
+        )
+    })
+}
+
+fn apply_error(e: &ApplyError) -> Resp {
+    let (status, code) = match e {
+        ApplyError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
+        ApplyError::Failed(_) => (StatusCode::CONFLICT, "not_applied"),
+    };
+    json_resp(
+        status,
+        &json!({ "applied": false, "error": code, "errors": e.messages() }),
+    )
+}
+
+fn status(c: &Control) -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": c.started.elapsed().as_secs(),
+        "config_hash": c.config_hash(),
+        "config_file": c.config_path.as_ref().map(|p| p.display().to_string()),
+        "last_reload": c.last_reload(),
+    })
+}
+
+fn routes(c: &Control) -> Value {
+    let rt = c.gw.runtime.load();
+    let routes: Vec<Value> = rt
+        .routes
+        .iter()
+        .map(|r| {
+            let m = &r.matcher;
+            let (kind, path) = match &m.path {
+                PathPattern::Prefix(p) => ("path_prefix", p.clone()),
+                p => ("path", p.display()),
+            };
+            json!({
+                "name": &*r.name,
+                "index": r.index,
+                "match": {
+                    kind: path,
+                    "hosts": m.hosts.iter().map(HostPattern::display).collect::<Vec<_>>(),
+                    "methods": m.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
+                    "headers": m.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect::<std::collections::BTreeMap<_, _>>(),
+                },
+                "upstream": &*r.upstream.name,
+                "path_action": match &r.path_action {
+                    PathAction::Keep => "keep",
+                    PathAction::StripPrefix(_) => "strip_prefix",
+                    PathAction::Rewrite(_) => "rewrite",
+                },
+                "policies": r.chain.iter().map(|b| json!({"kind": b.policy.kind(), "from": b.source})).collect::<Vec<_>>(),
+                "stats": c.gw.metrics.route_snapshot(&r.name),
+            })
+        })
+        .collect();
+    json!(routes)
+}
+
+fn upstreams(c: &Control) -> Value {
+    let rt = c.gw.runtime.load();
+    let ups: Vec<Value> = rt
+        .upstreams
+        .values()
+        .map(|u| {
+            json!({
+                "name": &*u.name,
+                "balance": "round_robin",
+                "timeouts": {
+                    "connect_ms": u.timeouts.connect.as_millis() as u64,
+                    "response_ms": u.timeouts.response.as_millis() as u64,
+                    "idle_ms": u.timeouts.idle.as_millis() as u64,
+                },
+                "preserve_host": u.preserve_host,
+                "targets": u.targets.iter().map(|t| json!({
+                    "url": t.url,
+                    "address": t.authority.as_str(),
+                    "weight": t.weight,
+                    // Health checking arrives with the load-balancing work; until then every
+                    // target with weight takes traffic.
+                    "state": if t.weight > 0 { "active" } else { "drained" },
+                    "idle_connections": t.pool.idle_count(),
+                    "requests": t.stats.requests.load(Ordering::Relaxed),
+                    "errors": t.stats.errors.load(Ordering::Relaxed),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!(ups)
+}
+
+/// The config as written (so `${ENV}` references stay references), with literal secrets
+/// redacted.
+fn config(c: &Control) -> Value {
+    let text = c.config_text();
+    let mut v: Value = serde_saphyr::from_str(&text).unwrap_or(Value::Null);
+    redact(&mut v);
+    json!({ "hash": c.config_hash(), "config": v })
+}
+
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let secret = [
+                    "token",
+                    "secret",
+                    "password",
+                    "password_hash",
+                    "api_key",
+                    "key",
+                ]
+                .contains(&k.as_str());
+                if secret && let Value::String(s) = item {
+                    if !s.starts_with("${") {
+                        *s = "<redacted>".into();
+                    }
+                } else {
+                    redact(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn html(s: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(s.as_bytes())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_literal_secrets_but_not_references() {
+        let mut v = json!({"admin": {"token": "abcdefabcdefabcdef", "addr": "x"}, "c": [{"password_hash": "$argon"}], "j": {"secret": "${JWT}"}});
+        redact(&mut v);
+        assert_eq!(v["admin"]["token"], "<redacted>");
+        assert_eq!(v["admin"]["addr"], "x");
+        assert_eq!(v["c"][0]["password_hash"], "<redacted>");
+        assert_eq!(v["j"]["secret"], "${JWT}");
+    }
+
+    #[test]
+    fn token_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,505 @@
+//! Prometheus metrics: one registry for the process, outliving every config reload. All metric
+//! names are here, `gatehouse_*`, with bounded labels (route and upstream names come from the
+//! config, methods are folded to a fixed set, statuses to their class; never raw paths).
+//!
+//! Per-route and per-target handles are looked up once, when a config is compiled, and kept in
+//! the compiled route and target, so the request path does no label lookups of its own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets in seconds, from half a millisecond to 10 s.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A label value shared without copying (route, upstream and target names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Name,
+    method: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    upstream: Name,
+    target: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetErrorLabels {
+    upstream: Name,
+    target: Name,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfigLabels {
+    hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// (upstream, target address)
+type TargetKey = (Arc<str>, Arc<str>);
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    request_bytes: Family<RouteLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
+    upstream_duration: HistogramFamily<TargetLabels>,
+    upstream_errors: Family<TargetErrorLabels, Counter>,
+    connections_active: Family<ListenerLabels, Gauge>,
+    connections: Family<ListenerLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    config_info: Family<ConfigLabels, Gauge>,
+    routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
+    targets: Mutex<HashMap<TargetKey, Arc<TargetStats>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "gatehouse_http_requests",
+            "Requests answered, by route, method and status class",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "gatehouse_http_request_duration_seconds",
+            "Time from request head to the end of the response body, by route",
+            request_duration.clone(),
+        );
+        let request_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "gatehouse_http_request_body_bytes",
+            "Request body bytes received from clients, by route",
+            request_bytes.clone(),
+        );
+        let response_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "gatehouse_http_response_body_bytes",
+            "Response body bytes sent to clients, by route",
+            response_bytes.clone(),
+        );
+        let upstream_duration: HistogramFamily<TargetLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "gatehouse_upstream_request_duration_seconds",
+            "Time from sending a request to a target until its response head, by upstream and target",
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::<TargetErrorLabels, Counter>::default();
+        registry.register(
+            "gatehouse_upstream_errors",
+            "Failed upstream requests, by upstream, target and kind (connect, timeout, failed)",
+            upstream_errors.clone(),
+        );
+        let connections_active = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "gatehouse_connections_active",
+            "Client connections open now, by listener",
+            connections_active.clone(),
+        );
+        let connections = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "gatehouse_connections_accepted",
+            "Client connections accepted, by listener",
+            connections.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "gatehouse_config_reloads",
+            "Config reloads attempted, by result (success, failure)",
+            reloads.clone(),
+        );
+        // Both series exist from the start, so a rate() over them is defined.
+        let _ = reloads.get_or_create(&ResultLabels { result: "success" });
+        let _ = reloads.get_or_create(&ResultLabels { result: "failure" });
+        let config_info = Family::<ConfigLabels, Gauge>::default();
+        registry.register(
+            "gatehouse_config_info",
+            "The loaded config, identified by the hash of its file (value is always 1)",
+            config_info.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "gatehouse_build_info",
+            "The running version (value is always 1)",
+            build,
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            request_bytes,
+            response_bytes,
+            upstream_duration,
+            upstream_errors,
+            connections_active,
+            connections,
+            reloads,
+            config_info,
+            routes: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Handles for one route, shared by every config that has a route of that name.
+    pub fn route(&self, name: &Arc<str>) -> Arc<RouteStats> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .entry(name.clone())
+            .or_insert_with(|| {
+                let labels = RouteLabels {
+                    route: Name(name.clone()),
+                };
+                Arc::new(RouteStats {
+                    name: Name(name.clone()),
+                    duration: self.request_duration.get_or_create_owned(&labels),
+                    request_bytes: self.request_bytes.get_or_create_owned(&labels),
+                    response_bytes: self.response_bytes.get_or_create_owned(&labels),
+                    live: LiveStats::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Handles for one target of one upstream.
+    pub fn target(&self, upstream: &Arc<str>, target: &Arc<str>) -> Arc<TargetStats> {
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        targets
+            .entry((upstream.clone(), target.clone()))
+            .or_insert_with(|| {
+                let labels = TargetLabels {
+                    upstream: Name(upstream.clone()),
+                    target: Name(target.clone()),
+                };
+                let err = |kind| {
+                    self.upstream_errors
+                        .get_or_create_owned(&TargetErrorLabels {
+                            upstream: Name(upstream.clone()),
+                            target: Name(target.clone()),
+                            kind,
+                        })
+                };
+                Arc::new(TargetStats {
+                    duration: self.upstream_duration.get_or_create_owned(&labels),
+                    connect_errors: err("connect"),
+                    timeouts: err("timeout"),
+                    failures: err("failed"),
+                    requests: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Counts one finished request. `route` is None when no route matched.
+    pub fn request(
+        &self,
+        route: Option<&RouteStats>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let name = match route {
+            Some(r) => r.name.clone(),
+            None => Name(Arc::from("")),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: name,
+                method: method_label(method),
+                status_class: status_class(status),
+            })
+            .inc();
+        if let Some(r) = route {
+            r.duration.observe(elapsed.as_secs_f64());
+            r.request_bytes.inc_by(bytes_in);
+            r.response_bytes.inc_by(bytes_out);
+            r.live.record(status, elapsed);
+        }
+    }
+
+    pub fn connection_opened(&self, listener: &str) -> Gauge {
+        let labels = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        self.connections.get_or_create(&labels).inc();
+        let g = self.connections_active.get_or_create_owned(&labels);
+        g.inc();
+        g
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Marks `hash` as the loaded config.
+    pub fn config_loaded(&self, hash: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&ConfigLabels {
+                hash: hash.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// Per-route live numbers for the dashboard and the admin API.
+    pub fn route_snapshot(&self, name: &str) -> Option<LiveSnapshot> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.get(name).map(|r| r.live.snapshot())
+    }
+}
+
+/// A route's metric handles.
+pub struct RouteStats {
+    name: Name,
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+    pub live: LiveStats,
+}
+
+/// A target's metric handles, and live counters for the admin API and the dashboard.
+pub struct TargetStats {
+    duration: Histogram,
+    connect_errors: Counter,
+    timeouts: Counter,
+    failures: Counter,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// What one upstream exchange ended as, for [`TargetStats::record`].
+pub enum UpstreamOutcome {
+    Response,
+    ConnectError,
+    Timeout,
+    Failed,
+}
+
+impl TargetStats {
+    pub fn record(&self, outcome: UpstreamOutcome, elapsed: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            UpstreamOutcome::Response => self.duration.observe(elapsed.as_secs_f64()),
+            UpstreamOutcome::ConnectError => {
+                self.connect_errors.inc();
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            UpstreamOutcome::Timeout => {
+                self.timeouts.inc();
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            UpstreamOutcome::Failed => {
+                self.failures.inc();
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Counters the dashboard reads: totals (rates are computed by the reader from two snapshots)
+/// and a latency histogram in the same buckets as Prometheus, for percentiles.
+#[derive(Default)]
+pub struct LiveStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    duration_us: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveSnapshot {
+    pub requests: u64,
+    /// Responses with status 5xx.
+    pub errors: u64,
+    pub duration_seconds_sum: f64,
+    /// Upper bounds in seconds (the last is +Inf, written as null) and counts per bucket.
+    pub buckets: Vec<(Option<f64>, u64)>,
+}
+
+impl LiveStats {
+    fn record(&self, status: StatusCode, elapsed: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LiveSnapshot {
+        LiveSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            duration_seconds_sum: self.duration_us.load(Ordering::Relaxed) as f64 / 1e6,
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (BUCKETS.get(i).copied(), c.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_conventional_names_and_bounded_labels() {
+        let m = Metrics::new();
+        let r = m.route(&Arc::from("users"));
+        m.request(
+            Some(&r),
+            &Method::GET,
+            StatusCode::OK,
+            Duration::from_millis(3),
+            10,
+            20,
+        );
+        m.request(
+            None,
+            &Method::from_bytes(b"BREW").unwrap(),
+            StatusCode::NOT_FOUND,
+            Duration::from_millis(1),
+            0,
+            0,
+        );
+        let t = m.target(&Arc::from("u"), &Arc::from("127.0.0.1:1"));
+        t.record(UpstreamOutcome::ConnectError, Duration::ZERO);
+        m.reload(true);
+        m.config_loaded("abc");
+        m.config_loaded("def");
+        let text = m.encode();
+        for want in [
+            "gatehouse_http_requests_total{route=\"users\",method=\"GET\",status_class=\"2xx\"} 1",
+            "gatehouse_http_requests_total{route=\"\",method=\"OTHER\",status_class=\"4xx\"} 1",
+            "gatehouse_http_request_duration_seconds_bucket{le=\"0.005\",route=\"users\"} 1",
+            "gatehouse_http_response_body_bytes_total{route=\"users\"} 20",
+            "gatehouse_upstream_errors_total{upstream=\"u\",target=\"127.0.0.1:1\",kind=\"connect\"} 1",
+            "gatehouse_config_reloads_total{result=\"success\"} 1",
+            "gatehouse_config_reloads_total{result=\"failure\"} 0",
+            "gatehouse_config_info{hash=\"def\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in:\n{text}");
+        }
+        assert!(
+            !text.contains("hash=\"abc\""),
+            "the previous config's hash must go"
+        );
+        let snap = m.route_snapshot("users").unwrap();
+        assert_eq!(snap.requests, 1);
+    }
+}
