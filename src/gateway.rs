@@ -18,6 +18,7 @@ use crate::config::compile::Runtime;
 use crate::error::GatewayError;
 use crate::observe::access_log::{AccessLog, LoggedBody, Pending, Record};
 use crate::observe::metrics::Metrics;
+use crate::observe::trace;
 use crate::policy::{self, RequestCtx};
 use crate::proxy::{self, Downstream, X_REQUEST_ID};
 use crate::router;
@@ -95,6 +96,7 @@ pub async fn handle(
             status: http::StatusCode::OK,
             error: None,
             request_id: request_id_str(&request_id).to_owned(),
+            trace_id: None,
             tally: tally.clone(),
         },
     );
@@ -203,6 +205,12 @@ async fn route_and_forward(
     if let Some(r) = line.record() {
         r.target = Some(target.authority.to_string());
     }
+    let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
+    if let Some(r) = line.record() {
+        r.trace_id = Some(trace.trace_id.clone());
+    }
+    req.headers_mut()
+        .insert(trace::TRACEPARENT.clone(), trace.header);
     let upstream_path = proxy::upstream_path(
         &route.path_action,
         req.uri(),

@@ -226,6 +226,8 @@ pub struct Record {
     pub status: StatusCode,
     pub error: Option<&'static str>,
     pub request_id: String,
+    /// W3C trace id, when the request was forwarded.
+    pub trace_id: Option<String>,
     pub tally: Arc<Tally>,
 }
 
@@ -251,6 +253,7 @@ impl Record {
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
                     "request_id": self.request_id,
+                    "trace_id": self.trace_id,
                 });
                 let mut s = v.to_string();
                 s.push('\n');
@@ -270,6 +273,9 @@ impl Record {
                     target = self.target.as_deref().unwrap_or("-"),
                     rid = self.request_id.escape_debug(),
                 );
+                if let Some(t) = &self.trace_id {
+                    let _ = write!(s, " trace_id={t}");
+                }
                 if let Some(e) = self.error {
                     let _ = write!(s, " error={e}");
                 }

@@ -1,0 +1,331 @@
+//! Operations end to end: reloads under traffic, listeners added and removed by a reload,
+//! refused configs, the admin API and its token, metrics, trace context.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use http::{Request, StatusCode};
+
+fn config(upstream: &str, tag: &str, extra: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\n{extra}upstreams:\n  u: {{ targets: [\"{upstream}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n    headers: {{ response: {{ set: {{ x-config: {tag} }} }} }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_under_traffic_fail_no_request() {
+    let up = TestUpstream::echo("u").await;
+    let dir = TempConfig::new(&config(&up.url(), "a", ""));
+    let gw = TestGateway::start_with(&config(&up.url(), "a", ""), Some(dir.path.clone())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, seen_a, seen_b) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, seen_a, seen_b) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            seen_a.clone(),
+            seen_b.clone(),
+        );
+        let url = gw.url("/traffic");
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            // Bounded: stops when told, or after 20 000 requests.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.request(Request::get(&url).body(full("")).unwrap()),
+                )
+                .await
+                {
+                    Ok(Ok(r)) if r.status() == 200 => {
+                        match r.headers().get("x-config").map(|v| v.as_bytes()) {
+                            Some(b"a") => seen_a.fetch_add(1, Ordering::Relaxed),
+                            Some(b"b") => seen_b.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for i in 0..100 {
+        let tag = if i % 2 == 0 { "b" } else { "a" };
+        std::fs::write(&dir.path, config(&up.url(), tag, "")).unwrap();
+        let changed = gw
+            .control
+            .reload_file("test")
+            .await
+            .unwrap_or_else(|e| panic!("reload {i}: {:?}", e.messages()));
+        assert!(changed, "reload {i} saw no change");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} requests failed out of {}", ok + failed);
+    assert!(ok > 200, "too little traffic to mean anything: {ok}");
+    assert!(
+        seen_a.load(Ordering::Relaxed) > 0 && seen_b.load(Ordering::Relaxed) > 0,
+        "both configs served"
+    );
+    let metrics = gw.gw.metrics.encode();
+    assert!(
+        metrics.contains("gatehouse_config_reloads_total{result=\"success\"} 100"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_listeners() {
+    let up = TestUpstream::echo("u").await;
+    let free = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let one = config(&up.url(), "a", "");
+    let two = one.replace(
+        "listen: \"127.0.0.1:0\"\n",
+        &format!("listen: [\"127.0.0.1:0\", \"{free}\"]\n"),
+    );
+    let gw = TestGateway::start(&one).await;
+    assert!(tokio::net::TcpStream::connect(free).await.is_err());
+    gw.control.apply(two, "test", false).await.unwrap();
+    // The first listener kept its socket; the added one accepts.
+    assert_eq!(gw.control.proxy_addrs().await[0], gw.addr);
+    assert_eq!(get(&format!("http://{free}/x")).await.status, 200);
+    assert_eq!(get(&gw.url("/x")).await.status, 200);
+    gw.control.apply(one, "test", false).await.unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(free).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the removed listener still accepts");
+    assert_eq!(get(&gw.url("/x")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_reload_changes_nothing() {
+    let up = TestUpstream::echo("u").await;
+    let good = config(&up.url(), "a", "");
+    let dir = TempConfig::new(&good);
+    let gw = TestGateway::start_with(&good, Some(dir.path.clone())).await;
+    let before = gw.control.config_hash();
+    std::fs::write(&dir.path, good.replace("upstream: u", "upstream: nope")).unwrap();
+    let err = gw.control.reload_file("test").await.unwrap_err();
+    let msgs = err.messages().join("\n");
+    assert!(
+        msgs.contains("routes[0].upstream") && msgs.contains("nope"),
+        "{msgs}"
+    );
+    assert_eq!(gw.control.config_hash(), before);
+    let r = get(&gw.url("/")).await;
+    assert_eq!(
+        (r.status, r.header("x-config")),
+        (StatusCode::OK, Some("a"))
+    );
+    let last = gw.control.last_reload().unwrap();
+    assert!(!last.ok && last.errors.iter().any(|e| e.contains("routes[0].upstream")));
+    assert!(
+        gw.gw
+            .metrics
+            .encode()
+            .contains("gatehouse_config_reloads_total{result=\"failure\"} 1")
+    );
+}
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+async fn admin(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> TestResponse {
+    let mut req = Request::builder().method(method).uri(gw.admin_url(path));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(&client(), req.body(full(body.to_owned())).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_reads_validates_and_applies() {
+    let up = TestUpstream::echo("u").await;
+    let admin_block = format!("admin: {{ addr: \"127.0.0.1:0\", token: \"{TOKEN}\" }}\n");
+    let cfg_a = config(&up.url(), "a", &admin_block);
+    let dir = TempConfig::new(&cfg_a);
+    let gw = TestGateway::start_with(&cfg_a, Some(dir.path.clone())).await;
+    assert_eq!(get(&gw.url("/x")).await.status, 200);
+
+    // Token: missing or wrong -> 401.
+    assert_eq!(
+        admin(&gw, "GET", "/status", None, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin(&gw, "GET", "/status", Some("wrong-token-wrong-token"), "")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let st = admin(&gw, "GET", "/status", Some(TOKEN), "").await;
+    assert_eq!(st.status, 200);
+    let st = st.json();
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(st["config_hash"], gw.control.config_hash());
+    assert_eq!(st["last_reload"]["ok"], true);
+
+    let routes = admin(&gw, "GET", "/routes", Some(TOKEN), "").await.json();
+    assert_eq!(routes[0]["upstream"], "u");
+    assert!(routes[0]["stats"]["requests"].as_u64().unwrap() >= 1);
+    let ups = admin(&gw, "GET", "/upstreams", Some(TOKEN), "")
+        .await
+        .json();
+    assert_eq!(ups[0]["targets"][0]["address"], up.addr.to_string());
+    assert_eq!(ups[0]["targets"][0]["state"], "active");
+
+    // The config as written, secrets redacted.
+    let c = admin(&gw, "GET", "/config", Some(TOKEN), "").await.json();
+    assert_eq!(c["config"]["admin"]["token"], "<redacted>");
+    assert!(!c.to_string().contains(TOKEN));
+
+    // Validate: good and bad, nothing applied.
+    let cfg_b = config(&up.url(), "b", &admin_block);
+    let v = admin(&gw, "POST", "/config/validate", Some(TOKEN), &cfg_b).await;
+    assert_eq!(
+        (v.status, v.json()["valid"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+    let v = admin(
+        &gw,
+        "POST",
+        "/config/validate",
+        Some(TOKEN),
+        "listen: [oops",
+    )
+    .await;
+    assert_eq!(v.status, StatusCode::BAD_REQUEST);
+    assert!(v.json()["errors"][0].as_str().unwrap().contains("YAML"));
+    assert_eq!(get(&gw.url("/x")).await.header("x-config"), Some("a"));
+
+    // Apply a bad config: 400, nothing changed, file untouched.
+    let bad = cfg_b.replace("upstream: u", "upstream: missing");
+    let r = admin(&gw, "PUT", "/config", Some(TOKEN), &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json()["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("routes[0].upstream")
+    );
+    assert_eq!(std::fs::read_to_string(&dir.path).unwrap(), cfg_a);
+    assert_eq!(get(&gw.url("/x")).await.header("x-config"), Some("a"));
+    // Not UTF-8: 400.
+    let req = Request::put(gw.admin_url("/config"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(full(vec![0xff, 0xfe, 0x00]))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, StatusCode::BAD_REQUEST);
+
+    // Apply a good one: live at once, written to the file, the old one kept as .bak.
+    let r = admin(&gw, "PUT", "/config", Some(TOKEN), &cfg_b).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(get(&gw.url("/x")).await.header("x-config"), Some("b"));
+    assert_eq!(std::fs::read_to_string(&dir.path).unwrap(), cfg_b);
+    assert_eq!(
+        std::fs::read_to_string(dir.dir.join("gatehouse.yaml.bak")).unwrap(),
+        cfg_a
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+
+    // Reload from the file: nothing changed since the apply wrote it.
+    let r = admin(&gw, "POST", "/reload", Some(TOKEN), "").await.json();
+    assert_eq!(r["reloaded"], false);
+
+    // Metrics, in Prometheus text.
+    let m = admin(&gw, "GET", "/metrics", Some(TOKEN), "").await;
+    assert!(m.header("content-type").unwrap().contains("openmetrics"));
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    for want in [
+        "gatehouse_http_requests_total{route=\"/*\",method=\"GET\",status_class=\"2xx\"}",
+        "gatehouse_http_request_duration_seconds_bucket{",
+        "gatehouse_upstream_request_duration_seconds_count{upstream=\"u\"",
+        "gatehouse_connections_active{listener=\"127.0.0.1:0\"}",
+        "gatehouse_config_reloads_total{result=\"success\"} 1",
+        "gatehouse_config_reloads_total{result=\"failure\"} 1",
+        "gatehouse_config_info{hash=\"",
+    ] {
+        assert!(text.contains(want), "missing {want} in:\n{text}");
+    }
+    // The dashboard page needs no token (it holds no data).
+    let d = admin(&gw, "GET", "/dashboard", None, "").await;
+    assert_eq!(d.status, 200);
+    assert!(String::from_utf8_lossy(&d.body).contains("<title>Gatehouse</title>"));
+    assert_eq!(
+        admin(&gw, "GET", "/stats", None, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin(&gw, "GET", "/nope", Some(TOKEN), "").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_is_continued_or_started() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&simple_config(&[up.url()])).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req = Request::get(gw.url("/"))
+        .header("traceparent", incoming)
+        .body(full(""))
+        .unwrap();
+    let h = send(&client(), req).await.json()["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        h.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && h.ends_with("-01"),
+        "{h}"
+    );
+    assert_ne!(h, incoming, "the gateway becomes the parent span");
+    let fresh = get(&gw.url("/")).await.json()["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fresh.len(), 55);
+    assert!(fresh.starts_with("00-"));
+}
