@@ -314,6 +314,7 @@ async fn access_log_json_to_a_file() {
     assert_eq!(v["bytes_out"].as_u64(), Some(r.body.len() as u64));
     assert_eq!(v["request_id"], "rid-1");
     assert!(v["duration_ms"].as_f64().is_some());
+    assert_eq!(v["trace_id"].as_str().map(str::len), Some(32));
 }
 
 /// An upstream that streams `n` bytes of zeros in 64 KiB frames, lazily.
@@ -428,4 +429,70 @@ async fn a_client_that_leaves_early_is_still_logged() {
     assert_eq!(v["status"], 499);
     assert_eq!(v["error"], "client_closed");
     assert_eq!(v["path"], "/gone");
+}
+
+fn tagged_config(upstream: &str, tag: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u: {{ targets: [\"{upstream}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n    headers: {{ response: {{ set: {{ x-config: {tag} }} }} }}\n"
+    )
+}
+
+/// Polls (at most 5 s) until responses carry `x-config: want`.
+async fn wait_for_config(url: &str, want: &str) -> bool {
+    for _ in 0..100 {
+        if get(url).await.header("x-config") == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let up = TestUpstream::echo("u").await;
+    let cfg = TempConfig::new(&tagged_config(&up.url(), "a"));
+    let gw = GatewayProcess::start_with_args(&cfg.path, &["--no-watch"]);
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("a"));
+    std::fs::write(&cfg.path, tagged_config(&up.url(), "b")).unwrap();
+    // Not watched: nothing changes until SIGHUP.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("a"));
+    gw.signal("HUP");
+    assert!(
+        wait_for_config(&gw.url("/"), "b").await,
+        "SIGHUP did not reload"
+    );
+    // An invalid file on SIGHUP: logged, the running config stays.
+    std::fs::write(&cfg.path, "listen: [").unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("b"));
+    let log = gw.stderr_lines.lock().unwrap().join("\n");
+    assert!(
+        log.contains("config not applied") && log.contains("invalid YAML"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_is_reloaded_by_the_watcher() {
+    let up = TestUpstream::echo("u").await;
+    let cfg = TempConfig::new(&tagged_config(&up.url(), "a"));
+    let gw = GatewayProcess::start(&cfg.path);
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("a"));
+    // Replace by rename, as editors and ConfigMaps do.
+    let tmp = cfg.dir.join("new.yaml.tmp");
+    std::fs::write(&tmp, tagged_config(&up.url(), "b")).unwrap();
+    std::fs::rename(&tmp, &cfg.path).unwrap();
+    assert!(
+        wait_for_config(&gw.url("/"), "b").await,
+        "the watcher did not reload"
+    );
+    // And an in-place write.
+    std::fs::write(&cfg.path, tagged_config(&up.url(), "c")).unwrap();
+    assert!(
+        wait_for_config(&gw.url("/"), "c").await,
+        "the watcher did not reload an in-place write"
+    );
 }

@@ -340,9 +340,14 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(config: &std::path::Path) -> GatewayProcess {
+        Self::start_with_args(config, &[])
+    }
+
+    pub fn start_with_args(config: &std::path::Path, extra: &[&str]) -> GatewayProcess {
         let mut child = Command::new(bin())
             .args(["run", "--config"])
             .arg(config)
+            .args(extra)
             .env("GATEHOUSE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -354,7 +359,7 @@ impl GatewayProcess {
         let l2 = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening addr=") {
+                if let Some(i) = line.find(" listening addr=").map(|i| i + 1) {
                     let a = line[i + "listening addr=".len()..]
                         .split_whitespace()
                         .next()
