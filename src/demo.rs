@@ -68,6 +68,7 @@ pub fn demo_config(listen: &str, users: &[SocketAddr], orders: SocketAddr) -> St
     format!(
         r#"listen: "{listen}"
 access_log: {{ format: text }}
+admin: {{ addr: "127.0.0.1:0" }}
 upstreams:
   users:
     targets:
@@ -91,7 +92,12 @@ routes:
     )
 }
 
-pub fn demo_help(addr: SocketAddr, config_path: &std::path::Path) -> String {
+pub fn demo_help(
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    config_path: &std::path::Path,
+) -> String {
+    let admin = admin.map_or_else(|| "(admin API off)".to_owned(), |a| format!("http://{a}"));
     let config_path = config_path.display();
     format!(
         r#"
@@ -108,6 +114,11 @@ Gatehouse demo is running on http://{addr}  (Ctrl-C to stop)
 
   # no route: a JSON 404 with the request id
   curl -si http://{addr}/nope
+
+  # live dashboard, metrics, and the admin API
+  open {admin}/dashboard
+  curl -s {admin}/metrics | grep gatehouse_http_requests_total
+  curl -s {admin}/routes
 
   # which route would handle a request, without sending one
   # (the demo's config is in {config_path})

@@ -177,7 +177,7 @@ fn serve(
     path: Option<PathBuf>,
     state: Arc<State>,
     watch: bool,
-    banner: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+    banner: Option<Box<dyn FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) + Send>>,
 ) -> ExitCode {
     let workers = worker_count(&rt);
     let tokio_rt = match build_runtime(workers) {
@@ -194,7 +194,7 @@ fn serve(
         }
         tracing::info!(workers, "gatehouse {} started", env!("CARGO_PKG_VERSION"));
         if let (Some(b), Some(addr)) = (banner, control.proxy_addrs().await.first()) {
-            b(*addr);
+            b(*addr, control.admin_addr());
         }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
@@ -268,8 +268,8 @@ fn demo(listen: &str) -> ExitCode {
         Some(path),
         state,
         false,
-        Some(Box::new(move |addr| {
-            println!("{}", demo::demo_help(addr, &path2))
+        Some(Box::new(move |addr, admin| {
+            println!("{}", demo::demo_help(addr, admin, &path2))
         })),
     );
     // Keep the service runtime alive until the gateway stops.

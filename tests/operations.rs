@@ -68,6 +68,7 @@ async fn a_hundred_reloads_under_traffic_fail_no_request() {
             }
         }));
     }
+    let pool_before = gw.gw.runtime.load().upstreams["u"].targets[0].pool.clone();
     for i in 0..100 {
         let tag = if i % 2 == 0 { "b" } else { "a" };
         std::fs::write(&dir.path, config(&up.url(), tag, "")).unwrap();
@@ -95,6 +96,13 @@ async fn a_hundred_reloads_under_traffic_fail_no_request() {
         metrics.contains("gatehouse_config_reloads_total{result=\"success\"} 100"),
         "{metrics}"
     );
+    // The upstream's connection pool survived every reload.
+    let pool_after = gw.gw.runtime.load().upstreams["u"].targets[0].pool.clone();
+    assert!(
+        Arc::ptr_eq(&pool_before, &pool_after),
+        "the pool was rebuilt by a reload"
+    );
+    assert!(pool_after.idle_count() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

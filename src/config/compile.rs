@@ -909,6 +909,26 @@ routes:
     }
 
     #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let base = "listen: \"127.0.0.1:8080\"\n";
+        let errs = errors_of(&format!("{base}admin: {{ addr: \"0.0.0.0:9901\" }}\n"));
+        assert_eq!(errs[0].0, "admin.token");
+        let errs = errors_of(&format!(
+            "{base}admin: {{ addr: \"127.0.0.1:9901\", token: short }}\n"
+        ));
+        assert_eq!(errs[0].0, "admin.token");
+        let errs = errors_of(&format!("{base}admin: {{ addr: \"127.0.0.1:8080\" }}\n"));
+        assert_eq!(errs[0].0, "admin.addr");
+        let rt = compile_yaml(&format!("{base}admin: {{}}\n")).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(rt.admin.unwrap().addr, "127.0.0.1:9901".parse().unwrap());
+        let rt = compile_yaml(&format!(
+            "{base}admin: {{ addr: \"0.0.0.0:9901\", token: 0123456789abcdef }}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(rt.admin.unwrap().token.is_some());
+    }
+
+    #[test]
     fn listen_forms() {
         assert_eq!(
             parse_listen_addr(":8080").unwrap(),
