@@ -170,6 +170,9 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Printed once the gateway listens: (first proxy address, admin address).
+type Banner = Box<dyn FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) + Send>;
+
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully and exits 0. SIGHUP reloads.
 fn serve(
     rt: Runtime,
@@ -177,7 +180,7 @@ fn serve(
     path: Option<PathBuf>,
     state: Arc<State>,
     watch: bool,
-    banner: Option<Box<dyn FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) + Send>>,
+    banner: Option<Banner>,
 ) -> ExitCode {
     let workers = worker_count(&rt);
     let tokio_rt = match build_runtime(workers) {
