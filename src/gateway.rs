@@ -207,7 +207,7 @@ async fn route_and_forward(
     }
     let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
     if let Some(r) = line.record() {
-        r.trace_id = Some(trace.trace_id.clone());
+        r.trace_id = Some(trace.trace_id().to_owned());
     }
     req.headers_mut()
         .insert(trace::TRACEPARENT.clone(), trace.header);

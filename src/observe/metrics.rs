@@ -226,6 +226,7 @@ impl Metrics {
                 };
                 Arc::new(RouteStats {
                     name: Name(name.clone()),
+                    requests: Default::default(),
                     duration: self.request_duration.get_or_create_owned(&labels),
                     request_bytes: self.request_bytes.get_or_create_owned(&labels),
                     response_bytes: self.response_bytes.get_or_create_owned(&labels),
@@ -275,17 +276,28 @@ impl Metrics {
         bytes_in: u64,
         bytes_out: u64,
     ) {
-        let name = match route {
-            Some(r) => r.name.clone(),
-            None => Name(Arc::from("")),
+        let (m, c) = (method_index(method), class_index(status));
+        match route {
+            // The route's counter for this method and class, created on first use and then
+            // reached without a label lookup.
+            Some(r) => r.requests[m][c]
+                .get_or_init(|| {
+                    self.requests.get_or_create_owned(&RequestLabels {
+                        route: r.name.clone(),
+                        method: METHODS[m],
+                        status_class: CLASSES[c],
+                    })
+                })
+                .inc(),
+            None => self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: Name(Arc::from("")),
+                    method: METHODS[m],
+                    status_class: CLASSES[c],
+                })
+                .inc(),
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: name,
-                method: method_label(method),
-                status_class: status_class(status),
-            })
-            .inc();
         if let Some(r) = route {
             r.duration.observe(elapsed.as_secs_f64());
             r.request_bytes.inc_by(bytes_in);
@@ -332,6 +344,7 @@ impl Metrics {
 /// A route's metric handles.
 pub struct RouteStats {
     name: Name,
+    requests: [[std::sync::OnceLock<Counter>; CLASSES.len()]; METHODS.len()],
     duration: Histogram,
     request_bytes: Counter,
     response_bytes: Counter,
@@ -428,28 +441,33 @@ impl LiveStats {
     }
 }
 
-fn method_label(m: &Method) -> &'static str {
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
     }
 }
 
-fn status_class(s: StatusCode) -> &'static str {
+fn class_index(s: StatusCode) -> usize {
     match s.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 

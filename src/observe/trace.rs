@@ -7,30 +7,51 @@ use http::HeaderValue;
 pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 pub struct TraceContext {
-    /// 32 lower-case hex digits.
-    pub trace_id: String,
-    /// The `traceparent` to send upstream.
+    /// The `traceparent` to send upstream: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
     pub header: HeaderValue,
 }
 
-/// The context for one request, from the client's `traceparent` if it is valid.
+impl TraceContext {
+    /// The 32 hex digits of the trace id.
+    pub fn trace_id(&self) -> &str {
+        self.header
+            .to_str()
+            .ok()
+            .and_then(|s| s.get(3..35))
+            .unwrap_or("")
+    }
+}
+
+/// The context for one request, from the client's `traceparent` if it is valid. Built in a
+/// stack buffer: this runs for every forwarded request.
 pub fn continue_or_start(incoming: Option<&HeaderValue>) -> TraceContext {
-    let parsed = incoming.and_then(|v| parse(v.as_bytes()));
-    let (trace_id, flags) = match parsed {
-        Some((t, f)) => (t, f),
-        None => (format!("{:032x}", fastrand::u128(1..)), "01".to_owned()),
-    };
-    let span = format!("{:016x}", fastrand::u64(1..));
-    let value = format!("00-{trace_id}-{span}-{flags}");
-    let header = HeaderValue::from_str(&value).unwrap_or_else(|_| {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    match incoming.and_then(|v| parse(v.as_bytes())) {
+        Some((trace, flags)) => {
+            buf[3..35].copy_from_slice(trace);
+            buf[53..55].copy_from_slice(flags);
+        }
+        None => write_hex(&mut buf[3..35], fastrand::u128(1..)),
+    }
+    write_hex(&mut buf[36..52], u128::from(fastrand::u64(1..)));
+    let header = HeaderValue::from_bytes(&buf).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     });
-    TraceContext { trace_id, header }
+    TraceContext { header }
+}
+
+/// Fills `out` with the low `out.len()` hex digits of `n`.
+fn write_hex(out: &mut [u8], mut n: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 /// `version-traceid-parentid-flags`, per W3C Trace Context level 1 (version 00; later versions
 /// are read by their first four fields, as the spec asks).
-fn parse(v: &[u8]) -> Option<(String, String)> {
+fn parse(v: &[u8]) -> Option<(&[u8], &[u8])> {
     let s = std::str::from_utf8(v).ok()?.trim();
     let mut parts = s.split('-');
     let version = parts.next()?;
@@ -56,7 +77,7 @@ fn parse(v: &[u8]) -> Option<(String, String)> {
     if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
         return None;
     }
-    Some((trace.to_owned(), flags.to_owned()))
+    Some((trace.as_bytes(), flags.as_bytes()))
 }
 
 #[cfg(test)]
@@ -67,7 +88,7 @@ mod tests {
     fn continues_a_valid_trace() {
         let v = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let t = continue_or_start(Some(&v));
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let h = t.header.to_str().unwrap();
         assert!(h.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(h.ends_with("-01"));
@@ -88,11 +109,11 @@ mod tests {
             "garbage",
         ] {
             let t = continue_or_start(Some(&HeaderValue::from_static(bad)));
-            assert_ne!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_ne!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
             assert_eq!(t.header.len(), 55);
         }
         let t = continue_or_start(None);
-        assert_eq!(t.trace_id.len(), 32);
+        assert_eq!(t.trace_id().len(), 32);
         assert!(parse(t.header.as_bytes()).is_some());
     }
 }
