@@ -79,6 +79,13 @@ struct AdminListener {
     stop: watch::Sender<bool>,
 }
 
+enum AdminPlan {
+    Nothing,
+    Keep(AdminSettings),
+    Stop,
+    Start(AdminSettings, tokio::net::TcpListener),
+}
+
 impl Control {
     /// Starts serving `text` (already known to compile into `rt`).
     pub async fn start(
@@ -113,7 +120,9 @@ impl Control {
             stop,
         });
         let admin = control.gw.runtime.load().admin.clone();
-        control.reconcile_admin(admin.as_ref())?;
+        let plan = control.prepare_admin(admin.as_ref())?;
+        control.commit_admin(plan);
+        control.state.adopt(&control.gw.runtime.load());
         Ok(control)
     }
 
@@ -152,13 +161,15 @@ impl Control {
         self.current.lock().ok().map(|c| c.last_reload.clone())
     }
 
-    /// Re-reads the config file and applies it if it changed.
+    /// Re-reads the config file and applies it if it changed. The read and the comparison
+    /// happen under the reload lock, so a stale read cannot be applied over a newer apply.
     pub async fn reload_file(self: &Arc<Self>, source: &'static str) -> Result<bool, ApplyError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ApplyError::Failed(
                 "this gateway was not started from a config file".into(),
             ));
         };
+        let mut server = self.server.lock().await;
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(t) => t,
             Err(e) => {
@@ -170,20 +181,21 @@ impl Control {
         if hash_text(&text) == self.config_hash() {
             return Ok(false);
         }
-        self.apply(text, source, false).await.map(|()| true)
+        self.apply_locked(&mut server, text, source, false)
+            .await
+            .map(|()| true)
     }
 
     /// Checks a config text without applying it.
     pub fn validate(&self, text: &str) -> Result<Runtime, Vec<ConfigError>> {
         let cfg = parse_str(text, &|k| std::env::var(k).ok())?;
-        // A throwaway registry: validating must not touch the live pools.
+        // A throwaway registry: validating must not touch the live pools and metrics.
         compile(&cfg, &State::default())
     }
 
-    /// Applies a config text: validate, bind new listeners, swap, stop dropped listeners. With
-    /// `write_file`, the text also replaces the config file (atomically, keeping a `.bak`), so
-    /// the change survives a restart; the file is written before the swap and only renamed
-    /// into place once the swap succeeded.
+    /// Applies a config text, all or nothing. With `write_file`, the text also replaces the
+    /// config file (see [`write_config_file`]) before it goes live, so an applied change
+    /// survives a restart and a file that cannot be written means nothing changed.
     pub async fn apply(
         self: &Arc<Self>,
         text: String,
@@ -191,7 +203,18 @@ impl Control {
         write_file: bool,
     ) -> Result<(), ApplyError> {
         let mut server = self.server.lock().await;
-        let result = self.apply_locked(&mut server, &text, write_file).await;
+        self.apply_locked(&mut server, text, source, write_file)
+            .await
+    }
+
+    async fn apply_locked(
+        self: &Arc<Self>,
+        server: &mut Option<Server>,
+        text: String,
+        source: &'static str,
+        write_file: bool,
+    ) -> Result<(), ApplyError> {
+        let result = self.try_apply(server, &text, write_file).await;
         match &result {
             Ok(()) => {
                 let hash = hash_text(&text);
@@ -213,7 +236,10 @@ impl Control {
         result
     }
 
-    async fn apply_locked(
+    /// Everything that can fail happens before the runtime is swapped: compile, bind the new
+    /// listeners (proxy and admin), open a new access log, write the file. After the swap
+    /// nothing can fail.
+    async fn try_apply(
         self: &Arc<Self>,
         server: &mut Option<Server>,
         text: &str,
@@ -227,30 +253,27 @@ impl Control {
         let prepared = srv
             .prepare(&rt)
             .map_err(|e| ApplyError::Failed(e.to_string()))?;
-        let staged = match (&self.config_path, write_file) {
-            (Some(path), true) => Some(stage_file(path, text).await.map_err(ApplyError::Failed)?),
-            _ => None,
-        };
-        let old_workers = self.gw.runtime.load().workers;
-        if rt.workers != old_workers {
+        let admin = self
+            .prepare_admin(rt.admin.as_ref())
+            .map_err(|e| ApplyError::Failed(e.to_string()))?;
+        let access_log = self.access_log_for(&rt).map_err(ApplyError::Failed)?;
+        if let (Some(path), true) = (&self.config_path, write_file) {
+            write_config_file(path, text)
+                .await
+                .map_err(ApplyError::Failed)?;
+        }
+        if rt.workers != self.gw.runtime.load().workers {
             tracing::warn!("`workers` changed: it takes effect at the next restart");
         }
-        let access_log = self.access_log_for(&rt).map_err(ApplyError::Failed)?;
-        let admin = rt.admin.clone();
+        // The point of no return.
         let rt = Arc::new(rt);
         self.gw.runtime.store(rt.clone());
         if let Some(log) = access_log {
             self.gw.access_log.store(log);
         }
         srv.commit(&rt, prepared);
-        if let Err(e) = self.reconcile_admin(admin.as_ref()) {
-            tracing::error!("admin listener not changed: {e}");
-        }
-        if let (Some(staged), Some(path)) = (staged, &self.config_path) {
-            commit_file(&staged, path)
-                .await
-                .map_err(ApplyError::Failed)?;
-        }
+        self.commit_admin(admin);
+        self.state.adopt(&rt);
         Ok(())
     }
 
@@ -287,43 +310,70 @@ impl Control {
         }
     }
 
-    /// Starts, moves or stops the admin listener to match the config.
-    fn reconcile_admin(self: &Arc<Self>, want: Option<&AdminSettings>) -> std::io::Result<()> {
+    /// What the admin listener must do for `want`; binds a new socket if one is needed, so a
+    /// failure (address in use) refuses the config before anything changed.
+    fn prepare_admin(&self, want: Option<&AdminSettings>) -> std::io::Result<AdminPlan> {
+        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match (admin.as_ref(), want) {
+            (None, None) => AdminPlan::Nothing,
+            (Some(_), None) => AdminPlan::Stop,
+            (Some(cur), Some(w)) if cur.settings.addr == w.addr => AdminPlan::Keep(w.clone()),
+            (_, Some(w)) => {
+                let listener = crate::server::bind(w.addr).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("admin.addr: cannot listen on {}: {e}", w.addr),
+                    )
+                })?;
+                AdminPlan::Start(w.clone(), listener)
+            }
+        })
+    }
+
+    fn commit_admin(self: &Arc<Self>, plan: AdminPlan) {
         let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        if let (Some(cur), Some(w)) = (admin.as_mut(), want)
-            && cur.settings.addr == w.addr
-        {
-            // Same socket; the token is read from the runtime on every request.
-            cur.settings = w.clone();
-            return Ok(());
-        }
-        if let Some(old) = admin.take() {
-            let _ = old.stop.send(true);
-        }
-        if let Some(w) = want {
-            let listener = crate::server::bind(w.addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("admin: cannot listen on {}: {e}", w.addr))
-            })?;
-            let local = listener.local_addr()?;
-            tracing::info!(addr = %local, "admin API listening");
-            let (stop, stop_rx) = watch::channel(false);
-            let mut global_stop = self.stop.subscribe();
-            let mut stop_rx2 = stop_rx.clone();
-            let control = Arc::downgrade(self);
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = crate::admin::serve(listener, control, stop_rx) => {}
-                    _ = global_stop.changed() => {}
-                    _ = stop_rx2.changed() => {}
+        match plan {
+            AdminPlan::Nothing => {}
+            AdminPlan::Keep(w) => {
+                // Same socket; the token is read from the runtime on every request.
+                if let Some(cur) = admin.as_mut() {
+                    cur.settings = w;
                 }
-            });
-            *admin = Some(AdminListener {
-                settings: w.clone(),
-                local,
-                stop,
-            });
+            }
+            AdminPlan::Stop => {
+                if let Some(old) = admin.take() {
+                    let _ = old.stop.send(true);
+                }
+            }
+            AdminPlan::Start(w, listener) => {
+                if let Some(old) = admin.take() {
+                    let _ = old.stop.send(true);
+                }
+                let Ok(local) = listener.local_addr() else {
+                    return;
+                };
+                tracing::info!(addr = %local, "admin API listening");
+                let (stop, stop_rx) = watch::channel(false);
+                let mut global_stop = self.stop.subscribe();
+                let control = Arc::downgrade(self);
+                let (tx, rx) = watch::channel(false);
+                tokio::spawn(crate::admin::serve(listener, control, rx));
+                // One stop signal for the listener, whichever asks first.
+                let mut stop_rx2 = stop_rx;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = global_stop.changed() => {}
+                        _ = stop_rx2.changed() => {}
+                    }
+                    let _ = tx.send(true);
+                });
+                *admin = Some(AdminListener {
+                    settings: w,
+                    local,
+                    stop,
+                });
+            }
         }
-        Ok(())
     }
 
     /// Stops everything: listeners drain their in-flight requests up to the shutdown deadline.
@@ -412,55 +462,62 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Writes `text` to a temporary file beside `path` and syncs it.
-async fn stage_file(path: &Path, text: &str) -> Result<PathBuf, String> {
+/// Replaces the config file with `text` so that a crash at any moment leaves a complete
+/// file: the new text goes to a temporary file beside it (same permissions, synced), the
+/// current file is preserved as `<file>.bak` the same way, then the temporary file is renamed
+/// over the original (atomic on one filesystem) and the directory synced. A symlinked config is
+/// written through the link. On any error nothing is replaced and the temporary file is removed.
+async fn write_config_file(path: &Path, text: &str) -> Result<(), String> {
+    let path = path.to_owned();
+    let text = text.to_owned();
+    tokio::task::spawn_blocking(move || write_config_file_blocking(&path, &text))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn write_config_file_blocking(path: &Path, text: &str) -> Result<(), String> {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .unwrap_or("gatehouse.yaml");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let text = text.to_owned();
-    let tmp2 = tmp.clone();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        .unwrap_or("gatehouse.yaml")
+        .to_owned();
+    let perms = std::fs::metadata(&path).ok().map(|m| m.permissions());
+    let write_synced = |target: &Path, bytes: &[u8]| -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp2)?;
-        f.write_all(text.as_bytes())?;
+        let mut f = std::fs::File::create(target)?;
+        if let Some(p) = &perms {
+            f.set_permissions(p.clone())?;
+        }
+        f.write_all(bytes)?;
         f.sync_all()
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
-    Ok(tmp)
-}
-
-/// Keeps the current file as `<file>.bak` (a copy, so the file itself never disappears), then
-/// renames the staged file over it: a crash at any point leaves a complete old or new config.
-async fn commit_file(staged: &Path, path: &Path) -> Result<(), String> {
-    let bak = path.with_file_name(format!(
-        "{}.bak",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("gatehouse.yaml")
-    ));
-    let (staged, path) = (staged.to_owned(), path.to_owned());
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        if path.exists() {
-            std::fs::copy(&path, &bak)
+    };
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let bak = dir.join(format!("{name}.bak"));
+    let bak_tmp = dir.join(format!(".{name}.bak.tmp-{}", std::process::id()));
+    let result = (|| -> Result<(), String> {
+        write_synced(&tmp, text.as_bytes())
+            .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+        if let Ok(old) = std::fs::read(&path) {
+            write_synced(&bak_tmp, &old)
+                .map_err(|e| format!("{}: cannot write backup: {e}", bak_tmp.display()))?;
+            std::fs::rename(&bak_tmp, &bak)
                 .map_err(|e| format!("{}: cannot write backup: {e}", bak.display()))?;
         }
-        std::fs::rename(&staged, &path)
+        std::fs::rename(&tmp, &path)
             .map_err(|e| format!("{}: cannot replace: {e}", path.display()))?;
-        if let Some(dir) = path.parent()
-            && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            })
-        {
+        if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
         Ok(())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&bak_tmp);
+    }
+    result
 }

@@ -206,6 +206,10 @@ async fn route_and_forward(
         r.target = Some(target.authority.to_string());
     }
     let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
+    if !trace.continued {
+        // `tracestate` belongs to the trace it came with, which was not continued.
+        req.headers_mut().remove(&trace::TRACESTATE);
+    }
     if let Some(r) = line.record() {
         r.trace_id = Some(trace.trace_id().to_owned());
     }

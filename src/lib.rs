@@ -36,6 +36,24 @@ pub struct State {
     pub metrics: Arc<Metrics>,
 }
 
+impl State {
+    /// Called once `rt` is live: keep what it uses, drop what no config uses any more.
+    pub fn adopt(&self, rt: &Runtime) {
+        self.pools.adopt(rt.upstreams.values().map(|u| u.as_ref()));
+        let routes: Vec<Arc<str>> = rt.routes.iter().map(|r| r.name.clone()).collect();
+        let targets: Vec<(Arc<str>, Arc<str>)> = rt
+            .upstreams
+            .values()
+            .flat_map(|u| {
+                u.targets
+                    .iter()
+                    .map(|t| (u.name.clone(), Arc::from(t.authority.as_str())))
+            })
+            .collect();
+        self.metrics.retain(&routes, &targets);
+    }
+}
+
 /// Loads and compiles a config file; errors name the file, key paths and problems.
 pub fn load_runtime(path: &Path, state: &State) -> Result<Runtime, ConfigErrors> {
     load_config(path, state).map(|(_, rt)| rt)

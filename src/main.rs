@@ -199,16 +199,22 @@ fn serve(
         if let (Some(b), Some(addr)) = (banner, control.proxy_addrs().await.first()) {
             b(*addr, control.admin_addr());
         }
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        loop {
-            tokio::select! {
-                _ = wait_for_signal() => break,
-                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading the config file");
-                    let _ = control.reload_file("sighup").await;
-                }
+        // Reloads run in a task of their own, so the shutdown signals below (listened for the
+        // whole time) are never missed while a reload is under way.
+        let reloader = control.clone();
+        let sighup = tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot watch SIGHUP; reload through the file or the admin API");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config file");
+                let _ = reloader.reload_file("sighup").await;
             }
-        }
+        });
+        wait_for_signal().await;
+        sighup.abort();
         tracing::info!("shutting down: finishing in-flight requests");
         control.shutdown().await;
         tracing::info!("stopped");

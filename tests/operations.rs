@@ -176,7 +176,10 @@ async fn admin(
     token: Option<&str>,
     body: &str,
 ) -> TestResponse {
-    let mut req = Request::builder().method(method).uri(gw.admin_url(path));
+    let mut req = Request::builder()
+        .method(method)
+        .uri(gw.admin_url(path))
+        .header("content-type", "application/yaml");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -259,9 +262,29 @@ async fn admin_api_reads_validates_and_applies() {
     // Not UTF-8: 400.
     let req = Request::put(gw.admin_url("/config"))
         .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/yaml")
         .body(full(vec![0xff, 0xfe, 0x00]))
         .unwrap();
     assert_eq!(send(&client(), req).await.status, StatusCode::BAD_REQUEST);
+
+    // What a web page could send is refused: a form post (no YAML type), another origin.
+    let req = Request::put(gw.admin_url("/config"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(full(cfg_b.clone()))
+        .unwrap();
+    assert_eq!(
+        send(&client(), req).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let req = Request::put(gw.admin_url("/config"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/yaml")
+        .header("origin", "http://evil.example")
+        .body(full(cfg_b.clone()))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(get(&gw.url("/x")).await.header("x-config"), Some("a"));
 
     // Apply a good one: live at once, written to the file, the old one kept as .bak.
     let r = admin(&gw, "PUT", "/config", Some(TOKEN), &cfg_b).await;
@@ -336,4 +359,58 @@ async fn traceparent_is_continued_or_started() {
         .to_owned();
     assert_eq!(fresh.len(), 55);
     assert!(fresh.starts_with("00-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_the_admin_api_off_closes_it() {
+    let up = TestUpstream::echo("u").await;
+    let with_admin = config(&up.url(), "a", "admin: { addr: \"127.0.0.1:0\" }\n");
+    let gw = TestGateway::start(&with_admin).await;
+    let admin_addr = gw.control.admin_addr().unwrap();
+    // A keep-alive connection to the admin API, opened while it is on.
+    let c = client();
+    let st = send(
+        &c,
+        Request::get(format!("http://{admin_addr}/status"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st.status, 200);
+    gw.control
+        .apply(config(&up.url(), "a", ""), "test", false)
+        .await
+        .unwrap();
+    assert!(gw.control.admin_addr().is_none());
+    // The listener is gone, and a connection that was open gets nothing more.
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(admin_addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the admin listener still accepts");
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.request(
+            Request::get(format!("http://{admin_addr}/status"))
+                .body(full(""))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        again.is_err() || again.unwrap().status() != 200,
+        "the old admin connection still answers"
+    );
+    // Without a token, a DNS name as Host is refused (DNS rebinding).
+    let gw2 = TestGateway::start(&with_admin).await;
+    let req = Request::get(gw2.admin_url("/status"))
+        .header("host", "attacker.example")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, StatusCode::FORBIDDEN);
 }

@@ -6,16 +6,18 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::compile::PathAction;
 use crate::control::{ApplyError, Control};
@@ -27,38 +29,54 @@ const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 type Resp = Response<Full<Bytes>>;
 
-/// Accepts admin connections until `stop` fires or the control plane is gone.
+/// Admin connections open at once; more wait in the accept backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Accepts admin connections until `stop` fires or the control plane is gone; then closes the
+/// connections it accepted (within 2 s), so a listener removed by a reload serves no one.
 pub async fn serve(listener: TcpListener, control: Weak<Control>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+            _ = stop.changed() => break,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
         let control = control.clone();
+        let svc = service_fn(move |req| {
+            let control = control.clone();
+            async move {
+                Ok::<_, Infallible>(match control.upgrade() {
+                    Some(c) => handle(&c, req).await,
+                    None => json_resp(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"error": "shutting down"}),
+                    ),
+                })
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let control = control.clone();
-                async move {
-                    Ok::<_, Infallible>(match control.upgrade() {
-                        Some(c) => handle(&c, req).await,
-                        None => json_resp(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &json!({"error": "shutting down"}),
-                        ),
-                    })
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = conn.await;
+            drop(slot);
         });
     }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
 }
 
 async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
@@ -67,6 +85,12 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
     // served without one.
     if req.method() == Method::GET && (path.is_empty() || path == "/dashboard") {
         return html(DASHBOARD_HTML);
+    }
+    if let Err(why) = browser_safe(c, &req) {
+        return json_resp(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "forbidden", "message": why}),
+        );
     }
     if !authorized(c, &req) {
         let mut r = json_resp(
@@ -99,7 +123,7 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
                 ),
             },
         },
-        (Method::PUT | Method::POST, "/config") => match body_text(req).await {
+        (Method::PUT, "/config") => match body_text(req).await {
             Err(r) => r,
             Ok(text) => match c.apply(text, "admin", true).await {
                 Ok(()) => json_resp(
@@ -141,9 +165,15 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// Whether the request may use the admin API: the admin API must still be configured (a
+/// connection accepted before it was turned off gets nothing), and the bearer token must match
+/// when one is set.
 fn authorized<B>(c: &Control, req: &Request<B>) -> bool {
     let rt = c.gw.runtime.load();
-    let Some(token) = rt.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+    let Some(admin) = rt.admin.as_ref() else {
+        return false;
+    };
+    let Some(token) = admin.token.as_deref() else {
         return true;
     };
     let Some(given) = req
@@ -155,6 +185,43 @@ fn authorized<B>(c: &Control, req: &Request<B>) -> bool {
         return false;
     };
     constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Refuses what a web page could send on a user's behalf: a request with an `Origin` other
+/// than the admin API's own (a cross-site `fetch`), and, when there is no token, a `Host` that
+/// is not an IP address or `localhost` (DNS rebinding).
+fn browser_safe<B>(c: &Control, req: &Request<B>) -> Result<(), &'static str> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let same = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return Err("cross-origin requests are refused");
+        }
+    }
+    let no_token =
+        c.gw.runtime
+            .load()
+            .admin
+            .as_ref()
+            .is_none_or(|a| a.token.is_none());
+    if no_token {
+        let name = crate::router::host_key(host);
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        if !(name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()) {
+            return Err(
+                "without an admin token, the admin API must be addressed by IP address or localhost",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Compares without an early exit, so response timing does not reveal a token's prefix.
@@ -169,6 +236,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn body_text(req: Request<Incoming>) -> Result<String, Resp> {
+    // A YAML media type is required: an HTML form cannot send one, so a page cannot post a
+    // config without a CORS preflight (which this API never grants).
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(
+        ctype.as_str(),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/json"
+    ) {
+        return Err(json_resp(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &json!({"error": "unsupported_media_type", "message": "send the config with `Content-Type: application/yaml`"}),
+        ));
+    }
     let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -225,7 +313,8 @@ fn routes(c: &Control) -> Value {
                     kind: path,
                     "hosts": m.hosts.iter().map(HostPattern::display).collect::<Vec<_>>(),
                     "methods": m.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
-                    "headers": m.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect::<std::collections::BTreeMap<_, _>>(),
+                    // Header conditions can be shared secrets: names only.
+                    "headers": m.headers.iter().map(|(k, _)| (k.as_str().to_owned(), "<redacted>")).collect::<std::collections::BTreeMap<_, _>>(),
                 },
                 "upstream": &*r.upstream.name,
                 "path_action": match &r.path_action {
@@ -282,30 +371,43 @@ fn config(c: &Control) -> Value {
     json!({ "hash": c.config_hash(), "config": v })
 }
 
+/// Hides literal secrets: values of keys that name one (`token`, `secret`, `password…`, `…key`),
+/// and every header value (`headers.request.set`, `match.headers`: the usual homes of upstream
+/// credentials and shared-secret gates). `${ENV}` references are shown as they are.
 fn redact(v: &mut Value) {
+    redact_in(v, false);
+}
+
+fn redact_in(v: &mut Value, all: bool) {
     match v {
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
                 let k = k.to_ascii_lowercase();
-                let secret = [
-                    "token",
-                    "secret",
-                    "password",
-                    "password_hash",
-                    "api_key",
-                    "key",
-                ]
-                .contains(&k.as_str());
-                if secret && let Value::String(s) = item {
-                    if !s.starts_with("${") {
-                        *s = "<redacted>".into();
-                    }
-                } else {
-                    redact(item);
+                let secret = all
+                    || k.contains("token")
+                    || k.contains("secret")
+                    || k.starts_with("password")
+                    || k.ends_with("key")
+                    || k == "authorization";
+                let headers = matches!(k.as_str(), "set" | "append" | "headers");
+                match item {
+                    Value::Object(_) | Value::Array(_) => redact_in(item, secret || headers),
+                    Value::String(s) if secret && s.starts_with("${") && s.ends_with('}') => {}
+                    _ if secret => *item = Value::String("<redacted>".into()),
+                    _ => {}
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                match item {
+                    Value::Object(_) | Value::Array(_) => redact_in(item, all),
+                    Value::String(s) if all && s.starts_with("${") && s.ends_with('}') => {}
+                    _ if all => *item = Value::String("<redacted>".into()),
+                    _ => {}
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -339,12 +441,30 @@ mod tests {
 
     #[test]
     fn redacts_literal_secrets_but_not_references() {
-        let mut v = json!({"admin": {"token": "abcdefabcdefabcdef", "addr": "x"}, "c": [{"password_hash": "$argon"}], "j": {"secret": "${JWT}"}});
+        let mut v = json!({
+            "admin": {"token": "abcdefabcdefabcdef", "addr": "x"},
+            "c": [{"password_hash": "$argon", "api_key": 12345}],
+            "j": {"secret": "${JWT}"},
+            "routes": [{"match": {"path": "/a", "headers": {"x-gate": "s3cret"}},
+                        "headers": {"request": {"set": {"authorization": "Bearer sk_live", "x-tag": "1"}, "remove": ["cookie"]}}}],
+        });
         redact(&mut v);
         assert_eq!(v["admin"]["token"], "<redacted>");
         assert_eq!(v["admin"]["addr"], "x");
         assert_eq!(v["c"][0]["password_hash"], "<redacted>");
+        assert_eq!(v["c"][0]["api_key"], "<redacted>");
         assert_eq!(v["j"]["secret"], "${JWT}");
+        assert_eq!(v["routes"][0]["match"]["path"], "/a");
+        assert_eq!(v["routes"][0]["match"]["headers"]["x-gate"], "<redacted>");
+        assert_eq!(
+            v["routes"][0]["headers"]["request"]["set"]["authorization"],
+            "<redacted>"
+        );
+        assert_eq!(
+            v["routes"][0]["headers"]["request"]["set"]["x-tag"],
+            "<redacted>"
+        );
+        assert!(!v.to_string().contains("sk_live") && !v.to_string().contains("s3cret"));
     }
 
     #[test]

@@ -90,7 +90,6 @@ impl Routable for Route {
 
 /// Compiles a parsed config. `pools` keeps connection pools across recompiles.
 pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>> {
-    let pools = &state.pools;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
 
@@ -332,9 +331,6 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
             },
         ));
     }
-
-    let names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-    pools.retain(&names);
 
     let access_log = match &cfg.access_log {
         None => Some(AccessLogConfig::default()),
@@ -607,11 +603,8 @@ fn compile_upstream(
         return None;
     }
     let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
-    // Only a valid upstream touches the pool registry, so a rejected config cannot disturb the
-    // running one's connections.
+    // Reads the pool registry only: `State::adopt` records what a live config uses.
     let pool = state.pools.upstream(name, timeouts);
-    let authorities: Vec<&str> = targets.iter().map(|t| t.authority.as_str()).collect();
-    pool.retain(&authorities);
     let upstream_name: Arc<str> = name.into();
     let targets = targets
         .into_iter()

@@ -102,6 +102,7 @@ pub struct Metrics {
     config_info: Family<ConfigLabels, Gauge>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
     targets: Mutex<HashMap<TargetKey, Arc<TargetStats>>>,
+    config_hash: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -203,6 +204,7 @@ impl Metrics {
             config_info,
             routes: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
+            config_hash: Mutex::new(None),
         }
     }
 
@@ -324,14 +326,69 @@ impl Metrics {
             .inc();
     }
 
-    /// Marks `hash` as the loaded config.
+    /// Marks `hash` as the loaded config: the new series first, then the old one goes, so a
+    /// scrape never sees none.
     pub fn config_loaded(&self, hash: &str) {
-        self.config_info.clear();
+        let mut current = self.config_hash.lock().unwrap_or_else(|e| e.into_inner());
         self.config_info
             .get_or_create(&ConfigLabels {
                 hash: hash.to_owned(),
             })
             .set(1);
+        if let Some(old) = current.replace(hash.to_owned())
+            && old != hash
+        {
+            self.config_info.remove(&ConfigLabels { hash: old });
+        }
+    }
+
+    /// Drops the series of routes and targets that the live config no longer has, so the
+    /// exposition does not grow with every target address ever configured.
+    pub fn retain(&self, routes: &[Arc<str>], targets: &[(Arc<str>, Arc<str>)]) {
+        let mut r = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|name, stats| {
+            let keep = routes.contains(name);
+            if !keep {
+                let labels = RouteLabels {
+                    route: Name(name.clone()),
+                };
+                self.request_duration.remove(&labels);
+                self.request_bytes.remove(&labels);
+                self.response_bytes.remove(&labels);
+                for (m, row) in stats.requests.iter().enumerate() {
+                    for (c, slot) in row.iter().enumerate() {
+                        if slot.get().is_some() {
+                            self.requests.remove(&RequestLabels {
+                                route: Name(name.clone()),
+                                method: METHODS[m],
+                                status_class: CLASSES[c],
+                            });
+                        }
+                    }
+                }
+            }
+            keep
+        });
+        drop(r);
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        t.retain(|key, _| {
+            let keep = targets.contains(key);
+            if !keep {
+                let (u, a) = (Name(key.0.clone()), Name(key.1.clone()));
+                self.upstream_duration.remove(&TargetLabels {
+                    upstream: u.clone(),
+                    target: a.clone(),
+                });
+                for kind in ["connect", "timeout", "failed"] {
+                    self.upstream_errors.remove(&TargetErrorLabels {
+                        upstream: u.clone(),
+                        target: a.clone(),
+                        kind,
+                    });
+                }
+            }
+            keep
+        });
     }
 
     /// Per-route live numbers for the dashboard and the admin API.

@@ -5,10 +5,13 @@
 use http::HeaderValue;
 
 pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 pub struct TraceContext {
     /// The `traceparent` to send upstream: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
     pub header: HeaderValue,
+    /// The client's trace was continued (else a new one was started).
+    pub continued: bool,
 }
 
 impl TraceContext {
@@ -26,18 +29,22 @@ impl TraceContext {
 /// stack buffer: this runs for every forwarded request.
 pub fn continue_or_start(incoming: Option<&HeaderValue>) -> TraceContext {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    match incoming.and_then(|v| parse(v.as_bytes())) {
+    let continued = match incoming.and_then(|v| parse(v.as_bytes())) {
         Some((trace, flags)) => {
             buf[3..35].copy_from_slice(trace);
             buf[53..55].copy_from_slice(flags);
+            true
         }
-        None => write_hex(&mut buf[3..35], fastrand::u128(1..)),
-    }
+        None => {
+            write_hex(&mut buf[3..35], fastrand::u128(1..));
+            false
+        }
+    };
     write_hex(&mut buf[36..52], u128::from(fastrand::u64(1..)));
     let header = HeaderValue::from_bytes(&buf).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     });
-    TraceContext { header }
+    TraceContext { header, continued }
 }
 
 /// Fills `out` with the low `out.len()` hex digits of `n`.

@@ -122,8 +122,19 @@ impl Server {
         if cap > self.cap {
             self.permits.add_permits(cap - self.cap);
         } else if cap < self.cap {
-            // Slots in use are not revoked; fewer are handed out from now on.
-            self.permits.forget_permits(self.cap - cap);
+            // Slots in use are not revoked: free ones are forgotten now, and the rest as the
+            // connections holding them close.
+            let want = self.cap - cap;
+            let forgotten = self.permits.forget_permits(want);
+            if forgotten < want {
+                let permits = self.permits.clone();
+                let owed = u32::try_from(want - forgotten).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = permits.acquire_many_owned(owed).await {
+                        p.forget();
+                    }
+                });
+            }
         }
         self.cap = cap;
     }

@@ -59,27 +59,31 @@ impl Upstream {
 }
 
 /// Connection pools by upstream name, reused across recompiles when the settings match.
+/// Compiling only reads it; [`Pools::adopt`] makes it match a config once that config is live,
+/// so a refused config never changes it.
 #[derive(Default)]
 pub struct Pools {
     inner: Mutex<HashMap<String, Arc<UpstreamPool>>>,
 }
 
 impl Pools {
+    /// The live pool of `upstream` if its settings match, else a new one (not yet recorded).
     pub fn upstream(&self, upstream: &str, t: Timeouts) -> Arc<UpstreamPool> {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.get(upstream)
-            && p.same_settings(t.connect, t.idle)
-        {
-            return p.clone();
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(upstream) {
+            Some(p) if p.same_settings(t.connect, t.idle) => p.clone(),
+            _ => Arc::new(UpstreamPool::new(t.connect, t.idle)),
         }
-        let p = Arc::new(UpstreamPool::new(t.connect, t.idle));
-        map.insert(upstream.to_owned(), p.clone());
-        p
     }
 
-    /// Drops pools of upstreams that no longer exist.
-    pub fn retain(&self, names: &[&str]) {
+    /// Records the pools of the config that just went live, and forgets the rest.
+    pub fn adopt<'a>(&self, upstreams: impl Iterator<Item = &'a Upstream>) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|k, _| names.contains(&k.as_str()));
+        map.clear();
+        for u in upstreams {
+            let authorities: Vec<&str> = u.targets.iter().map(|t| t.authority.as_str()).collect();
+            u.pool.retain(&authorities);
+            map.insert(u.name.to_string(), u.pool.clone());
+        }
     }
 }

@@ -41,6 +41,9 @@ pub struct PooledConn {
     send: http1::SendRequest<Body>,
     conn: Conn,
     reused: bool,
+    /// The connection future has completed (closed, failed, or handed over for an upgrade):
+    /// it must not be polled again.
+    finished: bool,
 }
 
 impl PooledConn {
@@ -57,18 +60,19 @@ impl PooledConn {
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
         let mut response = std::pin::pin!(self.send.try_send_request(req));
         let conn = &mut self.conn;
-        let mut conn_done = false;
+        let conn_done = &mut self.finished;
         poll_fn(|cx| {
             if let Poll::Ready(r) = response.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            if !conn_done {
+            if !*conn_done {
                 match conn.as_mut().poll(cx) {
                     Poll::Pending => {}
-                    // The connection ended (or failed); the response future now resolves with
-                    // the reason.
+                    // The connection ended, failed, or completed an upgrade (after a 101 hyper
+                    // finishes the connection in the poll that delivers the head); the response
+                    // future now resolves.
                     Poll::Ready(_) => {
-                        conn_done = true;
+                        *conn_done = true;
                         return response.as_mut().poll(cx);
                     }
                 }
@@ -79,8 +83,11 @@ impl PooledConn {
     }
 
     /// Hands the connection to a task of its own: after a `101 Switching Protocols` the
-    /// connection must be driven to release the upgraded stream.
+    /// connection must be driven to release the upgraded stream (unless that already happened).
     pub fn spawn(self) {
+        if self.finished {
+            return;
+        }
         tokio::spawn(async move {
             if let Err(e) = self.conn.await {
                 tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
@@ -90,6 +97,9 @@ impl PooledConn {
 
     /// Polls once without a real waker: true if the connection is gone or cannot take a request.
     fn is_dead(&mut self) -> bool {
+        if self.finished {
+            return true;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         match self.conn.as_mut().poll(&mut cx) {
             Poll::Ready(_) => true,
@@ -164,6 +174,7 @@ impl TargetPool {
             send,
             conn: Box::pin(conn.with_upgrades()),
             reused: false,
+            finished: false,
         })
     }
 
@@ -302,7 +313,7 @@ impl http_body::Body for UpstreamBody {
         let this = self.get_mut();
         let mut frame = Pin::new(&mut this.incoming).poll_frame(cx);
         if frame.is_pending()
-            && let Some(c) = this.conn.as_mut()
+            && let Some(c) = this.conn.as_mut().filter(|c| !c.finished)
         {
             match c.conn.as_mut().poll(cx) {
                 Poll::Pending => {}
