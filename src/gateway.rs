@@ -20,8 +20,9 @@ use crate::observe::access_log::{AccessLog, LoggedBody, Pending, Record};
 use crate::observe::metrics::Metrics;
 use crate::observe::trace;
 use crate::policy::{self, RequestCtx};
-use crate::proxy::{self, Downstream, X_REQUEST_ID};
+use crate::proxy::{self, Downstream, TryError, X_REQUEST_ID};
 use crate::router;
+use crate::upstream::balancer::{Balancer, HashOn, hash_bytes};
 
 /// What every request handler shares: the current config, the log sink, the metrics.
 pub struct Gateway {
@@ -106,7 +107,7 @@ pub async fn handle(
             "both Content-Length and Transfer-Encoding",
         ))
     } else {
-        route_and_forward(&rt, req, conn, &request_id, &tally, &mut line).await
+        route_and_forward(&rt, &gw.metrics, req, conn, &request_id, &tally, &mut line).await
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -145,6 +146,7 @@ pub async fn handle(
 
 async fn route_and_forward(
     rt: &Runtime,
+    metrics: &Metrics,
     req: Request<Incoming>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
@@ -199,12 +201,6 @@ async fn route_and_forward(
     }
 
     let upstream = &route.upstream;
-    let target = upstream.select().ok_or_else(|| GatewayError::NoTarget {
-        upstream: upstream.name.to_string(),
-    })?;
-    if let Some(r) = line.record() {
-        r.target = Some(target.authority.to_string());
-    }
     let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
     if !trace.continued {
         // `tracestate` belongs to the trace it came with, which was not continued.
@@ -227,28 +223,176 @@ async fn route_and_forward(
         host: client_host.as_ref(),
         conn_slot: conn.slot.clone(),
     };
-    let forwarded = proxy::forward(
-        upstream,
-        target,
-        req,
-        upstream_path,
-        down,
-        request_id,
-        upgrade,
-    )
-    .await;
-    let mut resp = match forwarded {
-        Ok(r) => r,
-        // The upstream call failed because our body limit cut the request off.
-        Err(_) if tally.body_too_large.load(Ordering::Relaxed) => {
-            return Err(GatewayError::BodyTooLarge {
-                limit: route.max_body_size.unwrap_or(0),
-            });
-        }
-        Err(e) => return Err(e),
+    proxy::add_forwarding_headers(&mut req, &down, request_id);
+    let key = match &upstream.balancer {
+        Balancer::Hash { on, .. } => hash_key(on, &req, conn),
+        _ => None,
     };
-    policy::run_response(&route.chain, &mut resp, &cx);
-    Ok(resp)
+    let retry = &upstream.retry;
+    retry.budget.deposit();
+    // Keep a copy to resend only if a retry on status, timeout or reset could use it.
+    let resendable = upgrade.is_none()
+        && (retry.on_timeout || retry.on_reset || !retry.statuses.is_empty())
+        && retry.may_resend(req.method(), route.retry_non_idempotent);
+    let (req, replay) = if resendable {
+        Replay::keep(req, retry.max_body).await?
+    } else {
+        (req, None)
+    };
+
+    let mut req = Some(req);
+    let mut upgrade = upgrade;
+    let mut tried = [0usize; 10];
+    let mut n = 0;
+    let mut last_error = None;
+    loop {
+        let Some(i) = upstream.select(key, &tried[..n]) else {
+            return Err(last_error.unwrap_or_else(|| GatewayError::NoTarget {
+                upstream: upstream.name.to_string(),
+            }));
+        };
+        tried[n] = i;
+        n += 1;
+        let target = &upstream.targets[i];
+        if let Some(r) = line.record() {
+            r.target = Some(target.authority.to_string());
+        }
+        let Some(this_try) = req.take().or_else(|| replay.as_ref().map(Replay::request)) else {
+            return Err(last_error.unwrap_or(GatewayError::Internal("no request to send".into())));
+        };
+        let more = (n as u32) < retry.attempts.min(tried.len() as u32);
+        let reason = match proxy::forward(
+            upstream,
+            target,
+            this_try,
+            upstream_path.clone(),
+            &down,
+            &mut upgrade,
+        )
+        .await
+        {
+            Ok(mut resp) => {
+                upstream.report(i, !resp.status().is_server_error());
+                let status = resp.status();
+                if !(more && replay.is_some() && retry.retries_status(status)) {
+                    policy::run_response(&route.chain, &mut resp, &cx);
+                    return Ok(resp);
+                }
+                if !retry.budget.withdraw(Instant::now()) {
+                    metrics.retry_budget_exhausted(&upstream.name);
+                    policy::run_response(&route.chain, &mut resp, &cx);
+                    return Ok(resp);
+                }
+                // The answer is dropped unread; its connection closes with it.
+                last_error = Some(GatewayError::UpstreamFailed(
+                    format!("upstream answered {status}").into(),
+                ));
+                "status"
+            }
+            // Nothing was sent: always safe to try another target.
+            Err(TryError::NotSent(e, back)) => {
+                upstream.report(i, false);
+                if !more {
+                    return Err(e);
+                }
+                req = Some(back);
+                last_error = Some(e);
+                "connect"
+            }
+            Err(TryError::Sent(e)) => {
+                // The upstream call failed because our body limit cut the request off.
+                if tally.body_too_large.load(Ordering::Relaxed) {
+                    return Err(GatewayError::BodyTooLarge {
+                        limit: route.max_body_size.unwrap_or(0),
+                    });
+                }
+                upstream.report(i, false);
+                let (retryable, reason) = match e {
+                    GatewayError::UpstreamTimeout(_) => (retry.on_timeout, "timeout"),
+                    GatewayError::UpstreamFailed(_) => (retry.on_reset, "reset"),
+                    _ => (false, "failed"),
+                };
+                if !(more && retryable && replay.is_some()) {
+                    return Err(e);
+                }
+                if !retry.budget.withdraw(Instant::now()) {
+                    metrics.retry_budget_exhausted(&upstream.name);
+                    return Err(e);
+                }
+                last_error = Some(e);
+                reason
+            }
+        };
+        metrics.retry(&upstream.name, reason);
+        tokio::time::sleep(retry.backoff(n as u32)).await;
+    }
+}
+
+/// A request kept so it can be sent again: its head, and its body if it was small enough.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Replay {
+    /// Reads a small body whole (a `Content-Length` of at most `max_body`); a larger or
+    /// chunked body is left streaming and the request is not kept.
+    async fn keep(
+        req: Request<Body>,
+        max_body: u64,
+    ) -> Result<(Request<Body>, Option<Replay>), GatewayError> {
+        use http_body::Body as _;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let small = req.body().is_end_stream() || declared.is_some_and(|n| n <= max_body);
+        if !small {
+            return Ok((req, None));
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|_| GatewayError::BadRequest("the request body could not be read"))?
+            .to_bytes();
+        let replay = Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            body: bytes.clone(),
+        };
+        Ok((Request::from_parts(parts, Body::full(bytes)), Some(replay)))
+    }
+
+    fn request(&self) -> Request<Body> {
+        let mut r = Request::new(Body::full(self.body.clone()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        *r.version_mut() = http::Version::HTTP_11;
+        r
+    }
+}
+
+/// The key `balance: hash` places a request by; `None` (placed at random) when it is absent.
+fn hash_key(on: &HashOn, req: &Request<Body>, conn: &ConnInfo) -> Option<u64> {
+    match on {
+        HashOn::ClientIp => Some(hash_bytes(conn.forwarded_for.as_bytes())),
+        HashOn::Path => Some(hash_bytes(req.uri().path().as_bytes())),
+        HashOn::Header(name) => req.headers().get(name).map(|v| hash_bytes(v.as_bytes())),
+        HashOn::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+    }
 }
 
 /// The host the client addressed, exactly as written: the URI authority when there is one

@@ -111,7 +111,13 @@ async fn refused_target_gets_502_and_rotation_continues() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let gw = TestGateway::start(&simple_config(&[live.url(), format!("http://{dead}")])).await;
+    // Without retries and passive health, a refused connection is the client's 502 and the
+    // rotation goes on (the defaults retry it on the other target: see tests/balancing.rs).
+    let yaml = simple_config(&[live.url(), format!("http://{dead}")]).replace(
+        "    targets:",
+        "    retries: { attempts: 1 }\n    health: { passive: { consecutive_failures: 0 } }\n    targets:",
+    );
+    let gw = TestGateway::start(&yaml).await;
     let mut ok = 0;
     let mut bad = 0;
     for _ in 0..10 {

@@ -18,7 +18,9 @@ use crate::observe::metrics::RouteStats;
 use crate::policy::headers::HeadersPolicy;
 use crate::policy::{Bound, Policy};
 use crate::router::{HostPattern, Matcher, PathPattern, RewriteTemplate, Routable, Router};
-use crate::upstream::balancer::SmoothWeighted;
+use crate::upstream::balancer::{Balancer, HashOn, Ring, SmoothWeighted};
+use crate::upstream::retry::{RetryBudget, RetryPolicy};
+use crate::upstream::state::PassivePolicy;
 use crate::upstream::{self, Target, Timeouts, Upstream};
 
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +80,7 @@ pub struct Route {
     pub path_action: PathAction,
     pub chain: Vec<Bound>,
     pub max_body_size: Option<u64>,
+    pub retry_non_idempotent: bool,
     /// Metric handles, shared with same-named routes of earlier and later configs.
     pub stats: Arc<RouteStats>,
 }
@@ -294,6 +297,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
                 path_action,
                 chain,
                 max_body_size: r.max_body_size.map(|b| b.0).or(server.max_body_size),
+                retry_non_idempotent: r.retry_non_idempotent,
             }));
         }
     }
@@ -599,10 +603,15 @@ fn compile_upstream(
             ));
         }
     }
+    let balancer = compile_balancer(u, &path, &targets, errors);
+    let passive = compile_passive(u, &path, errors);
+    let retry = compile_retries(u, &path, errors);
     if errors.len() > before {
         return None;
     }
-    let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    let (Some(balancer), Some(passive), Some(retry)) = (balancer, passive, retry) else {
+        return None;
+    };
     // Reads the pool registry only: `State::adopt` records what a live config uses.
     let pool = state.pools.upstream(name, timeouts);
     let upstream_name: Arc<str> = name.into();
@@ -622,12 +631,177 @@ fn compile_upstream(
         .collect();
     Some(Upstream {
         name: upstream_name,
-        balancer: SmoothWeighted::new(&weights),
+        balancer,
         targets,
         pool,
         timeouts,
         preserve_host: u.preserve_host.unwrap_or(true),
+        passive,
+        retry,
     })
+}
+
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+pub const DEFAULT_RETRY_BUDGET_PERCENT: f64 = 20.0;
+pub const DEFAULT_RETRY_MIN_PER_SECOND: u32 = 10;
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub const DEFAULT_RETRY_MAX_BODY: u64 = 64 * 1024;
+
+fn compile_balancer(
+    u: &UpstreamConfig,
+    path: &str,
+    targets: &[TargetParts],
+    errors: &mut Vec<ConfigError>,
+) -> Option<Balancer> {
+    if u.hash_on.is_some() && u.balance != BalanceConfig::Hash {
+        errors.push(ConfigError::new(
+            format!("{path}.hash_on"),
+            "only used with `balance: hash`",
+        ));
+        return None;
+    }
+    Some(match u.balance {
+        BalanceConfig::RoundRobin => Balancer::RoundRobin(SmoothWeighted::new(targets.len())),
+        BalanceConfig::Random => Balancer::Random,
+        BalanceConfig::LeastRequest => Balancer::LeastRequest,
+        BalanceConfig::Ewma => Balancer::Ewma,
+        BalanceConfig::Hash => {
+            let spec = u.hash_on.as_deref().unwrap_or("client_ip");
+            let on = match spec.split_once(':') {
+                None if spec == "client_ip" => HashOn::ClientIp,
+                None if spec == "path" => HashOn::Path,
+                Some(("header", name)) => {
+                    match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                        Ok(n) => HashOn::Header(n),
+                        Err(_) => {
+                            errors.push(ConfigError::new(
+                                format!("{path}.hash_on"),
+                                format!("invalid header name {name:?}"),
+                            ));
+                            return None;
+                        }
+                    }
+                }
+                Some(("cookie", name)) if !name.trim().is_empty() => {
+                    HashOn::Cookie(name.trim().to_owned())
+                }
+                _ => {
+                    errors.push(ConfigError::new(
+                        format!("{path}.hash_on"),
+                        format!("invalid {spec:?} (expected client_ip, path, header:NAME or cookie:NAME)"),
+                    ));
+                    return None;
+                }
+            };
+            let names: Vec<(String, u32)> = targets
+                .iter()
+                .map(|t| (t.authority.to_string(), t.weight))
+                .collect();
+            Balancer::Hash {
+                ring: Ring::new(&names),
+                on,
+            }
+        }
+    })
+}
+
+fn compile_passive(
+    u: &UpstreamConfig,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PassivePolicy> {
+    let p = u
+        .health
+        .as_ref()
+        .and_then(|h| h.passive.clone())
+        .unwrap_or_default();
+    let policy = PassivePolicy {
+        consecutive_failures: p
+            .consecutive_failures
+            .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        base_ejection: p.base_ejection.map_or(DEFAULT_BASE_EJECTION, |d| d.0),
+        max_ejection: p.max_ejection.map_or(DEFAULT_MAX_EJECTION, |d| d.0),
+        max_ejected_percent: p.max_ejected_percent.unwrap_or(DEFAULT_MAX_EJECTED_PERCENT),
+    };
+    if policy.max_ejected_percent > 100 {
+        errors.push(ConfigError::new(
+            format!("{path}.health.passive.max_ejected_percent"),
+            "must be 0..=100",
+        ));
+        return None;
+    }
+    if policy.max_ejection < policy.base_ejection {
+        errors.push(ConfigError::new(
+            format!("{path}.health.passive.max_ejection"),
+            "must not be shorter than base_ejection",
+        ));
+        return None;
+    }
+    Some(policy)
+}
+
+fn compile_retries(
+    u: &UpstreamConfig,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<RetryPolicy> {
+    let r = u.retries.clone().unwrap_or_default();
+    let attempts = r.attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS);
+    let before = errors.len();
+    if !(1..=10).contains(&attempts) {
+        errors.push(ConfigError::new(
+            format!("{path}.retries.attempts"),
+            "must be 1..=10 (tries in all, the first included)",
+        ));
+    }
+    let (mut on_timeout, mut on_reset, mut statuses) = (false, false, Vec::new());
+    for (i, o) in r.on.iter().enumerate() {
+        match o.trim() {
+            "connect_failure" => {}
+            "timeout" => on_timeout = true,
+            "reset" => on_reset = true,
+            "5xx" => statuses.extend([500, 502, 503, 504].iter().filter_map(|c| http::StatusCode::from_u16(*c).ok())),
+            code => match code.parse::<u16>().ok().and_then(|c| http::StatusCode::from_u16(c).ok()) {
+                Some(s) if s.is_server_error() || s.as_u16() == 429 => statuses.push(s),
+                _ => errors.push(ConfigError::new(
+                    format!("{path}.retries.on[{i}]"),
+                    format!("invalid {code:?} (expected connect_failure, timeout, reset, 5xx, 429 or a 5xx status)"),
+                )),
+            },
+        }
+    }
+    let percent = match r
+        .budget
+        .as_deref()
+        .map(crate::upstream::retry::parse_percent)
+    {
+        None => DEFAULT_RETRY_BUDGET_PERCENT,
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            errors.push(ConfigError::new(format!("{path}.retries.budget"), e));
+            0.0
+        }
+    };
+    let backoff = r.backoff.unwrap_or_default();
+    let policy = RetryPolicy {
+        attempts,
+        on_timeout,
+        on_reset,
+        statuses,
+        backoff_base: backoff.base.map_or(DEFAULT_BACKOFF_BASE, |d| d.0),
+        backoff_max: backoff.max.map_or(DEFAULT_BACKOFF_MAX, |d| d.0),
+        max_body: r.max_body.map_or(DEFAULT_RETRY_MAX_BODY, |b| b.0),
+        budget: RetryBudget::new(
+            percent,
+            r.min_per_second.unwrap_or(DEFAULT_RETRY_MIN_PER_SECOND),
+        ),
+    };
+    (errors.len() == before).then_some(policy)
 }
 
 /// A target as parsed, before it gets its connection pool.

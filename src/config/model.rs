@@ -149,11 +149,82 @@ pub struct UpstreamConfig {
     /// Load-balancing algorithm. Default `round_robin` (smooth weighted).
     #[serde(default)]
     pub balance: BalanceConfig,
+    /// The key `balance: hash` hashes: `client_ip` (default), `path`, `header:NAME`,
+    /// `cookie:NAME`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
     #[serde(default)]
     pub timeouts: UpstreamTimeoutsConfig,
     /// Forward the client's Host header (true, default) or the target's host:port (false).
     #[serde(default)]
     pub preserve_host: Option<bool>,
+    /// Health checking. Passive (outlier) detection is on by default.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// Retries on another target. By default only connection failures are retried (once).
+    #[serde(default)]
+    pub retries: Option<RetriesConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub passive: Option<PassiveHealthConfig>,
+}
+
+/// Outlier detection from live traffic.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    /// Connection errors, timeouts or 5xx in a row that eject a target. Default 5; 0 turns
+    /// passive health off.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// First ejection's length; each further one doubles. Default `30s`.
+    #[serde(default)]
+    pub base_ejection: Option<DurationStr>,
+    /// Longest ejection. Default `5m`.
+    #[serde(default)]
+    pub max_ejection: Option<DurationStr>,
+    /// Never eject more than this share of the targets. Default 50.
+    #[serde(default)]
+    pub max_ejected_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesConfig {
+    /// Tries in all, the first included. Default 2.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// What is retried: `connect_failure` (always, whatever this says), `timeout`, `reset`,
+    /// and statuses such as `502`, `503`, `504`. Default `[connect_failure]`.
+    #[serde(default)]
+    pub on: Vec<String>,
+    /// Retries allowed as a share of requests, e.g. `20%`. Default `20%`.
+    #[serde(default)]
+    pub budget: Option<String>,
+    /// Retries always allowed per second, whatever the budget, so low traffic can retry.
+    /// Default 10.
+    #[serde(default)]
+    pub min_per_second: Option<u32>,
+    /// Exponential backoff with full jitter between tries. Default `{ base: 25ms, max: 250ms }`.
+    #[serde(default)]
+    pub backoff: Option<BackoffConfig>,
+    /// Largest request body kept for replay; a larger or streamed body is never resent.
+    /// Default `64KiB`.
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default)]
+    pub base: Option<DurationStr>,
+    #[serde(default)]
+    pub max: Option<DurationStr>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -177,6 +248,10 @@ pub struct WeightedTargetConfig {
 pub enum BalanceConfig {
     #[default]
     RoundRobin,
+    LeastRequest,
+    Ewma,
+    Hash,
+    Random,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -257,6 +332,10 @@ pub struct RouteConfig {
     /// Largest request body for this route; larger gets 413.
     #[serde(default)]
     pub max_body_size: Option<ByteSize>,
+    /// Allow retries (on status or timeout) for methods that are not idempotent (POST,
+    /// PATCH). Connection failures are retried for every method regardless.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
     /// Inline `headers` policy.
     #[serde(default)]
     pub headers: Option<HeadersPolicyConfig>,

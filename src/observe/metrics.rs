@@ -59,6 +59,17 @@ struct TargetErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    upstream: Name,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: String,
 }
@@ -96,6 +107,9 @@ pub struct Metrics {
     response_bytes: Family<RouteLabels, Counter>,
     upstream_duration: HistogramFamily<TargetLabels>,
     upstream_errors: Family<TargetErrorLabels, Counter>,
+    ejections: Family<TargetLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    budget_exhausted: Family<UpstreamLabels, Counter>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -152,6 +166,24 @@ impl Metrics {
             "Failed upstream requests, by upstream, target and kind (connect, timeout, failed)",
             upstream_errors.clone(),
         );
+        let ejections = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "gatehouse_upstream_ejections",
+            "Targets ejected by passive health checking, by upstream and target",
+            ejections.clone(),
+        );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "gatehouse_upstream_retries",
+            "Requests sent again to another target, by upstream and reason (connect, timeout, reset, status)",
+            retries.clone(),
+        );
+        let budget_exhausted = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "gatehouse_upstream_retry_budget_exhausted",
+            "Retries not made because the upstream's retry budget was spent",
+            budget_exhausted.clone(),
+        );
         let connections_active = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "gatehouse_connections_active",
@@ -198,6 +230,9 @@ impl Metrics {
             response_bytes,
             upstream_duration,
             upstream_errors,
+            ejections,
+            retries,
+            budget_exhausted,
             connections_active,
             connections,
             reloads,
@@ -261,8 +296,10 @@ impl Metrics {
                     connect_errors: err("connect"),
                     timeouts: err("timeout"),
                     failures: err("failed"),
+                    ejections: self.ejections.get_or_create_owned(&labels),
                     requests: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
+                    live: Default::default(),
                 })
             })
             .clone()
@@ -306,6 +343,23 @@ impl Metrics {
             r.response_bytes.inc_by(bytes_out);
             r.live.record(status, elapsed);
         }
+    }
+
+    pub fn retry(&self, upstream: &Arc<str>, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                upstream: Name(upstream.clone()),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, upstream: &Arc<str>) {
+        self.budget_exhausted
+            .get_or_create(&UpstreamLabels {
+                upstream: Name(upstream.clone()),
+            })
+            .inc();
     }
 
     pub fn connection_opened(&self, listener: &str) -> Gauge {
@@ -414,8 +468,11 @@ pub struct TargetStats {
     connect_errors: Counter,
     timeouts: Counter,
     failures: Counter,
+    ejections: Counter,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Load and health, read by the balancers.
+    pub live: Arc<crate::upstream::state::TargetLive>,
 }
 
 /// What one upstream exchange ended as, for [`TargetStats::record`].
@@ -427,6 +484,10 @@ pub enum UpstreamOutcome {
 }
 
 impl TargetStats {
+    pub fn ejected(&self) {
+        self.ejections.inc();
+    }
+
     pub fn record(&self, outcome: UpstreamOutcome, elapsed: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         match outcome {

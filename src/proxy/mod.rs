@@ -180,17 +180,12 @@ pub struct Downstream<'a> {
     pub conn_slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
-/// Sends the request to `target` and returns the upstream's response head (body streaming).
-/// The request's hop-by-hop headers were removed before the policy chain ran.
-pub async fn forward(
-    upstream: &Upstream,
-    target: &Target,
-    mut req: Request<Body>,
-    path: PathAndQuery,
-    down: Downstream<'_>,
+/// Adds the headers that describe this hop, once per request (not per try).
+pub fn add_forwarding_headers(
+    req: &mut Request<Body>,
+    down: &Downstream<'_>,
     request_id: &HeaderValue,
-    upgrade: Option<Upgrade>,
-) -> Result<Response<Body>, GatewayError> {
+) {
     let headers = req.headers_mut();
     append_forwarded(headers, &X_FORWARDED_FOR, down.forwarded_for);
     // Proto and Host describe this hop: a client cannot be trusted to say them, so they are
@@ -205,67 +200,118 @@ pub async fn forward(
         None => headers.remove(&X_FORWARDED_HOST),
     };
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// How one try ended when it did not produce a response.
+pub enum TryError {
+    /// Nothing reached the upstream (the connection could not be made): the request comes
+    /// back, and sending it to another target cannot duplicate it.
+    NotSent(GatewayError, Request<Body>),
+    /// The request was (or may have been) sent.
+    Sent(GatewayError),
+}
+
+/// Sends one try of the request to `target` and returns the upstream's response head (body
+/// streaming). `upgrade` is taken when the upstream switches protocols.
+pub async fn forward(
+    upstream: &Upstream,
+    target: &Target,
+    mut req: Request<Body>,
+    path: PathAndQuery,
+    down: &Downstream<'_>,
+    upgrade: &mut Option<Upgrade>,
+) -> Result<Response<Body>, TryError> {
     let host = match (upstream.preserve_host, down.host) {
         (true, Some(h)) => h.clone(),
         _ => target.host_header.clone(),
     };
-    headers.insert(header::HOST, host);
-    if let Some(u) = &upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, u.proto.clone());
+    req.headers_mut().insert(header::HOST, host);
+    if let Some(u) = upgrade.as_ref() {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, u.proto.clone());
     }
-
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(target.scheme.clone());
     parts.authority = Some(target.authority.clone());
     parts.path_and_query = Some(path);
-    *req.uri_mut() =
-        Uri::from_parts(parts).map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))?;
-    *req.version_mut() = Version::HTTP_11;
+    match Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => {
+            return Err(TryError::Sent(GatewayError::Internal(format!(
+                "upstream uri: {e}"
+            ))));
+        }
+    }
 
     let timeout = upstream.timeouts.response;
+    let started = std::time::Instant::now();
+    let _in_flight = target.stats.live.start();
+    let mut conn = match tokio::time::timeout(timeout, target.pool.checkout()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            target
+                .stats
+                .record(UpstreamOutcome::ConnectError, started.elapsed());
+            return Err(TryError::NotSent(e, req));
+        }
+        Err(_) => {
+            target
+                .stats
+                .record(UpstreamOutcome::ConnectError, started.elapsed());
+            return Err(TryError::NotSent(
+                GatewayError::UpstreamTimeout(timeout),
+                req,
+            ));
+        }
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
     let exchange = async {
-        let mut conn = target.pool.checkout().await?;
         match conn.send(req).await {
-            Ok(resp) => Ok((conn, resp)),
+            Ok(resp) => Ok(resp),
             Err(mut e) => match e.take_message() {
                 // Never written (the pooled connection was not usable after all): sending it
                 // on a fresh connection cannot duplicate it.
                 Some(req) => {
-                    let mut fresh = target.pool.connect().await?;
-                    match fresh.send(req).await {
-                        Ok(resp) => Ok((fresh, resp)),
-                        Err(e) => Err(GatewayError::UpstreamFailed(Box::new(e.into_error()))),
-                    }
+                    conn = target.pool.connect().await.map_err(TryError::Sent)?;
+                    conn.send(req).await.map_err(|e| {
+                        TryError::Sent(GatewayError::UpstreamFailed(Box::new(e.into_error())))
+                    })
                 }
-                None => Err(GatewayError::UpstreamFailed(Box::new(e.into_error()))),
+                None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+                    e.into_error(),
+                )))),
             },
         }
     };
-    let started = std::time::Instant::now();
-    let result = tokio::time::timeout(timeout, exchange).await;
+    let result = tokio::time::timeout(remaining, exchange).await;
     let outcome = match &result {
         Ok(Ok(_)) => UpstreamOutcome::Response,
-        Ok(Err(GatewayError::UpstreamConnect(_))) => UpstreamOutcome::ConnectError,
         Ok(Err(_)) => UpstreamOutcome::Failed,
         Err(_) => UpstreamOutcome::Timeout,
     };
-    target.stats.record(outcome, started.elapsed());
-    let (conn, mut resp) = match result {
-        Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
+    let elapsed = started.elapsed();
+    target.stats.record(outcome, elapsed);
+    let mut resp = match result {
+        Err(_) => return Err(TryError::Sent(GatewayError::UpstreamTimeout(timeout))),
         Ok(r) => r?,
     };
+    target
+        .stats
+        .live
+        .observe_latency(elapsed, std::time::Instant::now());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(u) = upgrade else {
-            return Err(GatewayError::UpstreamFailed(
+        let Some(u) = upgrade.take() else {
+            return Err(TryError::Sent(GatewayError::UpstreamFailed(
                 "upstream switched protocols without being asked".into(),
-            ));
+            )));
         };
         let up_up = hyper::upgrade::on(&mut resp);
         // The connection must be driven to hand over the upgraded stream; it is never pooled.
         conn.spawn();
-        tokio::spawn(splice(u.on, up_up, down.conn_slot));
+        tokio::spawn(splice(u.on, up_up, down.conn_slot.clone()));
         let (mut parts, _) = resp.into_parts();
         // Keep Connection/Upgrade: they are the point of a 101.
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -273,7 +319,7 @@ pub async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    let body = UpstreamBody::new(body, conn, target.pool.clone());
+    let body = UpstreamBody::new(body, conn, target.pool.clone(), target.stats.live.start());
     Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
 }
 

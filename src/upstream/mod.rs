@@ -6,10 +6,12 @@
 
 pub mod balancer;
 pub mod pool;
+pub mod retry;
+pub mod state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
@@ -45,16 +47,52 @@ pub struct Target {
 pub struct Upstream {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
-    pub balancer: balancer::SmoothWeighted,
+    pub balancer: balancer::Balancer,
     pub pool: Arc<UpstreamPool>,
     pub timeouts: Timeouts,
     pub preserve_host: bool,
+    pub passive: state::PassivePolicy,
+    pub retry: retry::RetryPolicy,
 }
 
 impl Upstream {
-    /// Picks the target for one request.
-    pub fn select(&self) -> Option<&Target> {
-        self.balancer.next().and_then(|i| self.targets.get(i))
+    /// Picks the target for one try of a request: among the targets with weight that are not
+    /// ejected and not yet `tried` by this request. When every target is out, all of them are
+    /// tried anyway (panic mode): a wrongly ejected set must not fail every request.
+    pub fn select(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
+        let now = Instant::now();
+        let healthy = |i: usize| !tried.contains(&i) && !self.targets[i].stats.live.is_ejected(now);
+        self.balancer
+            .pick(&self.targets, &healthy, key)
+            .or_else(|| {
+                self.balancer
+                    .pick(&self.targets, &|i| !tried.contains(&i), key)
+            })
+    }
+
+    /// Passive health: what one try of a request to target `i` came to. A failure streak
+    /// ejects the target, unless that would put more than `max_ejected_percent` of the
+    /// targets out.
+    pub fn report(&self, i: usize, ok: bool) {
+        let Some(t) = self.targets.get(i) else { return };
+        if ok {
+            t.stats.live.record_success(&self.passive);
+            return;
+        }
+        let now = Instant::now();
+        if !t.stats.live.record_failure(&self.passive, now) {
+            return;
+        }
+        let out = self
+            .targets
+            .iter()
+            .filter(|t| t.stats.live.is_ejected(now))
+            .count();
+        if (out + 1) * 100 <= self.targets.len() * self.passive.max_ejected_percent as usize {
+            let len = t.stats.live.eject(&self.passive, now);
+            t.stats.ejected();
+            tracing::warn!(upstream = %self.name, target = %t.authority, seconds = len.as_secs(), "target ejected after consecutive failures");
+        }
     }
 }
 

@@ -273,15 +273,23 @@ pub struct UpstreamBody {
     conn: Option<PooledConn>,
     pool: Arc<TargetPool>,
     ended: bool,
+    /// The request counts as in flight to its target until its response body is done.
+    _in_flight: crate::upstream::state::InFlight,
 }
 
 impl UpstreamBody {
-    pub fn new(incoming: Incoming, conn: PooledConn, pool: Arc<TargetPool>) -> Self {
+    pub fn new(
+        incoming: Incoming,
+        conn: PooledConn,
+        pool: Arc<TargetPool>,
+        in_flight: crate::upstream::state::InFlight,
+    ) -> Self {
         UpstreamBody {
             incoming,
             conn: Some(conn),
             pool,
             ended: false,
+            _in_flight: in_flight,
         }
     }
 

@@ -1,0 +1,225 @@
+//! The live state of one target that balancers and health logic read: requests in flight, a
+//! peak-EWMA of its latency, and its passive-health (outlier) record. Kept per (upstream,
+//! target) beside its metrics, so it survives reloads for targets that remain.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Decay time of the latency EWMA: a sample's weight halves in about 7 s.
+const EWMA_TAU: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct TargetLive {
+    in_flight: AtomicI64,
+    ewma: Mutex<Option<PeakEwma>>,
+    passive: Mutex<Passive>,
+}
+
+struct PeakEwma {
+    /// Seconds.
+    value: f64,
+    stamp: Instant,
+}
+
+#[derive(Default)]
+struct Passive {
+    consecutive_failures: u32,
+    consecutive_successes: u32,
+    /// Ejections so far; each one lasts twice as long as the last (capped).
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// When a target is ejected for failing, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassivePolicy {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
+}
+
+impl TargetLive {
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed).max(0)
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn start(self: &std::sync::Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Feeds a response time into the peak EWMA: a slower sample takes over at once (peak),
+    /// faster ones pull it down with a weight that grows with the time since the last one.
+    pub fn observe_latency(&self, rtt: Duration, now: Instant) {
+        let sample = rtt.as_secs_f64();
+        let mut e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        match e.as_mut() {
+            None => {
+                *e = Some(PeakEwma {
+                    value: sample,
+                    stamp: now,
+                })
+            }
+            Some(p) => {
+                if sample > p.value {
+                    p.value = sample;
+                } else {
+                    let dt = now.saturating_duration_since(p.stamp).as_secs_f64();
+                    let w = (-dt / EWMA_TAU.as_secs_f64()).exp();
+                    p.value = p.value * w + sample * (1.0 - w);
+                }
+                p.stamp = now;
+            }
+        }
+    }
+
+    /// The EWMA latency in seconds (`None` before the first response).
+    pub fn ewma(&self) -> Option<f64> {
+        self.ewma
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|p| p.value))
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.passive
+            .lock()
+            .map(|p| p.ejected_until.is_some_and(|t| t > now))
+            .unwrap_or(false)
+    }
+
+    /// Until when the target is ejected, if it is.
+    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        self.passive
+            .lock()
+            .ok()
+            .and_then(|p| p.ejected_until.filter(|t| *t > now))
+    }
+
+    /// Records a success: clears the failure streak; after a streak as long as the ejection
+    /// threshold, the next ejection starts from the base time again.
+    pub fn record_success(&self, policy: &PassivePolicy) {
+        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        p.consecutive_failures = 0;
+        p.consecutive_successes = p.consecutive_successes.saturating_add(1);
+        if p.consecutive_successes >= policy.consecutive_failures {
+            p.ejections = 0;
+        }
+    }
+
+    /// Records a failure. Returns true when this failure completes a streak that calls for
+    /// ejection; the caller decides (it knows how many targets are already out) and calls
+    /// [`TargetLive::eject`].
+    pub fn record_failure(&self, policy: &PassivePolicy, now: Instant) -> bool {
+        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        p.consecutive_successes = 0;
+        p.consecutive_failures = p.consecutive_failures.saturating_add(1);
+        policy.consecutive_failures > 0
+            && p.consecutive_failures >= policy.consecutive_failures
+            && !p.ejected_until.is_some_and(|t| t > now)
+    }
+
+    /// Ejects for base × 2^(ejections so far), capped. Returns the ejection's length.
+    pub fn eject(&self, policy: &PassivePolicy, now: Instant) -> Duration {
+        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        let factor = 1u32 << p.ejections.min(16);
+        let len = policy
+            .base_ejection
+            .saturating_mul(factor)
+            .min(policy.max_ejection);
+        p.ejections = p.ejections.saturating_add(1);
+        p.ejected_until = Some(now + len);
+        p.consecutive_failures = 0;
+        len
+    }
+}
+
+/// A request in flight to a target; counted down when dropped (at the end of the response
+/// body, or when the exchange fails).
+pub struct InFlight(std::sync::Arc<TargetLive>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn policy() -> PassivePolicy {
+        PassivePolicy {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejected_percent: 50,
+        }
+    }
+
+    #[test]
+    fn ejection_grows_and_is_capped() {
+        let t = TargetLive::default();
+        let now = Instant::now();
+        assert!(!t.record_failure(&policy(), now));
+        assert!(!t.record_failure(&policy(), now));
+        assert!(t.record_failure(&policy(), now));
+        assert_eq!(t.eject(&policy(), now), Duration::from_secs(10));
+        assert!(t.is_ejected(now + Duration::from_secs(9)));
+        assert!(!t.is_ejected(now + Duration::from_secs(11)));
+        let later = now + Duration::from_secs(11);
+        for _ in 0..2 {
+            assert!(!t.record_failure(&policy(), later));
+        }
+        assert!(t.record_failure(&policy(), later));
+        assert_eq!(t.eject(&policy(), later), Duration::from_secs(20));
+        let much_later = later + Duration::from_secs(21);
+        for _ in 0..3 {
+            t.record_failure(&policy(), much_later);
+        }
+        assert_eq!(
+            t.eject(&policy(), much_later),
+            Duration::from_secs(25),
+            "capped"
+        );
+        // A success streak as long as the threshold resets the growth.
+        for _ in 0..3 {
+            t.record_success(&policy());
+        }
+        let again = much_later + Duration::from_secs(30);
+        for _ in 0..3 {
+            t.record_failure(&policy(), again);
+        }
+        assert_eq!(t.eject(&policy(), again), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let t = TargetLive::default();
+        let now = Instant::now();
+        t.observe_latency(Duration::from_millis(10), now);
+        t.observe_latency(Duration::from_millis(100), now + Duration::from_millis(1));
+        assert!((t.ewma().unwrap() - 0.1).abs() < 1e-9, "peaks at once");
+        t.observe_latency(Duration::from_millis(10), now + Duration::from_secs(30));
+        assert!(
+            t.ewma().unwrap() < 0.02,
+            "decays after a quiet period: {}",
+            t.ewma().unwrap()
+        );
+    }
+
+    #[test]
+    fn in_flight_guard() {
+        let t = Arc::new(TargetLive::default());
+        let a = t.start();
+        let b = t.start();
+        assert_eq!(t.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(t.in_flight(), 0);
+    }
+}
