@@ -295,7 +295,7 @@ async fn route_and_forward(
                 if !more {
                     return Err(e);
                 }
-                req = Some(back);
+                req = Some(*back);
                 last_error = Some(e);
                 "connect"
             }

@@ -761,7 +761,11 @@ fn compile_retries(
     }
     let (mut on_timeout, mut on_reset, mut statuses) = (false, false, Vec::new());
     for (i, o) in r.on.iter().enumerate() {
-        match o.trim() {
+        let word = match o {
+            RetryOnConfig::Status(code) => code.to_string(),
+            RetryOnConfig::Word(w) => w.trim().to_owned(),
+        };
+        match word.as_str() {
             "connect_failure" => {}
             "timeout" => on_timeout = true,
             "reset" => on_reset = true,

@@ -201,7 +201,7 @@ pub struct RetriesConfig {
     /// What is retried: `connect_failure` (always, whatever this says), `timeout`, `reset`,
     /// and statuses such as `502`, `503`, `504`. Default `[connect_failure]`.
     #[serde(default)]
-    pub on: Vec<String>,
+    pub on: Vec<RetryOnConfig>,
     /// Retries allowed as a share of requests, e.g. `20%`. Default `20%`.
     #[serde(default)]
     pub budget: Option<String>,
@@ -216,6 +216,14 @@ pub struct RetriesConfig {
     /// Default `64KiB`.
     #[serde(default)]
     pub max_body: Option<ByteSize>,
+}
+
+/// `connect_failure`, `timeout`, `reset`, `5xx`, or a status code.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RetryOnConfig {
+    Status(u16),
+    Word(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

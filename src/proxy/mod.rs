@@ -207,7 +207,7 @@ pub fn add_forwarding_headers(
 pub enum TryError {
     /// Nothing reached the upstream (the connection could not be made): the request comes
     /// back, and sending it to another target cannot duplicate it.
-    NotSent(GatewayError, Request<Body>),
+    NotSent(GatewayError, Box<Request<Body>>),
     /// The request was (or may have been) sent.
     Sent(GatewayError),
 }
@@ -254,7 +254,7 @@ pub async fn forward(
             target
                 .stats
                 .record(UpstreamOutcome::ConnectError, started.elapsed());
-            return Err(TryError::NotSent(e, req));
+            return Err(TryError::NotSent(e, Box::new(req)));
         }
         Err(_) => {
             target
@@ -262,7 +262,7 @@ pub async fn forward(
                 .record(UpstreamOutcome::ConnectError, started.elapsed());
             return Err(TryError::NotSent(
                 GatewayError::UpstreamTimeout(timeout),
-                req,
+                Box::new(req),
             ));
         }
     };

@@ -56,8 +56,10 @@ impl Balancer {
         match self {
             Balancer::RoundRobin(rr) => rr.next(targets, ok),
             Balancer::Random => weighted_random(targets, ok, None),
+            // Candidates are drawn by weight and ties go to the first, so idle targets share
+            // traffic by weight; under load the one with fewer requests per unit of weight wins.
             Balancer::LeastRequest => p2c(targets, ok, |t| {
-                (t.stats.live.in_flight() as f64 + 1.0) / f64::from(t.weight)
+                t.stats.live.in_flight() as f64 / f64::from(t.weight)
             }),
             Balancer::Ewma => p2c(targets, ok, |t| {
                 // Unmeasured targets look fast, so they get tried (and measured).

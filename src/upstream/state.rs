@@ -119,7 +119,7 @@ impl TargetLive {
         p.consecutive_failures = p.consecutive_failures.saturating_add(1);
         policy.consecutive_failures > 0
             && p.consecutive_failures >= policy.consecutive_failures
-            && !p.ejected_until.is_some_and(|t| t > now)
+            && p.ejected_until.is_none_or(|t| t <= now)
     }
 
     /// Ejects for base × 2^(ejections so far), capped. Returns the ejection's length.

@@ -89,12 +89,20 @@ impl TestUpstream {
 
     /// Answers with JSON describing what arrived: name, method, path, headers, body length.
     pub async fn echo(name: &str) -> TestUpstream {
+        Self::start(Self::echo_handler(name)).await
+    }
+
+    pub fn echo_handler(name: &str) -> Handler {
         let name = name.to_owned();
-        Self::start(Arc::new(move |req: Request<Incoming>| {
+        Arc::new(move |req: Request<Incoming>| {
             let name = name.clone();
             Box::pin(async move {
                 let method = req.method().to_string();
-                let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
                 let mut headers = BTreeMap::new();
                 for (k, v) in req.headers() {
                     headers
@@ -113,12 +121,17 @@ impl TestUpstream {
                 }
                 let v = serde_json::json!({ "name": name, "method": method, "path": path, "headers": headers, "body_len": len });
                 let mut resp = Response::new(full(v.to_string()));
-                resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
-                resp.headers_mut().insert("x-upstream", http::HeaderValue::from_str(&name).expect("name"));
+                resp.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/json"),
+                );
+                resp.headers_mut().insert(
+                    "x-upstream",
+                    http::HeaderValue::from_str(&name).expect("name"),
+                );
                 resp
             })
-        }))
-        .await
+        })
     }
 
     /// Answers `body` after `delay`.
