@@ -379,6 +379,7 @@ impl Control {
     /// Stops everything: listeners drain their in-flight requests up to the shutdown deadline.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
+        self.state.health.stop_all();
         if let Some(server) = self.server.lock().await.take() {
             server.shutdown().await;
         }
@@ -390,6 +391,7 @@ impl Control {
     /// Signals every listener to stop without waiting.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+        self.state.health.stop_all();
         if let Ok(server) = self.server.try_lock()
             && let Some(s) = server.as_ref()
         {

@@ -34,12 +34,15 @@ use crate::upstream::Pools;
 pub struct State {
     pub pools: Pools,
     pub metrics: Arc<Metrics>,
+    pub health: upstream::health::HealthCheckers,
 }
 
 impl State {
     /// Called once `rt` is live: keep what it uses, drop what no config uses any more.
     pub fn adopt(&self, rt: &Runtime) {
         self.pools.adopt(rt.upstreams.values().map(|u| u.as_ref()));
+        self.health
+            .reconcile(rt.upstreams.values().map(|u| u.as_ref()));
         let routes: Vec<Arc<str>> = rt.routes.iter().map(|r| r.name.clone()).collect();
         let targets: Vec<(Arc<str>, Arc<str>)> = rt
             .upstreams

@@ -405,3 +405,75 @@ async fn non_idempotent_requests_are_retried_only_when_the_route_opts_in() {
         "the opted-in POST is resent, body and all"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_take_a_failing_target_out_and_bring_it_back() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let sick = TestUpstream::start(Arc::new(move |req: Request<hyper::body::Incoming>| {
+        let ok = h.load(Ordering::Relaxed);
+        Box::pin(async move {
+            let mut r = Response::new(full("b"));
+            if req.uri().path() == "/healthz" && !ok {
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            r.headers_mut()
+                .insert("x-upstream", http::HeaderValue::from_static("b"));
+            r
+        })
+    }))
+    .await;
+    let a = TestUpstream::echo("a").await;
+    let targets = vec![format!("\"{}\"", a.url()), format!("\"{}\"", sick.url())];
+    let extra = "    health: { active: { path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 2, unhealthy_threshold: 2 }, passive: { consecutive_failures: 0 } }\n";
+    let admin = "admin: { addr: \"127.0.0.1:0\" }\n";
+    let gw = TestGateway::start(
+        &upstream_config("round_robin", &targets, extra)
+            .replace("access_log: off\n", &format!("access_log: off\n{admin}")),
+    )
+    .await;
+    let state = |gw: &TestGateway| {
+        let url = gw.admin_url("/upstreams");
+        async move {
+            get(&url).await.json()[0]["targets"][1]["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (seen, _) = traffic(&gw.url("/"), 40, 2, None).await;
+    assert!(seen.get("b").copied().unwrap_or(0) > 10, "{seen:?}");
+    assert_eq!(state(&gw).await, "healthy");
+
+    // The checks start failing (traffic itself would still get 200s): out within ~3 intervals.
+    healthy.store(false, Ordering::Relaxed);
+    let mut out = false;
+    for _ in 0..40 {
+        if state(&gw).await == "unhealthy" {
+            out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(out, "the failing target was not taken out");
+    let (seen, failed) = traffic(&gw.url("/"), 40, 2, None).await;
+    assert_eq!(
+        (seen.get("b").copied().unwrap_or(0), failed),
+        (0, 0),
+        "an unhealthy target got traffic: {seen:?}"
+    );
+
+    // Passing again: back after the healthy threshold.
+    healthy.store(true, Ordering::Relaxed);
+    let mut back = false;
+    for _ in 0..40 {
+        if state(&gw).await == "healthy" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the recovered target did not come back");
+    let (seen, _) = traffic(&gw.url("/"), 40, 2, None).await;
+    assert!(seen.get("b").copied().unwrap_or(0) > 10, "{seen:?}");
+}

@@ -221,7 +221,7 @@ async fn admin_api_reads_validates_and_applies() {
         .await
         .json();
     assert_eq!(ups[0]["targets"][0]["address"], up.addr.to_string());
-    assert_eq!(ups[0]["targets"][0]["state"], "active");
+    assert_eq!(ups[0]["targets"][0]["state"], "healthy");
 
     // The config as written, secrets redacted.
     let c = admin(&gw, "GET", "/config", Some(TOKEN), "").await.json();

@@ -332,30 +332,39 @@ fn routes(c: &Control) -> Value {
 
 fn upstreams(c: &Control) -> Value {
     let rt = c.gw.runtime.load();
+    let now = std::time::Instant::now();
     let ups: Vec<Value> = rt
         .upstreams
         .values()
         .map(|u| {
             json!({
                 "name": &*u.name,
-                "balance": "round_robin",
+                "balance": u.balancer.name(),
                 "timeouts": {
                     "connect_ms": u.timeouts.connect.as_millis() as u64,
                     "response_ms": u.timeouts.response.as_millis() as u64,
                     "idle_ms": u.timeouts.idle.as_millis() as u64,
                 },
                 "preserve_host": u.preserve_host,
-                "targets": u.targets.iter().map(|t| json!({
-                    "url": t.url,
-                    "address": t.authority.as_str(),
-                    "weight": t.weight,
-                    // Health checking arrives with the load-balancing work; until then every
-                    // target with weight takes traffic.
-                    "state": if t.weight > 0 { "active" } else { "drained" },
-                    "idle_connections": t.pool.idle_count(),
-                    "requests": t.stats.requests.load(Ordering::Relaxed),
-                    "errors": t.stats.errors.load(Ordering::Relaxed),
-                })).collect::<Vec<_>>(),
+                "active_health_check": u.active.as_ref().map(|a| json!({"path": a.path, "interval_ms": a.interval.as_millis() as u64})),
+                "retry_attempts": u.retry.attempts,
+                "targets": u.targets.iter().map(|t| {
+                    let live = &t.stats.live;
+                    json!({
+                        "url": t.url,
+                        "address": t.authority.as_str(),
+                        "weight": t.weight,
+                        // drained: weight 0; unhealthy: failing active checks; ejected: passive
+                        // health took it out for a while; healthy: takes traffic.
+                        "state": if t.weight == 0 { "drained" } else if live.is_down() { "unhealthy" } else if live.is_ejected(now) { "ejected" } else { "healthy" },
+                        "ejected_for_ms": live.ejected_until(now).map(|u| u.saturating_duration_since(now).as_millis() as u64),
+                        "in_flight": live.in_flight(),
+                        "latency_ewma_ms": live.ewma().map(|s| (s * 1e6).round() / 1e3),
+                        "idle_connections": t.pool.idle_count(),
+                        "requests": t.stats.requests.load(Ordering::Relaxed),
+                        "errors": t.stats.errors.load(Ordering::Relaxed),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();

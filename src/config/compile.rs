@@ -19,6 +19,7 @@ use crate::policy::headers::HeadersPolicy;
 use crate::policy::{Bound, Policy};
 use crate::router::{HostPattern, Matcher, PathPattern, RewriteTemplate, Routable, Router};
 use crate::upstream::balancer::{Balancer, HashOn, Ring, SmoothWeighted};
+use crate::upstream::health::ActivePolicy;
 use crate::upstream::retry::{RetryBudget, RetryPolicy};
 use crate::upstream::state::PassivePolicy;
 use crate::upstream::{self, Target, Timeouts, Upstream};
@@ -605,11 +606,14 @@ fn compile_upstream(
     }
     let balancer = compile_balancer(u, &path, &targets, errors);
     let passive = compile_passive(u, &path, errors);
+    let active = compile_active(u, &path, errors);
     let retry = compile_retries(u, &path, errors);
     if errors.len() > before {
         return None;
     }
-    let (Some(balancer), Some(passive), Some(retry)) = (balancer, passive, retry) else {
+    let (Some(balancer), Some(passive), Some(retry), Some(active)) =
+        (balancer, passive, retry, active)
+    else {
         return None;
     };
     // Reads the pool registry only: `State::adopt` records what a live config uses.
@@ -637,8 +641,81 @@ fn compile_upstream(
         timeouts,
         preserve_host: u.preserve_host.unwrap_or(true),
         passive,
+        active,
         retry,
     })
+}
+
+fn compile_active(
+    u: &UpstreamConfig,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Option<ActivePolicy>> {
+    let Some(a) = u.health.as_ref().and_then(|h| h.active.as_ref()) else {
+        return Some(None);
+    };
+    let p = format!("{path}.health.active");
+    let before = errors.len();
+    if !a.path.starts_with('/') || http::uri::PathAndQuery::try_from(a.path.as_str()).is_err() {
+        errors.push(ConfigError::new(
+            format!("{p}.path"),
+            format!("invalid path {:?} (e.g. \"/healthz\")", a.path),
+        ));
+    }
+    let interval = a.interval.map_or(Duration::from_secs(5), |d| d.0);
+    let timeout = a.timeout.map_or(Duration::from_secs(2), |d| d.0);
+    if interval < Duration::from_millis(100) {
+        errors.push(ConfigError::new(
+            format!("{p}.interval"),
+            "must be at least 100ms",
+        ));
+    }
+    if timeout.is_zero() || timeout > interval {
+        errors.push(ConfigError::new(
+            format!("{p}.timeout"),
+            "must be more than 0 and at most the interval",
+        ));
+    }
+    let expected = match a
+        .expected_status
+        .as_deref()
+        .unwrap_or("200-399")
+        .split_once('-')
+    {
+        None => a
+            .expected_status
+            .as_deref()
+            .unwrap_or("")
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .map(|c| (c, c)),
+        Some((lo, hi)) => lo
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .zip(hi.trim().parse::<u16>().ok()),
+    };
+    let expected = match expected {
+        Some((lo, hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => (lo, hi),
+        _ => {
+            errors.push(ConfigError::new(
+                format!("{p}.expected_status"),
+                "expected a status or range such as 200 or 200-399",
+            ));
+            (200, 399)
+        }
+    };
+    let healthy_threshold = a.healthy_threshold.unwrap_or(2).max(1);
+    let unhealthy_threshold = a.unhealthy_threshold.unwrap_or(3).max(1);
+    (errors.len() == before).then_some(Some(ActivePolicy {
+        path: a.path.clone(),
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+        expected,
+    }))
 }
 
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;

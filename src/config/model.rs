@@ -171,6 +171,31 @@ pub struct UpstreamConfig {
 pub struct HealthConfig {
     #[serde(default)]
     pub passive: Option<PassiveHealthConfig>,
+    /// Periodic HTTP checks. Off unless configured.
+    #[serde(default)]
+    pub active: Option<ActiveHealthConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealthConfig {
+    /// Path to GET, e.g. `/healthz`.
+    pub path: String,
+    /// Default `5s`.
+    #[serde(default)]
+    pub interval: Option<DurationStr>,
+    /// Default `2s`.
+    #[serde(default)]
+    pub timeout: Option<DurationStr>,
+    /// Passed checks in a row that bring a target back. Default 2.
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    /// Failed checks in a row that take a target out. Default 3.
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    /// Statuses that count as healthy, e.g. `200-399` (default) or `200`.
+    #[serde(default)]
+    pub expected_status: Option<String>,
 }
 
 /// Outlier detection from live traffic.

@@ -5,6 +5,7 @@
 //! reload) keeps the warm connections of upstreams whose settings did not change.
 
 pub mod balancer;
+pub mod health;
 pub mod pool;
 pub mod retry;
 pub mod state;
@@ -52,16 +53,20 @@ pub struct Upstream {
     pub timeouts: Timeouts,
     pub preserve_host: bool,
     pub passive: state::PassivePolicy,
+    pub active: Option<health::ActivePolicy>,
     pub retry: retry::RetryPolicy,
 }
 
 impl Upstream {
     /// Picks the target for one try of a request: among the targets with weight that are not
-    /// ejected and not yet `tried` by this request. When every target is out, all of them are
+    /// ejected, not failing their active checks, and not yet `tried` by this request. When every target is out, all of them are
     /// tried anyway (panic mode): a wrongly ejected set must not fail every request.
     pub fn select(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
-        let healthy = |i: usize| !tried.contains(&i) && !self.targets[i].stats.live.is_ejected(now);
+        let healthy = |i: usize| {
+            let live = &self.targets[i].stats.live;
+            !tried.contains(&i) && !live.is_ejected(now) && !live.is_down()
+        };
         self.balancer
             .pick(&self.targets, &healthy, key)
             .or_else(|| {

@@ -14,6 +14,15 @@ pub struct TargetLive {
     in_flight: AtomicI64,
     ewma: Mutex<Option<PeakEwma>>,
     passive: Mutex<Passive>,
+    active: Mutex<Active>,
+}
+
+/// Active health: healthy until `unhealthy_threshold` failed checks in a row.
+#[derive(Default)]
+struct Active {
+    down: bool,
+    ok_streak: u32,
+    fail_streak: u32,
 }
 
 struct PeakEwma {
@@ -82,6 +91,37 @@ impl TargetLive {
             .lock()
             .ok()
             .and_then(|e| e.as_ref().map(|p| p.value))
+    }
+
+    /// Records one active check; returns the new state when it changed (true = healthy).
+    pub fn record_probe(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<bool> {
+        let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            a.fail_streak = 0;
+            a.ok_streak = a.ok_streak.saturating_add(1);
+            if a.down && a.ok_streak >= healthy_threshold {
+                a.down = false;
+                return Some(true);
+            }
+        } else {
+            a.ok_streak = 0;
+            a.fail_streak = a.fail_streak.saturating_add(1);
+            if !a.down && a.fail_streak >= unhealthy_threshold {
+                a.down = true;
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Failed its active health checks.
+    pub fn is_down(&self) -> bool {
+        self.active.lock().map(|a| a.down).unwrap_or(false)
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
