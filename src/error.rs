@@ -24,6 +24,8 @@ pub enum GatewayError {
     UpstreamFailed(#[source] BoxError),
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("upstream is at its configured limit; retry later")]
+    Overloaded { retry_after: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -41,6 +43,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,6 +58,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_) => "upstream_connect_failed",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Overloaded { .. } => "upstream_overloaded",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -78,12 +82,17 @@ impl GatewayError {
     }
 
     pub fn into_response(self, request_id: &str) -> Response<Body> {
-        json_error(
+        let mut resp = json_error(
             self.status(),
             self.code(),
             &self.public_message(),
             request_id,
-        )
+        );
+        if let GatewayError::Overloaded { retry_after } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
     }
 }
 
@@ -136,6 +145,11 @@ mod tests {
                 GatewayError::UpstreamTimeout(Duration::from_secs(1)),
                 504,
                 "upstream_timeout",
+            ),
+            (
+                GatewayError::Overloaded { retry_after: 1 },
+                503,
+                "upstream_overloaded",
             ),
             (
                 GatewayError::Internal("secret detail".into()),

@@ -228,6 +228,14 @@ async fn route_and_forward(
         Balancer::Hash { on, .. } => hash_key(on, &req, conn),
         _ => None,
     };
+    // Circuit breaking: refuse at once, with Retry-After, beyond `limits.max_in_flight`.
+    match upstream.pool.admit(upstream.limits.max_in_flight) {
+        Ok(slot) => line.hold(slot),
+        Err(e) => {
+            metrics.overloaded(&upstream.name, "max_in_flight");
+            return Err(e);
+        }
+    }
     let retry = &upstream.retry;
     retry.budget.deposit();
     // Keep a copy to resend only if a retry on status, timeout or reset could use it.
@@ -290,6 +298,11 @@ async fn route_and_forward(
                 "status"
             }
             // Nothing was sent: always safe to try another target.
+            // The upstream is at its connection cap: no other target would do better.
+            Err(TryError::NotSent(e @ GatewayError::Overloaded { .. }, _)) => {
+                metrics.overloaded(&upstream.name, "max_connections");
+                return Err(e);
+            }
             Err(TryError::NotSent(e, back)) => {
                 upstream.report(i, false);
                 if !more {

@@ -477,3 +477,78 @@ async fn active_checks_take_a_failing_target_out_and_bring_it_back() {
     let (seen, _) = traffic(&gw.url("/"), 40, 2, None).await;
     assert!(seen.get("b").copied().unwrap_or(0) > 10, "{seen:?}");
 }
+
+async fn concurrent_gets(url: &str, n: usize) -> Vec<(StatusCode, Option<String>, Duration)> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = get(&url).await;
+            (
+                r.status,
+                r.header("retry-after").map(str::to_owned),
+                t.elapsed(),
+            )
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_excess_at_once_with_retry_after() {
+    let slow = TestUpstream::delayed(Duration::from_millis(400), "slow").await;
+    let targets = vec![format!("\"{}\"", slow.url())];
+
+    // At most 2 requests in flight: of 6 at once, 4 are refused quickly.
+    let gw = TestGateway::start(&upstream_config(
+        "round_robin",
+        &targets,
+        "    limits: { max_in_flight: 2 }\n",
+    ))
+    .await;
+    let results = concurrent_gets(&gw.url("/"), 6).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!((ok, refused.len()), (2, 4), "{results:?}");
+    for r in &refused {
+        assert_eq!(r.1.as_deref(), Some("1"), "Retry-After");
+        assert!(
+            r.2 < Duration::from_millis(300),
+            "refused slowly: {:?}",
+            r.2
+        );
+    }
+    // Slots come back when the requests end.
+    assert_eq!(get(&gw.url("/")).await.status, 200);
+
+    // One connection, one waiting request: the third and fourth are refused at once, the
+    // waiting one is served when the connection frees.
+    let gw = TestGateway::start(&upstream_config(
+        "round_robin",
+        &targets,
+        "    limits: { max_connections: 1, max_pending: 1 }\n",
+    ))
+    .await;
+    let results = concurrent_gets(&gw.url("/"), 4).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let refused = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!((ok, refused), (2, 2), "{results:?}");
+    let body = get(&gw.url("/")).await;
+    assert_eq!(body.status, 200);
+    let r = results
+        .iter()
+        .find(|r| r.0 == StatusCode::SERVICE_UNAVAILABLE)
+        .unwrap();
+    assert!(r.2 < Duration::from_millis(300));
+}

@@ -22,7 +22,7 @@ use crate::upstream::balancer::{Balancer, HashOn, Ring, SmoothWeighted};
 use crate::upstream::health::ActivePolicy;
 use crate::upstream::retry::{RetryBudget, RetryPolicy};
 use crate::upstream::state::PassivePolicy;
-use crate::upstream::{self, Target, Timeouts, Upstream};
+use crate::upstream::{self, Limits, Target, Timeouts, Upstream};
 
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -617,7 +617,19 @@ fn compile_upstream(
         return None;
     };
     // Reads the pool registry only: `State::adopt` records what a live config uses.
-    let pool = state.pools.upstream(name, timeouts);
+    let limits = Limits {
+        max_connections: u.limits.as_ref().and_then(|l| l.max_connections),
+        max_pending: u.limits.as_ref().and_then(|l| l.max_pending).unwrap_or(100),
+        max_in_flight: u.limits.as_ref().and_then(|l| l.max_in_flight),
+    };
+    if limits.max_connections == Some(0) || limits.max_in_flight == Some(0) {
+        errors.push(ConfigError::new(
+            format!("{path}.limits"),
+            "limits must be at least 1 (leave a limit out for none)",
+        ));
+        return None;
+    }
+    let pool = state.pools.upstream(name, timeouts, &limits);
     let upstream_name: Arc<str> = name.into();
     let targets = targets
         .into_iter()
@@ -643,6 +655,7 @@ fn compile_upstream(
         passive,
         active,
         retry,
+        limits,
     })
 }
 

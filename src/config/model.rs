@@ -164,6 +164,23 @@ pub struct UpstreamConfig {
     /// Retries on another target. By default only connection failures are retried (once).
     #[serde(default)]
     pub retries: Option<RetriesConfig>,
+    /// Circuit breaking: beyond these, requests get 503 with `Retry-After` at once.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections open to the upstream's targets at once. Default: unlimited.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Requests that may wait for a connection when `max_connections` are open. Default 100.
+    #[serde(default)]
+    pub max_pending: Option<usize>,
+    /// Requests in flight to the upstream at once. Default: unlimited.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

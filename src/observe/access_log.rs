@@ -128,6 +128,8 @@ pub struct Outcome {
     tally: Arc<Tally>,
     status: StatusCode,
     log: Option<(AccessLog, Box<Record>)>,
+    /// Held until the request is accounted (its slot under `limits.max_in_flight`).
+    held: Option<crate::upstream::pool::UpstreamSlot>,
 }
 
 impl Outcome {
@@ -176,6 +178,7 @@ impl Pending {
             tally: tally.clone(),
             status: StatusCode::OK,
             log: log.map(|l| (l.clone(), Box::new(record()))),
+            held: None,
         }))
     }
 
@@ -185,6 +188,13 @@ impl Pending {
             .as_mut()
             .and_then(|o| o.log.as_mut())
             .map(|(_, r)| r.as_mut())
+    }
+
+    /// Keeps `slot` until the request ends.
+    pub fn hold(&mut self, slot: Option<crate::upstream::pool::UpstreamSlot>) {
+        if let Some(o) = self.0.as_mut() {
+            o.held = slot;
+        }
     }
 
     pub fn set_route(&mut self, route: &Arc<RouteStats>) {

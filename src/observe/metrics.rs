@@ -65,6 +65,12 @@ struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    upstream: Name,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: Name,
 }
@@ -110,6 +116,7 @@ pub struct Metrics {
     ejections: Family<TargetLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     budget_exhausted: Family<UpstreamLabels, Counter>,
+    overloaded: Family<LimitLabels, Counter>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -184,6 +191,12 @@ impl Metrics {
             "Retries not made because the upstream's retry budget was spent",
             budget_exhausted.clone(),
         );
+        let overloaded = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "gatehouse_upstream_overloaded",
+            "Requests refused with 503 by an upstream's circuit-breaking limits, by limit (max_in_flight, max_connections)",
+            overloaded.clone(),
+        );
         let connections_active = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "gatehouse_connections_active",
@@ -233,6 +246,7 @@ impl Metrics {
             ejections,
             retries,
             budget_exhausted,
+            overloaded,
             connections_active,
             connections,
             reloads,
@@ -350,6 +364,15 @@ impl Metrics {
             .get_or_create(&RetryLabels {
                 upstream: Name(upstream.clone()),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn overloaded(&self, upstream: &Arc<str>, limit: &'static str) {
+        self.overloaded
+            .get_or_create(&LimitLabels {
+                upstream: Name(upstream.clone()),
+                limit,
             })
             .inc();
     }

@@ -250,6 +250,10 @@ pub async fn forward(
     let _in_flight = target.stats.live.start();
     let mut conn = match tokio::time::timeout(timeout, target.pool.checkout()).await {
         Ok(Ok(c)) => c,
+        // At the upstream's connection cap: not the target's fault.
+        Ok(Err(e @ GatewayError::Overloaded { .. })) => {
+            return Err(TryError::NotSent(e, Box::new(req)));
+        }
         Ok(Err(e)) => {
             target
                 .stats

@@ -25,6 +25,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Circuit-breaking limits of one upstream (`limits:`); `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub max_pending: usize,
+    pub max_in_flight: Option<usize>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Timeouts {
     pub connect: Duration,
@@ -55,6 +63,7 @@ pub struct Upstream {
     pub passive: state::PassivePolicy,
     pub active: Option<health::ActivePolicy>,
     pub retry: retry::RetryPolicy,
+    pub limits: Limits,
 }
 
 impl Upstream {
@@ -111,11 +120,25 @@ pub struct Pools {
 
 impl Pools {
     /// The live pool of `upstream` if its settings match, else a new one (not yet recorded).
-    pub fn upstream(&self, upstream: &str, t: Timeouts) -> Arc<UpstreamPool> {
+    pub fn upstream(&self, upstream: &str, t: Timeouts, limits: &Limits) -> Arc<UpstreamPool> {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(upstream) {
-            Some(p) if p.same_settings(t.connect, t.idle) => p.clone(),
-            _ => Arc::new(UpstreamPool::new(t.connect, t.idle)),
+            Some(p)
+                if p.same_settings(
+                    t.connect,
+                    t.idle,
+                    limits.max_connections,
+                    limits.max_pending,
+                ) =>
+            {
+                p.clone()
+            }
+            _ => Arc::new(UpstreamPool::new(
+                t.connect,
+                t.idle,
+                limits.max_connections,
+                limits.max_pending,
+            )),
         }
     }
 

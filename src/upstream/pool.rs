@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
 use crate::error::{BoxError, GatewayError};
@@ -44,6 +46,8 @@ pub struct PooledConn {
     /// The connection future has completed (closed, failed, or handed over for an upgrade):
     /// it must not be polled again.
     finished: bool,
+    /// The connection's slot under the upstream's `limits.max_connections`, held while it is open.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl PooledConn {
@@ -119,38 +123,140 @@ pub struct TargetPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// The upstream's connection cap, shared by its targets.
+    limit: Option<Arc<ConnLimit>>,
+}
+
+/// `limits.max_connections` and `limits.max_pending` of one upstream.
+pub struct ConnLimit {
+    slots: Arc<Semaphore>,
+    max_pending: usize,
+    pending: AtomicUsize,
+    /// The upstream's targets, to close an idle connection of one when another needs its slot.
+    pools: Mutex<Vec<std::sync::Weak<TargetPool>>>,
+}
+
+impl ConnLimit {
+    fn new(max_connections: usize, max_pending: usize) -> Self {
+        ConnLimit {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_pending,
+            pending: AtomicUsize::new(0),
+            pools: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Closes one idle connection of any target of the upstream, freeing its slot.
+    fn evict_idle(&self) -> bool {
+        let pools: Vec<Arc<TargetPool>> = self
+            .pools
+            .lock()
+            .map(|p| p.iter().filter_map(std::sync::Weak::upgrade).collect())
+            .unwrap_or_default();
+        for p in pools {
+            let victim = p
+                .idle
+                .lock()
+                .ok()
+                .and_then(|mut i| (!i.is_empty()).then(|| i.remove(0)));
+            if victim.is_some() {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl TargetPool {
-    fn new(authority: String, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    fn new(
+        authority: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        limit: Option<Arc<ConnLimit>>,
+    ) -> Self {
         TargetPool {
             authority,
             connect_timeout,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
+            limit,
         }
     }
 
-    /// A live idle connection (most recently used first), or a new one.
+    /// A live idle connection (most recently used first), or a new one. At the upstream's
+    /// connection cap, waits (up to the connect timeout) for a slot or an idle connection if
+    /// fewer than `max_pending` requests already wait; otherwise answers `Overloaded` at once.
     pub async fn checkout(&self) -> Result<PooledConn, GatewayError> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let mut waiting: Option<PendingGuard<'_>> = None;
+        loop {
+            if let Some(conn) = self.take_idle() {
+                return Ok(conn);
+            }
+            let Some(limit) = &self.limit else {
+                return self.connect_with(None).await;
+            };
+            if let Ok(slot) = limit.slots.clone().try_acquire_owned() {
+                return self.connect_with(Some(slot)).await;
+            }
+            // Another target's idle connection is worth less than this request.
+            if limit.evict_idle() {
+                continue;
+            }
+            if waiting.is_none() {
+                if limit.pending.fetch_add(1, Ordering::AcqRel) >= limit.max_pending {
+                    limit.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(GatewayError::Overloaded { retry_after: 1 });
+                }
+                waiting = Some(PendingGuard(&limit.pending));
+            }
+            if Instant::now() >= deadline {
+                return Err(GatewayError::Overloaded { retry_after: 1 });
+            }
+            // Wake for a freed slot, or look again for an idle connection shortly.
+            tokio::select! {
+                slot = limit.slots.clone().acquire_owned() => {
+                    if let Ok(slot) = slot {
+                        return self.connect_with(Some(slot)).await;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<PooledConn> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 idle.pop()
             };
-            let Some(Idle { mut conn, since }) = candidate else {
-                break;
-            };
+            let Idle { mut conn, since } = candidate?;
             if since.elapsed() < self.idle_timeout && !conn.is_dead() {
                 conn.reused = true;
-                return Ok(conn);
+                return Some(conn);
             }
         }
-        self.connect().await
     }
 
-    /// A new connection, never a pooled one.
+    /// A new connection, never a pooled one (taking a slot under the cap, if there is one).
     pub async fn connect(&self) -> Result<PooledConn, GatewayError> {
+        let slot = match &self.limit {
+            None => None,
+            Some(l) => Some(
+                l.slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| GatewayError::Overloaded { retry_after: 1 })?,
+            ),
+        };
+        self.connect_with(slot).await
+    }
+
+    async fn connect_with(
+        &self,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<PooledConn, GatewayError> {
         let connect = TcpStream::connect(self.authority.as_str());
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -175,6 +281,7 @@ impl TargetPool {
             conn: Box::pin(conn.with_upgrades()),
             reused: false,
             finished: false,
+            _slot: slot,
         })
     }
 
@@ -214,24 +321,76 @@ impl TargetPool {
 }
 
 /// The pools of one upstream, by target authority. Reused across recompiles while the
-/// upstream's connect and idle timeouts stay the same.
+/// upstream's connect and idle timeouts and connection limits stay the same.
 pub struct UpstreamPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
+    limits: (Option<usize>, usize),
+    limit: Option<Arc<ConnLimit>>,
     targets: Mutex<HashMap<String, Arc<TargetPool>>>,
+    /// Requests in flight to the upstream (for `limits.max_in_flight`).
+    in_flight: AtomicUsize,
+}
+
+/// A request admitted under `limits.max_in_flight`; released when dropped (at the end of the
+/// response body).
+pub struct UpstreamSlot(Arc<UpstreamPool>);
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request waiting for a connection slot; counted down when it stops waiting.
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl UpstreamPool {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_connections: Option<usize>,
+        max_pending: usize,
+    ) -> Self {
         UpstreamPool {
             connect_timeout,
             idle_timeout,
+            limits: (max_connections, max_pending),
+            limit: max_connections.map(|m| Arc::new(ConnLimit::new(m, max_pending))),
             targets: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
-    pub fn same_settings(&self, connect_timeout: Duration, idle_timeout: Duration) -> bool {
-        self.connect_timeout == connect_timeout && self.idle_timeout == idle_timeout
+    /// Admits one more request, unless `max` are already in flight.
+    pub fn admit(
+        self: &Arc<Self>,
+        max: Option<usize>,
+    ) -> Result<Option<UpstreamSlot>, GatewayError> {
+        let Some(max) = max else { return Ok(None) };
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(GatewayError::Overloaded { retry_after: 1 });
+        }
+        Ok(Some(UpstreamSlot(self.clone())))
+    }
+
+    pub fn same_settings(
+        &self,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_connections: Option<usize>,
+        max_pending: usize,
+    ) -> bool {
+        self.connect_timeout == connect_timeout
+            && self.idle_timeout == idle_timeout
+            && self.limits == (max_connections, max_pending)
     }
 
     /// The pool of one target, created on first use.
@@ -239,11 +398,19 @@ impl UpstreamPool {
         let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         t.entry(authority.to_owned())
             .or_insert_with(|| {
-                Arc::new(TargetPool::new(
+                let pool = Arc::new(TargetPool::new(
                     authority.to_owned(),
                     self.connect_timeout,
                     self.idle_timeout,
-                ))
+                    self.limit.clone(),
+                ));
+                if let Some(l) = &self.limit
+                    && let Ok(mut pools) = l.pools.lock()
+                {
+                    pools.retain(|w| w.strong_count() > 0);
+                    pools.push(Arc::downgrade(&pool));
+                }
+                pool
             })
             .clone()
     }
