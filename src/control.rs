@@ -27,7 +27,7 @@ use crate::server::Server;
 pub struct ReloadResult {
     /// Unix seconds.
     pub at: u64,
-    /// `startup`, `sighup`, `file_watch`, `admin`.
+    /// `startup`, `sighup`, `file_watch`, `admin`, `dns` (host-name targets re-resolved).
     pub source: &'static str,
     pub ok: bool,
     /// The new config's hash when it was applied.
@@ -123,6 +123,7 @@ impl Control {
         let plan = control.prepare_admin(admin.as_ref())?;
         control.commit_admin(plan);
         control.state.adopt(&control.gw.runtime.load());
+        control.resolve_names();
         Ok(control)
     }
 
@@ -401,6 +402,50 @@ impl Control {
 }
 
 impl Control {
+    /// Resolves the host-name targets of the running config at start and then at the shortest
+    /// `dns_refresh` among its upstreams; when an address set changes, recompiles the running
+    /// config so the targets follow.
+    pub fn resolve_names(self: &Arc<Self>) {
+        let control = Arc::downgrade(self);
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let Some(c) = control.upgrade() else { return };
+                let rt = c.gw.runtime.load_full();
+                let names: Vec<String> = rt
+                    .upstreams
+                    .values()
+                    .flat_map(|u| u.names.iter().cloned())
+                    .collect();
+                let every = rt
+                    .upstreams
+                    .values()
+                    .filter(|u| !u.names.is_empty())
+                    .map(|u| u.dns_refresh)
+                    .min()
+                    .unwrap_or(Duration::from_secs(30));
+                if !names.is_empty() {
+                    let c2 = c.clone();
+                    let changed = tokio::task::spawn_blocking(move || c2.state.dns.refresh(&names))
+                        .await
+                        .unwrap_or(false);
+                    if changed || first {
+                        let text = c.config_text();
+                        let _ = c.apply(text, "dns", false).await;
+                    }
+                }
+                first = false;
+                drop(rt);
+                drop(c);
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
     /// Watches the config file and reloads it after changes settle (250 ms without events).
     /// The directory is watched, not the file: editors and Kubernetes ConfigMaps replace files
     /// by rename or symlink swap, which a watch on the file itself would lose.

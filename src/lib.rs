@@ -35,6 +35,7 @@ pub struct State {
     pub pools: Pools,
     pub metrics: Arc<Metrics>,
     pub health: upstream::health::HealthCheckers,
+    pub dns: upstream::dns::DnsCache,
 }
 
 impl State {

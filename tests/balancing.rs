@@ -552,3 +552,67 @@ async fn limits_refuse_excess_at_once_with_retry_after() {
         .unwrap();
     assert!(r.2 < Duration::from_millis(300));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_name_targets_become_one_target_per_address() {
+    let up = TestUpstream::echo("a").await;
+    let port = up.addr.port();
+    let targets = vec![format!("\"http://localhost:{port}\"")];
+    let gw = TestGateway::start(&upstream_config(
+        "round_robin",
+        &targets,
+        "    dns_refresh: 1s\n",
+    ))
+    .await;
+    // Before and after resolution, requests work (with the name resolved at connect, then per
+    // address).
+    assert_eq!(get(&gw.url("/")).await.status, 200);
+    let mut resolved = false;
+    for _ in 0..100 {
+        let rt = gw.gw.runtime.load_full();
+        let addrs: Vec<String> = rt.upstreams["u"]
+            .targets
+            .iter()
+            .map(|t| t.authority.to_string())
+            .collect();
+        if addrs.contains(&format!("127.0.0.1:{port}")) {
+            assert!(
+                addrs.iter().all(|a| !a.starts_with("localhost")),
+                "{addrs:?}"
+            );
+            assert!(
+                rt.upstreams["u"]
+                    .targets
+                    .iter()
+                    .all(|t| t.url == format!("http://localhost:{port}"))
+            );
+            resolved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(resolved, "localhost was never expanded into addresses");
+    let r = get(&gw.url("/")).await;
+    assert_eq!(r.status, 200);
+    // Host is the client's by default; with preserve_host: false it is the name, not an address.
+    let gw2 = TestGateway::start(&upstream_config(
+        "round_robin",
+        &targets,
+        "    preserve_host: false\n",
+    ))
+    .await;
+    for _ in 0..100 {
+        if gw2.gw.runtime.load().upstreams["u"].targets[0]
+            .authority
+            .host()
+            == "127.0.0.1"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(&gw2.url("/")).await.json()["headers"]["host"][0],
+        format!("localhost:{port}")
+    );
+}

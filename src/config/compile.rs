@@ -22,7 +22,7 @@ use crate::upstream::balancer::{Balancer, HashOn, Ring, SmoothWeighted};
 use crate::upstream::health::ActivePolicy;
 use crate::upstream::retry::{RetryBudget, RetryPolicy};
 use crate::upstream::state::PassivePolicy;
-use crate::upstream::{self, Limits, Target, Timeouts, Upstream};
+use crate::upstream::{self, Limits, Target, Timeouts, Upstream, dns};
 
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -531,6 +531,7 @@ fn compile_upstream(
         ));
     }
     let mut targets = Vec::new();
+    let mut names = Vec::new();
     for (i, t) in u.targets.iter().enumerate() {
         let (url, weight, tpath) = match t {
             TargetConfig::Url(s) => (s.as_str(), 1, format!("{path}.targets[{i}]")),
@@ -561,6 +562,29 @@ fn compile_upstream(
                         format!("target {url:?} is listed twice"),
                     ));
                     continue;
+                }
+                // A host name that has been resolved: one target per address, each sent the
+                // name as its Host.
+                if dns::is_name(&authority) {
+                    names.push(authority.to_string());
+                    if let Some(addrs) = state.dns.get(authority.as_str()) {
+                        for addr in addrs {
+                            let Ok(a) = addr.to_string().parse::<Authority>() else {
+                                continue;
+                            };
+                            if targets.iter().any(|t: &TargetParts| t.authority == a) {
+                                continue;
+                            }
+                            targets.push(TargetParts {
+                                url: url.to_owned(),
+                                scheme: scheme.clone(),
+                                authority: a,
+                                host_header: host_header.clone(),
+                                weight,
+                            });
+                        }
+                        continue;
+                    }
                 }
                 targets.push(TargetParts {
                     url: url.to_owned(),
@@ -656,8 +680,12 @@ fn compile_upstream(
         active,
         retry,
         limits,
+        names,
+        dns_refresh: u.dns_refresh.map_or(DEFAULT_DNS_REFRESH, |d| d.0),
     })
 }
+
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 
 fn compile_active(
     u: &UpstreamConfig,

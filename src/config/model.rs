@@ -167,6 +167,9 @@ pub struct UpstreamConfig {
     /// Circuit breaking: beyond these, requests get 503 with `Retry-After` at once.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// How often targets given by host name are resolved again. Default `30s`.
+    #[serde(default)]
+    pub dns_refresh: Option<DurationStr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

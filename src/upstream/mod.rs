@@ -5,6 +5,7 @@
 //! reload) keeps the warm connections of upstreams whose settings did not change.
 
 pub mod balancer;
+pub mod dns;
 pub mod health;
 pub mod pool;
 pub mod retry;
@@ -41,7 +42,7 @@ pub struct Timeouts {
 }
 
 pub struct Target {
-    /// As written in the config, for logs and `explain`.
+    /// As written in the config, for logs and `explain` (for a resolved name, the name).
     pub url: String,
     pub scheme: Scheme,
     pub authority: Authority,
@@ -64,6 +65,9 @@ pub struct Upstream {
     pub active: Option<health::ActivePolicy>,
     pub retry: retry::RetryPolicy,
     pub limits: Limits,
+    /// Host-name targets (`host:port`) to re-resolve, and how often.
+    pub names: Vec<String>,
+    pub dns_refresh: Duration,
 }
 
 impl Upstream {
