@@ -456,6 +456,14 @@ async fn active_checks_take_a_failing_target_out_and_bring_it_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(out, "the failing target was not taken out");
+    let m = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).into_owned();
+    assert!(
+        m.contains(&format!(
+            "gatehouse_upstream_target_healthy{{upstream=\"u\",target=\"{}\"}} 0",
+            sick.addr
+        )),
+        "{m}"
+    );
     let (seen, failed) = traffic(&gw.url("/"), 40, 2, None).await;
     assert_eq!(
         (seen.get("b").copied().unwrap_or(0), failed),

@@ -141,6 +141,15 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
             Err(e) => apply_error(&e),
         },
         (Method::GET, "/metrics") => {
+            let rt = c.gw.runtime.load();
+            let now = std::time::Instant::now();
+            for u in rt.upstreams.values() {
+                for t in &u.targets {
+                    let healthy = !t.stats.live.is_down() && !t.stats.live.is_ejected(now);
+                    c.gw.metrics
+                        .target_health(&u.name, &Arc::from(t.authority.as_str()), healthy);
+                }
+            }
             let mut r = Response::new(Full::new(Bytes::from(c.gw.metrics.encode())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

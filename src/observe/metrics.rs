@@ -117,6 +117,7 @@ pub struct Metrics {
     retries: Family<RetryLabels, Counter>,
     budget_exhausted: Family<UpstreamLabels, Counter>,
     overloaded: Family<LimitLabels, Counter>,
+    target_healthy: Family<TargetLabels, Gauge>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -197,6 +198,12 @@ impl Metrics {
             "Requests refused with 503 by an upstream's circuit-breaking limits, by limit (max_in_flight, max_connections)",
             overloaded.clone(),
         );
+        let target_healthy = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "gatehouse_upstream_target_healthy",
+            "1 when a target takes traffic, 0 when it is ejected (passive health) or failing its active checks",
+            target_healthy.clone(),
+        );
         let connections_active = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "gatehouse_connections_active",
@@ -247,6 +254,7 @@ impl Metrics {
             retries,
             budget_exhausted,
             overloaded,
+            target_healthy,
             connections_active,
             connections,
             reloads,
@@ -366,6 +374,16 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Sets a target's health gauge (done for every target just before each scrape).
+    pub fn target_health(&self, upstream: &Arc<str>, target: &Arc<str>, healthy: bool) {
+        self.target_healthy
+            .get_or_create(&TargetLabels {
+                upstream: Name(upstream.clone()),
+                target: Name(target.clone()),
+            })
+            .set(i64::from(healthy));
     }
 
     pub fn overloaded(&self, upstream: &Arc<str>, limit: &'static str) {
