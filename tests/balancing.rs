@@ -425,7 +425,7 @@ async fn active_checks_take_a_failing_target_out_and_bring_it_back() {
     .await;
     let a = TestUpstream::echo("a").await;
     let targets = vec![format!("\"{}\"", a.url()), format!("\"{}\"", sick.url())];
-    let extra = "    health: { active: { path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 2, unhealthy_threshold: 2 }, passive: { consecutive_failures: 0 } }\n";
+    let extra = "    health: { active: { path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 2, unhealthy_threshold: 2 }, passive: { consecutive_failures: 0 }, slow_start: 1s }\n";
     let admin = "admin: { addr: \"127.0.0.1:0\" }\n";
     let gw = TestGateway::start(
         &upstream_config("round_robin", &targets, extra)
@@ -482,8 +482,14 @@ async fn active_checks_take_a_failing_target_out_and_bring_it_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(back, "the recovered target did not come back");
+    // Slow start: right after coming back it gets a small share...
     let (seen, _) = traffic(&gw.url("/"), 40, 2, None).await;
-    assert!(seen.get("b").copied().unwrap_or(0) > 10, "{seen:?}");
+    let early = seen.get("b").copied().unwrap_or(0);
+    assert!(early < 12, "no slow start: {seen:?}");
+    // ...and its full share once `slow_start` has passed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (seen, _) = traffic(&gw.url("/"), 40, 2, None).await;
+    assert!(seen.get("b").copied().unwrap_or(0) >= 16, "{seen:?}");
 }
 
 async fn concurrent_gets(url: &str, n: usize) -> Vec<(StatusCode, Option<String>, Duration)> {

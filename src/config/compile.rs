@@ -662,6 +662,11 @@ fn compile_upstream(
             stats: state
                 .metrics
                 .target(&upstream_name, &Arc::from(t.authority.as_str())),
+            slow_start: u
+                .health
+                .as_ref()
+                .and_then(|h| h.slow_start)
+                .map_or(Duration::ZERO, |d| d.0),
             url: t.url,
             scheme: t.scheme,
             authority: t.authority,

@@ -194,6 +194,9 @@ pub struct HealthConfig {
     /// Periodic HTTP checks. Off unless configured.
     #[serde(default)]
     pub active: Option<ActiveHealthConfig>,
+    /// Ramp a target's share up over this long after it comes back (from 10%). Default: off.
+    #[serde(default)]
+    pub slow_start: Option<DurationStr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

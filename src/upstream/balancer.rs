@@ -59,12 +59,13 @@ impl Balancer {
             // Candidates are drawn by weight and ties go to the first, so idle targets share
             // traffic by weight; under load the one with fewer requests per unit of weight wins.
             Balancer::LeastRequest => p2c(targets, ok, |t| {
-                t.stats.live.in_flight() as f64 / f64::from(t.weight)
+                t.stats.live.in_flight() as f64 / t.effective_weight() as f64
             }),
             Balancer::Ewma => p2c(targets, ok, |t| {
                 // Unmeasured targets look fast, so they get tried (and measured).
                 let latency = t.stats.live.ewma().unwrap_or(0.0);
-                (latency + 1e-6) * (t.stats.live.in_flight() as f64 + 1.0) / f64::from(t.weight)
+                (latency + 1e-6) * (t.stats.live.in_flight() as f64 + 1.0)
+                    / t.effective_weight() as f64
             }),
             Balancer::Hash { ring, .. } => match key {
                 Some(k) => ring.lookup(k, ok),
@@ -82,14 +83,14 @@ fn weighted_random(
     let allowed = |i: usize| ok(i) && Some(i) != not && targets[i].weight > 0;
     let total: u64 = (0..targets.len())
         .filter(|&i| allowed(i))
-        .map(|i| u64::from(targets[i].weight))
+        .map(|i| targets[i].effective_weight())
         .sum();
     if total == 0 {
         return None;
     }
     let mut r = fastrand::u64(0..total);
     for i in (0..targets.len()).filter(|&i| allowed(i)) {
-        let w = u64::from(targets[i].weight);
+        let w = targets[i].effective_weight();
         if r < w {
             return Some(i);
         }
@@ -135,7 +136,7 @@ impl SmoothWeighted {
             if t.weight == 0 || !ok(i) {
                 continue;
             }
-            let w = i64::from(t.weight);
+            let w = i64::try_from(t.effective_weight()).unwrap_or(i64::MAX);
             cur[i] += w;
             total += w;
             if best.is_none_or(|b| cur[i] > cur[b]) {

@@ -52,6 +52,22 @@ pub struct Target {
     /// Keep-alive connections to this target (shared with the previous config's same target).
     pub pool: Arc<TargetPool>,
     pub stats: Arc<TargetStats>,
+    /// `health.slow_start` of its upstream (zero = off).
+    pub slow_start: Duration,
+}
+
+impl Target {
+    /// The weight balancers use, in thousandths: the configured weight, ramped up over
+    /// `slow_start` after the target comes back from an ejection or failed health checks
+    /// (from 10% of it), so a recovered target is not flooded.
+    pub fn effective_weight(&self) -> u64 {
+        let w = u64::from(self.weight) * 1000;
+        if w == 0 || self.slow_start.is_zero() {
+            return w;
+        }
+        let ramp = self.stats.live.ramp(Instant::now(), self.slow_start);
+        ((w as f64 * ramp).round() as u64).max(1)
+    }
 }
 
 pub struct Upstream {

@@ -23,6 +23,8 @@ struct Active {
     down: bool,
     ok_streak: u32,
     fail_streak: u32,
+    /// When the target last passed back to healthy.
+    recovered_at: Option<Instant>,
 }
 
 struct PeakEwma {
@@ -106,6 +108,7 @@ impl TargetLive {
             a.ok_streak = a.ok_streak.saturating_add(1);
             if a.down && a.ok_streak >= healthy_threshold {
                 a.down = false;
+                a.recovered_at = Some(Instant::now());
                 return Some(true);
             }
         } else {
@@ -117,6 +120,23 @@ impl TargetLive {
             }
         }
         None
+    }
+
+    /// The share of its weight a recovering target gets: from 10% right after it came back
+    /// (from an ejection or failed checks) to 100% after `slow_start`.
+    pub fn ramp(&self, now: Instant, slow_start: Duration) -> f64 {
+        let active = self.active.lock().ok().and_then(|a| a.recovered_at);
+        let passive = self
+            .passive
+            .lock()
+            .ok()
+            .and_then(|p| p.ejected_until)
+            .filter(|t| *t <= now);
+        let Some(back) = active.max(passive) else {
+            return 1.0;
+        };
+        let f = now.saturating_duration_since(back).as_secs_f64() / slow_start.as_secs_f64();
+        f.clamp(0.1, 1.0)
     }
 
     /// Failed its active health checks.
@@ -249,6 +269,30 @@ mod tests {
             t.ewma().unwrap() < 0.02,
             "decays after a quiet period: {}",
             t.ewma().unwrap()
+        );
+    }
+
+    #[test]
+    fn slow_start_ramps_after_an_ejection() {
+        let t = TargetLive::default();
+        let now = Instant::now();
+        assert_eq!(
+            t.ramp(now, Duration::from_secs(10)),
+            1.0,
+            "never out: full weight"
+        );
+        for _ in 0..3 {
+            t.record_failure(&policy(), now);
+        }
+        t.eject(&policy(), now);
+        let back = now + Duration::from_secs(10);
+        assert!((t.ramp(back, Duration::from_secs(10)) - 0.1).abs() < 1e-9);
+        assert!(
+            (t.ramp(back + Duration::from_secs(5), Duration::from_secs(10)) - 0.5).abs() < 1e-9
+        );
+        assert_eq!(
+            t.ramp(back + Duration::from_secs(20), Duration::from_secs(10)),
+            1.0
         );
     }
 
