@@ -22,6 +22,8 @@ pub struct Tally {
     /// Set when the client sent more than the route's `max_body_size` (a chunked body cannot be
     /// refused before it is read).
     pub body_too_large: AtomicBool,
+    /// Set when reading the client's body failed (it went away mid-upload).
+    pub client_body_error: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +100,10 @@ impl http_body::Body for Body {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Err(e))) => {
+                    tally.client_body_error.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(e.into())))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },

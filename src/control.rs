@@ -187,6 +187,14 @@ impl Control {
             .map(|()| true)
     }
 
+    /// Compiles the running config's text again (e.g. when host-name targets resolve to new
+    /// addresses). The text is read under the reload lock, so a newer apply is never undone.
+    pub async fn reapply_current(self: &Arc<Self>, source: &'static str) -> Result<(), ApplyError> {
+        let mut server = self.server.lock().await;
+        let text = self.config_text();
+        self.apply_locked(&mut server, text, source, false).await
+    }
+
     /// Checks a config text without applying it.
     pub fn validate(&self, text: &str) -> Result<Runtime, Vec<ConfigError>> {
         let cfg = parse_str(text, &|k| std::env::var(k).ok())?;
@@ -431,8 +439,7 @@ impl Control {
                         .await
                         .unwrap_or(false);
                     if changed || first {
-                        let text = c.config_text();
-                        let _ = c.apply(text, "dns", false).await;
+                        let _ = c.reapply_current("dns").await;
                     }
                 }
                 first = false;

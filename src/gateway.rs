@@ -282,7 +282,13 @@ async fn route_and_forward(
             Ok(mut resp) => {
                 upstream.report(i, !resp.status().is_server_error());
                 let status = resp.status();
-                if !(more && replay.is_some() && retry.retries_status(status)) {
+                // Retry only if another target can still be tried: otherwise this answer is
+                // the best there is, and goes to the client as it is.
+                if !(more
+                    && replay.is_some()
+                    && retry.retries_status(status)
+                    && upstream.has_untried(&tried[..n]))
+                {
                     policy::run_response(&route.chain, &mut resp, &cx);
                     return Ok(resp);
                 }
@@ -305,7 +311,7 @@ async fn route_and_forward(
             }
             Err(TryError::NotSent(e, back)) => {
                 upstream.report(i, false);
-                if !more {
+                if !more || !upstream.has_untried(&tried[..n]) {
                     return Err(e);
                 }
                 req = Some(*back);
@@ -319,13 +325,16 @@ async fn route_and_forward(
                         limit: route.max_body_size.unwrap_or(0),
                     });
                 }
-                upstream.report(i, false);
+                // A failure the client caused (its body broke off) says nothing about the target.
+                if !tally.client_body_error.load(Ordering::Relaxed) {
+                    upstream.report(i, false);
+                }
                 let (retryable, reason) = match e {
                     GatewayError::UpstreamTimeout(_) => (retry.on_timeout, "timeout"),
                     GatewayError::UpstreamFailed(_) => (retry.on_reset, "reset"),
                     _ => (false, "failed"),
                 };
-                if !(more && retryable && replay.is_some()) {
+                if !(more && retryable && replay.is_some() && upstream.has_untried(&tried[..n])) {
                     return Err(e);
                 }
                 if !retry.budget.withdraw(Instant::now()) {

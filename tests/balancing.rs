@@ -630,3 +630,25 @@ async fn host_name_targets_become_one_target_per_address() {
         format!("localhost:{port}")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_other_target_a_retryable_answer_is_passed_on_as_it_is() {
+    let down = TestUpstream::start(Arc::new(|_req| {
+        Box::pin(async {
+            let mut r = Response::new(full("maintenance"));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("120"));
+            r
+        })
+    }))
+    .await;
+    let targets = vec![format!("\"{}\"", down.url())];
+    let extra = "    retries: { attempts: 3, on: [503] }\n    health: { passive: { consecutive_failures: 0 } }\n";
+    let gw = TestGateway::start(&upstream_config("round_robin", &targets, extra)).await;
+    let r = get(&gw.url("/")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&r.body[..], b"maintenance");
+    assert_eq!(r.header("retry-after"), Some("120"));
+    assert_eq!(down.hits(), 1, "nothing to retry on");
+}

@@ -368,7 +368,7 @@ fn upstreams(c: &Control) -> Value {
                         "state": if t.weight == 0 { "drained" } else if live.is_down() { "unhealthy" } else if live.is_ejected(now) { "ejected" } else { "healthy" },
                         "ejected_for_ms": live.ejected_until(now).map(|u| u.saturating_duration_since(now).as_millis() as u64),
                         "in_flight": live.in_flight(),
-                        "latency_ewma_ms": live.ewma().map(|s| (s * 1e6).round() / 1e3),
+                        "latency_ewma_ms": live.ewma(now).map(|s| (s * 1e6).round() / 1e3),
                         "idle_connections": t.pool.idle_count(),
                         "requests": t.stats.requests.load(Ordering::Relaxed),
                         "errors": t.stats.errors.load(Ordering::Relaxed),

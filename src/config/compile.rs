@@ -641,6 +641,13 @@ fn compile_upstream(
         return None;
     };
     // Reads the pool registry only: `State::adopt` records what a live config uses.
+    if u.dns_refresh.is_some_and(|d| d.0 < Duration::from_secs(1)) {
+        errors.push(ConfigError::new(
+            format!("{path}.dns_refresh"),
+            "must be at least 1s",
+        ));
+        return None;
+    }
     let limits = Limits {
         max_connections: u.limits.as_ref().and_then(|l| l.max_connections),
         max_pending: u.limits.as_ref().and_then(|l| l.max_pending).unwrap_or(100),
@@ -687,6 +694,7 @@ fn compile_upstream(
         limits,
         names,
         dns_refresh: u.dns_refresh.map_or(DEFAULT_DNS_REFRESH, |d| d.0),
+        ejecting: std::sync::Mutex::new(()),
     })
 }
 

@@ -271,17 +271,26 @@ pub async fn forward(
         }
     };
     let remaining = timeout.saturating_sub(started.elapsed());
-    let exchange = async {
+    // The exchange owns the connection and hands it back with the response head.
+    let exchange = async move {
         match conn.send(req).await {
-            Ok(resp) => Ok(resp),
+            Ok(resp) => Ok((conn, resp)),
             Err(mut e) => match e.take_message() {
                 // Never written (the pooled connection was not usable after all): sending it
-                // on a fresh connection cannot duplicate it.
+                // on a fresh connection cannot duplicate it. The dead one goes first, so it
+                // does not hold a slot under the connection cap.
                 Some(req) => {
-                    conn = target.pool.connect().await.map_err(TryError::Sent)?;
-                    conn.send(req).await.map_err(|e| {
-                        TryError::Sent(GatewayError::UpstreamFailed(Box::new(e.into_error())))
-                    })
+                    drop(conn);
+                    let mut fresh = match target.pool.connect().await {
+                        Ok(c) => c,
+                        Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
+                    };
+                    match fresh.send(req).await {
+                        Ok(resp) => Ok((fresh, resp)),
+                        Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+                            e.into_error(),
+                        )))),
+                    }
                 }
                 None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
                     e.into_error(),
@@ -292,13 +301,21 @@ pub async fn forward(
     let result = tokio::time::timeout(remaining, exchange).await;
     let outcome = match &result {
         Ok(Ok(_)) => UpstreamOutcome::Response,
+        Ok(Err(TryError::NotSent(..))) => UpstreamOutcome::ConnectError,
         Ok(Err(_)) => UpstreamOutcome::Failed,
         Err(_) => UpstreamOutcome::Timeout,
     };
     let elapsed = started.elapsed();
     target.stats.record(outcome, elapsed);
-    let mut resp = match result {
-        Err(_) => return Err(TryError::Sent(GatewayError::UpstreamTimeout(timeout))),
+    let (conn, mut resp) = match result {
+        Err(_) => {
+            // A timeout counts as a very slow answer for the latency-aware balancer.
+            target
+                .stats
+                .live
+                .observe_latency(timeout, std::time::Instant::now());
+            return Err(TryError::Sent(GatewayError::UpstreamTimeout(timeout)));
+        }
         Ok(r) => r?,
     };
     target

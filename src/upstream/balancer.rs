@@ -61,12 +61,25 @@ impl Balancer {
             Balancer::LeastRequest => p2c(targets, ok, |t| {
                 t.stats.live.in_flight() as f64 / t.effective_weight() as f64
             }),
-            Balancer::Ewma => p2c(targets, ok, |t| {
-                // Unmeasured targets look fast, so they get tried (and measured).
-                let latency = t.stats.live.ewma().unwrap_or(0.0);
-                (latency + 1e-6) * (t.stats.live.in_flight() as f64 + 1.0)
-                    / t.effective_weight() as f64
-            }),
+            Balancer::Ewma => {
+                let now = std::time::Instant::now();
+                // A target not measured yet is assumed as fast as the average of the others:
+                // neither flooded nor starved until its first answers come back.
+                let measured: Vec<f64> = targets
+                    .iter()
+                    .filter_map(|t| t.stats.live.ewma(now))
+                    .collect();
+                let default = if measured.is_empty() {
+                    0.0
+                } else {
+                    measured.iter().sum::<f64>() / measured.len() as f64
+                };
+                p2c(targets, ok, |t| {
+                    let latency = t.stats.live.ewma(now).unwrap_or(default);
+                    (latency + 1e-6) * (t.stats.live.in_flight() as f64 + 1.0)
+                        / t.effective_weight() as f64
+                })
+            }
             Balancer::Hash { ring, .. } => match key {
                 Some(k) => ring.lookup(k, ok),
                 None => weighted_random(targets, ok, None),
@@ -89,14 +102,17 @@ fn weighted_random(
         return None;
     }
     let mut r = fastrand::u64(0..total);
+    let mut last = None;
     for i in (0..targets.len()).filter(|&i| allowed(i)) {
         let w = targets[i].effective_weight();
         if r < w {
             return Some(i);
         }
         r -= w;
+        last = Some(i);
     }
-    None
+    // A slow-start weight can grow between the two passes: the last candidate takes the rest.
+    last
 }
 
 /// Power of two choices: the cheaper of two distinct weighted-random candidates.

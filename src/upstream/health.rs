@@ -44,7 +44,13 @@ impl HealthCheckers {
     pub fn reconcile<'a>(&self, upstreams: impl Iterator<Item = &'a Upstream>) {
         let mut want: HashMap<Key, (ActivePolicy, Arc<TargetLive>, HeaderValue)> = HashMap::new();
         for u in upstreams {
-            let Some(policy) = &u.active else { continue };
+            let Some(policy) = &u.active else {
+                // Checks turned off: a target they had taken out comes back.
+                for t in &u.targets {
+                    t.stats.live.reset_active();
+                }
+                continue;
+            };
             for t in &u.targets {
                 want.insert(
                     (u.name.clone(), t.authority.to_string()),

@@ -84,6 +84,8 @@ pub struct Upstream {
     /// Host-name targets (`host:port`) to re-resolve, and how often.
     pub names: Vec<String>,
     pub dns_refresh: Duration,
+    /// Serialises passive-health ejections (count, then eject).
+    pub ejecting: Mutex<()>,
 }
 
 impl Upstream {
@@ -94,14 +96,27 @@ impl Upstream {
         let now = Instant::now();
         let healthy = |i: usize| {
             let live = &self.targets[i].stats.live;
-            !tried.contains(&i) && !live.is_ejected(now) && !live.is_down()
+            !live.is_ejected(now) && !live.is_down()
         };
+        if let Some(i) =
+            self.balancer
+                .pick(&self.targets, &|i| !tried.contains(&i) && healthy(i), key)
+        {
+            return Some(i);
+        }
+        // Panic mode only when no target is healthy at all (not merely when the healthy ones
+        // were tried): then every target is tried rather than failing the request.
+        let any_healthy = (0..self.targets.len()).any(|i| self.targets[i].weight > 0 && healthy(i));
+        if any_healthy {
+            return None;
+        }
         self.balancer
-            .pick(&self.targets, &healthy, key)
-            .or_else(|| {
-                self.balancer
-                    .pick(&self.targets, &|i| !tried.contains(&i), key)
-            })
+            .pick(&self.targets, &|i| !tried.contains(&i), key)
+    }
+
+    /// Whether a try could still go to a target this request has not tried.
+    pub fn has_untried(&self, tried: &[usize]) -> bool {
+        (0..self.targets.len()).any(|i| self.targets[i].weight > 0 && !tried.contains(&i))
     }
 
     /// Passive health: what one try of a request to target `i` came to. A failure streak
@@ -117,13 +132,16 @@ impl Upstream {
         if !t.stats.live.record_failure(&self.passive, now) {
             return;
         }
+        // Count and eject under one lock, so concurrent reports cannot both fit under the cap.
+        let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
         let out = self
             .targets
             .iter()
             .filter(|t| t.stats.live.is_ejected(now))
             .count();
-        if (out + 1) * 100 <= self.targets.len() * self.passive.max_ejected_percent as usize {
-            let len = t.stats.live.eject(&self.passive, now);
+        if (out + 1) * 100 <= self.targets.len() * self.passive.max_ejected_percent as usize
+            && let Some(len) = t.stats.live.eject(&self.passive, now)
+        {
             t.stats.ejected();
             tracing::warn!(upstream = %self.name, target = %t.authority, seconds = len.as_secs(), "target ejected after consecutive failures");
         }

@@ -3,7 +3,7 @@
 //! target) beside its metrics, so it survives reloads for targets that remain.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Decay time of the latency EWMA: a sample's weight halves in about 7 s.
@@ -15,6 +15,20 @@ pub struct TargetLive {
     ewma: Mutex<Option<PeakEwma>>,
     passive: Mutex<Passive>,
     active: Mutex<Active>,
+    // Read on every pick without a lock; written under the mutexes above.
+    /// End of the current ejection, in nanoseconds since [`epoch`] (0 = none).
+    ejected_until_ns: AtomicU64,
+    down: AtomicBool,
+}
+
+/// A fixed point in time for instants stored in atomics.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Active health: healthy until `unhealthy_threshold` failed checks in a row.
@@ -87,12 +101,16 @@ impl TargetLive {
         }
     }
 
-    /// The EWMA latency in seconds (`None` before the first response).
-    pub fn ewma(&self) -> Option<f64> {
-        self.ewma
-            .lock()
-            .ok()
-            .and_then(|e| e.as_ref().map(|p| p.value))
+    /// The EWMA latency in seconds, decayed towards zero for the time since the last sample
+    /// (so a target that was slow once is tried again, and measured, after a quiet while);
+    /// `None` before the first response.
+    pub fn ewma(&self, now: Instant) -> Option<f64> {
+        self.ewma.lock().ok().and_then(|e| {
+            e.as_ref().map(|p| {
+                let dt = now.saturating_duration_since(p.stamp).as_secs_f64();
+                p.value * (-dt / EWMA_TAU.as_secs_f64()).exp()
+            })
+        })
     }
 
     /// Records one active check; returns the new state when it changed (true = healthy).
@@ -108,6 +126,7 @@ impl TargetLive {
             a.ok_streak = a.ok_streak.saturating_add(1);
             if a.down && a.ok_streak >= healthy_threshold {
                 a.down = false;
+                self.down.store(false, Ordering::Release);
                 a.recovered_at = Some(Instant::now());
                 return Some(true);
             }
@@ -116,6 +135,7 @@ impl TargetLive {
             a.fail_streak = a.fail_streak.saturating_add(1);
             if !a.down && a.fail_streak >= unhealthy_threshold {
                 a.down = true;
+                self.down.store(true, Ordering::Release);
                 return Some(false);
             }
         }
@@ -141,14 +161,18 @@ impl TargetLive {
 
     /// Failed its active health checks.
     pub fn is_down(&self) -> bool {
-        self.active.lock().map(|a| a.down).unwrap_or(false)
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Forgets the active-check state (its checks were turned off).
+    pub fn reset_active(&self) {
+        let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        *a = Active::default();
+        self.down.store(false, Ordering::Release);
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.passive
-            .lock()
-            .map(|p| p.ejected_until.is_some_and(|t| t > now))
-            .unwrap_or(false)
+        self.ejected_until_ns.load(Ordering::Acquire) > nanos(now)
     }
 
     /// Until when the target is ejected, if it is.
@@ -182,9 +206,13 @@ impl TargetLive {
             && p.ejected_until.is_none_or(|t| t <= now)
     }
 
-    /// Ejects for base × 2^(ejections so far), capped. Returns the ejection's length.
-    pub fn eject(&self, policy: &PassivePolicy, now: Instant) -> Duration {
+    /// Ejects for base × 2^(ejections so far), capped, unless it is already ejected. Returns
+    /// the ejection's length.
+    pub fn eject(&self, policy: &PassivePolicy, now: Instant) -> Option<Duration> {
         let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        if p.ejected_until.is_some_and(|t| t > now) {
+            return None;
+        }
         let factor = 1u32 << p.ejections.min(16);
         let len = policy
             .base_ejection
@@ -192,8 +220,10 @@ impl TargetLive {
             .min(policy.max_ejection);
         p.ejections = p.ejections.saturating_add(1);
         p.ejected_until = Some(now + len);
+        self.ejected_until_ns
+            .store(nanos(now + len), Ordering::Release);
         p.consecutive_failures = 0;
-        len
+        Some(len)
     }
 }
 
@@ -228,7 +258,8 @@ mod tests {
         assert!(!t.record_failure(&policy(), now));
         assert!(!t.record_failure(&policy(), now));
         assert!(t.record_failure(&policy(), now));
-        assert_eq!(t.eject(&policy(), now), Duration::from_secs(10));
+        assert_eq!(t.eject(&policy(), now), Some(Duration::from_secs(10)));
+        assert_eq!(t.eject(&policy(), now), None, "already ejected");
         assert!(t.is_ejected(now + Duration::from_secs(9)));
         assert!(!t.is_ejected(now + Duration::from_secs(11)));
         let later = now + Duration::from_secs(11);
@@ -236,14 +267,14 @@ mod tests {
             assert!(!t.record_failure(&policy(), later));
         }
         assert!(t.record_failure(&policy(), later));
-        assert_eq!(t.eject(&policy(), later), Duration::from_secs(20));
+        assert_eq!(t.eject(&policy(), later), Some(Duration::from_secs(20)));
         let much_later = later + Duration::from_secs(21);
         for _ in 0..3 {
             t.record_failure(&policy(), much_later);
         }
         assert_eq!(
             t.eject(&policy(), much_later),
-            Duration::from_secs(25),
+            Some(Duration::from_secs(25)),
             "capped"
         );
         // A success streak as long as the threshold resets the growth.
@@ -254,7 +285,7 @@ mod tests {
         for _ in 0..3 {
             t.record_failure(&policy(), again);
         }
-        assert_eq!(t.eject(&policy(), again), Duration::from_secs(10));
+        assert_eq!(t.eject(&policy(), again), Some(Duration::from_secs(10)));
     }
 
     #[test]
@@ -263,13 +294,19 @@ mod tests {
         let now = Instant::now();
         t.observe_latency(Duration::from_millis(10), now);
         t.observe_latency(Duration::from_millis(100), now + Duration::from_millis(1));
-        assert!((t.ewma().unwrap() - 0.1).abs() < 1e-9, "peaks at once");
-        t.observe_latency(Duration::from_millis(10), now + Duration::from_secs(30));
         assert!(
-            t.ewma().unwrap() < 0.02,
-            "decays after a quiet period: {}",
-            t.ewma().unwrap()
+            (t.ewma(now + Duration::from_millis(1)).unwrap() - 0.1).abs() < 1e-4,
+            "peaks at once"
         );
+        t.observe_latency(Duration::from_millis(10), now + Duration::from_secs(30));
+        let at = now + Duration::from_secs(30);
+        assert!(
+            t.ewma(at).unwrap() < 0.02,
+            "decays after a quiet period: {}",
+            t.ewma(at).unwrap()
+        );
+        // Without samples, the estimate fades: a slow target gets tried again.
+        assert!(t.ewma(at + Duration::from_secs(60)).unwrap() < 0.0001);
     }
 
     #[test]
@@ -284,7 +321,7 @@ mod tests {
         for _ in 0..3 {
             t.record_failure(&policy(), now);
         }
-        t.eject(&policy(), now);
+        let _ = t.eject(&policy(), now);
         let back = now + Duration::from_secs(10);
         assert!((t.ramp(back, Duration::from_secs(10)) - 0.1).abs() < 1e-9);
         assert!(
