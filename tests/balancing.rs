@@ -298,24 +298,34 @@ async fn ewma_moves_traffic_off_a_target_that_turns_ten_times_slower() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_retry_budget_caps_amplification_when_everything_fails() {
-    let hits = Arc::new(AtomicUsize::new(0));
+/// `n` upstreams that answer every request with `status`, counting into `hits`.
+async fn failing_upstreams(
+    n: usize,
+    status: StatusCode,
+    hits: &Arc<AtomicUsize>,
+) -> Vec<TestUpstream> {
     let mut ups = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let h = hits.clone();
         ups.push(
             TestUpstream::start(Arc::new(move |_req| {
                 h.fetch_add(1, Ordering::Relaxed);
-                Box::pin(async {
+                Box::pin(async move {
                     let mut r = Response::new(full("down"));
-                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    *r.status_mut() = status;
                     r
                 })
             }))
             .await,
         );
     }
+    ups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_amplification_when_everything_fails() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let ups = failing_upstreams(3, StatusCode::SERVICE_UNAVAILABLE, &hits).await;
     let targets: Vec<String> = ups.iter().map(|u| format!("\"{}\"", u.url())).collect();
     // Up to 3 tries per request, but at most 20% retries plus 10/s.
     let extra = "    retries: { attempts: 3, on: [503], budget: 20%, min_per_second: 10, backoff: { base: 1ms, max: 2ms } }\n    health: { passive: { consecutive_failures: 0 } }\n";
@@ -354,21 +364,7 @@ async fn the_retry_budget_caps_amplification_when_everything_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_idempotent_requests_are_retried_only_when_the_route_opts_in() {
     let hits = Arc::new(AtomicUsize::new(0));
-    let mut ups = Vec::new();
-    for _ in 0..2 {
-        let h = hits.clone();
-        ups.push(
-            TestUpstream::start(Arc::new(move |_req| {
-                h.fetch_add(1, Ordering::Relaxed);
-                Box::pin(async {
-                    let mut r = Response::new(full("down"));
-                    *r.status_mut() = StatusCode::BAD_GATEWAY;
-                    r
-                })
-            }))
-            .await,
-        );
-    }
+    let ups = failing_upstreams(2, StatusCode::BAD_GATEWAY, &hits).await;
     let targets: Vec<String> = ups.iter().map(|u| format!("\"{}\"", u.url())).collect();
     let extra = "    retries: { attempts: 2, on: [502] }\n    health: { passive: { consecutive_failures: 0 } }\n";
     let base = upstream_config("round_robin", &targets, extra);
