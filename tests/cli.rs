@@ -496,3 +496,51 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
         "the watcher did not reload an in-place write"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_what_its_banner_promises() {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("running on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(10));
+    let Ok(addr) = addr else {
+        let _ = child.kill();
+        panic!("the demo printed no address");
+    };
+    let base = format!("http://{addr}");
+    let mut instances = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let j = get(&format!("{base}/users")).await.json();
+        instances.insert(j["instance"].as_str().unwrap().to_owned());
+    }
+    let by_id = get(&format!("{base}/users/42")).await.json();
+    let orders = get(&format!("{base}/api/orders/7")).await;
+    let missing = get(&format!("{base}/nope")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        instances.len(),
+        3,
+        "balancing across the three users instances: {instances:?}"
+    );
+    assert_eq!(by_id["path"], "/v1/users/42");
+    assert_eq!(orders.json()["path"], "/7");
+    assert_eq!(orders.header("x-served-by"), Some("gatehouse-demo"));
+    assert_eq!(missing.status, 404);
+}
