@@ -147,7 +147,7 @@ async fn a_target_killed_mid_traffic_costs_no_request_and_is_ejected_then_readmi
         .position(|t| t.authority.as_str() == c_addr.to_string())
         .unwrap();
     let mut ejected_after = None;
-    for _ in 0..200 {
+    for _ in 0..400 {
         if rt.upstreams["u"].targets[dead]
             .stats
             .live
@@ -160,7 +160,7 @@ async fn a_target_killed_mid_traffic_costs_no_request_and_is_ejected_then_readmi
     }
     let ejected_after = ejected_after.expect("the dead target was never ejected");
     assert!(
-        ejected_after < Duration::from_millis(500),
+        ejected_after < Duration::from_secs(2),
         "ejected only after {ejected_after:?}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
