@@ -1,12 +1,13 @@
 //! Retries: which failures may be retried, how long to wait, and a budget so that retries
 //! cannot multiply the load on an upstream that is already failing.
 //!
-//! The budget (as in Finagle and Linkerd): every request deposits `percent`/100 of a token,
-//! every retry withdraws one, and `min_per_second` tokens are added each second whatever the
-//! traffic, so low traffic can still retry. The balance is capped, so a quiet hour does not
-//! bank a storm of retries.
+//! The budget (as in Finagle and Linkerd): every request deposits `percent`/100 of a token
+//! (lock-free, since this runs for every request), every retry withdraws one, and
+//! `min_per_second` tokens are added each second whatever the traffic, so low traffic can still
+//! retry. The balance is capped, so a quiet hour does not bank a storm of retries.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -61,43 +62,58 @@ impl RetryPolicy {
 
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio: f64,
+    /// What one request earns, in thousandths of a retry.
+    earn: u64,
     min_per_second: f64,
-    state: Mutex<(f64, Instant)>,
+    /// The balance, in thousandths of a retry: every request deposits, without a lock.
+    balance: AtomicU64,
+    cap: u64,
+    /// When the per-second floor was last added (only retries take this lock).
+    refilled: Mutex<Instant>,
 }
 
 impl RetryBudget {
     pub fn new(percent: f64, min_per_second: u32) -> Self {
-        RetryBudget {
-            ratio: percent / 100.0,
-            min_per_second: f64::from(min_per_second),
-            state: Mutex::new((f64::from(min_per_second), Instant::now())),
-        }
-    }
-
-    fn cap(&self) -> f64 {
+        let ratio = percent / 100.0;
+        let min = f64::from(min_per_second);
         // At most ten seconds of the floor plus a hundred requests' worth.
-        self.min_per_second * 10.0 + self.ratio * 100.0
+        let cap = ((min * 10.0 + ratio * 100.0) * 1000.0) as u64;
+        RetryBudget {
+            earn: (ratio * 1000.0).round() as u64,
+            min_per_second: min,
+            balance: AtomicU64::new((min * 1000.0) as u64),
+            cap,
+            refilled: Mutex::new(Instant::now()),
+        }
     }
 
     /// Every request (first tries only) earns the budget its share.
     pub fn deposit(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.0 = (s.0 + self.ratio).min(self.cap());
+        let _ = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some((b + self.earn).min(self.cap))
+            });
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self, now: Instant) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-        s.1 = now;
-        s.0 = (s.0 + elapsed * self.min_per_second).min(self.cap());
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            true
-        } else {
-            false
+        let refill = {
+            let mut last = self.refilled.lock().unwrap_or_else(|e| e.into_inner());
+            let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+            *last = now.max(*last);
+            (elapsed * self.min_per_second * 1000.0) as u64
+        };
+        if refill > 0 {
+            let _ = self
+                .balance
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some((b + refill).min(self.cap))
+                });
         }
+        self.balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1000))
+            .is_ok()
     }
 }
 
