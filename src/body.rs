@@ -1,6 +1,7 @@
 //! The body type of the request path. An enum rather than a boxed trait object, so the common
-//! cases (a streamed hyper body, a small buffer) cost no allocation. Bodies are never collected
-//! whole: they stream frame by frame between client and upstream.
+//! cases (a streamed hyper body, a small buffer) cost no allocation. Bodies stream frame by frame
+//! between client and upstream; the only one collected whole is a small request body kept for a
+//! configured retry (`gateway::Replay`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::error::BoxError;
@@ -33,8 +33,6 @@ pub struct BodyTooLarge(pub u64);
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
-    /// A streamed body from hyper (a response from an upstream).
-    Incoming(Incoming),
     /// A client's request body, counted and capped at `limit` bytes.
     Request {
         inner: Incoming,
@@ -44,7 +42,6 @@ pub enum Body {
     },
     /// A response streamed from a pooled upstream connection, which it drives.
     Upstream(Box<UpstreamBody>),
-    Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl Body {
@@ -81,7 +78,6 @@ impl http_body::Body for Body {
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
             ),
-            Body::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             Body::Request {
                 inner,
                 limit,
@@ -108,7 +104,6 @@ impl http_body::Body for Body {
                 Poll::Pending => Poll::Pending,
             },
             Body::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
-            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -116,10 +111,8 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(d) => d.as_ref().is_none_or(|b| b.is_empty()),
-            Body::Incoming(i) => i.is_end_stream(),
             Body::Request { inner, .. } => inner.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
-            Body::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -127,10 +120,8 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(i) => i.size_hint(),
             Body::Request { inner, .. } => inner.size_hint(),
             Body::Upstream(b) => b.size_hint(),
-            Body::Boxed(b) => b.size_hint(),
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod model;
 pub mod units;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use model::Config;
 
@@ -63,18 +63,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// Reads and parses a config file (no compile step).
-pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        file: path.to_owned(),
-        errors: vec![ConfigError::new("", format!("cannot read file: {e}"))],
-    })?;
-    parse_str(&text, &|name| std::env::var(name).ok()).map_err(|errors| ConfigErrors {
-        file: path.to_owned(),
-        errors,
-    })
-}
 
 /// Parses YAML text into a [`Config`], resolving `${NAME}` with `env`.
 pub fn parse_str(

@@ -42,7 +42,6 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct PooledConn {
     send: http1::SendRequest<Body>,
     conn: Conn,
-    reused: bool,
     /// The connection future has completed (closed, failed, or handed over for an upgrade):
     /// it must not be polled again.
     finished: bool,
@@ -51,10 +50,6 @@ pub struct PooledConn {
 }
 
 impl PooledConn {
-    pub fn reused(&self) -> bool {
-        self.reused
-    }
-
     /// Sends `req` and drives the connection until the response head arrives. If the request
     /// was never written (the connection turned out not to be ready), it comes back in the error
     /// and may be sent on another connection.
@@ -233,7 +228,6 @@ impl TargetPool {
             };
             let Idle { mut conn, since } = candidate?;
             if since.elapsed() < self.idle_timeout && !conn.is_dead() {
-                conn.reused = true;
                 return Some(conn);
             }
         }
@@ -279,7 +273,6 @@ impl TargetPool {
         Ok(PooledConn {
             send,
             conn: Box::pin(conn.with_upgrades()),
-            reused: false,
             finished: false,
             _slot: slot,
         })
