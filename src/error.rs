@@ -14,6 +14,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("upstream {upstream} has no target that can take traffic")]
@@ -38,6 +40,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
@@ -53,6 +56,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "no_route",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NotImplemented(_) => "not_implemented",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::NoTarget { .. } => "no_healthy_target",
             GatewayError::UpstreamConnect(_) => "upstream_connect_failed",
@@ -123,6 +127,7 @@ mod tests {
         let table: Vec<(GatewayError, u16, &str)> = vec![
             (GatewayError::NoRoute, 404, "no_route"),
             (GatewayError::BadRequest("x"), 400, "bad_request"),
+            (GatewayError::NotImplemented("x"), 501, "not_implemented"),
             (
                 GatewayError::BodyTooLarge { limit: 1 },
                 413,

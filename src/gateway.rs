@@ -153,6 +153,7 @@ async fn route_and_forward(
     tally: &Arc<Tally>,
     line: &mut Pending,
 ) -> Result<Response<Body>, GatewayError> {
+    check_target(&req)?;
     check_framing(req.headers())?;
     let client_host = client_host(&req)?;
 
@@ -325,10 +326,14 @@ async fn route_and_forward(
                         limit: route.max_body_size.unwrap_or(0),
                     });
                 }
-                // A failure the client caused (its body broke off) says nothing about the target.
-                if !tally.client_body_error.load(Ordering::Relaxed) {
-                    upstream.report(i, false);
+                // A failure the client caused (a malformed body, or one that broke off) says
+                // nothing about the target, and is answered as the client's fault.
+                if tally.client_body_error.load(Ordering::Relaxed) {
+                    return Err(GatewayError::BadRequest(
+                        "the request body is malformed or incomplete",
+                    ));
                 }
+                upstream.report(i, false);
                 let (retryable, reason) = match e {
                     GatewayError::UpstreamTimeout(_) => (retry.on_timeout, "timeout"),
                     GatewayError::UpstreamFailed(_) => (retry.on_reset, "reset"),
@@ -420,16 +425,85 @@ fn hash_key(on: &HashOn, req: &Request<Body>, conn: &ConnInfo) -> Option<u64> {
 /// The host the client addressed, exactly as written: the URI authority when there is one
 /// (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target, where RFC 9112 3.2.2 says Host
 /// is ignored), else the one Host header. Routing and forwarding both use this value.
+///
+/// Refuses what RFC 9112 3.2 says a server must answer 400: an HTTP/1.1 request without Host,
+/// more than one Host, or a Host that is not `host[:port]` (a space, a `/`, userinfo).
 fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("more than one Host header"));
     }
-    match req.uri().authority() {
-        Some(a) => Ok(HeaderValue::from_str(a.as_str()).ok()),
-        None => Ok(first.cloned()),
+    if let Some(h) = first
+        && !h.is_empty()
+        && !valid_authority(h.as_bytes())
+    {
+        return Err(GatewayError::BadRequest("invalid Host header"));
     }
+    if first.is_none() && req.version() == http::Version::HTTP_11 {
+        // Even with an absolute-form target (RFC 9112 3.2: "any HTTP/1.1 request").
+        return Err(GatewayError::BadRequest("HTTP/1.1 request without Host"));
+    }
+    match req.uri().authority() {
+        Some(a) => {
+            if !valid_authority(a.as_str().as_bytes()) {
+                return Err(GatewayError::BadRequest(
+                    "invalid authority in request target",
+                ));
+            }
+            Ok(HeaderValue::from_str(a.as_str()).ok())
+        }
+        None => Ok(first.filter(|h| !h.is_empty()).cloned()),
+    }
+}
+
+/// `uri-host [":" port]` (RFC 9110 4.2.3, 7.2): a reg-name, IPv4 or bracketed IPv6 literal,
+/// and an optional all-digit port. No userinfo, no path, no whitespace.
+fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = match a.iter().rposition(|&b| b == b':') {
+        Some(i) if !a.starts_with(b"[") || a[..i].ends_with(b"]") => (&a[..i], Some(&a[i + 1..])),
+        _ => (a, None),
+    };
+    if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+        return false;
+    }
+    if let Some(v6) = host.strip_prefix(b"[") {
+        return v6.strip_suffix(b"]").is_some_and(|v| {
+            !v.is_empty() && v.iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        });
+    }
+    // reg-name: unreserved / pct-encoded / sub-delims (RFC 3986 3.2.2).
+    !host.is_empty()
+        && host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+}
+
+/// What the gateway refuses before routing, whatever the route: methods and request-target
+/// forms a reverse proxy does not forward (RFC 9112 3.2).
+fn check_target<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(GatewayError::NotImplemented(
+            "CONNECT: Gatehouse is a reverse proxy, not a tunnel",
+        ));
+    }
+    let uri = req.uri();
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(GatewayError::BadRequest(
+            "request target scheme is not http or https",
+        ));
+    }
+    // Origin form (`/path`), or the path of an absolute-form target. Asterisk form (`*`)
+    // addresses the server as a whole, not a route.
+    if !uri.path().starts_with('/') {
+        return Err(GatewayError::BadRequest(
+            "request target is not an absolute path",
+        ));
+    }
+    Ok(())
 }
 
 /// Request smuggling defences on top of hyper's parser: a request whose body length could be

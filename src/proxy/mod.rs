@@ -139,11 +139,10 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
+        // The gateway's own fields (Host, X-Forwarded-*, X-Request-Id, Via) are set after
+        // this runs, so naming them here removes only what the sender had put there.
         for n in named {
-            // Never let a client strip the gateway's own headers this way.
-            if n != X_REQUEST_ID && n != X_FORWARDED_FOR {
-                h.remove(&n);
-            }
+            h.remove(&n);
         }
         h.remove(header::CONNECTION);
     }
@@ -200,8 +199,23 @@ pub fn add_forwarding_headers(
         None => headers.remove(&X_FORWARDED_HOST),
     };
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // RFC 9110 7.6.3: a gateway adds itself to Via on the requests it forwards, with the
+    // protocol it received them in.
+    let via = match req.version() {
+        Version::HTTP_10 => &VIA_10,
+        Version::HTTP_2 => &VIA_2,
+        _ => &VIA_11,
+    };
+    append_forwarded(req.headers_mut(), &header::VIA, via);
+    // The gateway answered `Expect: 100-continue` itself (hyper sends the 100 when the body is
+    // first read); the upstream gets the body without waiting for one of its own.
+    req.headers_mut().remove(header::EXPECT);
     *req.version_mut() = Version::HTTP_11;
 }
+
+static VIA_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
+static VIA_11: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
+static VIA_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 
 /// How one try ended when it did not produce a response.
 pub enum TryError {
@@ -232,18 +246,10 @@ pub async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         req.headers_mut().insert(header::UPGRADE, u.proto.clone());
     }
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(target.scheme.clone());
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(path);
-    match Uri::from_parts(parts) {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(e) => {
-            return Err(TryError::Sent(GatewayError::Internal(format!(
-                "upstream uri: {e}"
-            ))));
-        }
-    }
+    // Origin form (`GET /path?q HTTP/1.1`), as RFC 9112 3.2.1 asks of a request to an origin
+    // server: the connection already names the target, and Host names the site. Absolute form
+    // is for requests to a proxy, and servers that read the raw target do not route it.
+    *req.uri_mut() = Uri::from(path);
 
     let timeout = upstream.timeouts.response;
     let started = std::time::Instant::now();
@@ -338,10 +344,57 @@ pub async fn forward(
         parts.headers.remove(header::TRANSFER_ENCODING);
         return Ok(Response::from_parts(parts, Body::empty()));
     }
+    if let Err(why) = check_response_framing(resp.headers_mut()) {
+        // The connection's remaining bytes cannot be trusted: it closes with `conn`.
+        drop(conn);
+        return Err(TryError::Sent(GatewayError::UpstreamFailed(why.into())));
+    }
+    // The gateway speaks its own protocol version to the client and keeps each side's
+    // persistence separate (RFC 9110 6.2): an HTTP/1.0 upstream does not make the client's
+    // connection HTTP/1.0 or close it.
+    *resp.version_mut() = Version::HTTP_11;
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     let body = UpstreamBody::new(body, conn, target.pool.clone(), target.stats.live.start());
     Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
+}
+
+/// Refuses an upstream response whose body length could be read two ways (RFC 9112 6.3): both
+/// Content-Length and Transfer-Encoding, a transfer coding other than `chunked` (its bytes would
+/// reach the client without the coding that gives them meaning), or Content-Length lines that
+/// disagree or are not a number. Identical repeated Content-Length values are folded into one.
+/// hyper reads such a response by one rule and keeps the other header, so a client would get
+/// `Content-Length: 3` with five bytes after it.
+fn check_response_framing(h: &mut HeaderMap) -> Result<(), &'static str> {
+    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+    let has_te = match te.next() {
+        Some(v) if te.next().is_none() && v.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
+        Some(_) => return Err("upstream response has a transfer coding other than chunked"),
+        None => false,
+    };
+    let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = cl.next() else {
+        return Ok(());
+    };
+    if has_te {
+        return Err("upstream response has both Content-Length and Transfer-Encoding");
+    }
+    let digits = |v: &HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
+    if !digits(first) {
+        return Err("upstream response has an invalid Content-Length");
+    }
+    let mut repeated = false;
+    for v in cl {
+        if v != first {
+            return Err("upstream response has conflicting Content-Length values");
+        }
+        repeated = true;
+    }
+    if repeated {
+        let one = first.clone();
+        h.insert(header::CONTENT_LENGTH, one);
+    }
+    Ok(())
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection until
@@ -370,21 +423,23 @@ async fn splice(
 }
 
 fn append_forwarded(h: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
-    match h.get(name).map(|v| v.as_bytes()) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + value.len());
-            v.extend_from_slice(prev);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(value.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&v) {
-                h.insert(name.clone(), v);
-            }
-        }
-        _ => {
-            h.insert(name.clone(), value.clone());
-        }
+    let mut lines = h.get_all(name).iter().filter(|v| !v.is_empty());
+    let Some(first) = lines.next() else {
+        h.insert(name.clone(), value.clone());
+        return;
+    };
+    // Every earlier line is kept, in order, folded with this hop's value into one line.
+    let mut v = Vec::with_capacity(first.len() + 2 + value.len());
+    v.extend_from_slice(first.as_bytes());
+    for more in lines {
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(more.as_bytes());
     }
-    // Several header lines of the same name are folded into the one just written.
+    v.extend_from_slice(b", ");
+    v.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&v) {
+        h.insert(name.clone(), v);
+    }
 }
 
 pub fn ip_value(addr: SocketAddr) -> HeaderValue {
@@ -413,8 +468,11 @@ mod tests {
         h.insert("x-app", HeaderValue::from_static("keep"));
         remove_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(h.contains_key("x-app") && h.contains_key("x-request-id"));
+        assert_eq!(
+            names,
+            ["x-app"],
+            "the sender's own fields named in Connection go too"
+        );
     }
 
     #[test]
@@ -427,6 +485,13 @@ mod tests {
             &HeaderValue::from_static("127.0.0.1"),
         );
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        append_forwarded(&mut h, &X_FORWARDED_FOR, &HeaderValue::from_static("::1"));
+        assert_eq!(
+            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["10.0.0.1, 127.0.0.1, 10.0.0.2, ::1"],
+            "every line is kept, folded into one"
+        );
         append_forwarded(
             &mut h,
             &X_FORWARDED_PROTO,

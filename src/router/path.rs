@@ -28,7 +28,11 @@ pub fn normalize_ext(path: &str) -> (Cow<'_, str>, bool) {
         Cow::Borrowed(path)
     };
     if has_structure_issues(&decoded) {
-        (Cow::Owned(remove_dot_segments(&decoded)), true)
+        // `/a/..%2fb` looked structural but is not: only a real change is "restructured", so
+        // the client's bytes go upstream unless a segment was really resolved or merged.
+        let resolved = remove_dot_segments(&decoded);
+        let changed = resolved != decoded;
+        (Cow::Owned(resolved), changed)
     } else {
         (Cow::Owned(decoded.into_owned()), false)
     }

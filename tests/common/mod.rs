@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod raw;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
