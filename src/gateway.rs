@@ -451,6 +451,13 @@ fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError>
                     "invalid authority in request target",
                 ));
             }
+            // RFC 9113 8.3.1: a Host naming another site than `:authority` is malformed (in
+            // HTTP/1.1 absolute form, Host is simply ignored).
+            if req.version() == http::Version::HTTP_2
+                && first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+            {
+                return Err(GatewayError::BadRequest("Host disagrees with :authority"));
+            }
             Ok(HeaderValue::from_str(a.as_str()).ok())
         }
         None => Ok(first.filter(|h| !h.is_empty()).cloned()),

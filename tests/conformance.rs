@@ -319,14 +319,19 @@ async fn run(c: Case) -> Vec<String> {
             describe(&other)
         )),
     }
-    // What the upstream received for the case itself (the follow-ups are `GET /next`).
+    check_upstream(&c.up, &upstream, &mut errs);
+    errs
+}
+
+/// Checks what the upstream received for the case itself (follow-ups are `GET /next`).
+fn check_upstream(up: &Up, upstream: &RawUpstream, errs: &mut Vec<String>) {
     let reqs: Vec<Vec<u8>> = upstream
         .requests()
         .into_iter()
         .filter(|r| !r.starts_with(b"GET /next "))
         .collect();
     let port = upstream.addr.port();
-    match &c.up {
+    match up {
         Up::Nothing => {
             if !reqs.is_empty() || !upstream.leftovers().is_empty() {
                 errs.push(format!(
@@ -386,7 +391,6 @@ async fn run(c: Case) -> Vec<String> {
             }
         }
     }
-    errs
 }
 
 fn describe(g: &Got) -> String {
@@ -1267,4 +1271,544 @@ async fn upstream_misbehaviour() {
         answered("a head split in time is read whole", r("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").split(9, Duration::from_millis(100))).body(b"ok"),
     ])
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 clients, forwarded as HTTP/1.1 (RFC 9113 8.1-8.3). The frames are written by hand
+// (HPACK literals without Huffman coding), so a malformed request is sent as it is.
+
+mod h2raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn int(out: &mut Vec<u8>, first: u8, prefix_bits: u32, mut v: usize) {
+        let max = (1usize << prefix_bits) - 1;
+        if v < max {
+            out.push(first | v as u8);
+            return;
+        }
+        out.push(first | max as u8);
+        v -= max;
+        while v >= 128 {
+            out.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        out.push(v as u8);
+    }
+
+    /// A header block of literal fields without indexing, new names, no Huffman coding.
+    pub fn block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, v) in fields {
+            out.push(0);
+            int(&mut out, 0, 7, n.len());
+            out.extend_from_slice(n);
+            int(&mut out, 0, 7, v.len());
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    #[derive(Debug, PartialEq, Eq, Clone, Copy)]
+    pub enum Got {
+        Status(u16),
+        Reset(u32),
+        GoAway(u32),
+        Closed,
+        TimedOut,
+    }
+
+    /// The `:status` at the start of a response header block (static-table index, or a literal
+    /// with a `:status` name and a plain or Huffman-coded three-digit value).
+    fn status(block: &[u8]) -> Option<u16> {
+        let b = *block.first()?;
+        if b & 0x80 != 0 {
+            return [200, 204, 206, 304, 400, 404, 500]
+                .get(usize::from(b & 0x7f).checked_sub(8)?)
+                .copied();
+        }
+        let (len_at, huff) = (1, block.get(1)? & 0x80 != 0);
+        let len = usize::from(block.get(len_at)? & 0x7f);
+        let raw = block.get(len_at + 1..len_at + 1 + len)?;
+        let digits: String = if huff {
+            // HPACK Huffman codes of the digits: 0-2 in 5 bits, 3-9 in 6.
+            let mut bits = raw
+                .iter()
+                .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1));
+            let mut out = String::new();
+            while out.len() < 3 {
+                let mut code = 0u32;
+                let mut n = 0;
+                loop {
+                    code = code << 1 | u32::from(bits.next()?);
+                    n += 1;
+                    if n == 5 && code < 3 {
+                        out.push(char::from(b'0' + code as u8));
+                        break;
+                    }
+                    if n == 6 && (0b011001..=0b011111).contains(&code) {
+                        out.push(char::from(b'3' + (code - 0b011001) as u8));
+                        break;
+                    }
+                    if n > 6 {
+                        return None;
+                    }
+                }
+            }
+            out
+        } else {
+            String::from_utf8(raw.to_vec()).ok()?
+        };
+        digits.parse().ok()
+    }
+
+    pub struct Conn {
+        pub stream: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl Conn {
+        pub async fn open(addr: std::net::SocketAddr) -> Conn {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let mut hello = PREFACE.to_vec();
+            hello.extend(frame(0x4, 0, 0, &[]));
+            stream.write_all(&hello).await.unwrap();
+            Conn {
+                stream,
+                buf: Vec::new(),
+            }
+        }
+
+        pub async fn send(&mut self, bytes: &[u8]) {
+            let _ = self.stream.write_all(bytes).await;
+        }
+
+        /// Reads frames until stream `id` gets its response head, a reset, or the connection
+        /// ends; reads the rest of the response body (to END_STREAM) before returning.
+        pub async fn outcome(&mut self, id: u32) -> Got {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut got: Option<Got> = None;
+            loop {
+                while self.buf.len() >= 9 {
+                    let len = (usize::from(self.buf[0]) << 16)
+                        | (usize::from(self.buf[1]) << 8)
+                        | usize::from(self.buf[2]);
+                    if self.buf.len() < 9 + len {
+                        break;
+                    }
+                    let f: Vec<u8> = self.buf.drain(..9 + len).collect();
+                    let (kind, flags) = (f[3], f[4]);
+                    let sid = u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff;
+                    let payload = &f[9..];
+                    match kind {
+                        // SETTINGS (not an ACK): acknowledge.
+                        0x4 if flags & 1 == 0 => self.send(&frame(0x4, 1, 0, &[])).await,
+                        // HEADERS of our stream (the first is the response head).
+                        0x1 if sid == id && got.is_none() => {
+                            got = Some(status(payload).map_or(Got::Status(0), Got::Status));
+                            if flags & END_STREAM != 0 {
+                                return got.unwrap();
+                            }
+                        }
+                        0x0 | 0x1 if sid == id && flags & END_STREAM != 0 => {
+                            return got.unwrap_or(Got::Status(0));
+                        }
+                        0x3 if sid == id => {
+                            let code = u32::from_be_bytes([
+                                payload[0], payload[1], payload[2], payload[3],
+                            ]);
+                            return got.unwrap_or(Got::Reset(code));
+                        }
+                        0x7 => {
+                            let code = u32::from_be_bytes([
+                                payload[4], payload[5], payload[6], payload[7],
+                            ]);
+                            let last = u32::from_be_bytes([
+                                payload[0], payload[1], payload[2], payload[3],
+                            ]) & 0x7fff_ffff;
+                            if last < id || got.is_none() {
+                                return got.unwrap_or(Got::GoAway(code));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let mut chunk = [0u8; 16384];
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                    Err(_) => return got.unwrap_or(Got::TimedOut),
+                    Ok(Ok(0)) | Ok(Err(_)) => return got.unwrap_or(Got::Closed),
+                    Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+    }
+}
+
+/// A request as HTTP/2 frames on stream `id`: HEADERS (ending the stream unless `data`), then
+/// DATA frames ending it.
+fn h2_request(id: u32, fields: &[(&str, &str)], data: &[&str]) -> Vec<u8> {
+    let fields: Vec<(&[u8], &[u8])> = fields
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    let flags = h2raw::END_HEADERS
+        | if data.is_empty() {
+            h2raw::END_STREAM
+        } else {
+            0
+        };
+    let mut out = h2raw::frame(0x1, flags, id, &h2raw::block(&fields));
+    for (i, d) in data.iter().enumerate() {
+        let end = if i + 1 == data.len() {
+            h2raw::END_STREAM
+        } else {
+            0
+        };
+        out.extend(h2raw::frame(0x0, end, id, d.as_bytes()));
+    }
+    out
+}
+
+const H2_GET: &[(&str, &str)] = &[
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":authority", "gw.test"),
+    (":path", "/h2"),
+];
+
+fn h2_with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut f = H2_GET.to_vec();
+    f.extend_from_slice(extra);
+    f
+}
+
+struct H2Case {
+    name: &'static str,
+    frames: Vec<u8>,
+    /// `Status(s)`, or `Reset(1)` for "refused as malformed": a PROTOCOL_ERROR reset, a GOAWAY,
+    /// or a 400 all count as that.
+    want: h2raw::Got,
+    up: Up,
+}
+
+fn h2_case(name: &'static str, fields: &[(&'static str, &'static str)], data: &[&str]) -> H2Case {
+    H2Case {
+        name,
+        frames: h2_request(1, fields, data),
+        want: h2raw::Got::Reset(1),
+        up: Up::Nothing,
+    }
+}
+
+impl H2Case {
+    fn ok(mut self, line: &'static str, set: &[&'static str], body: &'static [u8]) -> H2Case {
+        self.want = h2raw::Got::Status(200);
+        self.up = Up::Req {
+            line,
+            set: set.to_vec(),
+            body,
+        };
+        self
+    }
+    fn status(mut self, s: u16) -> H2Case {
+        self.want = h2raw::Got::Status(s);
+        self
+    }
+    fn up_is(mut self, up: Up) -> H2Case {
+        self.up = up;
+        self
+    }
+}
+
+async fn run_h2(c: H2Case) -> Vec<String> {
+    use h2raw::Got;
+    let mut errs = Vec::new();
+    let upstream = RawUpstream::ok().await;
+    let gw = TestGateway::start(&config(&upstream.url(), "")).await;
+    let mut conn = h2raw::Conn::open(gw.addr).await;
+    conn.send(&c.frames).await;
+    let got = conn.outcome(1).await;
+    let malformed = |g: Got| matches!(g, Got::Reset(1) | Got::GoAway(1) | Got::Status(400));
+    let ok = match c.want {
+        Got::Reset(1) => malformed(got),
+        want => got == want,
+    };
+    if !ok {
+        errs.push(format!("client: want {:?}, got {got:?}", c.want));
+    }
+    // A stream error leaves the connection serving other streams.
+    if !matches!(got, Got::GoAway(_) | Got::Closed) {
+        conn.send(&h2_request(
+            3,
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "/next"),
+            ],
+            &[],
+        ))
+        .await;
+        let next = conn.outcome(3).await;
+        if next != Got::Status(200) {
+            errs.push(format!(
+                "the connection does not serve the next stream: {next:?}"
+            ));
+        }
+    }
+    check_upstream(&c.up, &upstream, &mut errs);
+    errs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_downgrade() {
+    const VIA2: &[&str] = &["via: 2 gatehouse"];
+    let cases = vec![
+        h2_case(
+            "a valid HTTP/2 request goes upstream as HTTP/1.1",
+            H2_GET,
+            &[],
+        )
+        .ok("GET /h2 HTTP/1.1", VIA2, b""),
+        h2_case(
+            "an HTTP/2 body goes upstream with its length",
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "/p"),
+                ("content-length", "5"),
+            ],
+            &["hel", "lo"],
+        )
+        .ok(
+            "POST /p HTTP/1.1",
+            &["via: 2 gatehouse", "content-length: 5"],
+            b"hello",
+        ),
+        h2_case(
+            "an HTTP/2 body without a length goes upstream chunked",
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "/p"),
+            ],
+            &["hel", "lo"],
+        )
+        .ok(
+            "POST /p HTTP/1.1",
+            &["via: 2 gatehouse", "transfer-encoding: chunked"],
+            b"hello",
+        ),
+        h2_case("Host is taken from :authority", &h2_with(&[]), &[]).ok(
+            "GET /h2 HTTP/1.1",
+            VIA2,
+            b"",
+        ),
+        h2_case(
+            "TE: trailers is allowed and not forwarded",
+            &h2_with(&[("te", "trailers")]),
+            &[],
+        )
+        .ok("GET /h2 HTTP/1.1", VIA2, b""),
+        h2_case(
+            "connection is malformed in HTTP/2",
+            &h2_with(&[("connection", "keep-alive")]),
+            &[],
+        ),
+        h2_case(
+            "keep-alive is malformed in HTTP/2",
+            &h2_with(&[("keep-alive", "timeout=5")]),
+            &[],
+        ),
+        h2_case(
+            "proxy-connection is malformed in HTTP/2",
+            &h2_with(&[("proxy-connection", "keep-alive")]),
+            &[],
+        ),
+        h2_case(
+            "transfer-encoding is malformed in HTTP/2",
+            &h2_with(&[("transfer-encoding", "chunked")]),
+            &[],
+        ),
+        h2_case(
+            "upgrade is malformed in HTTP/2",
+            &h2_with(&[("upgrade", "h2c")]),
+            &[],
+        ),
+        h2_case(
+            "TE other than trailers is malformed",
+            &h2_with(&[("te", "gzip")]),
+            &[],
+        ),
+        h2_case(
+            "a Content-Length above the DATA sent is malformed",
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "/p"),
+                ("content-length", "10"),
+            ],
+            &["hello"],
+        )
+        .up_is(Up::NoComplete),
+        h2_case(
+            "a Content-Length below the DATA sent is malformed",
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "/p"),
+                ("content-length", "2"),
+            ],
+            &["hello"],
+        )
+        .up_is(Up::NoComplete),
+        h2_case(
+            "a CR in a value is malformed",
+            &h2_with(&[("x-a", "a\rb")]),
+            &[],
+        ),
+        h2_case(
+            "an LF in a value is malformed",
+            &h2_with(&[("x-a", "a\nb")]),
+            &[],
+        ),
+        h2_case(
+            "a CRLF-injected field is malformed",
+            &h2_with(&[("x-a", "a\r\nx-injected: 1")]),
+            &[],
+        ),
+        h2_case(
+            "a NUL in a value is malformed",
+            &h2_with(&[("x-a", "a\0b")]),
+            &[],
+        ),
+        h2_case(
+            "an upper-case field name is malformed",
+            &h2_with(&[("X-Upper", "1")]),
+            &[],
+        ),
+        h2_case(
+            "a :path without a leading slash is refused",
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "h2"),
+            ],
+            &[],
+        ),
+        h2_case(
+            "an empty :path is malformed",
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", ""),
+            ],
+            &[],
+        ),
+        h2_case(
+            "a :path with a space is malformed",
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "/a b"),
+            ],
+            &[],
+        ),
+        h2_case(
+            "a missing :method is malformed",
+            &[
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+                (":path", "/"),
+            ],
+            &[],
+        ),
+        h2_case(
+            "a missing :path is malformed",
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "gw.test"),
+            ],
+            &[],
+        ),
+        h2_case(
+            "a pseudo-header after a field is malformed",
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                ("x-a", "1"),
+                (":authority", "gw.test"),
+                (":path", "/"),
+            ],
+            &[],
+        ),
+        h2_case(
+            "an unknown pseudo-header is malformed",
+            &h2_with(&[(":foo", "bar")]),
+            &[],
+        ),
+        h2_case(
+            ":authority with userinfo is refused",
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "u@gw.test"),
+                (":path", "/"),
+            ],
+            &[],
+        ),
+        h2_case(
+            "a Host that disagrees with :authority is refused",
+            &h2_with(&[("host", "other.test")]),
+            &[],
+        ),
+        h2_case(
+            "CONNECT over HTTP/2 gets 501",
+            &[(":method", "CONNECT"), (":authority", "gw.test:443")],
+            &[],
+        )
+        .status(501),
+    ];
+    let n = cases.len();
+    let runs: Vec<_> = cases
+        .into_iter()
+        .map(|c| {
+            let name = c.name;
+            tokio::spawn(async move { (name, run_h2(c).await) })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for r in runs {
+        let (name, errs) = r.await.unwrap();
+        if !errs.is_empty() {
+            failures.push(format!("- {name}:\n    {}", errs.join("\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
