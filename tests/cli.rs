@@ -544,3 +544,110 @@ async fn the_demo_serves_what_its_banner_promises() {
     assert_eq!(orders.header("x-served-by"), Some("gatehouse-demo"));
     assert_eq!(missing.status, 404);
 }
+
+/// The admin address the binary logged (`admin API listening addr=...`), waited for (5 s).
+fn admin_addr_of(gw: &GatewayProcess) -> String {
+    for _ in 0..100 {
+        let lines = gw.stderr_lines.lock().unwrap().clone();
+        if let Some(l) = lines.iter().find(|l| l.contains("admin API listening")) {
+            let a = l.split("addr=").nth(1).unwrap_or("");
+            return a.split_whitespace().next().unwrap_or("").to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no admin listener logged");
+}
+
+fn count_lines(gw: &GatewayProcess, needle: &str) -> usize {
+    gw.stderr_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Polls (at most 5 s) until a log line contains every one of `needles`.
+async fn wait_for_log(gw: &GatewayProcess, needles: &[&str]) -> bool {
+    for _ in 0..100 {
+        let found = gw
+            .stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n)));
+        if found {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_costs_one_failed_reload_and_the_status_recovers() {
+    let up = TestUpstream::echo("u").await;
+    let good = format!(
+        "admin: {{ addr: \"127.0.0.1:0\" }}\n{}",
+        tagged_config(&up.url(), "a")
+    );
+    let cfg = TempConfig::new(&good);
+    let gw = GatewayProcess::start(&cfg.path);
+    let admin = format!("http://{}", admin_addr_of(&gw));
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("a"));
+
+    // A bad file stays in place: one failed attempt, not one every 250 ms.
+    std::fs::write(&cfg.path, format!("{good}bogus: 1\n")).unwrap();
+    assert!(
+        wait_for_log(&gw, &["config not applied"]).await,
+        "the watcher did not try the bad file"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let log = gw.stderr_lines.lock().unwrap().join("\n");
+    assert_eq!(count_lines(&gw, "config not applied"), 1, "{log}");
+    let metrics =
+        String::from_utf8_lossy(&get(&format!("{admin}/metrics")).await.body).into_owned();
+    assert!(
+        metrics.contains("gatehouse_config_reloads_total{result=\"failure\"} 1\n"),
+        "{metrics}"
+    );
+    let st = get(&format!("{admin}/status")).await.json();
+    assert_eq!(st["last_reload"]["ok"], false, "{st}");
+    assert_eq!(st["last_reload"]["outcome"], "failed", "{st}");
+    assert!(
+        st["last_reload"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("bogus")
+    );
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("a"));
+
+    // The good file back: the status shows the config that runs, not the old failure.
+    std::fs::write(&cfg.path, &good).unwrap();
+    let mut recovered = serde_json::Value::Null;
+    for _ in 0..100 {
+        recovered = get(&format!("{admin}/status")).await.json();
+        if recovered["last_reload"]["ok"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recovered["last_reload"]["ok"], true, "{recovered}");
+    assert_eq!(
+        recovered["last_reload"]["outcome"], "unchanged",
+        "{recovered}"
+    );
+    assert_eq!(recovered["last_reload"]["errors"], serde_json::json!([]));
+    assert_eq!(recovered["last_reload"]["hash"], recovered["config_hash"]);
+    assert_eq!(count_lines(&gw, "config not applied"), 1);
+
+    // SIGHUP with nothing changed still says what it did.
+    gw.signal("HUP");
+    assert!(
+        wait_for_log(&gw, &["config file unchanged", "sighup"]).await,
+        "SIGHUP logged no outcome: {}",
+        gw.stderr_lines.lock().unwrap().join("\n")
+    );
+    let st = get(&format!("{admin}/status")).await.json();
+    assert_eq!(st["last_reload"]["source"], "sighup", "{st}");
+}
