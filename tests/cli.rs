@@ -118,6 +118,108 @@ routes:
 }
 
 #[test]
+fn check_reports_every_structural_error_in_one_run() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+listen_backlog: 128
+upstreams:
+  users:
+    targets: ["http://127.0.0.1:9001"]
+    timeouts: { conect: 1s, response: 2weeks, idle: 5 }
+routes:
+  - { match: { path_prefix: / }, upstream: users }
+"#,
+    );
+    let p = cfg.path.to_str().unwrap();
+    let (code, _, err) = run(&["check", "--config", p]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{p}: 4 errors in config")), "{err}");
+    for want in [
+        "listen_backlog: unknown field `listen_backlog`",
+        "upstreams.users.timeouts.conect: unknown field `conect` (did you mean `connect`?)",
+        "upstreams.users.timeouts.response: invalid duration \"2weeks\": unknown unit \"weeks\"",
+        "upstreams.users.timeouts.idle: invalid duration 5: a unit is required",
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(p) && l.contains(want)),
+            "missing {want:?} (with the file name) in:\n{err}"
+        );
+    }
+    // The units offered are the ones the 7-day limit can take.
+    assert!(err.contains("ms, s, m or h"), "{err}");
+    for refused in ["days", "weeks,", "months", "years"] {
+        assert!(!err.contains(refused), "{refused} offered in:\n{err}");
+    }
+}
+
+#[test]
+fn durations_accept_only_the_documented_forms() {
+    let with = |d: &str| {
+        TempConfig::new(&format!(
+            "listen: \"127.0.0.1:8080\"\nupstreams:\n  u: {{ targets: [\"http://127.0.0.1:9001\"], timeouts: {{ connect: {d} }} }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: u }}\n"
+        ))
+    };
+    for good in ["250ms", "5s", "2m", "1h", "168h"] {
+        let cfg = with(good);
+        let (code, out, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{good}: {out}{err}");
+    }
+    for bad in [
+        "5",
+        "\"1m30s\"",
+        "1.5s",
+        "\"5 s\"",
+        "5sec",
+        "1d",
+        "169h",
+        "5us",
+    ] {
+        let cfg = with(bad);
+        let (code, _, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{bad} was accepted");
+        assert!(err.contains("upstreams.u.timeouts.connect"), "{bad}: {err}");
+    }
+}
+
+/// YAML 1.1 tools (PyYAML, many editors and linters) read a bare `on`, `off`, `yes`, `no`,
+/// `y` or `n` as a boolean, also as a key; the examples quote such keys.
+#[test]
+fn example_configs_quote_keys_that_yaml_1_1_reads_as_booleans() {
+    const BOOLISH: [&str; 10] = ["on", "off", "yes", "no", "y", "n", "On", "Off", "Yes", "No"];
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for e in std::fs::read_dir(examples).expect("examples/") {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split(" #").next().unwrap_or("");
+            if code.trim_start().starts_with('#') {
+                continue;
+            }
+            // A key is a word right before `:`, at the start of the line, after `- `, `{` or `,`.
+            for (i, _) in code.match_indices(':') {
+                let before = &code[..i];
+                let word_start = before
+                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map_or(0, |j| j + 1);
+                let word = &before[word_start..];
+                let lead = before[..word_start].trim_end();
+                let is_key = lead.is_empty() || lead.ends_with(['{', ',', '-']);
+                assert!(
+                    !(is_key && BOOLISH.contains(&word)),
+                    "{}:{}: quote the key `{word}` (YAML 1.1 reads it as a boolean): {line}",
+                    p.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn check_warns_about_routes_that_can_never_match() {
     let cfg = TempConfig::new(
         r#"
