@@ -326,6 +326,47 @@ routes:
 }
 
 #[test]
+fn explain_keeps_the_port_in_host() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  users: { targets: ["http://10.0.0.1:8081"] }
+routes:
+  - { name: users, match: { hosts: [api.example.com], path_prefix: /users }, upstream: users }
+"#,
+    );
+    let p = cfg.path.to_str().unwrap();
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        p,
+        "GET",
+        "https://API.example.com:8443/users/7",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("host:       API.example.com:8443 (client's, preserved)"),
+        "{out}"
+    );
+    // A Host header given with -H is what the client sends.
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        p,
+        "-H",
+        "host: api.example.com:9000",
+        "GET",
+        "/users/7",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("host:       api.example.com:9000 (client's, preserved)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn schema_is_json_schema_of_the_config() {
     let (code, out, _) = run(&["schema"]);
     assert_eq!(code, 0);
@@ -752,4 +793,64 @@ async fn a_bad_file_costs_one_failed_reload_and_the_status_recovers() {
     );
     let st = get(&format!("{admin}/status")).await.json();
     assert_eq!(st["last_reload"]["source"], "sighup", "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_removes_its_config_on_exit() {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("the demo's config is in ").nth(1) {
+                let _ = tx.send(rest.trim_end_matches(')').to_owned());
+            }
+        }
+    });
+    let Ok(path) = rx.recv_timeout(Duration::from_secs(10)) else {
+        let _ = child.kill();
+        panic!("the demo did not name its config file");
+    };
+    let path = std::path::PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "{} is not there while the demo runs",
+        path.display()
+    );
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the demo did not stop"
+    );
+    assert!(
+        !path.exists(),
+        "the demo left its config behind: {}",
+        path.display()
+    );
 }
