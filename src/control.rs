@@ -29,8 +29,11 @@ pub struct ReloadResult {
     pub at: u64,
     /// `startup`, `sighup`, `file_watch`, `admin`, `dns` (host-name targets re-resolved).
     pub source: &'static str,
+    /// False only when this attempt was refused; the previous config then still runs.
     pub ok: bool,
-    /// The new config's hash when it was applied.
+    /// `applied`, `unchanged` (the file holds the running config; nothing to do) or `failed`.
+    pub outcome: &'static str,
+    /// The running config's hash after this attempt (on failure: the one still running).
     pub hash: Option<String>,
     pub errors: Vec<String>,
 }
@@ -58,6 +61,9 @@ struct Current {
     text: String,
     hash: String,
     last_reload: ReloadResult,
+    /// The hash of the last file text that failed to apply: the watcher does not try the same
+    /// text again (SIGHUP and the admin API do), so a bad file costs one attempt per change.
+    failed_hash: Option<String>,
 }
 
 pub struct Control {
@@ -110,10 +116,12 @@ impl Control {
                     at: unix_now(),
                     source: "startup",
                     ok: true,
+                    outcome: "applied",
                     hash: Some(hash.clone()),
                     errors: Vec::new(),
                 },
                 hash,
+                failed_hash: None,
             }),
             server: tokio::sync::Mutex::new(Some(server)),
             admin: Mutex::new(None),
@@ -164,6 +172,8 @@ impl Control {
 
     /// Re-reads the config file and applies it if it changed. The read and the comparison
     /// happen under the reload lock, so a stale read cannot be applied over a newer apply.
+    /// Every outcome is logged, "unchanged" included, except the watcher's silent cases: a
+    /// file that still holds the running config, or the same text that already failed.
     pub async fn reload_file(self: &Arc<Self>, source: &'static str) -> Result<bool, ApplyError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ApplyError::Failed(
@@ -175,16 +185,37 @@ impl Control {
             Ok(t) => t,
             Err(e) => {
                 let err = ApplyError::Failed(format!("{}: cannot read file: {e}", path.display()));
+                tracing::error!(source, "config not applied: {}", err.messages().join("; "));
                 self.record(source, Err(&err));
                 return Err(err);
             }
         };
-        if hash_text(&text) == self.config_hash() {
+        let hash = hash_text(&text);
+        let (running, failed, last_ok) = self
+            .current
+            .lock()
+            .map(|c| (c.hash.clone(), c.failed_hash.clone(), c.last_reload.ok))
+            .unwrap_or_default();
+        let watcher = source == "file_watch";
+        if hash == running {
+            // The file holds the running config: nothing to apply. Say so when asked, and
+            // whenever it clears a failure that the status still shows.
+            if !watcher || !last_ok {
+                tracing::info!(source, hash = %hash, "config file unchanged: still running it");
+                self.record_unchanged(source);
+            }
             return Ok(false);
         }
-        self.apply_locked(&mut server, text, source, false)
-            .await
-            .map(|()| true)
+        if watcher && failed.as_deref() == Some(hash.as_str()) {
+            return Ok(false);
+        }
+        let result = self.apply_locked(&mut server, text, source, false).await;
+        if result.is_err()
+            && let Ok(mut c) = self.current.lock()
+        {
+            c.failed_hash = Some(hash);
+        }
+        result.map(|()| true)
     }
 
     /// Compiles the running config's text again (e.g. when host-name targets resolve to new
@@ -236,7 +267,14 @@ impl Control {
                 self.record(source, Ok(()));
             }
             Err(e) => {
-                for m in e.messages() {
+                let messages = e.messages();
+                tracing::error!(
+                    source,
+                    errors = messages.len(),
+                    running = %self.config_hash(),
+                    "config reload failed: the running config stays"
+                );
+                for m in messages {
                     tracing::error!(source, "config not applied: {m}");
                 }
                 self.record(source, Err(e));
@@ -305,17 +343,37 @@ impl Control {
         }
     }
 
+    /// Records an attempt that applied or failed, and counts it.
     fn record(&self, source: &'static str, result: Result<(), &ApplyError>) {
         self.gw.metrics.reload(result.is_ok());
-        let hash = result.is_ok().then(|| self.config_hash());
         if let Ok(mut c) = self.current.lock() {
             c.last_reload = ReloadResult {
                 at: unix_now(),
                 source,
                 ok: result.is_ok(),
-                hash,
+                outcome: if result.is_ok() { "applied" } else { "failed" },
+                hash: Some(c.hash.clone()),
                 errors: result.err().map(ApplyError::messages).unwrap_or_default(),
             };
+            if result.is_ok() {
+                c.failed_hash = None;
+            }
+        }
+    }
+
+    /// Records that the file was read and holds the running config: the status then shows
+    /// the config that runs, not an older failure. Not a reload, so not counted.
+    fn record_unchanged(&self, source: &'static str) {
+        if let Ok(mut c) = self.current.lock() {
+            c.last_reload = ReloadResult {
+                at: unix_now(),
+                source,
+                ok: true,
+                outcome: "unchanged",
+                hash: Some(c.hash.clone()),
+                errors: Vec::new(),
+            };
+            c.failed_hash = None;
         }
     }
 
@@ -468,7 +526,9 @@ impl Control {
         let name = path.file_name().map(|n| n.to_owned());
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
+            if let Ok(ev) = ev
+                && is_change(&ev.kind)
+            {
                 let ours = ev.paths.iter().any(|p| p.file_name() == name.as_deref())
                     // A ConfigMap swaps a `..data` symlink, not the file name itself.
                     || ev.paths.iter().any(|p| p.file_name().is_some_and(|n| n == "..data"));
@@ -501,6 +561,20 @@ impl Control {
             }
         });
         Ok(())
+    }
+}
+
+/// Whether a file event can mean new content. Opening, reading and closing a file unwritten
+/// are not changes: inotify reports them too, and the reload's own read of the file would
+/// otherwise trigger the next reload, forever.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Other => true,
     }
 }
 
@@ -574,4 +648,31 @@ fn write_config_file_blocking(path: &Path, text: &str) -> Result<(), String> {
         let _ = std::fs::remove_file(&bak_tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_the_file_is_not_a_change() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert!(!is_change(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(is_change(&kind), "{kind:?}");
+        }
+    }
 }

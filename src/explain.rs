@@ -123,7 +123,18 @@ pub fn explain(
     }
     let _ = writeln!(out, "forwards:   {method} {} ({how})", pq.as_str());
     let host_note = if r.upstream.preserve_host {
-        format!("{} (client's, preserved)", host.as_deref().unwrap_or("-"))
+        // What goes upstream is the Host the client sends, port and all: a given `Host`
+        // header, else the URL's authority (without userinfo), as curl would send it. The
+        // lowercased, port-less form above is only what routes are matched on.
+        let sent = hmap
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| {
+                uri.authority()
+                    .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_owned())
+            });
+        format!("{} (client's, preserved)", sent.as_deref().unwrap_or("-"))
     } else {
         "the target's host:port (preserve_host: false)".to_owned()
     };

@@ -261,10 +261,12 @@ fn demo(listen: &str) -> ExitCode {
         Err(e) => return fail(&format!("cannot start demo services: {e}")),
     };
     let yaml = demo::demo_config(listen, &users, orders);
-    let path = std::env::temp_dir().join("gatehouse-demo.yaml");
+    // One file per demo process, removed however `demo` returns (a signal stops it gracefully).
+    let path = std::env::temp_dir().join(format!("gatehouse-demo-{}.yaml", std::process::id()));
     if let Err(e) = std::fs::write(&path, &yaml) {
         return fail(&format!("cannot write {}: {e}", path.display()));
     }
+    let _cleanup = RemoveOnDrop(path.clone());
     let state = Arc::new(State::default());
     let (text, rt) = match load_config(&path, &state) {
         Ok(x) => x,
@@ -284,4 +286,13 @@ fn demo(listen: &str) -> ExitCode {
     // Keep the service runtime alive until the gateway stops.
     drop(Arc::new(services));
     code
+}
+
+/// Removes a temporary file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

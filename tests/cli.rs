@@ -118,6 +118,108 @@ routes:
 }
 
 #[test]
+fn check_reports_every_structural_error_in_one_run() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+listen_backlog: 128
+upstreams:
+  users:
+    targets: ["http://127.0.0.1:9001"]
+    timeouts: { conect: 1s, response: 2weeks, idle: 5 }
+routes:
+  - { match: { path_prefix: / }, upstream: users }
+"#,
+    );
+    let p = cfg.path.to_str().unwrap();
+    let (code, _, err) = run(&["check", "--config", p]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{p}: 4 errors in config")), "{err}");
+    for want in [
+        "listen_backlog: unknown field `listen_backlog`",
+        "upstreams.users.timeouts.conect: unknown field `conect` (did you mean `connect`?)",
+        "upstreams.users.timeouts.response: invalid duration \"2weeks\": unknown unit \"weeks\"",
+        "upstreams.users.timeouts.idle: invalid duration 5: a unit is required",
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(p) && l.contains(want)),
+            "missing {want:?} (with the file name) in:\n{err}"
+        );
+    }
+    // The units offered are the ones the 7-day limit can take.
+    assert!(err.contains("ms, s, m or h"), "{err}");
+    for refused in ["days", "weeks,", "months", "years"] {
+        assert!(!err.contains(refused), "{refused} offered in:\n{err}");
+    }
+}
+
+#[test]
+fn durations_accept_only_the_documented_forms() {
+    let with = |d: &str| {
+        TempConfig::new(&format!(
+            "listen: \"127.0.0.1:8080\"\nupstreams:\n  u: {{ targets: [\"http://127.0.0.1:9001\"], timeouts: {{ connect: {d} }} }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: u }}\n"
+        ))
+    };
+    for good in ["250ms", "5s", "2m", "1h", "168h"] {
+        let cfg = with(good);
+        let (code, out, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{good}: {out}{err}");
+    }
+    for bad in [
+        "5",
+        "\"1m30s\"",
+        "1.5s",
+        "\"5 s\"",
+        "5sec",
+        "1d",
+        "169h",
+        "5us",
+    ] {
+        let cfg = with(bad);
+        let (code, _, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{bad} was accepted");
+        assert!(err.contains("upstreams.u.timeouts.connect"), "{bad}: {err}");
+    }
+}
+
+/// YAML 1.1 tools (PyYAML, many editors and linters) read a bare `on`, `off`, `yes`, `no`,
+/// `y` or `n` as a boolean, also as a key; the examples quote such keys.
+#[test]
+fn example_configs_quote_keys_that_yaml_1_1_reads_as_booleans() {
+    const BOOLISH: [&str; 10] = ["on", "off", "yes", "no", "y", "n", "On", "Off", "Yes", "No"];
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for e in std::fs::read_dir(examples).expect("examples/") {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split(" #").next().unwrap_or("");
+            if code.trim_start().starts_with('#') {
+                continue;
+            }
+            // A key is a word right before `:`, at the start of the line, after `- `, `{` or `,`.
+            for (i, _) in code.match_indices(':') {
+                let before = &code[..i];
+                let word_start = before
+                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map_or(0, |j| j + 1);
+                let word = &before[word_start..];
+                let lead = before[..word_start].trim_end();
+                let is_key = lead.is_empty() || lead.ends_with(['{', ',', '-']);
+                assert!(
+                    !(is_key && BOOLISH.contains(&word)),
+                    "{}:{}: quote the key `{word}` (YAML 1.1 reads it as a boolean): {line}",
+                    p.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn check_warns_about_routes_that_can_never_match() {
     let cfg = TempConfig::new(
         r#"
@@ -221,6 +323,47 @@ routes:
     ]);
     assert_eq!(code, 1);
     assert!(out.contains("none: the gateway answers 404"), "{out}");
+}
+
+#[test]
+fn explain_keeps_the_port_in_host() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  users: { targets: ["http://10.0.0.1:8081"] }
+routes:
+  - { name: users, match: { hosts: [api.example.com], path_prefix: /users }, upstream: users }
+"#,
+    );
+    let p = cfg.path.to_str().unwrap();
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        p,
+        "GET",
+        "https://API.example.com:8443/users/7",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("host:       API.example.com:8443 (client's, preserved)"),
+        "{out}"
+    );
+    // A Host header given with -H is what the client sends.
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        p,
+        "-H",
+        "host: api.example.com:9000",
+        "GET",
+        "/users/7",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("host:       api.example.com:9000 (client's, preserved)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -543,4 +686,171 @@ async fn the_demo_serves_what_its_banner_promises() {
     assert_eq!(orders.json()["path"], "/7");
     assert_eq!(orders.header("x-served-by"), Some("gatehouse-demo"));
     assert_eq!(missing.status, 404);
+}
+
+/// The admin address the binary logged (`admin API listening addr=...`), waited for (5 s).
+fn admin_addr_of(gw: &GatewayProcess) -> String {
+    for _ in 0..100 {
+        let lines = gw.stderr_lines.lock().unwrap().clone();
+        if let Some(l) = lines.iter().find(|l| l.contains("admin API listening")) {
+            let a = l.split("addr=").nth(1).unwrap_or("");
+            return a.split_whitespace().next().unwrap_or("").to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no admin listener logged");
+}
+
+fn count_lines(gw: &GatewayProcess, needle: &str) -> usize {
+    gw.stderr_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Polls (at most 5 s) until a log line contains every one of `needles`.
+async fn wait_for_log(gw: &GatewayProcess, needles: &[&str]) -> bool {
+    for _ in 0..100 {
+        let found = gw
+            .stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n)));
+        if found {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_costs_one_failed_reload_and_the_status_recovers() {
+    let up = TestUpstream::echo("u").await;
+    let good = format!(
+        "admin: {{ addr: \"127.0.0.1:0\" }}\n{}",
+        tagged_config(&up.url(), "a")
+    );
+    let cfg = TempConfig::new(&good);
+    let gw = GatewayProcess::start(&cfg.path);
+    let admin = format!("http://{}", admin_addr_of(&gw));
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("a"));
+
+    // A bad file stays in place: one failed attempt, not one every 250 ms.
+    std::fs::write(&cfg.path, format!("{good}bogus: 1\n")).unwrap();
+    assert!(
+        wait_for_log(&gw, &["config not applied"]).await,
+        "the watcher did not try the bad file"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let log = gw.stderr_lines.lock().unwrap().join("\n");
+    assert_eq!(count_lines(&gw, "config not applied"), 1, "{log}");
+    let metrics =
+        String::from_utf8_lossy(&get(&format!("{admin}/metrics")).await.body).into_owned();
+    assert!(
+        metrics.contains("gatehouse_config_reloads_total{result=\"failure\"} 1\n"),
+        "{metrics}"
+    );
+    let st = get(&format!("{admin}/status")).await.json();
+    assert_eq!(st["last_reload"]["ok"], false, "{st}");
+    assert_eq!(st["last_reload"]["outcome"], "failed", "{st}");
+    assert!(
+        st["last_reload"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("bogus")
+    );
+    assert_eq!(get(&gw.url("/")).await.header("x-config"), Some("a"));
+
+    // The good file back: the status shows the config that runs, not the old failure.
+    std::fs::write(&cfg.path, &good).unwrap();
+    let mut recovered = serde_json::Value::Null;
+    for _ in 0..100 {
+        recovered = get(&format!("{admin}/status")).await.json();
+        if recovered["last_reload"]["ok"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recovered["last_reload"]["ok"], true, "{recovered}");
+    assert_eq!(
+        recovered["last_reload"]["outcome"], "unchanged",
+        "{recovered}"
+    );
+    assert_eq!(recovered["last_reload"]["errors"], serde_json::json!([]));
+    assert_eq!(recovered["last_reload"]["hash"], recovered["config_hash"]);
+    assert_eq!(count_lines(&gw, "config not applied"), 1);
+
+    // SIGHUP with nothing changed still says what it did.
+    gw.signal("HUP");
+    assert!(
+        wait_for_log(&gw, &["config file unchanged", "sighup"]).await,
+        "SIGHUP logged no outcome: {}",
+        gw.stderr_lines.lock().unwrap().join("\n")
+    );
+    let st = get(&format!("{admin}/status")).await.json();
+    assert_eq!(st["last_reload"]["source"], "sighup", "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_removes_its_config_on_exit() {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("the demo's config is in ").nth(1) {
+                let _ = tx.send(rest.trim_end_matches(')').to_owned());
+            }
+        }
+    });
+    let Ok(path) = rx.recv_timeout(Duration::from_secs(10)) else {
+        let _ = child.kill();
+        panic!("the demo did not name its config file");
+    };
+    let path = std::path::PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "{} is not there while the demo runs",
+        path.display()
+    );
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the demo did not stop"
+    );
+    assert!(
+        !path.exists(),
+        "the demo left its config behind: {}",
+        path.display()
+    );
 }

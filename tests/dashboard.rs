@@ -74,7 +74,20 @@ fn text_of(dom: &str, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_live_numbers_in_a_real_browser() {
-    let up = TestUpstream::echo("u").await;
+    // An echo upstream that answers 404 for paths that contain "missing".
+    let echo = TestUpstream::echo_handler("u");
+    let up = TestUpstream::start(std::sync::Arc::new(move |req: http::Request<_>| {
+        let missing = req.uri().path().contains("missing");
+        let f = echo(req);
+        Box::pin(async move {
+            let mut resp = f.await;
+            if missing {
+                *resp.status_mut() = http::StatusCode::NOT_FOUND;
+            }
+            resp
+        })
+    }))
+    .await;
     let yaml = format!(
         "listen: \"127.0.0.1:0\"\naccess_log: off\nadmin: {{ addr: \"127.0.0.1:0\", token: \"{TOKEN}\" }}\nupstreams:\n  users: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: users, match: {{ path_prefix: /users }}, upstream: users }}\n",
         up.url()
@@ -95,15 +108,43 @@ async fn dashboard_shows_live_numbers_in_a_real_browser() {
         assert_eq!(r.status, 200);
     }
 
+    // 5 of 30 requests answered 4xx: the route's row shows that share, next to its 5xx.
+    for _ in 0..5 {
+        let r = send(
+            &c,
+            get_req(&gw.url("/users/missing")).body(full("")).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 404);
+    }
+
     let after = browse(page.clone(), None).await;
     assert_eq!(
         text_of(&after, "total-requests"),
-        "25",
+        "30",
         "the numbers did not follow the traffic"
     );
     assert!(
-        after.contains("data-route=\"users\">25<"),
+        after.contains("data-route=\"users\">30<"),
         "the route row shows its requests"
+    );
+    let row_4xx = after
+        .split("route-4xx\" data-route=\"users\">")
+        .nth(1)
+        .expect("a 4xx cell for the route");
+    assert!(
+        row_4xx.contains(">16.7%<"),
+        "the 4xx share is not shown: {}",
+        &row_4xx[..row_4xx.len().min(200)]
+    );
+    let row_5xx = after
+        .split("route-5xx\" data-route=\"users\">")
+        .nth(1)
+        .expect("a 5xx cell for the route");
+    assert!(
+        row_5xx.contains(">0.0%<"),
+        "{}",
+        &row_5xx[..row_5xx.len().min(200)]
     );
 
     // Without the token the page says so instead of showing numbers.

@@ -1,11 +1,13 @@
-//! Loading the config file: read, parse YAML, interpolate `${ENV}`, deserialize into the
-//! [`model`] with key paths on every error, then [`compile`] into a `Runtime`.
+//! Loading the config file: read, parse YAML, interpolate `${ENV}`, check the shape against
+//! the schema ([`validate`]: every structural error at once), deserialize into the [`model`]
+//! with key paths on every error, then [`compile`] into a `Runtime`.
 //! Errors are collected (never just the first) and each names the file, the key path and the
 //! problem.
 
 pub mod compile;
 pub mod model;
 pub mod units;
+pub mod validate;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -79,6 +81,14 @@ pub fn parse_str(
     }
     let mut errors = Vec::new();
     interpolate(&mut value, &mut String::new(), env, &mut errors);
+    // Every structural problem, not just the first one serde would stop at. A value whose
+    // `${NAME}` could not be resolved has its error already; its shape is not judged.
+    let unresolved: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+    errors.extend(
+        validate::validate(&value)
+            .into_iter()
+            .filter(|e| !unresolved.contains(&e.path)),
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -276,6 +286,31 @@ mod tests {
             "{}",
             errs[0].message
         );
+    }
+
+    #[test]
+    fn three_independent_mistakes_are_three_errors() {
+        let yaml = "listen: \"127.0.0.1:8080\"\nlisten_backlog: 5\nupstreams:\n  a:\n    targets: [\"http://127.0.0.1:1\"]\n    timeouts: { conect: 1s, response: 5 }\nroutes:\n  - match: { path_prefix: / }\n    upstream: a\n";
+        let errs = parse_str(yaml, &env).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listen_backlog",
+                "upstreams.a.timeouts.conect",
+                "upstreams.a.timeouts.response"
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[2].message.contains("a unit is required"), "{errs:?}");
+    }
+
+    #[test]
+    fn an_unset_variable_is_one_error_not_two() {
+        let yaml = "listen: \"127.0.0.1:8080\"\nworkers: ${NOPE}\nbogus: 1\n";
+        let errs = parse_str(yaml, &env).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["workers", "bogus"], "{errs:?}");
     }
 
     #[test]

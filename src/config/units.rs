@@ -9,7 +9,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A duration written as a string with a unit, like `250ms`, `5s`, `2m`, `1h`.
+/// A duration written as a string: a whole number and one unit, `250ms`, `5s`, `2m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DurationStr(pub Duration);
 
@@ -21,16 +21,43 @@ impl DurationStr {
 
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(DurationStr)
-            .map_err(de::Error::custom)
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationStr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration like \"250ms\", \"5s\", \"2m\", \"1h\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationStr, E> {
+                Err(E::custom(unit_needed(&v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationStr, E> {
+                Err(E::custom(unit_needed(&v.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationStr, E> {
+                Err(E::custom(unit_needed(&v.to_string())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationStr, E> {
+                parse_duration(v).map(DurationStr).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
+/// Written back in the form the parser reads: the largest unit that is exact.
 impl Serialize for DurationStr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
+        let ms = self.0.as_millis();
+        let text = if ms.is_multiple_of(3_600_000) && ms > 0 {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        };
+        s.serialize_str(&text)
     }
 }
 
@@ -41,30 +68,60 @@ impl JsonSchema for DurationStr {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": "^\\s*[0-9]+\\s*(ns|us|ms|s|m|h|d)(\\s*[0-9]+\\s*(ns|us|ms|s|m|h|d))*\\s*$",
-            "description": "A duration with a unit: 250ms, 5s, 2m, 1h",
-            "examples": ["250ms", "5s", "2m"]
+            "pattern": "^[0-9]+(ms|s|m|h)$",
+            "description": "A duration: a whole number and a unit, ms, s, m or h (250ms, 5s, 2m, 1h); at most 7 days",
+            "examples": ["250ms", "5s", "2m", "1h"]
         })
     }
 }
 
-/// Parses `250ms`, `5s`, `1m30s`. A bare number is refused: a unit must be explicit.
+/// The units a duration may have. Every one of them can express a duration within
+/// [`MAX_DURATION`], so an error never suggests a unit the limit then refuses.
+const DURATION_UNITS: &str = "ms, s, m or h";
+
+fn unit_needed(n: &str) -> String {
+    format!(
+        "invalid duration {n}: a unit is required (e.g. \"{n}s\" or \"{n}ms\"; units: {DURATION_UNITS})"
+    )
+}
+
+/// Parses exactly the documented form: a whole number directly followed by one unit, `ms`,
+/// `s`, `m` or `h` (`250ms`, `5s`, `2m`, `1h`), at most 7 days. Nothing else: no bare number,
+/// no spaces, no fractions, no compound (`1m30s`) or spelt-out (`5 secs`) forms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("empty duration (expected e.g. \"5s\", \"250ms\")".into());
-    }
-    if t.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() {
         return Err(format!(
-            "invalid duration {s:?}: a unit is required (e.g. \"{t}s\" or \"{t}ms\")"
+            "empty duration (expected e.g. \"5s\", \"250ms\"; units: {DURATION_UNITS})"
         ));
     }
-    let d = humantime::parse_duration(t).map_err(|e| {
-        format!("invalid duration {s:?}: {e} (expected e.g. \"5s\", \"250ms\", \"2m\")")
-    })?;
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "invalid duration {s:?}: expected a whole number and a unit, e.g. \"5s\", \"250ms\" (units: {DURATION_UNITS})"
+        ));
+    }
+    if unit.is_empty() {
+        return Err(unit_needed(num));
+    }
+    let per_unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (expected a whole number and one of the units {DURATION_UNITS}, e.g. \"5s\", \"250ms\")"
+            ));
+        }
+    };
+    let too_long = || format!("duration {s:?} is too long (at most 7 days, e.g. \"168h\")");
+    let n: u64 = num.parse().map_err(|_| too_long())?;
+    let ms = n.checked_mul(per_unit_ms).ok_or_else(too_long)?;
+    let d = Duration::from_millis(ms);
     // Far beyond any sensible timeout, and far from overflowing `Instant + Duration`.
     if d > MAX_DURATION {
-        return Err(format!("duration {s:?} is too long (at most 7 days)"));
+        return Err(too_long());
     }
     Ok(d)
 }
@@ -151,16 +208,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
+    fn durations_accept_exactly_the_documented_forms() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("8d").is_err());
-        assert!(parse_duration("99999999999999h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("168h"), Ok(MAX_DURATION));
+        for bad in [
+            "5",
+            "5x",
+            "",
+            "s",
+            "1m30s",
+            "1.5s",
+            " 5s",
+            "5s ",
+            "5 s",
+            "-5s",
+            "+5s",
+            "5S",
+            "5sec",
+            "5secs",
+            "5min",
+            "2hours",
+            "1d",
+            "1w",
+            "5us",
+            "5ns",
+            "169h",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn duration_errors_name_only_units_the_limit_allows() {
+        for bad in ["5x", "1d", "5", "1.5s"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("ms, s, m or h"), "{bad}: {e}");
+            for refused in ["days", "weeks", "months", "years", " d,", "ns", "us"] {
+                assert!(!e.contains(refused), "{bad}: {e} offers {refused:?}");
+            }
+        }
+        assert!(
+            parse_duration("5")
+                .unwrap_err()
+                .contains("a unit is required")
+        );
+        assert!(
+            parse_duration("169h")
+                .unwrap_err()
+                .contains("at most 7 days")
+        );
+    }
+
+    #[test]
+    fn durations_serialize_in_the_form_they_parse() {
+        for text in ["250ms", "5s", "2m", "1h", "90s", "1500ms"] {
+            let d = DurationStr(parse_duration(text).unwrap());
+            let json = serde_json::to_value(d).unwrap();
+            assert_eq!(json, serde_json::json!(text));
+        }
     }
 
     #[test]

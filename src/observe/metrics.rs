@@ -554,6 +554,7 @@ impl TargetStats {
 #[derive(Default)]
 pub struct LiveStats {
     requests: AtomicU64,
+    client_errors: AtomicU64,
     errors: AtomicU64,
     duration_us: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len() + 1],
@@ -562,6 +563,8 @@ pub struct LiveStats {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LiveSnapshot {
     pub requests: u64,
+    /// Responses with status 4xx (refused requests: no route, auth, limits, bad requests).
+    pub client_errors: u64,
     /// Responses with status 5xx.
     pub errors: u64,
     pub duration_seconds_sum: f64,
@@ -572,7 +575,9 @@ pub struct LiveSnapshot {
 impl LiveStats {
     fn record(&self, status: StatusCode, elapsed: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if status.is_server_error() {
+        if status.is_client_error() {
+            self.client_errors.fetch_add(1, Ordering::Relaxed);
+        } else if status.is_server_error() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         self.duration_us
@@ -588,6 +593,7 @@ impl LiveStats {
     pub fn snapshot(&self) -> LiveSnapshot {
         LiveSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
+            client_errors: self.client_errors.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             duration_seconds_sum: self.duration_us.load(Ordering::Relaxed) as f64 / 1e6,
             buckets: self
