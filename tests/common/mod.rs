@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod raw;
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,0 +1,242 @@
+//! Upstream servers that users deploy, started by the tests on ephemeral loopback ports: nginx
+//! (Debian's package) and Python's standard-library `http.server`. Each is a child process,
+//! killed on drop. A missing program is a test failure that says how to install it: the
+//! README's test command (`scripts/test.sh`) installs both.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn find(program: &str, also: &[&str]) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(also.iter().map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{program} is not installed: run scripts/test.sh, which installs what the tests need")
+        })
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited before listening: {st}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!(
+            "gatehouse-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// nginx serving two name-based virtual hosts (`a.test` and `b.test`, each with its own
+/// `hello.txt`), an `/echo` location that answers with the request line and fields nginx
+/// received, and `/status/N` locations.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    child: Child,
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        let nginx = find("nginx", &["/usr/sbin"]);
+        let dir = TempDir::new("nginx");
+        let port = free_port();
+        let d = dir.0.display();
+        for site in ["a", "b"] {
+            std::fs::create_dir_all(dir.0.join(site)).expect("site dir");
+            std::fs::write(
+                dir.0.join(site).join("hello.txt"),
+                format!("hello from {site}\n"),
+            )
+            .expect("site file");
+        }
+        // One process (no master, no workers to orphan), as the user that runs the tests.
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    default_type text/plain;
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        server_name _;
+        location / {{ return 421 "no such site\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name a.test;
+        root {d}/a;
+        location = /echo {{
+            return 200 "line=$request\nhost=$host\nhttp_host=$http_host\nxff=$http_x_forwarded_for\nvia=$http_via\nconnection=$http_connection\ncl=$content_length\nte=$http_transfer_encoding\n";
+        }}
+        location = /status/204 {{ return 204; }}
+        location = /status/404 {{ return 404 "missing\n"; }}
+        location = /upload {{
+            client_max_body_size 10m;
+            # Reading the body (to pass it on) is what makes nginx check its framing.
+            proxy_pass http://127.0.0.1:{port}/sink;
+            proxy_set_header Host b.test;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name b.test;
+        root {d}/b;
+        location = /sink {{ client_max_body_size 10m; return 200 "received=$content_length\n"; }}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.0.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("nginx.conf");
+        let mut child = Command::new(nginx)
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_listening(addr, &mut child, "nginx");
+        Nginx { addr, dir, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    find("python3", &["/usr/bin"])
+}
+
+/// A Python `http.server` child process listening on 127.0.0.1.
+pub struct Python {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Python {
+    /// `python3 -m http.server` serving `dir`: the file server a new user tries first. It
+    /// answers with HTTP/1.0 status lines and closes each connection.
+    pub fn file_server(dir: &Path) -> Python {
+        let port = free_port();
+        let mut child = Command::new(python())
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3 -m http.server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_listening(addr, &mut child, "python3 -m http.server");
+        Python { addr, child }
+    }
+
+    /// `tests/fixtures/python_upstream.py`: http.server with `/echo` (what arrived, de-chunked
+    /// by hand) and `/dubious/NAME` (scripted raw answers).
+    pub fn scripted() -> Python {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python_upstream.py");
+        let mut child = Command::new(python())
+            .arg("-u")
+            .arg(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("python upstream did not start: {line:?}")
+            });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_listening(addr, &mut child, "python upstream");
+        Python { addr, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
