@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The README's test command. Installs what the tests need when it is missing, then runs the
+# whole suite with `cargo test` (extra arguments are passed on, e.g. `--test conformance`).
+#
+# What the tests need besides Rust, all from Debian's packages:
+#   chromium   the dashboard test drives the page in a headless browser
+#   nginx      real upstream for the forwarding tests (tests/real_upstreams.rs)
+#   python3    real upstream (http.server) for the forwarding tests
+#   procps     `kill`, to signal the gateway binary
+#   coreutils  `timeout`, to bound the browser
+# Nothing is started here: each test starts its own servers on ephemeral loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null || { echo "cargo is required (Rust >= 1.95)" >&2; exit 1; }
+
+missing=()
+command -v kill >/dev/null 2>&1 || missing+=(procps)
+command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  # Packages must not start their services (nginx would take port 80): the tests start their own.
+  policy=/usr/sbin/policy-rc.d
+  added_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    added_policy=1
+  fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$added_policy" ] || $sudo rm -f "$policy"
+fi
+
+exec cargo test --locked "$@"
