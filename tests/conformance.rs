@@ -1123,6 +1123,13 @@ async fn pipelining_and_persistence() {
             .more(&[200]).up_is(Up::Lines(vec!["POST /1 HTTP/1.1", "GET /2 HTTP/1.1"])),
         case("nothing after a refused request is processed", "GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\nHost: gw.test\r\n\r\n")
             .refused(400),
+        case("CL+TE after a refused CONNECT is still refused", "CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\n\r\nPOST / HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .refused(501).more(&[400]).after(After::Closed),
+        case("CL+TE after an Upgrade: h2c request is still refused", "GET / HTTP/1.1\r\nHost: gw.test\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\nPOST / HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .more(&[400]).after(After::Closed).up_is(Up::Lines(vec!["GET / HTTP/1.1"])),
+        case("CL+TE after a WebSocket upgrade the upstream declined is still refused", "GET /ws HTTP/1.1\r\nHost: gw.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nPOST / HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .raw_reply("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").status(403)
+            .more(&[400]).after(After::Closed).up_is(Up::Lines(vec!["GET /ws HTTP/1.1"])),
         case("a bare-LF client is served across requests", "GET /1 HTTP/1.1\nHost: gw.test\n\nGET /2 HTTP/1.1\nHost: gw.test\n\n")
             .more(&[200]).up_is(Up::Lines(vec!["GET /1 HTTP/1.1", "GET /2 HTTP/1.1"])),
         case("Expect: 100-continue with the body sent at once", "POST /e HTTP/1.1\r\nHost: gw.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")
@@ -1130,6 +1137,26 @@ async fn pipelining_and_persistence() {
         case("Expect: 100-continue on a request without body", "GET / HTTP/1.1\r\nHost: gw.test\r\nExpect: 100-continue\r\n\r\n"),
     ])
     .await;
+}
+
+/// Bare-LF heads are followed to their end: a client that uses them is not cut off by the
+/// request-head timeout between its requests (the framing reader used to wait for CRLF CRLF).
+#[tokio::test]
+async fn a_bare_lf_client_is_not_cut_off_between_requests() {
+    let up = RawUpstream::ok().await;
+    let yaml = config(&up.url(), "").replace(
+        "server: { max_header_size: 16384 }",
+        "server: { max_header_size: 16384, request_header_timeout: 1s }",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    for i in 0..3 {
+        c.send(format!("GET /{i} HTTP/1.1\nHost: gw.test\n\n"))
+            .await;
+        assert_eq!(c.response().await.status(), Some(200), "request {i}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(up.requests().len(), 3);
 }
 
 /// A client that waits for `100 Continue` before sending its body gets it, then the answer.

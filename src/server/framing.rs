@@ -10,8 +10,12 @@
 //!
 //! The same reader times request heads (see [`Watched`]).
 //!
-//! The scanner never changes the bytes. If it meets something it cannot follow (h2c, an
-//! upgrade, a head hyper will refuse anyway), it stops watching that connection.
+//! The scanner never changes the bytes. It follows heads ended by CRLF or by bare LF (which
+//! hyper accepts, RFC 9112 2.2), and keeps watching after a CONNECT or an `Upgrade:` request,
+//! which the gateway refuses or which an upstream may decline: only a `101 Switching Protocols`
+//! actually sent (reported by the service through [`FramingWatch::upgraded`]) ends HTTP on the
+//! connection. If it meets something it cannot follow (h2c, a head hyper will refuse anyway),
+//! it stops watching that connection.
 
 use std::future::Future;
 use std::io;
@@ -33,6 +37,8 @@ pub struct FramingWatch {
     ambiguous_at: AtomicU64,
     /// Requests the service has seen.
     served: AtomicU64,
+    /// The connection switched protocols (a 101 was sent): its bytes are no longer HTTP.
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl FramingWatch {
@@ -40,6 +46,11 @@ impl FramingWatch {
     pub fn next_request_is_ambiguous(&self) -> bool {
         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         self.ambiguous_at.load(Ordering::Acquire) == n
+    }
+
+    /// Called by the service when it answers `101 Switching Protocols`.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
     }
 }
 
@@ -217,7 +228,6 @@ impl Scanner {
         self.requests += 1;
         let mut cl: Option<u64> = None;
         let mut te = false;
-        let mut upgrade = false;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 let v = std::str::from_utf8(h.value)
@@ -226,8 +236,6 @@ impl Scanner {
                 cl = Some(v.unwrap_or(0));
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te = true;
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         if te && cl.is_some() {
@@ -238,9 +246,6 @@ impl Scanner {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
-            self.state = State::Off;
-        } else if upgrade || req.method == Some("CONNECT") {
-            // What follows may be another protocol.
             self.state = State::Off;
         } else if te {
             self.state = State::ChunkSize {
@@ -256,8 +261,18 @@ impl Scanner {
     }
 }
 
+/// The end of a head: an empty line, with CRLF or bare LF line ends (`\n\n`, `\n\r\n`).
 fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    let mut i = 0;
+    while let Some(nl) = b[i..].iter().position(|&c| c == b'\n') {
+        let at = i + nl;
+        match (b.get(at + 1), b.get(at + 2)) {
+            (Some(b'\n'), _) => return Some(at + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
+            _ => i = at + 1,
+        }
+    }
+    None
 }
 
 /// The client stream with the scanner reading along. It also enforces the request-head
@@ -318,6 +333,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if !matches!(this.scanner.state, State::Off)
+            && this.scanner.watch.upgraded.load(Ordering::Acquire)
+        {
+            this.scanner.state = State::Off;
+        }
         if matches!(this.scanner.state, State::Off) {
             return r;
         }
@@ -400,6 +420,20 @@ mod tests {
     fn body_text_that_looks_like_headers_is_not_a_head() {
         let stream = b"POST / HTTP/1.1\r\nContent-Length: 66\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         assert_eq!(scan(&[stream]), (2, 0));
+    }
+
+    #[test]
+    fn follows_bare_lf_heads() {
+        let stream = b"GET /1 HTTP/1.1\nHost: x\n\nPOST /2 HTTP/1.1\nContent-Length: 3\n\r\nabcPOST /3 HTTP/1.1\nContent-Length: 1\nTransfer-Encoding: chunked\n\n";
+        for i in 1..stream.len() {
+            assert_eq!(scan(&[&stream[..i], &stream[i..]]), (3, 3), "split at {i}");
+        }
+    }
+
+    #[test]
+    fn keeps_watching_after_connect_and_upgrade_requests() {
+        let stream = b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\nGET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(&[stream]), (3, 3));
     }
 
     #[test]

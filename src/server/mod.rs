@@ -260,8 +260,15 @@ async fn accept_loop(
         let svc = service_fn(move |req| {
             let gw = gw.clone();
             let info = info.clone();
+            let watch = watch.clone();
             let ambiguous = watch.next_request_is_ambiguous();
-            async move { Ok::<_, Infallible>(gateway::handle(&gw, req, &info, ambiguous).await) }
+            async move {
+                let resp = gateway::handle(&gw, req, &info, ambiguous).await;
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    watch.upgraded();
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
