@@ -3,6 +3,7 @@
 //! between client and upstream; the only one collected whole is a small request body kept for a
 //! configured retry (`gateway::Replay`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,9 +23,19 @@ pub struct Tally {
     /// Set when the client sent more than the route's `max_body_size` (a chunked body cannot be
     /// refused before it is read).
     pub body_too_large: AtomicBool,
-    /// Set when reading the client's body failed (it went away mid-upload).
+    /// Set when reading the client's body failed (malformed, or it went away mid-upload).
     pub client_body_error: AtomicBool,
+    /// Set when the client paused its body for longer than `server.request_body_timeout`.
+    pub client_body_timeout: AtomicBool,
+    /// The body is waiting for the client's next bytes (not for the upstream to take them).
+    pub awaiting_client: AtomicBool,
+    /// Notified once the whole body has been read (so, handed to the upstream connection).
+    pub body_done: tokio::sync::Notify,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes for {0:?}")]
+pub struct BodyTimeout(pub std::time::Duration);
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {0} bytes")]
@@ -33,12 +44,17 @@ pub struct BodyTooLarge(pub u64);
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
-    /// A client's request body, counted and capped at `limit` bytes.
+    /// A client's request body, counted, capped at `limit` bytes, and timed: a pause longer
+    /// than `idle` ends it with [`BodyTimeout`].
     Request {
         inner: Incoming,
         limit: u64,
         seen: u64,
         tally: Arc<Tally>,
+        idle: std::time::Duration,
+        /// Last time bytes arrived; the timer is armed lazily, on the first wait.
+        progress: tokio::time::Instant,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     /// A response streamed from a pooled upstream connection, which it drives.
     Upstream(Box<UpstreamBody>),
@@ -53,12 +69,31 @@ impl Body {
         Body::Full(Some(b.into()))
     }
 
-    pub fn request(inner: Incoming, limit: Option<u64>, tally: Arc<Tally>) -> Body {
+    pub fn request(
+        inner: Incoming,
+        limit: Option<u64>,
+        idle: std::time::Duration,
+        tally: Arc<Tally>,
+    ) -> Body {
         Body::Request {
             inner,
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
             tally,
+            idle,
+            progress: tokio::time::Instant::now(),
+            timer: None,
+        }
+    }
+
+    /// The request's tally if this is a client body still to be read: the upstream response
+    /// timeout starts only once it has been sent whole.
+    pub fn pending_client_body(&self) -> Option<&Arc<Tally>> {
+        match self {
+            Body::Request { inner, tally, .. } if !http_body::Body::is_end_stream(inner) => {
+                Some(tally)
+            }
+            _ => None,
         }
     }
 }
@@ -83,8 +118,13 @@ impl http_body::Body for Body {
                 limit,
                 seen,
                 tally,
+                idle,
+                progress,
+                timer,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    tally.awaiting_client.store(false, Ordering::Relaxed);
+                    *progress = tokio::time::Instant::now();
                     if let Some(data) = frame.data_ref() {
                         let n = data.len() as u64;
                         *seen += n;
@@ -100,8 +140,26 @@ impl http_body::Body for Body {
                     tally.client_body_error.store(true, Ordering::Relaxed);
                     Poll::Ready(Some(Err(e.into())))
                 }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    tally.awaiting_client.store(false, Ordering::Relaxed);
+                    tally.body_done.notify_one();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => {
+                    tally.awaiting_client.store(true, Ordering::Relaxed);
+                    let deadline = *progress + *idle;
+                    let t =
+                        timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if t.deadline() != deadline {
+                        t.as_mut().reset(deadline);
+                    }
+                    if t.as_mut().poll(cx).is_ready() {
+                        tally.client_body_timeout.store(true, Ordering::Relaxed);
+                        tally.client_body_error.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout(*idle)))));
+                    }
+                    Poll::Pending
+                }
             },
             Body::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }

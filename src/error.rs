@@ -14,6 +14,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("the client sent no request body bytes for {0:?}")]
+    ClientTimeout(Duration),
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
     #[error("request body larger than {limit} bytes")]
@@ -41,6 +43,7 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
@@ -57,6 +60,7 @@ impl GatewayError {
             GatewayError::NoRoute => "no_route",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::ClientTimeout(_) => "request_body_timeout",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::NoTarget { .. } => "no_healthy_target",
             GatewayError::UpstreamConnect(_) => "upstream_connect_failed",
@@ -128,6 +132,11 @@ mod tests {
             (GatewayError::NoRoute, 404, "no_route"),
             (GatewayError::BadRequest("x"), 400, "bad_request"),
             (GatewayError::NotImplemented("x"), 501, "not_implemented"),
+            (
+                GatewayError::ClientTimeout(Duration::from_secs(1)),
+                408,
+                "request_body_timeout",
+            ),
             (
                 GatewayError::BodyTooLarge { limit: 1 },
                 413,

@@ -129,7 +129,10 @@ pub async fn handle(
                 r.error = Some(e.code());
             }
             // After a framing error the rest of the connection cannot be trusted: close it.
-            let close = matches!(e, GatewayError::BadRequest(_));
+            let close = matches!(
+                e,
+                GatewayError::BadRequest(_) | GatewayError::ClientTimeout(_)
+            );
             let mut resp = e.into_response(request_id_str(&request_id));
             if close {
                 resp.headers_mut()
@@ -186,7 +189,8 @@ async fn route_and_forward(
             return Err(GatewayError::BodyTooLarge { limit });
         }
     }
-    let mut req = req.map(|b| Body::request(b, route.max_body_size, tally.clone()));
+    let body_timeout = rt.server.request_body_timeout;
+    let mut req = req.map(|b| Body::request(b, route.max_body_size, body_timeout, tally.clone()));
     // Before the policies: a client's `Connection: x-api-key` must not remove what a policy adds.
     let upgrade = proxy::take_upgrade(&mut req);
     proxy::remove_hop_by_hop(req.headers_mut());
@@ -244,7 +248,13 @@ async fn route_and_forward(
         && (retry.on_timeout || retry.on_reset || !retry.statuses.is_empty())
         && retry.may_resend(req.method(), route.retry_non_idempotent);
     let (req, replay) = if resendable {
-        Replay::keep(req, retry.max_body).await?
+        Replay::keep(req, retry.max_body).await.map_err(|e| {
+            if tally.client_body_timeout.load(Ordering::Relaxed) {
+                GatewayError::ClientTimeout(body_timeout)
+            } else {
+                e
+            }
+        })?
     } else {
         (req, None)
     };
@@ -328,6 +338,9 @@ async fn route_and_forward(
                 }
                 // A failure the client caused (a malformed body, or one that broke off) says
                 // nothing about the target, and is answered as the client's fault.
+                if tally.client_body_timeout.load(Ordering::Relaxed) {
+                    return Err(GatewayError::ClientTimeout(body_timeout));
+                }
                 if tally.client_body_error.load(Ordering::Relaxed) {
                     return Err(GatewayError::BadRequest(
                         "the request body is malformed or incomplete",

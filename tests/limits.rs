@@ -310,3 +310,71 @@ async fn drain(s: &mut TcpStream) {
     let mut junk = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut junk)).await;
 }
+
+/// Ten clients that declare 100 bytes of body and send 1 are timed by the request-body
+/// timeout (408, connection closed), not by the upstream's response timeout (which used to
+/// answer 504 and eject a healthy target). A client's malformed body is not the target's fault
+/// either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_broken_client_bodies_are_the_clients_fault() {
+    use common::raw::{Got, RawClient, RawUpstream};
+    let up = RawUpstream::ok().await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ request_body_timeout: 2s }}\nupstreams:\n  u:\n    targets: [\"{}\"]\n    timeouts: {{ response: 1s }}\n    health: {{ passive: {{ consecutive_failures: 2 }} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let started = Instant::now();
+    let slow: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = gw.addr;
+            tokio::spawn(async move {
+                let mut c = RawClient::connect(addr).await;
+                c.send(format!(
+                    "POST /slow/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\na"
+                ))
+                .await;
+                let got = c.response_within(false, Duration::from_secs(10)).await;
+                let closed = c.closed_within(Duration::from_secs(2)).await;
+                (got, closed)
+            })
+        })
+        .collect();
+    for s in slow {
+        let (got, closed) = s.await.unwrap();
+        match got {
+            Got::Response(r) => {
+                assert_eq!(r.status, 408, "{}", r.text());
+                assert_eq!(r.json()["error"], "request_body_timeout");
+            }
+            other => panic!("want 408, got {other:?}"),
+        }
+        assert!(closed, "the connection of a timed-out body is closed");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "408 only after the body timeout: {took:?}"
+    );
+
+    // Ten malformed chunked bodies: 400 each, and none counts against the target either.
+    for _ in 0..10 {
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        )
+        .await;
+        assert_eq!(c.response().await.status(), Some(400));
+    }
+    let rt = gw.gw.runtime.load();
+    let target = &rt.upstreams["u"].targets[0];
+    assert!(
+        !target.stats.live.is_ejected(std::time::Instant::now()),
+        "a healthy target was ejected for its clients' faults"
+    );
+    // The upstream's own timeout still holds once the body is in: a request whose whole body
+    // arrived and got no answer is the upstream's 504.
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.status(), Some(200));
+}

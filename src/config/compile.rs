@@ -29,6 +29,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's `client_body_timeout` and `send_timeout`.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Long enough for WebSocket clients that ping every minute or so.
+pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
 /// hyper's read buffer cannot be smaller than this.
 const MIN_HEADER_SIZE: u64 = 8 * 1024;
 
@@ -61,7 +67,11 @@ pub struct ServerSettings {
     pub max_header_size: usize,
     pub max_body_size: Option<u64>,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub shutdown_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub send_timeout: Duration,
+    pub upgrade_idle_timeout: Duration,
 }
 
 pub enum PathAction {
@@ -506,13 +516,47 @@ fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSett
             "must be more than 0",
         ));
     }
+    let max_connections_per_ip = s
+        .max_connections_per_ip
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP);
+    if max_connections_per_ip == 0 {
+        errors.push(ConfigError::new(
+            "server.max_connections_per_ip",
+            "must be at least 1",
+        ));
+    }
+    let mut positive = |key: &str, v: Option<crate::config::units::DurationStr>, default| {
+        let d = v.map_or(default, |d| d.0);
+        if d.is_zero() {
+            errors.push(ConfigError::new(
+                format!("server.{key}"),
+                "must be more than 0",
+            ));
+        }
+        d
+    };
+    let request_body_timeout = positive(
+        "request_body_timeout",
+        s.request_body_timeout,
+        DEFAULT_REQUEST_BODY_TIMEOUT,
+    );
+    let send_timeout = positive("send_timeout", s.send_timeout, DEFAULT_SEND_TIMEOUT);
+    let upgrade_idle_timeout = positive(
+        "upgrade_idle_timeout",
+        s.upgrade_idle_timeout,
+        DEFAULT_UPGRADE_IDLE_TIMEOUT,
+    );
     ServerSettings {
         request_header_timeout,
         idle_timeout,
         max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
         max_body_size: s.max_body_size.map(|b| b.0),
         max_connections,
+        max_connections_per_ip,
         shutdown_timeout: s.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        request_body_timeout,
+        send_timeout,
+        upgrade_idle_timeout,
     }
 }
 

@@ -82,9 +82,22 @@ pub struct ServerConfig {
     /// accept (first request) or from the first byte of a later head. Default `10s`.
     #[serde(default)]
     pub request_header_timeout: Option<DurationStr>,
-    /// How long an HTTP/1.1 keep-alive connection may sit idle between requests. Default `60s`.
+    /// How long a client connection may sit idle: an HTTP/1.1 keep-alive connection between
+    /// requests, an HTTP/2 connection with no open stream (pings do not count). Default `60s`.
     #[serde(default)]
     pub idle_timeout: Option<DurationStr>,
+    /// Longest pause in a request body: a client that sends nothing of its body for this long
+    /// gets 408 and its connection is closed. Default `60s`.
+    #[serde(default)]
+    pub request_body_timeout: Option<DurationStr>,
+    /// Longest a client may go without accepting any bytes of its response: the connection is
+    /// then closed. Default `60s`.
+    #[serde(default)]
+    pub send_timeout: Option<DurationStr>,
+    /// How long an upgraded connection (WebSocket) may carry no bytes in either direction
+    /// before both sides are closed. Default `10m`.
+    #[serde(default)]
+    pub upgrade_idle_timeout: Option<DurationStr>,
     /// Largest request head (request line + headers) accepted; larger gets 431. Default `64KiB`.
     #[serde(default)]
     pub max_header_size: Option<ByteSize>,
@@ -95,6 +108,10 @@ pub struct ServerConfig {
     /// Client connections open at once, over all listeners. Default 10000.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Client connections open at once from one IP address; more are closed at accept.
+    /// Default 1000 (raise it behind a load balancer or a large NAT).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default `30s`.
     #[serde(default)]
     pub shutdown_timeout: Option<DurationStr>,

@@ -277,6 +277,7 @@ pub async fn forward(
         }
     };
     let remaining = timeout.saturating_sub(started.elapsed());
+    let client_body = req.body().pending_client_body().cloned();
     // The exchange owns the connection and hands it back with the response head.
     let exchange = async move {
         match conn.send(req).await {
@@ -304,7 +305,12 @@ pub async fn forward(
             },
         }
     };
-    let result = tokio::time::timeout(remaining, exchange).await;
+    let result = match client_body {
+        None => tokio::time::timeout(remaining, exchange)
+            .await
+            .map_err(|_| ()),
+        Some(tally) => response_after_body(std::pin::pin!(exchange), &tally, timeout).await,
+    };
     let outcome = match &result {
         Ok(Ok(_)) => UpstreamOutcome::Response,
         Ok(Err(TryError::NotSent(..))) => UpstreamOutcome::ConnectError,
@@ -357,6 +363,37 @@ pub async fn forward(
     remove_hop_by_hop(&mut parts.headers);
     let body = UpstreamBody::new(body, conn, target.pool.clone(), target.stats.live.start());
     Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
+}
+
+/// Waits for the response head of a request whose body the client is still sending. The
+/// response timeout starts only once the body has been sent whole: a slow client is timed by
+/// its own `server.request_body_timeout` (and answered 408), never counted against the
+/// target. Meanwhile the target is timed out only if it takes none of the body for `timeout`
+/// while the client has bytes waiting.
+async fn response_after_body<F: std::future::Future>(
+    mut exchange: std::pin::Pin<&mut F>,
+    tally: &crate::body::Tally,
+    timeout: std::time::Duration,
+) -> Result<F::Output, ()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut done = std::pin::pin!(tally.body_done.notified());
+    let mut seen = tally.bytes_in.load(Relaxed);
+    loop {
+        tokio::select! {
+            r = exchange.as_mut() => return Ok(r),
+            _ = done.as_mut() => break,
+            _ = tokio::time::sleep(timeout) => {
+                let now = tally.bytes_in.load(Relaxed);
+                if now == seen && !tally.awaiting_client.load(Relaxed) {
+                    return Err(());
+                }
+                seen = now;
+            }
+        }
+    }
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ())
 }
 
 /// Refuses an upstream response whose body length could be read two ways (RFC 9112 6.3): both
