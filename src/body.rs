@@ -52,8 +52,10 @@ pub enum Body {
         seen: u64,
         tally: Arc<Tally>,
         idle: std::time::Duration,
-        /// Last time bytes arrived; the timer is armed lazily, on the first wait.
-        progress: tokio::time::Instant,
+        /// Bytes arrived since the timer was last armed: re-arm it at the next wait. So the
+        /// deadline is `idle` after the first wait following the last bytes, with no clock
+        /// read per frame.
+        moved: bool,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     /// A response streamed from a pooled upstream connection, which it drives.
@@ -81,7 +83,7 @@ impl Body {
             seen: 0,
             tally,
             idle,
-            progress: tokio::time::Instant::now(),
+            moved: false,
             timer: None,
         }
     }
@@ -119,12 +121,12 @@ impl http_body::Body for Body {
                 seen,
                 tally,
                 idle,
-                progress,
+                moved,
                 timer,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     tally.awaiting_client.store(false, Ordering::Relaxed);
-                    *progress = tokio::time::Instant::now();
+                    *moved = true;
                     if let Some(data) = frame.data_ref() {
                         let n = data.len() as u64;
                         *seen += n;
@@ -147,12 +149,15 @@ impl http_body::Body for Body {
                 }
                 Poll::Pending => {
                     tally.awaiting_client.store(true, Ordering::Relaxed);
-                    let deadline = *progress + *idle;
-                    let t =
-                        timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if t.deadline() != deadline {
-                        t.as_mut().reset(deadline);
-                    }
+                    let t = match timer {
+                        Some(t) if *moved => {
+                            t.as_mut().reset(tokio::time::Instant::now() + *idle);
+                            t
+                        }
+                        Some(t) => t,
+                        None => timer.insert(Box::pin(tokio::time::sleep(*idle))),
+                    };
+                    *moved = false;
                     if t.as_mut().poll(cx).is_ready() {
                         tally.client_body_timeout.store(true, Ordering::Relaxed);
                         tally.client_body_error.store(true, Ordering::Relaxed);

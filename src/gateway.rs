@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
+
+use crate::server::conn::ConnSlot;
 
 use crate::body::{Body, Tally};
 use crate::config::compile::Runtime;
@@ -36,18 +37,15 @@ pub struct Gateway {
 pub struct ConnInfo {
     pub client_addr: SocketAddr,
     pub proto: &'static str,
-    /// The connection's slot under `server.max_connections`; an upgraded connection keeps it.
-    pub slot: Option<Arc<OwnedSemaphorePermit>>,
+    /// The connection's slot under `server.max_connections` and `max_connections_per_ip`;
+    /// an upgraded connection keeps it.
+    pub slot: Option<Arc<ConnSlot>>,
     /// The client IP as an `X-Forwarded-For` element, formatted once per connection.
     pub forwarded_for: HeaderValue,
 }
 
 impl ConnInfo {
-    pub fn new(
-        client_addr: SocketAddr,
-        proto: &'static str,
-        slot: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    pub fn new(client_addr: SocketAddr, proto: &'static str, slot: Option<ConnSlot>) -> Self {
         ConnInfo {
             client_addr,
             proto,
@@ -227,6 +225,7 @@ async fn route_and_forward(
         proto: conn.proto,
         host: client_host.as_ref(),
         conn_slot: conn.slot.clone(),
+        upgrade_idle: rt.server.upgrade_idle_timeout,
     };
     proxy::add_forwarding_headers(&mut req, &down, request_id);
     let key = match &upstream.balancer {

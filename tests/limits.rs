@@ -378,3 +378,224 @@ async fn slow_or_broken_client_bodies_are_the_clients_fault() {
     c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(c.response().await.status(), Some(200));
 }
+
+fn limits_config(upstream: &str, server: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ {server} }}\nupstreams:\n  u: {{ targets: [\"{upstream}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n"
+    )
+}
+
+/// Reads until the peer closes (bounded); how long it took and how many bytes came.
+async fn until_closed(s: &mut TcpStream, within: Duration) -> Option<(Duration, usize)> {
+    let start = Instant::now();
+    let mut n = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at((start + within).into(), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((start.elapsed(), n)),
+            Ok(Ok(k)) => n += k,
+        }
+    }
+}
+
+/// The keep-alive idle timeout is `idle_timeout` itself, not `idle_timeout` plus the head
+/// timeout; an HTTP/2 connection that opens no stream is idle even while it answers pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_idle_timeout_exactly() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = limits_config(&up.url(), "idle_timeout: 1s, request_header_timeout: 4s");
+    let gw = TestGateway::start(&yaml).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    drain(&mut s).await;
+    let (waited, _) = until_closed(&mut s, Duration::from_secs(8))
+        .await
+        .expect("not closed");
+    assert!(
+        waited < Duration::from_millis(2200),
+        "idle HTTP/1.1 connection closed after {waited:?}, want about 1 s"
+    );
+
+    // HTTP/2: preface and settings, then only pings (answered), no stream.
+    let mut h2 = TcpStream::connect(gw.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let pinger = async {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 4096];
+        loop {
+            // A PING from the client keeps the transport busy but opens no stream.
+            if h2
+                .write_all(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), h2.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+            // Answer the gateway's pings; a GOAWAY means it is closing the connection.
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let frame: Vec<u8> = buf.drain(..9 + len).collect();
+                match (frame[3], frame[4]) {
+                    (0x7, _) => return,
+                    (0x6, 0) => {
+                        let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                        ack.extend_from_slice(&frame[9..]);
+                        let _ = h2.write_all(&ack).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(6), pinger)
+        .await
+        .expect("an HTTP/2 connection with no stream stayed open");
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// A client that reads nothing of a large response is cut off after `send_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_cut_off_by_send_timeout() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let up = TestUpstream::start(std::sync::Arc::new(|_req| {
+        Box::pin(async move { http::Response::new(full(vec![b'z'; SIZE])) })
+    }))
+    .await;
+    let yaml = limits_config(&up.url(), "send_timeout: 1s");
+    let gw = TestGateway::start(&yaml).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing for a while; the gateway gives up on the write after about a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, n) = until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the stalled connection was not closed");
+    assert!(
+        n < SIZE,
+        "the whole response arrived ({n} bytes): nothing was cut off"
+    );
+    // And the gateway still serves.
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}
+
+/// A WebSocket with no bytes either way for `upgrade_idle_timeout` is closed; one with
+/// traffic stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websockets_are_closed_after_upgrade_idle_timeout() {
+    use common::raw::{RawUpstream, Reply, Then};
+    let up = RawUpstream::always(
+        Reply::raw("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            .then(Then::Hold),
+    )
+    .await;
+    let yaml = limits_config(&up.url(), "upgrade_idle_timeout: 1s");
+    let gw = TestGateway::start(&yaml).await;
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let open = |busy: bool| async move {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(upgrade).await.unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101");
+        drain(&mut s).await;
+        let start = Instant::now();
+        if busy {
+            // A byte every 300 ms for 2.5 s: never idle, never closed.
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                s.write_all(b"\x81\x00").await.unwrap();
+            }
+            let mut b = [0u8; 1];
+            let still_open = tokio::time::timeout(Duration::from_millis(100), s.read(&mut b))
+                .await
+                .is_err();
+            assert!(still_open, "a busy WebSocket was closed");
+        } else {
+            let (waited, _) = until_closed(&mut s, Duration::from_secs(6))
+                .await
+                .expect("an idle WebSocket stayed open");
+            assert!(
+                waited < Duration::from_millis(2500),
+                "closed after {waited:?}"
+            );
+        }
+        start.elapsed()
+    };
+    let (idle, busy) = tokio::join!(open(false), open(true));
+    assert!(busy > idle);
+}
+
+/// At most `max_connections_per_ip` connections from one address; others are refused at
+/// accept and counted, and a freed slot is usable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_are_capped() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = limits_config(&up.url(), "max_connections_per_ip: 3");
+    let gw = TestGateway::start(&yaml).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        drain(&mut s).await;
+        held.push(s);
+    }
+    let mut fourth = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (_, n) = until_closed(&mut fourth, Duration::from_secs(3))
+        .await
+        .expect("the fourth connection was not refused");
+    assert_eq!(n, 0, "the fourth connection got an answer");
+    let metrics = gw.gw.metrics.encode();
+    assert!(
+        metrics
+            .contains("gatehouse_downstream_rejected_total{reason=\"max_connections_per_ip\"} 1"),
+        "{metrics}"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = TcpStream::connect(gw.addr).await.unwrap();
+    again
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(3), again.read_exact(&mut head))
+        .await
+        .expect("a freed slot was not reusable")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}

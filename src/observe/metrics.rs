@@ -86,6 +86,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConfigLabels {
     hash: String,
 }
@@ -120,6 +125,7 @@ pub struct Metrics {
     target_healthy: Family<TargetLabels, Gauge>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     config_info: Family<ConfigLabels, Gauge>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
@@ -216,6 +222,12 @@ impl Metrics {
             "Client connections accepted, by listener",
             connections.clone(),
         );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gatehouse_downstream_rejected",
+            "Client connections or requests refused before routing, by reason (max_connections_per_ip, parse_error, head_too_large, head_timeout, ambiguous_framing, ...)",
+            rejected.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "gatehouse_config_reloads",
@@ -257,6 +269,7 @@ impl Metrics {
             target_healthy,
             connections_active,
             connections,
+            rejected,
             reloads,
             config_info,
             routes: Mutex::new(HashMap::new()),
@@ -384,6 +397,11 @@ impl Metrics {
                 target: Name(target.clone()),
             })
             .set(i64::from(healthy));
+    }
+
+    /// A client connection or request refused before routing.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn overloaded(&self, upstream: &Arc<str>, limit: &'static str) {

@@ -27,7 +27,8 @@ pub struct RequestCtx {
 
 pub enum Flow {
     Continue,
-    Respond(Response<Body>),
+    /// Boxed: rare, and a response is much larger than `Continue`.
+    Respond(Box<Response<Body>>),
 }
 
 pub type PolicyFuture<'a> = Pin<Box<dyn Future<Output = Result<Flow, GatewayError>> + Send + 'a>>;
@@ -67,7 +68,7 @@ pub async fn run_request(
             Step::Wait(f) => f.await?,
         };
         if let Flow::Respond(resp) = flow {
-            return Ok(Some(resp));
+            return Ok(Some(*resp));
         }
     }
     Ok(None)

@@ -11,7 +11,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
-use tokio::sync::OwnedSemaphorePermit;
+
+use crate::server::conn::ConnSlot;
 
 use crate::body::Body;
 use crate::config::compile::PathAction;
@@ -176,7 +177,9 @@ pub struct Downstream<'a> {
     pub host: Option<&'a HeaderValue>,
     /// Held by an upgraded connection for as long as it lives, so WebSockets count against
     /// `server.max_connections` too.
-    pub conn_slot: Option<Arc<OwnedSemaphorePermit>>,
+    pub conn_slot: Option<Arc<ConnSlot>>,
+    /// `server.upgrade_idle_timeout`: an upgraded connection idle both ways this long closes.
+    pub upgrade_idle: std::time::Duration,
 }
 
 /// Adds the headers that describe this hop, once per request (not per try).
@@ -344,7 +347,12 @@ pub async fn forward(
         let up_up = hyper::upgrade::on(&mut resp);
         // The connection must be driven to hand over the upgraded stream; it is never pooled.
         conn.spawn();
-        tokio::spawn(splice(u.on, up_up, down.conn_slot.clone()));
+        tokio::spawn(splice(
+            u.on,
+            up_up,
+            down.conn_slot.clone(),
+            down.upgrade_idle,
+        ));
         let (mut parts, _) = resp.into_parts();
         // Keep Connection/Upgrade: they are the point of a 101.
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -435,11 +443,13 @@ fn check_response_framing(h: &mut HeaderMap) -> Result<(), &'static str> {
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection until
-/// either side closes. Holds the client connection's slot until then.
+/// either side closes, or until no byte has moved either way for `idle`. Holds the client
+/// connection's slot until then.
 async fn splice(
     down: hyper::upgrade::OnUpgrade,
     up: hyper::upgrade::OnUpgrade,
-    _slot: Option<Arc<OwnedSemaphorePermit>>,
+    _slot: Option<Arc<ConnSlot>>,
+    idle: std::time::Duration,
 ) {
     let (down, up) = match tokio::join!(down, up) {
         (Ok(d), Ok(u)) => (d, u),
@@ -452,10 +462,80 @@ async fn splice(
             return;
         }
     };
-    let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut down = Counted::new(TokioIo::new(down), moved.clone());
+    let mut up = Counted::new(TokioIo::new(up), moved.clone());
+    let mut copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            r = copy.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(idle) => {
+                let now = moved.load(std::sync::atomic::Ordering::Relaxed);
+                if now == seen {
+                    tracing::debug!(?idle, "upgraded connection idle both ways: closed");
+                    return;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// An upgraded stream that counts the bytes read from it (in either direction's copy).
+struct Counted<T> {
+    inner: T,
+    moved: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T, moved: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Counted { inner, moved }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.moved
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

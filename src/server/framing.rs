@@ -78,6 +78,8 @@ enum State {
 
 pub struct Scanner {
     state: State,
+    /// The connection speaks HTTP/2 (its preface was seen).
+    h2: bool,
     head: Vec<u8>,
     max_head: usize,
     requests: u64,
@@ -88,6 +90,7 @@ impl Scanner {
     pub fn new(watch: Arc<FramingWatch>, max_head: usize) -> Scanner {
         Scanner {
             state: State::Head,
+            h2: false,
             head: Vec::new(),
             max_head,
             requests: 0,
@@ -212,6 +215,7 @@ impl Scanner {
 
     fn on_head(&mut self, len: usize) {
         if self.head.starts_with(b"PRI * HTTP/2.0") {
+            self.h2 = true;
             self.state = State::Off;
             return;
         }
@@ -279,8 +283,12 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 /// timeout, which hyper cannot tell apart from keep-alive idleness: the clock starts when the
 /// connection is accepted (for its first request) or when the first byte of a later request
 /// head arrives, and stops when the head is complete. A client that is still sending a head
-/// when it runs out gets a read error, and hyper closes the connection. An idle keep-alive
-/// connection is bounded separately, by hyper's header timer, set to `idle_timeout` plus this.
+/// when it runs out gets a read error, and hyper closes the connection.
+///
+/// It also times writes: a client that accepts no byte of its response for `send_timeout`
+/// gets a write error and the connection closes (`server.send_timeout`). Bytes read from an
+/// HTTP/1 client count as activity for the idle timeout (see `server::conn`); over HTTP/2 they
+/// do not, since pings and settings are not use.
 pub struct Watched<S> {
     inner: S,
     scanner: Scanner,
@@ -289,16 +297,31 @@ pub struct Watched<S> {
     /// no other has started.
     deadline: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    send_timeout: Duration,
+    /// Armed while a write waits for the client to take bytes.
+    send_deadline: Option<Pin<Box<Sleep>>>,
+    send_blocked: bool,
+    activity: Arc<crate::server::conn::Activity>,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, scanner: Scanner, header_timeout: Duration) -> Self {
+    pub fn new(
+        inner: S,
+        scanner: Scanner,
+        header_timeout: Duration,
+        send_timeout: Duration,
+        activity: Arc<crate::server::conn::Activity>,
+    ) -> Self {
         Watched {
             inner,
             scanner,
             header_timeout,
             deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
             armed: true,
+            send_timeout,
+            send_deadline: None,
+            send_blocked: false,
+            activity,
         }
     }
 
@@ -322,6 +345,33 @@ impl<S> Watched<S> {
             None => false,
         }
     }
+
+    /// After a write attempt: `blocked` if it could not proceed. Returns the error to give
+    /// hyper once the client has taken nothing for `send_timeout`.
+    fn send_clock(&mut self, cx: &mut Context<'_>, blocked: bool) -> Option<io::Error> {
+        if !blocked {
+            self.send_blocked = false;
+            return None;
+        }
+        if !self.send_blocked {
+            self.send_blocked = true;
+            let at = tokio::time::Instant::now() + self.send_timeout;
+            match &mut self.send_deadline {
+                Some(d) => d.as_mut().reset(at),
+                None => self.send_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let expired = self
+            .send_deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        expired.then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client accepted no response bytes within send_timeout",
+            )
+        })
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -333,6 +383,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if !this.scanner.h2 && buf.filled().len() > before {
+            this.activity.touch();
+        }
         if !matches!(this.scanner.state, State::Off)
             && this.scanner.watch.upgraded.load(Ordering::Acquire)
         {
@@ -364,10 +417,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        match this.send_clock(cx, r.is_pending()) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => r,
+        }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        match this.send_clock(cx, r.is_pending()) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => r,
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
@@ -377,7 +440,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        match this.send_clock(cx, r.is_pending()) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => r,
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

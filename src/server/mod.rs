@@ -2,6 +2,7 @@
 //! (prior knowledge) on the same port with the request-head timeout and size limit, and shut
 //! down gracefully (stop accepting, let in-flight requests finish up to a deadline).
 
+pub mod conn;
 pub mod framing;
 
 use std::convert::Infallible;
@@ -12,7 +13,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -25,6 +25,8 @@ use crate::gateway::{self, ConnInfo, Gateway};
 pub struct Server {
     gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
+    /// Open connections per client IP, over every listener.
+    per_ip: Arc<conn::PerIp>,
     cap: usize,
     /// By configured address (`127.0.0.1:0` stays the same key across reloads).
     listeners: Vec<(SocketAddr, Listener)>,
@@ -50,6 +52,7 @@ impl Server {
         let mut server = Server {
             gw,
             permits: Arc::new(Semaphore::new(cap)),
+            per_ip: Arc::default(),
             cap,
             listeners: Vec::new(),
             sweeper: (sweep_stop, sweeper),
@@ -107,6 +110,7 @@ impl Server {
                 addr.to_string(),
                 self.gw.clone(),
                 self.permits.clone(),
+                self.per_ip.clone(),
                 stop_rx,
             ));
             self.listeners.push((addr, Listener { local, stop, task }));
@@ -187,8 +191,8 @@ fn connection_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        // hyper's timer runs from the end of one request to the end of the next head: it
-        // bounds idleness plus the head. The head alone is timed by `framing::Watched`.
+        // Idleness is bounded by `conn::serve` and the head by `framing::Watched`; hyper's
+        // own timer (from the end of one request to the end of the next head) is a backstop.
         .header_read_timeout(s.idle_timeout + s.request_header_timeout)
         .max_buf_size(s.max_header_size.max(8192))
         .keep_alive(true);
@@ -217,14 +221,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     name: String,
     gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
+    per_ip: Arc<conn::PerIp>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone of `open`; when all are gone, `closed` yields None.
+    let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         // Take a connection slot first: at the cap, new clients wait in the kernel backlog
         // instead of being accepted and starved.
@@ -244,48 +251,70 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        let _ = stream.set_nodelay(true);
         // Limits and timeouts of the config current at accept time.
         let settings = gw.runtime.load().server.clone();
+        let Some(ip_guard) = per_ip.admit(peer.ip(), settings.max_connections_per_ip) else {
+            gw.metrics.rejected("max_connections_per_ip");
+            tracing::debug!(client = %peer, "connection refused: server.max_connections_per_ip");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let builder = connection_builder(&settings);
-        let info = Arc::new(ConnInfo::new(peer, "http", Some(permit)));
+        let slot = conn::ConnSlot::new(Some(permit), Some(ip_guard));
+        let info = Arc::new(ConnInfo::new(peer, "http", Some(slot)));
         let active = gw.metrics.connection_opened(&name);
         let gw = gw.clone();
         let watch = Arc::new(framing::FramingWatch::default());
+        let activity = conn::Activity::new();
         let stream = framing::Watched::new(
             stream,
             framing::Scanner::new(watch.clone(), settings.max_header_size),
             settings.request_header_timeout,
+            settings.send_timeout,
+            activity.clone(),
         );
+        let svc_activity = activity.clone();
         let svc = service_fn(move |req| {
             let gw = gw.clone();
             let info = info.clone();
             let watch = watch.clone();
             let ambiguous = watch.next_request_is_ambiguous();
+            let in_flight = svc_activity.start();
             async move {
                 let resp = gateway::handle(&gw, req, &info, ambiguous).await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     watch.upgraded();
                 }
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(resp.map(|b| conn::ActiveBody::new(b, in_flight)))
             }
         });
-        let conn = builder
+        let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
-        let conn = graceful.watch(conn);
+        let stop = stop.clone();
+        let open = open.clone();
         // The connection's slot is released when the connection and every upgraded
         // connection spliced from it (which hold a clone) have ended.
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = conn::serve(
+                connection,
+                |c| c.graceful_shutdown(),
+                &activity,
+                settings.idle_timeout,
+                stop,
+            );
+            if let Err(e) = served.await {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
             active.dec();
+            drop(open);
         });
     }
     drop(listener);
+    drop(open);
     let shutdown_timeout = gw.runtime.load().server.shutdown_timeout;
-    if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
+    if tokio::time::timeout(shutdown_timeout, closed.recv())
         .await
         .is_err()
     {
