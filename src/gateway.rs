@@ -42,11 +42,23 @@ pub struct ConnInfo {
     pub slot: Option<Arc<ConnSlot>>,
     /// The client IP as an `X-Forwarded-For` element, formatted once per connection.
     pub forwarded_for: HeaderValue,
+    /// The local port the client connected to, formatted for `X-Forwarded-Port`.
+    pub port: HeaderValue,
+    /// The client is one of `server.trusted_proxies`.
+    pub trusted: bool,
 }
 
 impl ConnInfo {
-    pub fn new(client_addr: SocketAddr, proto: &'static str, slot: Option<ConnSlot>) -> Self {
+    pub fn new(
+        client_addr: SocketAddr,
+        proto: &'static str,
+        slot: Option<ConnSlot>,
+        local_port: u16,
+        trusted: bool,
+    ) -> Self {
         ConnInfo {
+            port: HeaderValue::from(local_port),
+            trusted,
             client_addr,
             proto,
             slot: slot.map(Arc::new),
@@ -156,6 +168,11 @@ async fn route_and_forward(
 ) -> Result<Response<Body>, GatewayError> {
     check_target(&req)?;
     check_framing(req.headers())?;
+    if rt.server.strict_paths
+        && let Some(why) = router::path::strict_violation(req.uri().path())
+    {
+        return Err(GatewayError::BadRequest(why));
+    }
     let client_host = client_host(&req)?;
 
     let host = client_host
@@ -192,6 +209,9 @@ async fn route_and_forward(
     // Before the policies: a client's `Connection: x-api-key` must not remove what a policy adds.
     let upgrade = proxy::take_upgrade(&mut req);
     proxy::remove_hop_by_hop(req.headers_mut());
+    if !rt.server.allow_underscores_in_headers {
+        proxy::remove_underscored(req.headers_mut());
+    }
 
     let mut cx = RequestCtx {
         request_id: request_id.clone(),
@@ -226,6 +246,12 @@ async fn route_and_forward(
         host: client_host.as_ref(),
         conn_slot: conn.slot.clone(),
         upgrade_idle: rt.server.upgrade_idle_timeout,
+        port: &conn.port,
+        trusted: conn.trusted,
+        prefix: match &route.path_action {
+            crate::config::compile::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
+            _ => None,
+        },
     };
     proxy::add_forwarding_headers(&mut req, &down, request_id);
     let key = match &upstream.balancer {

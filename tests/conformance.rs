@@ -63,6 +63,8 @@ struct Case {
     more: Vec<u16>,
     /// The client shuts its writing side after sending.
     client_closes: bool,
+    /// Extra `server:` settings for this case's gateway.
+    server: &'static str,
 }
 
 /// `status` for a case whose response does not matter (the client left).
@@ -85,6 +87,7 @@ fn case(name: &'static str, send: impl AsRef<[u8]>) -> Case {
         after: After::Usable,
         more: Vec::new(),
         client_closes: false,
+        server: "",
     }
 }
 
@@ -139,6 +142,10 @@ impl Case {
         self.head = true;
         self
     }
+    fn server(mut self, settings: &'static str) -> Case {
+        self.server = settings;
+        self
+    }
     fn client_closes(mut self) -> Case {
         self.client_closes = true;
         self
@@ -149,11 +156,11 @@ impl Case {
     }
 }
 
-fn config(upstream: &str, extra: &str) -> String {
+fn config(upstream: &str, server: &str) -> String {
     format!(
         r#"listen: "127.0.0.1:0"
 access_log: off
-server: {{ max_header_size: 16384 }}
+server: {{ max_header_size: 16384{server} }}
 upstreams:
   u:
     targets: ["{upstream}"]
@@ -170,7 +177,7 @@ routes:
   - name: all
     match: {{ path_prefix: / }}
     upstream: u
-{extra}"#
+"#
     )
 }
 
@@ -181,13 +188,15 @@ const BASE: &[&str] = &[
     "via: 1.1 gatehouse",
     "x-forwarded-for: 127.0.0.1",
     "x-forwarded-host: gw.test",
+    "x-forwarded-port: GW",
     "x-forwarded-proto: http",
+    "x-real-ip: 127.0.0.1",
     "x-request-id: *",
 ];
 
 /// A received request in a comparable form: the request line, its header lines sorted (with
 /// the ports and random ids replaced), and the body (de-chunked if chunked).
-fn render(req: &[u8], up_port: u16) -> (String, Vec<String>, Vec<u8>) {
+fn render(req: &[u8], up_port: u16, gw_port: u16) -> (String, Vec<String>, Vec<u8>) {
     let end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let head = String::from_utf8_lossy(&req[..end - 4]).into_owned();
     let mut lines = head.split("\r\n");
@@ -203,6 +212,7 @@ fn render(req: &[u8], up_port: u16) -> (String, Vec<String>, Vec<u8>) {
             let v = match n {
                 "x-request-id" if v.len() == 32 => "*".to_owned(),
                 "traceparent" => "*".to_owned(),
+                "x-forwarded-port" if v == gw_port.to_string() => "GW".to_owned(),
                 _ => v.replace(&up_port.to_string(), "UP"),
             };
             format!("{n}: {v}")
@@ -244,7 +254,7 @@ async fn run(c: Case) -> Vec<String> {
         },
     ))
     .await;
-    let gw = TestGateway::start(&config(&upstream.url(), "")).await;
+    let gw = TestGateway::start(&config(&upstream.url(), c.server)).await;
     let mut client = RawClient::connect(gw.addr).await;
     client.send(&c.send).await;
     if c.client_closes {
@@ -319,12 +329,12 @@ async fn run(c: Case) -> Vec<String> {
             describe(&other)
         )),
     }
-    check_upstream(&c.up, &upstream, &mut errs);
+    check_upstream(&c.up, &upstream, gw.addr.port(), &mut errs);
     errs
 }
 
 /// Checks what the upstream received for the case itself (follow-ups are `GET /next`).
-fn check_upstream(up: &Up, upstream: &RawUpstream, errs: &mut Vec<String>) {
+fn check_upstream(up: &Up, upstream: &RawUpstream, gw_port: u16, errs: &mut Vec<String>) {
     let reqs: Vec<Vec<u8>> = upstream
         .requests()
         .into_iter()
@@ -365,7 +375,7 @@ fn check_upstream(up: &Up, upstream: &RawUpstream, errs: &mut Vec<String>) {
                         .collect::<Vec<_>>()
                 ));
             } else {
-                let (l, h, b) = render(&reqs[0], port);
+                let (l, h, b) = render(&reqs[0], port, gw_port);
                 if l != *line {
                     errs.push(format!("upstream request line {l:?}, want {line:?}"));
                 }
@@ -385,7 +395,7 @@ fn check_upstream(up: &Up, upstream: &RawUpstream, errs: &mut Vec<String>) {
             }
         }
         Up::Lines(lines) => {
-            let have: Vec<String> = reqs.iter().map(|r| render(r, port).0).collect();
+            let have: Vec<String> = reqs.iter().map(|r| render(r, port, gw_port).0).collect();
             if have != *lines {
                 errs.push(format!("upstream request lines {have:?}, want {lines:?}"));
             }
@@ -687,8 +697,7 @@ async fn content_length_and_transfer_encoding() {
             .up("POST / HTTP/1.1", &["content-length: 005"], b"hello"),
         case("a body-less GET sends no body", "GET / HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 0\r\n\r\n")
             .up("GET / HTTP/1.1", &["content-length: 0"], b""),
-        case("an underscore header is not Transfer-Encoding", "GET / HTTP/1.1\r\nHost: gw.test\r\nTransfer_Encoding: chunked\r\n\r\n")
-            .up("GET / HTTP/1.1", &["transfer_encoding: chunked"], b""),
+        case("an underscore header is not Transfer-Encoding, and is dropped", "GET / HTTP/1.1\r\nHost: gw.test\r\nTransfer_Encoding: chunked\r\n\r\n"),
     ])
     .await;
 }
@@ -1071,6 +1080,20 @@ async fn via_and_forwarded_fields() {
             "Expect is answered by the gateway, not forwarded",
             "Expect: 100-continue\r\n",
         ),
+        get_with("Forwarded from an untrusted client is dropped", "Forwarded: for=203.0.113.9;host=evil.test;proto=https\r\n"),
+        get_with("X-Real-IP from an untrusted client is replaced", "X-Real-IP: 203.0.113.9\r\n"),
+        get_with("X-Forwarded-Port from an untrusted client is replaced", "X-Forwarded-Port: 443\r\n"),
+        get_with("X-Forwarded-Prefix from an untrusted client is dropped", "X-Forwarded-Prefix: /evil\r\n"),
+        get_with("underscored fields are dropped by default", "X_Forwarded_Proto: https\r\nX_Custom: 1\r\nX-Kept: 1\r\n")
+            .up("GET / HTTP/1.1", &["x-kept: 1"], b""),
+        get_with("underscored fields are forwarded when allowed", "X_Custom: 1\r\n")
+            .server(", allow_underscores_in_headers: true")
+            .up("GET / HTTP/1.1", &["x_custom: 1"], b""),
+        get_with("a trusted proxy's forwarding fields are kept", "Forwarded: for=203.0.113.9\r\nX-Real-IP: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: api.example.com\r\nX-Forwarded-Port: 443\r\nX-Forwarded-For: 203.0.113.9\r\n")
+            .server(", trusted_proxies: [127.0.0.0/8]")
+            .up("GET / HTTP/1.1", &["forwarded: for=203.0.113.9", "x-real-ip: 203.0.113.9", "x-forwarded-proto: https", "x-forwarded-host: api.example.com", "x-forwarded-port: 443", "x-forwarded-for: 203.0.113.9, 127.0.0.1"], b""),
+        get_with("a proxy outside trusted_proxies is not trusted", "X-Real-IP: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n")
+            .server(", trusted_proxies: [10.0.0.0/8]"),
     ])
     .await;
 }
@@ -1144,10 +1167,7 @@ async fn pipelining_and_persistence() {
 #[tokio::test]
 async fn a_bare_lf_client_is_not_cut_off_between_requests() {
     let up = RawUpstream::ok().await;
-    let yaml = config(&up.url(), "").replace(
-        "server: { max_header_size: 16384 }",
-        "server: { max_header_size: 16384, request_header_timeout: 1s }",
-    );
+    let yaml = config(&up.url(), ", request_header_timeout: 1s");
     let gw = TestGateway::start(&yaml).await;
     let mut c = RawClient::connect(gw.addr).await;
     for i in 0..3 {
@@ -1182,7 +1202,7 @@ async fn expect_100_continue_is_answered_before_the_body() {
     let r = c.response().await.response();
     assert_eq!(r.status, 200);
     let reqs = up.wait_requests(1).await;
-    let (line, headers, body) = render(&reqs[0], up.addr.port());
+    let (line, headers, body) = render(&reqs[0], up.addr.port(), gw.addr.port());
     assert_eq!(line, "POST /e HTTP/1.1");
     assert!(
         !headers.iter().any(|h| h.starts_with("expect")),
@@ -1253,6 +1273,55 @@ async fn percent_encoding_and_dot_segments() {
             b"",
         ),
         scoped("a prefix matches whole segments only", "/publicity").refused(502),
+    ])
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// server.path_normalization: strict (Envoy's REJECT_REQUEST for escaped slashes and more)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_path_normalization() {
+    fn strict(name: &'static str, p: &'static str) -> Case {
+        case(name, format!("GET {p} HTTP/1.1\r\nHost: gw.test\r\n\r\n"))
+            .server(", path_normalization: strict")
+    }
+    fn standard(name: &'static str, p: &'static str) -> Case {
+        case(name, format!("GET {p} HTTP/1.1\r\nHost: gw.test\r\n\r\n"))
+    }
+    table(vec![
+        strict("an encoded slash is refused", "/a%2Fb").refused(400),
+        strict("a lower-case encoded slash is refused", "/a%2fb").refused(400),
+        strict("an encoded backslash is refused", "/a%5Cb").refused(400),
+        strict("an encoded NUL is refused", "/a%00b").refused(400),
+        strict(
+            "an overlong UTF-8 dot-dot is refused",
+            "/%C0%AE%C0%AE/admin",
+        )
+        .refused(400),
+        strict("escapes that are not UTF-8 are refused", "/a%FFb").refused(400),
+        strict("..; is refused", "/public/..;/admin").refused(400),
+        strict("%2e%2e; is refused", "/public/%2e%2e;/admin").refused(400),
+        strict("ordinary escapes pass", "/caf%C3%A9/a%20b").up(
+            "GET /caf%C3%A9/a%20b HTTP/1.1",
+            &[],
+            b"",
+        ),
+        strict("path parameters on ordinary segments pass", "/a;v=1/b").up(
+            "GET /a;v=1/b HTTP/1.1",
+            &[],
+            b"",
+        ),
+        standard(
+            "standard mode forwards an encoded slash as it came",
+            "/a%2Fb",
+        )
+        .up("GET /a%2Fb HTTP/1.1", &[], b""),
+        standard("standard mode forwards ..; as it came", "/public/..;/admin").up(
+            "GET /public/..;/admin HTTP/1.1",
+            &[],
+            b"",
+        ),
     ])
     .await;
 }
@@ -1596,7 +1665,7 @@ async fn run_h2(c: H2Case) -> Vec<String> {
             ));
         }
     }
-    check_upstream(&c.up, &upstream, &mut errs);
+    check_upstream(&c.up, &upstream, gw.addr.port(), &mut errs);
     errs
 }
 

@@ -348,3 +348,34 @@ async fn dubious_answers_from_python_are_contained() {
     let next = ask(&mut again, "GET /plain HTTP/1.1\r\nHost: svc.test\r\n\r\n").await;
     assert_eq!(next.text(), "python");
 }
+
+/// `strip_prefix` tells the service what it removed, as Traefik and Kong do.
+#[tokio::test]
+async fn a_stripped_prefix_is_sent_as_x_forwarded_prefix() {
+    let py = Python::scripted();
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: /svc }}\n    upstream: u\n    strip_prefix: true\n",
+        py.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    let r = ask(
+        &mut c,
+        "GET /svc/echo?x=1 HTTP/1.1\r\nHost: svc.test\r\nX-Forwarded-Prefix: /evil\r\n\r\n",
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["request_line"], "GET /echo?x=1 HTTP/1.1");
+    let prefix: Vec<&str> = j["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| {
+            h[0].as_str()
+                .unwrap()
+                .eq_ignore_ascii_case("x-forwarded-prefix")
+        })
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(prefix, ["/svc"]);
+}

@@ -72,6 +72,56 @@ pub struct ServerSettings {
     pub request_body_timeout: Duration,
     pub send_timeout: Duration,
     pub upgrade_idle_timeout: Duration,
+    pub trusted_proxies: Vec<Cidr>,
+    pub allow_underscores_in_headers: bool,
+    pub strict_paths: bool,
+}
+
+/// An address block, `10.0.0.0/8` or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?,
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 pub enum PathAction {
@@ -546,7 +596,17 @@ fn compile_server(s: &ServerConfig, errors: &mut Vec<ConfigError>) -> ServerSett
         s.upgrade_idle_timeout,
         DEFAULT_UPGRADE_IDLE_TIMEOUT,
     );
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in s.trusted_proxies.iter().flatten().enumerate() {
+        match Cidr::parse(t) {
+            Ok(c) => trusted_proxies.push(c),
+            Err(e) => errors.push(ConfigError::new(format!("server.trusted_proxies[{i}]"), e)),
+        }
+    }
     ServerSettings {
+        trusted_proxies,
+        allow_underscores_in_headers: s.allow_underscores_in_headers.unwrap_or(false),
+        strict_paths: s.path_normalization == Some(crate::config::model::PathNormalization::Strict),
         request_header_timeout,
         idle_timeout,
         max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
@@ -1239,6 +1299,30 @@ routes:
         assert_eq!(rt.warnings.len(), 1, "{:?}", rt.warnings);
         assert_eq!(rt.warnings[0].path, "routes[1]");
         assert!(rt.warnings[0].message.contains("\"first\""));
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.9.8.7".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(
+            c.contains("::ffff:10.1.2.3".parse().unwrap()),
+            "v4-mapped v6"
+        );
+        let one = Cidr::parse("192.168.1.5").unwrap();
+        assert!(one.contains("192.168.1.5".parse().unwrap()));
+        assert!(!one.contains("192.168.1.6".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

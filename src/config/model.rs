@@ -108,6 +108,20 @@ pub struct ServerConfig {
     /// Client connections open at once, over all listeners. Default 10000.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Clients (IPs or CIDR blocks, e.g. `10.0.0.0/8`) whose forwarding fields are believed:
+    /// from them `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto`/`-Host`/`-Port`/`-Prefix` are
+    /// kept; from anyone else they are replaced or dropped. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Forward request fields whose names contain `_` (dropped by default, as nginx does, since
+    /// CGI/WSGI backends read `X_Forwarded_Proto` as `X-Forwarded-Proto`). Default `false`.
+    #[serde(default)]
+    pub allow_underscores_in_headers: Option<bool>,
+    /// `standard` (default): dot segments resolved, doubled slashes merged, escapes kept.
+    /// `strict`: also refuse (400) encoded slashes and backslashes, `..;` path parameters,
+    /// encoded NUL and invalid or overlong UTF-8 in escapes.
+    #[serde(default)]
+    pub path_normalization: Option<PathNormalization>,
     /// Client connections open at once from one IP address; more are closed at accept.
     /// Default 1000 (raise it behind a load balancer or a large NAT).
     #[serde(default)]
@@ -147,6 +161,14 @@ pub struct AccessLogConfig {
     /// `stdout` (default), `stderr`, or a file path (appended to).
     #[serde(default)]
     pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PathNormalization {
+    #[default]
+    Standard,
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

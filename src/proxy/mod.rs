@@ -25,6 +25,10 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
@@ -157,6 +161,23 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::PROXY_AUTHORIZATION);
 }
 
+/// Drops request fields whose names contain `_` (nginx's default): CGI and WSGI backends map
+/// `X_Forwarded_Proto` and `X-Forwarded-Proto` to the same variable, so a client could
+/// smuggle one past the gateway as the other.
+pub fn remove_underscored(h: &mut HeaderMap) {
+    if !h.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(&n);
+    }
+}
+
 fn is_hop_by_hop(n: &HeaderName) -> bool {
     n == header::CONNECTION
         || n == header::TE
@@ -180,6 +201,12 @@ pub struct Downstream<'a> {
     pub conn_slot: Option<Arc<ConnSlot>>,
     /// `server.upgrade_idle_timeout`: an upgraded connection idle both ways this long closes.
     pub upgrade_idle: std::time::Duration,
+    /// The port the client connected to, for `X-Forwarded-Port`.
+    pub port: &'a HeaderValue,
+    /// The client is one of `server.trusted_proxies`: its forwarding fields are kept.
+    pub trusted: bool,
+    /// The prefix `strip_prefix` removed, for `X-Forwarded-Prefix`.
+    pub prefix: Option<&'a str>,
 }
 
 /// Adds the headers that describe this hop, once per request (not per try).
@@ -190,17 +217,40 @@ pub fn add_forwarding_headers(
 ) {
     let headers = req.headers_mut();
     append_forwarded(headers, &X_FORWARDED_FOR, down.forwarded_for);
-    // Proto and Host describe this hop: a client cannot be trusted to say them, so they are
-    // set, not appended (a client-sent `X-Forwarded-Host: evil.com` must not reach a service
-    // that builds links from it).
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(down.proto),
-    );
-    match down.host {
-        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+    // The rest describe the client's hop. From an untrusted client they are replaced (a
+    // client-sent `X-Forwarded-Host: evil.com` must not reach a service that builds links
+    // from it) or dropped; from a trusted proxy, what it says of its own client is kept.
+    let keep = |h: &HeaderMap, n: &HeaderName| down.trusted && h.contains_key(n);
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(down.proto),
+        );
+    }
+    if !keep(headers, &X_FORWARDED_HOST) {
+        match down.host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    if !keep(headers, &X_FORWARDED_PORT) {
+        headers.insert(X_FORWARDED_PORT.clone(), down.port.clone());
+    }
+    if !keep(headers, &X_REAL_IP) {
+        headers.insert(X_REAL_IP.clone(), down.forwarded_for.clone());
+    }
+    if !down.trusted {
+        headers.remove(&FORWARDED);
+    }
+    match down.prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
+        Some(p) => {
+            headers.insert(X_FORWARDED_PREFIX.clone(), p);
+        }
+        None if !down.trusted => {
+            headers.remove(&X_FORWARDED_PREFIX);
+        }
+        None => {}
+    }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     // RFC 9110 7.6.3: a gateway adds itself to Via on the requests it forwards, with the
     // protocol it received them in.

@@ -38,6 +38,51 @@ pub fn normalize_ext(path: &str) -> (Cow<'_, str>, bool) {
     }
 }
 
+/// What `server.path_normalization: strict` refuses in a raw request path, if anything:
+/// encoded slashes and backslashes (which some backends decode into separators), an encoded
+/// NUL, escapes that decode to invalid or overlong UTF-8 (`%C0%AE` is an overlong `.`), and a
+/// `;` path parameter on a segment that is `.` or `..` (`/..;/admin`, which some Java servers
+/// resolve as `..`).
+pub fn strict_violation(path: &str) -> Option<&'static str> {
+    let b = path.as_bytes();
+    if b.contains(&b'\\') {
+        return Some("a backslash in the path");
+    }
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            match h * 16 + l {
+                b'/' => return Some("an encoded slash in the path"),
+                b'\\' => return Some("an encoded backslash in the path"),
+                0 => return Some("an encoded NUL in the path"),
+                c => decoded.push(c),
+            }
+            i += 3;
+            continue;
+        }
+        decoded.push(b[i]);
+        i += 1;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Some("escapes in the path decode to invalid or overlong UTF-8");
+    }
+    for seg in decoded.split(|&c| c == b'/') {
+        if let Some(semi) = seg.iter().position(|&c| c == b';') {
+            let name = &seg[..semi];
+            if name == b"." || name == b".." {
+                return Some("a path parameter on a dot segment");
+            }
+        }
+    }
+    None
+}
+
 fn has_structure_issues(p: &str) -> bool {
     p.contains("/.") || p.starts_with('.') || p.contains("//")
 }
@@ -488,6 +533,36 @@ impl RewriteTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_paths() {
+        for ok in [
+            "/",
+            "/a/b",
+            "/a%20b",
+            "/caf%C3%A9",
+            "/a;v=1/b",
+            "/a/..b",
+            "/%2e%2e%2fx".replace("%2f", "x").as_str(),
+        ] {
+            assert_eq!(strict_violation(ok), None, "{ok}");
+        }
+        for bad in [
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/a%00",
+            "/%C0%AE%C0%AE/x",
+            "/%E0%80%AE",
+            "/%FF",
+            "/..;/admin",
+            "/a/.;x/b",
+            "/%2e%2e;/admin",
+        ] {
+            assert!(strict_violation(bad).is_some(), "{bad}");
+        }
+    }
 
     #[test]
     fn normalises() {

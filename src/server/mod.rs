@@ -230,6 +230,7 @@ async fn accept_loop(
     per_ip: Arc<conn::PerIp>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let local_port = listener.local_addr().map_or(0, |a| a.port());
     // Every connection task holds a clone of `open`; when all are gone, `closed` yields None.
     let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -262,7 +263,11 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let builder = connection_builder(&settings);
         let slot = conn::ConnSlot::new(Some(permit), Some(ip_guard));
-        let info = Arc::new(ConnInfo::new(peer, "http", Some(slot)));
+        let trusted = settings
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(peer.ip()));
+        let info = Arc::new(ConnInfo::new(peer, "http", Some(slot), local_port, trusted));
         let active = gw.metrics.connection_opened(&name);
         let gw = gw.clone();
         let watch = Arc::new(framing::FramingWatch::default());
