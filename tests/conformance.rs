@@ -1278,6 +1278,23 @@ async fn percent_encoding_and_dot_segments() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Redirects and cookies that name the target's own address (nginx's default proxy_redirect)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_naming_the_target() {
+    table(vec![
+        answered_with("a Location naming the target becomes the client's host", "Location: http://{SELF}/login?next=%2Fa\r\n")
+            .resp(&["location: http://gw.test/login?next=%2Fa"]),
+        answered_with("a relative Location is left alone", "Location: /login\r\n").resp(&["location: /login"]),
+        answered_with("a Location naming another host is left alone", "Location: http://elsewhere.test/x\r\n")
+            .resp(&["location: http://elsewhere.test/x"]),
+        answered_with("a cookie Domain naming the target becomes the client's host", "Set-Cookie: sid=1; Domain=127.0.0.1; Path=/\r\nSet-Cookie: other=2; Domain=example.com\r\n")
+            .resp(&["set-cookie: sid=1; Domain=gw.test; Path=/"]),
+    ])
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // server.path_normalization: strict (Envoy's REJECT_REQUEST for escaped slashes and more)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

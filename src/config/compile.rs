@@ -792,6 +792,7 @@ fn compile_upstream(
         pool,
         timeouts,
         preserve_host: u.preserve_host.unwrap_or(true),
+        rewrite_redirects: u.rewrite_redirects.unwrap_or(true),
         passive,
         active,
         retry,

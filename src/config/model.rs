@@ -197,6 +197,10 @@ pub struct UpstreamConfig {
     /// Forward the client's Host header (true, default) or the target's host:port (false).
     #[serde(default)]
     pub preserve_host: Option<bool>,
+    /// Rewrite a `Location` or a `Set-Cookie` `Domain` that names a target's own address into
+    /// the address the client used (nginx's default `proxy_redirect`). Default `true`.
+    #[serde(default)]
+    pub rewrite_redirects: Option<bool>,
     /// Health checking. Passive (outlier) detection is on by default.
     #[serde(default)]
     pub health: Option<HealthConfig>,

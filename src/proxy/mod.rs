@@ -419,6 +419,9 @@ pub async fn forward(
     *resp.version_mut() = Version::HTTP_11;
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if upstream.rewrite_redirects {
+        rewrite_redirects(&mut parts.headers, target, down);
+    }
     let body = UpstreamBody::new(body, conn, target.pool.clone(), target.stats.live.start());
     Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
 }
@@ -452,6 +455,68 @@ async fn response_after_body<F: std::future::Future>(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ())
+}
+
+/// nginx's default `proxy_redirect` and a `proxy_cookie_domain`: a `Location` whose authority
+/// is the target's own (`http://10.0.0.5:8080/login`) becomes the client's scheme and host
+/// (`https://api.example.com/login`), and a `Set-Cookie` `Domain=10.0.0.5` becomes the client's
+/// host. Anything else, relative locations included, is left as it is.
+fn rewrite_redirects(h: &mut HeaderMap, target: &Target, down: &Downstream<'_>) {
+    let Some(client) = down.host.and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let ours = target.authority.as_str();
+    if let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok())
+        && let Ok(uri) = loc.parse::<Uri>()
+        && uri
+            .authority()
+            .is_some_and(|a| a.as_str().eq_ignore_ascii_case(ours))
+    {
+        let rest = uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(v) = HeaderValue::from_str(&format!("{}://{client}{rest}", down.proto)) {
+            h.insert(header::LOCATION, v);
+        }
+    }
+    if !h.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let target_host = target.authority.host();
+    let client_host = crate::router::host_key(client);
+    let cookies: Vec<HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| {
+            let Ok(s) = v.to_str() else { return v.clone() };
+            let mut changed = false;
+            let parts: Vec<String> = s
+                .split(';')
+                .map(|attr| {
+                    let t = attr.trim();
+                    match t.split_once('=') {
+                        Some((k, d))
+                            if k.trim().eq_ignore_ascii_case("domain")
+                                && d.trim()
+                                    .trim_start_matches('.')
+                                    .eq_ignore_ascii_case(target_host) =>
+                        {
+                            changed = true;
+                            format!(" Domain={client_host}")
+                        }
+                        _ => attr.to_owned(),
+                    }
+                })
+                .collect();
+            if changed {
+                HeaderValue::from_str(&parts.join(";")).unwrap_or_else(|_| v.clone())
+            } else {
+                v.clone()
+            }
+        })
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for c in cookies {
+        h.append(header::SET_COOKIE, c);
+    }
 }
 
 /// Refuses an upstream response whose body length could be read two ways (RFC 9112 6.3): both

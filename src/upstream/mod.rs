@@ -77,6 +77,7 @@ pub struct Upstream {
     pub pool: Arc<UpstreamPool>,
     pub timeouts: Timeouts,
     pub preserve_host: bool,
+    pub rewrite_redirects: bool,
     pub passive: state::PassivePolicy,
     pub active: Option<health::ActivePolicy>,
     pub retry: retry::RetryPolicy,

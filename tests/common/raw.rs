@@ -233,7 +233,8 @@ impl Reply {
         }
     }
 
-    /// `200 OK` with a `Content-Length` body `ok`.
+    /// `200 OK` with a `Content-Length` body `ok`. In any reply, `{SELF}` is replaced by the
+    /// upstream's own `ip:port`.
     pub fn ok() -> Reply {
         Reply::raw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
     }
@@ -292,7 +293,7 @@ impl RawUpstream {
                     continue;
                 };
                 l2.lock().unwrap().connections += 1;
-                conns.spawn(serve_raw(stream, script.clone(), l2.clone()));
+                conns.spawn(serve_raw(stream, script.clone(), l2.clone(), addr));
             }
         });
         RawUpstream { addr, log, task }
@@ -334,7 +335,7 @@ impl Drop for RawUpstream {
     }
 }
 
-async fn serve_raw(mut stream: TcpStream, script: Script, log: Arc<Mutex<Log>>) {
+async fn serve_raw(mut stream: TcpStream, script: Script, log: Arc<Mutex<Log>>, me: SocketAddr) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let mut holding = false;
@@ -349,7 +350,12 @@ async fn serve_raw(mut stream: TcpStream, script: Script, log: Arc<Mutex<Log>>) 
                         l.requests.push(req.clone());
                         l.requests.len() - 1
                     };
-                    let reply = script(index, &req);
+                    let mut reply = script(index, &req);
+                    // `{SELF}` in a reply stands for this upstream's own address.
+                    let me = me.to_string();
+                    while let Some(at) = reply.bytes.windows(6).position(|w| w == b"{SELF}") {
+                        reply.bytes.splice(at..at + 6, me.bytes());
+                    }
                     if write_reply(&mut stream, &reply).await.is_err() {
                         return;
                     }
