@@ -113,6 +113,7 @@ pub async fn handle(
     );
 
     let result = if ambiguous_framing {
+        gw.metrics.rejected("ambiguous_framing");
         Err(GatewayError::BadRequest(
             "both Content-Length and Transfer-Encoding",
         ))
@@ -134,6 +135,15 @@ pub async fn handle(
                     source = ?std::error::Error::source(&e),
                     "request failed"
                 );
+            }
+            // Malformed or refused requests count with the parser's rejections.
+            if !ambiguous_framing
+                && matches!(
+                    e,
+                    GatewayError::BadRequest(_) | GatewayError::NotImplemented(_)
+                )
+            {
+                gw.metrics.rejected(e.code());
             }
             if let Some(r) = line.record() {
                 r.error = Some(e.code());

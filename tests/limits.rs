@@ -599,3 +599,78 @@ async fn connections_per_ip_are_capped() {
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
 }
+
+/// Requests refused before routing leave a trace: an access-log line with the status and the
+/// reason, and `gatehouse_downstream_rejected_total{reason}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_before_routing_are_logged_and_counted() {
+    let up = TestUpstream::echo("u").await;
+    let dir = TempConfig::new("");
+    let log = dir.dir.join("access.log");
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: {{ format: json, path: \"{}\" }}\nserver: {{ request_header_timeout: 500ms }}\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        log.display(),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    for (bytes, want) in [
+        (big.as_bytes(), 431),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".as_slice(), 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".as_slice(), 400),
+    ] {
+        assert_eq!(status_of(&raw(gw.addr, bytes).await), want);
+    }
+    // A head that never ends: cut off by the head timeout, with no answer.
+    let _ = raw(gw.addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= 4 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seen: Vec<(u64, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["error"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        (431, "head_too_large"),
+        (400, "parse_error"),
+        (400, "bad_request"),
+        (408, "head_timeout"),
+    ] {
+        assert!(
+            seen.iter()
+                .any(|(s, e)| (*s, e.as_str()) == (want.0, want.1)),
+            "no log line for {want:?} in {seen:?}"
+        );
+    }
+    let m = gw.gw.metrics.encode();
+    for reason in [
+        "head_too_large",
+        "parse_error",
+        "ambiguous_framing",
+        "head_timeout",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "gatehouse_downstream_rejected_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason} not counted:\n{m}"
+        );
+    }
+}

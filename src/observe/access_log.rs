@@ -76,6 +76,29 @@ impl AccessLog {
         }
     }
 
+    /// A line for a request refused before the gateway saw it whole (a head hyper could not
+    /// parse, one too large, one that never finished): no method, path or request id is
+    /// known, only the client, the status it was sent and why.
+    pub fn rejected(&self, client: SocketAddr, status: StatusCode, reason: &'static str) {
+        let record = Record {
+            start: Instant::now(),
+            time: SystemTime::now(),
+            client,
+            method: Method::from_bytes(b"-").unwrap_or(Method::GET),
+            path: "-".to_owned(),
+            version: Version::HTTP_11,
+            host: String::new(),
+            route: None,
+            target: None,
+            status,
+            error: Some(reason),
+            request_id: "-".to_owned(),
+            trace_id: None,
+            tally: Arc::default(),
+        };
+        self.send(record.line(self.format, 0));
+    }
+
     /// Blocks until every line sent so far is written (bounded by `timeout`). Called at
     /// shutdown, off the runtime, so no line of a finished request is lost on exit.
     pub fn flush(&self, timeout: std::time::Duration) {

@@ -170,6 +170,43 @@ impl Server {
     }
 }
 
+/// Why a connection ended in an error that refused a request before the service saw it: the
+/// status hyper answered (if it answered), and a reason for the log and
+/// `gatehouse_downstream_rejected_total`. `None` for ordinary ends (the client left).
+fn rejection(
+    e: &(dyn std::error::Error + 'static),
+) -> Option<(Option<http::StatusCode>, &'static str)> {
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_parse_too_large() {
+            return Some((
+                Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+                "head_too_large",
+            ));
+        }
+        if h.is_parse() {
+            return Some((Some(http::StatusCode::BAD_REQUEST), "parse_error"));
+        }
+    }
+    // Our own timers surface as I/O errors inside hyper's.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            let msg = io.to_string();
+            if msg.contains("request_header_timeout") {
+                // Logged as nginx logs it; the client was sent nothing.
+                return Some((Some(http::StatusCode::REQUEST_TIMEOUT), "head_timeout"));
+            }
+            if msg.contains("send_timeout") {
+                return Some((None, "send_timeout"));
+            }
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// Closes idle upstream connections that expired or were closed by their upstream, for the
 /// upstreams of whatever config is current.
 async fn sweep_pools(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
@@ -269,6 +306,7 @@ async fn accept_loop(
             .any(|c| c.contains(peer.ip()));
         let info = Arc::new(ConnInfo::new(peer, "http", Some(slot), local_port, trusted));
         let active = gw.metrics.connection_opened(&name);
+        let gw_log = gw.clone();
         let gw = gw.clone();
         let watch = Arc::new(framing::FramingWatch::default());
         let activity = conn::Activity::new();
@@ -311,6 +349,18 @@ async fn accept_loop(
             );
             if let Err(e) = served.await {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                if let Some((status, reason)) = rejection(&*e) {
+                    gw_log.metrics.rejected(reason);
+                    if let Some(log) = gw_log.access_log.load().as_deref()
+                        && status.is_some()
+                    {
+                        log.rejected(
+                            peer,
+                            status.unwrap_or(http::StatusCode::BAD_REQUEST),
+                            reason,
+                        );
+                    }
+                }
             }
             active.dec();
             drop(open);
