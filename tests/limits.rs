@@ -209,42 +209,52 @@ async fn slowloris_is_cut_off_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_holds_and_frees() {
-    let up = TestUpstream::echo("u").await;
+    let up = TestUpstream::delayed(Duration::from_millis(1500), "slow").await;
     let yaml = simple_config(&[up.url()]).replace(
         "access_log: off\n",
         "access_log: off\nserver: { max_connections: 2 }\n",
     );
     let gw = TestGateway::start(&yaml).await;
     let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    // Two keep-alive connections take both slots.
+    // Two connections with requests in flight take both slots.
     let mut a = TcpStream::connect(gw.addr).await.unwrap();
     let mut b = TcpStream::connect(gw.addr).await.unwrap();
     for s in [&mut a, &mut b] {
         s.write_all(req).await.unwrap();
-        let mut buf = [0u8; 12];
-        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
     }
-    // A third waits in the backlog and is not served...
+    // A third waits in the backlog and is not served while both are busy...
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
     c.write_all(req).await.unwrap();
     let mut buf = [0u8; 12];
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), c.read_exact(&mut buf))
+        tokio::time::timeout(Duration::from_millis(800), c.read_exact(&mut buf))
             .await
             .is_err(),
-        "third connection was served"
+        "third connection was served while both slots were busy"
     );
-    // ...until a slot frees.
-    drop(a);
-    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut buf))
+    // ...until the busy ones finish: then an idle keep-alive connection makes room (as
+    // nginx reuses keep-alive connections at its cap), and the waiting client is served.
+    for s in [&mut a, &mut b] {
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
         .await
-        .expect("served after a slot freed")
+        .expect("served once a keep-alive connection went idle")
         .unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
+    let mut closed = 0;
+    for s in [&mut a, &mut b] {
+        if until_closed(s, Duration::from_secs(1)).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection made room");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

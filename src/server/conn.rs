@@ -86,6 +86,9 @@ fn now_ms() -> u64 {
 pub struct Activity {
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// A response has been finished on this connection: it is a keep-alive connection now,
+    /// not a new one whose first request is on its way.
+    served: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -93,6 +96,7 @@ impl Activity {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(now_ms()),
+            served: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -104,6 +108,15 @@ impl Activity {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// A keep-alive connection between requests, quiet for a moment: one that may close to
+    /// make room for a new client.
+    fn reusable(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
+            && self
+                .idle_for()
+                .is_some_and(|d| d >= Duration::from_millis(250))
     }
 
     /// How long the connection has been idle, or `None` while a request is in flight.
@@ -121,6 +134,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.served.store(true, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -161,12 +175,15 @@ impl http_body::Body for ActiveBody {
 }
 
 /// Drives `conn` to its end. It is shut down gracefully (in-flight requests finish, then it
-/// closes) when it has been idle for `idle`, or when `stop` says the listener is going away.
+/// closes) when it has been idle for `idle`, when `pressure` rings while nothing is in flight
+/// (a new client waits for a slot under `server.max_connections`), or when `stop` says the
+/// listener is going away.
 pub async fn serve<C: std::future::Future>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
     idle: Duration,
+    pressure: &tokio::sync::Notify,
     mut stop: watch::Receiver<bool>,
 ) -> C::Output {
     let mut conn = std::pin::pin!(conn);
@@ -186,6 +203,13 @@ pub async fn serve<C: std::future::Future>(
                     }
                     Some(d) => wait = idle - d,
                     None => wait = idle,
+                }
+            }
+            // Another client waits for a slot: close now if nothing is in flight.
+            _ = pressure.notified(), if !winding_down => {
+                if activity.reusable() {
+                    winding_down = true;
+                    graceful_shutdown(conn.as_mut());
                 }
             }
             r = stop.changed(), if !winding_down => {

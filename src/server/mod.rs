@@ -27,6 +27,8 @@ pub struct Server {
     permits: Arc<Semaphore>,
     /// Open connections per client IP, over every listener.
     per_ip: Arc<conn::PerIp>,
+    /// Rung when a new client waits for a slot: idle keep-alive connections then close.
+    pressure: Arc<tokio::sync::Notify>,
     cap: usize,
     /// By configured address (`127.0.0.1:0` stays the same key across reloads).
     listeners: Vec<(SocketAddr, Listener)>,
@@ -53,6 +55,7 @@ impl Server {
             gw,
             permits: Arc::new(Semaphore::new(cap)),
             per_ip: Arc::default(),
+            pressure: Arc::default(),
             cap,
             listeners: Vec::new(),
             sweeper: (sweep_stop, sweeper),
@@ -111,6 +114,7 @@ impl Server {
                 self.gw.clone(),
                 self.permits.clone(),
                 self.per_ip.clone(),
+                self.pressure.clone(),
                 stop_rx,
             ));
             self.listeners.push((addr, Listener { local, stop, task }));
@@ -265,6 +269,7 @@ async fn accept_loop(
     gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
     per_ip: Arc<conn::PerIp>,
+    pressure: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let local_port = listener.local_addr().map_or(0, |a| a.port());
@@ -273,9 +278,22 @@ async fn accept_loop(
     loop {
         // Take a connection slot first: at the cap, new clients wait in the kernel backlog
         // instead of being accepted and starved.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.changed() => break,
+        // At the cap, idle keep-alive connections make room (as nginx reuses them): a
+        // client that holds a connection open between sparse requests cannot lock others out.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => loop {
+                pressure.notify_waiters();
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => break p,
+                        Err(_) => return,
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => return,
+                }
+            },
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -337,6 +355,7 @@ async fn accept_loop(
             .into_owned();
         let stop = stop.clone();
         let open = open.clone();
+        let pressure = pressure.clone();
         // The connection's slot is released when the connection and every upgraded
         // connection spliced from it (which hold a clone) have ended.
         tokio::spawn(async move {
@@ -345,6 +364,7 @@ async fn accept_loop(
                 |c| c.graceful_shutdown(),
                 &activity,
                 settings.idle_timeout,
+                &pressure,
                 stop,
             );
             if let Err(e) = served.await {
