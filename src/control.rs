@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::State;
-use crate::config::compile::{AdminSettings, Runtime, compile};
+use crate::config::compile::{AdminSettings, Runtime, compile, file_path_changes};
 use crate::config::{ConfigError, parse_str};
 use crate::gateway::Gateway;
 use crate::observe::access_log::AccessLog;
@@ -45,12 +45,16 @@ pub enum ApplyError {
     Invalid(Vec<ConfigError>),
     /// It is valid but could not be put in place (a port in use, a file not writable).
     Failed(String),
+    /// It is valid but changes what the admin API may not change (a filesystem path).
+    Refused(Vec<ConfigError>),
 }
 
 impl ApplyError {
     pub fn messages(&self) -> Vec<String> {
         match self {
-            ApplyError::Invalid(errs) => errs.iter().map(ToString::to_string).collect(),
+            ApplyError::Invalid(errs) | ApplyError::Refused(errs) => {
+                errs.iter().map(ToString::to_string).collect()
+            }
             ApplyError::Failed(m) => vec![m.clone()],
         }
     }
@@ -77,7 +81,14 @@ pub struct Control {
     server: tokio::sync::Mutex<Option<Server>>,
     admin: Mutex<Option<AdminListener>>,
     stop: watch::Sender<bool>,
+    /// Config compiles in progress: parsing and compiling run on the blocking pool, at most
+    /// [`MAX_COMPILES`] at once, so a large config never occupies a runtime worker and a
+    /// burst of validations cannot take every core.
+    compiles: Arc<tokio::sync::Semaphore>,
 }
+
+/// Config compiles (validate, apply, reload) running at once; more wait their turn.
+const MAX_COMPILES: usize = 1;
 
 struct AdminListener {
     settings: AdminSettings,
@@ -126,6 +137,7 @@ impl Control {
             server: tokio::sync::Mutex::new(Some(server)),
             admin: Mutex::new(None),
             stop,
+            compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
         });
         let admin = control.gw.runtime.load().admin.clone();
         let plan = control.prepare_admin(admin.as_ref())?;
@@ -209,7 +221,9 @@ impl Control {
         if watcher && failed.as_deref() == Some(hash.as_str()) {
             return Ok(false);
         }
-        let result = self.apply_locked(&mut server, text, source, false).await;
+        let result = self
+            .apply_locked(&mut server, text, source, false, false)
+            .await;
         if result.is_err()
             && let Ok(mut c) = self.current.lock()
         {
@@ -223,14 +237,56 @@ impl Control {
     pub async fn reapply_current(self: &Arc<Self>, source: &'static str) -> Result<(), ApplyError> {
         let mut server = self.server.lock().await;
         let text = self.config_text();
-        self.apply_locked(&mut server, text, source, false).await
+        self.apply_locked(&mut server, text, source, false, false)
+            .await
     }
 
-    /// Checks a config text without applying it.
-    pub fn validate(&self, text: &str) -> Result<Runtime, Vec<ConfigError>> {
-        let cfg = parse_str(text, &|k| std::env::var(k).ok())?;
-        // A throwaway registry: validating must not touch the live pools and metrics.
-        compile(&cfg, &State::default())
+    /// Parses and compiles `text` on the blocking pool (at most [`MAX_COMPILES`] at once).
+    /// `state: None` compiles against a throwaway registry, for validation.
+    async fn compile_text(
+        &self,
+        text: String,
+        state: Option<Arc<State>>,
+    ) -> Result<Runtime, Vec<ConfigError>> {
+        let _permit = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|_| vec![ConfigError::new("", "the gateway is shutting down")])?;
+        tokio::task::spawn_blocking(move || {
+            let cfg = parse_str(&text, &|k| std::env::var(k).ok())?;
+            match state {
+                Some(state) => compile(&cfg, &state),
+                None => compile(&cfg, &State::default()),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(vec![ConfigError::new("", format!("compiling failed: {e}"))]))
+    }
+
+    /// Checks a config text as the admin API would apply it, without applying it: the
+    /// warnings when it is valid, else every error (a filesystem path it adds or changes
+    /// included). Runs on the blocking pool.
+    pub async fn validate(&self, text: String) -> Result<Vec<String>, Vec<ConfigError>> {
+        let running = self.gw.runtime.load().file_paths.clone();
+        let rt = self.compile_text(text, None).await?;
+        let refused = file_path_changes(&running, &rt.file_paths);
+        let warnings = rt.warnings.iter().map(ToString::to_string).collect();
+        // A large runtime is dropped off the runtime workers too.
+        tokio::task::spawn_blocking(move || drop(rt));
+        if refused.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(refused)
+        }
+    }
+
+    /// Applies a config text sent to the admin API: like [`Control::apply`] with the file
+    /// written back, but a config that adds or changes a filesystem path is refused.
+    pub async fn apply_from_admin(self: &Arc<Self>, text: String) -> Result<(), ApplyError> {
+        let mut server = self.server.lock().await;
+        self.apply_locked(&mut server, text, "admin", true, true)
+            .await
     }
 
     /// Applies a config text, all or nothing. With `write_file`, the text also replaces the
@@ -243,18 +299,20 @@ impl Control {
         write_file: bool,
     ) -> Result<(), ApplyError> {
         let mut server = self.server.lock().await;
-        self.apply_locked(&mut server, text, source, write_file)
+        self.apply_locked(&mut server, text, source, write_file, false)
             .await
     }
 
+    /// `from_admin`: the text came through the admin API, which may not change paths.
     async fn apply_locked(
         self: &Arc<Self>,
         server: &mut Option<Server>,
         text: String,
         source: &'static str,
         write_file: bool,
+        from_admin: bool,
     ) -> Result<(), ApplyError> {
-        let result = self.try_apply(server, &text, write_file).await;
+        let result = self.try_apply(server, &text, write_file, from_admin).await;
         match &result {
             Ok(()) => {
                 let hash = hash_text(&text);
@@ -291,9 +349,18 @@ impl Control {
         server: &mut Option<Server>,
         text: &str,
         write_file: bool,
+        from_admin: bool,
     ) -> Result<(), ApplyError> {
-        let cfg = parse_str(text, &|k| std::env::var(k).ok()).map_err(ApplyError::Invalid)?;
-        let rt = compile(&cfg, &self.state).map_err(ApplyError::Invalid)?;
+        let rt = self
+            .compile_text(text.to_owned(), Some(self.state.clone()))
+            .await
+            .map_err(ApplyError::Invalid)?;
+        if from_admin {
+            let refused = file_path_changes(&self.gw.runtime.load().file_paths, &rt.file_paths);
+            if !refused.is_empty() {
+                return Err(ApplyError::Refused(refused));
+            }
+        }
         let Some(srv) = server.as_mut() else {
             return Err(ApplyError::Failed("the gateway is shutting down".into()));
         };

@@ -66,6 +66,21 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl Config {
+    /// Every filesystem path this config names, as `(key path, path)`: the values of keys of
+    /// type [`units::FilePath`]. `stdout`, `stderr` and `-` name streams, not files, and are
+    /// left out.
+    pub fn file_paths(&self) -> Vec<(String, String)> {
+        let Ok(v) = serde_json::to_value(self) else {
+            return Vec::new();
+        };
+        validate::file_paths(&v)
+            .into_iter()
+            .filter(|(_, p)| !matches!(p.as_str(), "stdout" | "stderr" | "-"))
+            .collect()
+    }
+}
+
 /// Parses YAML text into a [`Config`], resolving `${NAME}` with `env`.
 pub fn parse_str(
     text: &str,

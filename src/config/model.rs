@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::units::{ByteSize, DurationStr};
+use super::units::{ByteSize, DurationStr, FilePath};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -129,7 +129,7 @@ pub struct AccessLogConfig {
     pub format: LogFormat,
     /// `stdout` (default), `stderr`, or a file path (appended to).
     #[serde(default)]
-    pub path: Option<String>,
+    pub path: Option<FilePath>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
