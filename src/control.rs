@@ -658,10 +658,15 @@ fn unix_now() -> u64 {
 }
 
 /// Replaces the config file with `text` so that a crash at any moment leaves a complete
-/// file: the new text goes to a temporary file beside it (same permissions, synced), the
-/// current file is preserved as `<file>.bak` the same way, then the temporary file is renamed
-/// over the original (atomic on one filesystem) and the directory synced. A symlinked config is
+/// file: the new text goes to a temporary file beside it (synced), the current file is
+/// preserved as `<file>.bak` the same way, then the temporary file is renamed over the
+/// original (atomic on one filesystem) and the directory synced. A symlinked config is
 /// written through the link. On any error nothing is replaced and the temporary file is removed.
+///
+/// The config holds secrets and its directory may be shared: every file this creates is
+/// created new (`O_CREAT|O_EXCL`, which never follows a symlink, so a link planted at the name
+/// fails the open rather than redirecting it), mode 0600 from the first moment, under an
+/// unpredictable name. Only once the text is written does it take the config file's own mode.
 async fn write_config_file(path: &Path, text: &str) -> Result<(), String> {
     let path = path.to_owned();
     let text = text.to_owned();
@@ -671,6 +676,7 @@ async fn write_config_file(path: &Path, text: &str) -> Result<(), String> {
 }
 
 fn write_config_file_blocking(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -681,40 +687,72 @@ fn write_config_file_blocking(path: &Path, text: &str) -> Result<(), String> {
         .and_then(|n| n.to_str())
         .unwrap_or("gatehouse.yaml")
         .to_owned();
-    let perms = std::fs::metadata(&path).ok().map(|m| m.permissions());
-    let write_synced = |target: &Path, bytes: &[u8]| -> std::io::Result<()> {
+    // The mode its owner gave the config file; the new file and the backup end up with it.
+    let mode = std::fs::metadata(&path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    let write_synced = |file: &mut std::fs::File, bytes: &[u8]| -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(target)?;
-        if let Some(p) = &perms {
-            f.set_permissions(p.clone())?;
+        file.write_all(bytes)?;
+        if let Some(m) = mode {
+            file.set_permissions(std::fs::Permissions::from_mode(m))?;
         }
-        f.write_all(bytes)?;
-        f.sync_all()
+        file.sync_all()
     };
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut created: Vec<PathBuf> = Vec::new();
     let bak = dir.join(format!("{name}.bak"));
-    let bak_tmp = dir.join(format!(".{name}.bak.tmp-{}", std::process::id()));
     let result = (|| -> Result<(), String> {
-        write_synced(&tmp, text.as_bytes())
+        let (tmp, mut f) = create_private(&dir, &format!(".{name}.tmp-"))
+            .map_err(|e| format!("{}: cannot create a temporary file: {e}", dir.display()))?;
+        created.push(tmp.clone());
+        write_synced(&mut f, text.as_bytes())
             .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
         if let Ok(old) = std::fs::read(&path) {
-            write_synced(&bak_tmp, &old)
+            let (bak_tmp, mut b) = create_private(&dir, &format!(".{name}.bak.tmp-"))
+                .map_err(|e| format!("{}: cannot create a backup: {e}", dir.display()))?;
+            created.push(bak_tmp.clone());
+            write_synced(&mut b, &old)
                 .map_err(|e| format!("{}: cannot write backup: {e}", bak_tmp.display()))?;
+            // rename() replaces whatever is at `.bak` (a symlink included) without following it.
             std::fs::rename(&bak_tmp, &bak)
                 .map_err(|e| format!("{}: cannot write backup: {e}", bak.display()))?;
+            created.pop();
         }
         std::fs::rename(&tmp, &path)
             .map_err(|e| format!("{}: cannot replace: {e}", path.display()))?;
+        created.clear();
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(&bak_tmp);
+    for f in created {
+        let _ = std::fs::remove_file(f);
     }
     result
+}
+
+/// Creates a new file `<dir>/<prefix><16 random hex digits>`, mode 0600, failing rather than
+/// opening anything that already exists at the name (a symlink included: `create_new` is
+/// `O_CREAT|O_EXCL`, which does not follow a symlink in the last component). A name taken
+/// by chance is retried with another.
+fn create_private(dir: &Path, prefix: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for _ in 0..8 {
+        let candidate = dir.join(format!("{prefix}{:016x}", fastrand::u64(..)));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&candidate)
+        {
+            Ok(f) => return Ok((candidate, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
 }
 
 #[cfg(test)]
@@ -722,6 +760,19 @@ mod tests {
     use super::*;
     use notify::EventKind;
     use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn private_files_are_new_and_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("gatehouse-private-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, _) = create_private(&dir, ".x.tmp-").unwrap();
+        let (b, _) = create_private(&dir, ".x.tmp-").unwrap();
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn reading_the_file_is_not_a_change() {
