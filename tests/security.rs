@@ -470,3 +470,160 @@ fn write_back_creates_files_0600_and_exclusive() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding 4: validation blocked traffic.
+
+/// A config of `n` routes, each its own prefix, all to upstream `u`.
+fn many_routes(upstream: &str, n: usize) -> String {
+    let mut s = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nadmin: {{ addr: \"127.0.0.1:0\", token: \"{TOKEN}\" }}\nupstreams:\n  u: {{ targets: [\"{upstream}\"] }}\nroutes:\n"
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "  - {{ match: {{ path_prefix: /r{i}/x }}, upstream: u }}\n"
+        ));
+    }
+    s
+}
+
+/// The admin address the binary logged, waited for (10 s).
+fn admin_addr_of(gw: &GatewayProcess) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let lines = gw.stderr_lines.lock().unwrap().clone();
+        if let Some(l) = lines.iter().find(|l| l.contains("admin API listening")) {
+            let i = l.find("addr=").unwrap() + "addr=".len();
+            return l[i..].split_whitespace().next().unwrap().parse().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no admin listener logged");
+}
+
+/// Two validations of a 34 000-route config through the admin API, at once, while a client
+/// sends proxied requests to the built binary (2 workers): no proxied request takes a second.
+/// Before, the O(n²) shadow check ran on a runtime worker and stalled traffic for many
+/// seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validating_a_huge_config_does_not_stall_traffic() {
+    let up = TestUpstream::echo("u").await;
+    let small = format!(
+        "workers: 2\n{}",
+        config(
+            &up.url(),
+            &format!("access_log: off\n{}", admin_block(Some(TOKEN)))
+        )
+    );
+    let file = TempConfig::new(&small);
+    let gw = GatewayProcess::start_with_args(&file.path, &["--no-watch"]);
+    let admin = admin_addr_of(&gw);
+    let huge = std::sync::Arc::new(many_routes(&up.url(), 34_000));
+    assert!(huge.len() < 4 * 1024 * 1024, "{} bytes", huge.len());
+
+    let validations: Vec<_> = (0..2)
+        .map(|_| {
+            let huge = huge.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = tokio::time::timeout(
+                    Duration::from_secs(120),
+                    admin_at(admin, "POST", "/config/validate", Some(TOKEN), &huge),
+                )
+                .await
+                .expect("validation took over 120 s");
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    // Proxied requests until both validations answered (bounded: 120 s).
+    let c = client();
+    let url = gw.url("/traffic");
+    let (mut worst, mut sent) = (Duration::ZERO, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while validations.iter().any(|v| !v.is_finished()) && Instant::now() < deadline {
+        let t = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            c.request(Request::get(&url).body(full("")).unwrap()),
+        )
+        .await;
+        let took = t.elapsed();
+        assert!(matches!(&r, Ok(Ok(resp)) if resp.status() == 200), "{r:?}");
+        worst = worst.max(took);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for v in validations {
+        let (r, took) = v.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+        assert_eq!(r.json()["valid"], true);
+        eprintln!("validation answered in {took:?}");
+    }
+    eprintln!("{sent} proxied requests during the validations, the slowest {worst:?}");
+    assert!(
+        sent >= 5,
+        "the validations were too quick to overlap traffic ({sent})"
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "a proxied request took {worst:?} during validation"
+    );
+}
+
+/// A config above the admin API's cap (4 MiB) gets 413, whether it declares its length (the
+/// answer comes before the body is sent) or streams it chunked (cut off at the cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_config_gets_413() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &format!("access_log: off\n{}", admin_block(Some(TOKEN))),
+    ))
+    .await;
+    let admin = gw.control.admin_addr().unwrap();
+    let head = |method: &str, path: &str, framing: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/yaml\r\nAuthorization: Bearer {TOKEN}\r\n{framing}\r\n\r\n"
+        )
+    };
+    for (method, path) in [("POST", "/config/validate"), ("PUT", "/config")] {
+        // Declared: refused from the head alone.
+        let h = head(method, path, "Content-Length: 5000000");
+        let r = raw_request(admin, h.as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 413"), "{method} {path}: {r}");
+
+        // Chunked: read up to the cap, then refused.
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(admin),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let h = head(method, path, "Transfer-Encoding: chunked");
+        let writer = tokio::spawn(async move {
+            let chunk = format!("10000\r\n{}\r\n", "#".repeat(0x10000));
+            let _ = wr.write_all(h.as_bytes()).await;
+            // 5 MiB in 64 KiB chunks; the server may stop reading at any point.
+            for _ in 0..80 {
+                if wr.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.write_all(b"0\r\n\r\n").await;
+        });
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            r.starts_with("HTTP/1.1 413"),
+            "{method} {path} chunked: {r}"
+        );
+        writer.abort();
+    }
+}
