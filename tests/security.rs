@@ -472,6 +472,127 @@ fn write_back_creates_files_0600_and_exclusive() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Finding 3: secrets echoed in errors.
+
+/// `gatehouse check` on a config with secrets where they do not fit: the expanded value of a
+/// `${NAME}` never appears (the reference does), nor does a literal secret, nor one quoted by
+/// a YAML syntax error's snippet, nor a credential in a health-check query.
+#[test]
+fn check_never_prints_a_secret() {
+    use std::process::Command;
+    let base = "listen: \"127.0.0.1:0\"\nupstreams:\n  u: { targets: [\"http://127.0.0.1:9\"] }\nroutes:\n  - match: { path_prefix: / }\n    upstream: u\n";
+    let cases = [
+        (
+            "admin token of the wrong type, from the environment",
+            format!("{base}admin: {{ addr: \"127.0.0.1:0\", token: \"${{GH_SECRET_NUM}}\" }}\n"),
+            "9876543210987654321",
+            Some("${GH_SECRET_NUM}"),
+        ),
+        (
+            "a header map given as a string, from the environment",
+            format!("{base}global:\n  headers: {{ request: {{ set: \"${{GH_SECRET_STR}}\" }} }}\n"),
+            "sk_live_from_env_77",
+            Some("${GH_SECRET_STR}"),
+        ),
+        (
+            "a literal credential where a map belongs",
+            format!("{base}global:\n  headers: {{ request: {{ append: \"Authorization: Bearer sk_literal_4242\" }} }}\n"),
+            "sk_literal_4242",
+            Some("<redacted>"),
+        ),
+        (
+            "a YAML syntax error next to a credential",
+            format!("{base}global:\n  headers: {{ request: {{ set: {{ authorization: \"Bearer sk_yaml_5151\" }} }}\n  oops: [\n"),
+            "sk_yaml_5151",
+            None,
+        ),
+        (
+            "a health-check path with a credential in its query",
+            base.replace(
+                "u: { targets: [\"http://127.0.0.1:9\"] }",
+                "u: { targets: [\"http://127.0.0.1:9\"], health: { active: { path: \"healthz?token=hc_literal_6161\" } } }",
+            ),
+            "hc_literal_6161",
+            Some("token=<redacted>"),
+        ),
+    ];
+    for (what, yaml, secret, shown) in cases {
+        let file = TempConfig::new(&yaml);
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&file.path)
+            .env("GH_SECRET_NUM", "9876543210987654321")
+            .env("GH_SECRET_STR", "sk_live_from_env_77")
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{what}: check passed: {all}");
+        assert!(
+            !all.contains(secret),
+            "{what}: the secret is printed:\n{all}"
+        );
+        if let Some(shown) = shown {
+            assert!(all.contains(shown), "{what}: {shown} not shown:\n{all}");
+        }
+    }
+}
+
+/// Through the admin API: `/config/validate`, a refused `PUT /config` and then `/status`
+/// (the last reload's errors) show `${CARGO_MANIFEST_DIR}`, not its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_errors_and_status_never_show_an_expanded_value() {
+    let value = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let up = TestUpstream::echo("u").await;
+    let yaml = config(
+        &up.url(),
+        &format!("access_log: off\n{}", admin_block(Some(TOKEN))),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let admin = gw.control.admin_addr().unwrap();
+    let bad = format!("workers: \"${{CARGO_MANIFEST_DIR}}\"\n{yaml}");
+    let v = admin_at(admin, "POST", "/config/validate", Some(TOKEN), &bad).await;
+    assert_eq!(v.status, StatusCode::BAD_REQUEST, "{}", text(&v));
+    let r = admin_at(admin, "PUT", "/config", Some(TOKEN), &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", text(&r));
+    let st = admin_at(admin, "GET", "/status", Some(TOKEN), "").await;
+    for (what, body) in [
+        ("validate", text(&v)),
+        ("put", text(&r)),
+        ("status", text(&st)),
+    ] {
+        assert!(!body.contains(&value), "{what}: {value} shown: {body}");
+        assert!(body.contains("${CARGO_MANIFEST_DIR}"), "{what}: {body}");
+    }
+}
+
+/// A credential in a health-check query string is hidden in `/config` and `/upstreams`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_query_secrets_are_redacted() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\n{}upstreams:\n  u:\n    targets: [\"{}\"]\n    health: {{ active: {{ path: \"/healthz?token=hc-secret-4242&probe=deep\", interval: 5s }} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        admin_block(Some(TOKEN)),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let admin = gw.control.admin_addr().unwrap();
+    for path in ["/config", "/upstreams", "/stats"] {
+        let r = admin_at(admin, "GET", path, Some(TOKEN), "").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let body = text(&r);
+        assert!(!body.contains("hc-secret-4242"), "{path}: {body}");
+        assert!(
+            body.contains("/healthz?token=<redacted>&probe=<redacted>"),
+            "{path}: {body}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Finding 4: validation blocked traffic.
 
 /// A config of `n` routes, each its own prefix, all to upstream `u`.

@@ -388,7 +388,7 @@ fn upstreams(c: &Control) -> Value {
                     "idle_ms": u.timeouts.idle.as_millis() as u64,
                 },
                 "preserve_host": u.preserve_host,
-                "active_health_check": u.active.as_ref().map(|a| json!({"path": a.path, "interval_ms": a.interval.as_millis() as u64})),
+                "active_health_check": u.active.as_ref().map(|a| json!({"path": redact_query(&a.path), "interval_ms": a.interval.as_millis() as u64})),
                 "retry_attempts": u.retry.attempts,
                 "targets": u.targets.iter().map(|t| {
                     let live = &t.stats.live;
@@ -427,20 +427,43 @@ fn config(c: &Control) -> Value {
 /// credentials and shared-secret gates). `${ENV}` references are shown as they are.
 fn redact(v: &mut Value) {
     redact_in(v, false);
+    // A health-check path may carry a credential in its query (`/healthz?token=...`).
+    if let Some(ups) = v.get_mut("upstreams").and_then(Value::as_object_mut) {
+        for u in ups.values_mut() {
+            if let Some(p) = u.pointer_mut("/health/active/path")
+                && let Some(s) = p.as_str()
+            {
+                *p = Value::String(redact_query(s));
+            }
+        }
+    }
+}
+
+/// `/healthz?token=abc&x=1` -> `/healthz?token=<redacted>&x=<redacted>`: the names stay,
+/// every value is hidden (`${ENV}` references excepted).
+fn redact_query(path: &str) -> String {
+    let Some((p, q)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    let params: Vec<String> = q
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !(v.is_empty() || v.starts_with("${") && v.ends_with('}')) => {
+                format!("{k}=<redacted>")
+            }
+            Some((k, v)) => format!("{k}={v}"),
+            None => kv.to_owned(),
+        })
+        .collect();
+    format!("{p}?{}", params.join("&"))
 }
 
 fn redact_in(v: &mut Value, all: bool) {
     match v {
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
-                let k = k.to_ascii_lowercase();
-                let secret = all
-                    || k.contains("token")
-                    || k.contains("secret")
-                    || k.starts_with("password")
-                    || k.ends_with("key")
-                    || k == "authorization";
-                let headers = matches!(k.as_str(), "set" | "append" | "headers");
+                let secret = all || crate::config::is_secret_key(k);
+                let headers = crate::config::is_header_map_key(k);
                 match item {
                     Value::Object(_) | Value::Array(_) => redact_in(item, secret || headers),
                     Value::String(s) if secret && s.starts_with("${") && s.ends_with('}') => {}

@@ -321,7 +321,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
     }
 
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(cfg.redactions.scrub_all(errors));
     }
 
     let router = Router::new(routes.clone());
@@ -358,7 +358,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         access_log,
         server,
         workers: cfg.workers,
-        warnings,
+        warnings: cfg.redactions.scrub_all(warnings),
         file_paths: cfg.file_paths(),
     })
 }

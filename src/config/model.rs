@@ -39,6 +39,10 @@ pub struct Config {
     /// The admin API, metrics and dashboard, on a listener of their own. Absent = off.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Not a key: what error messages about this config must hide (filled by `parse_str`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub redactions: super::Redactions,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
