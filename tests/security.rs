@@ -325,11 +325,8 @@ async fn write_back_follows_no_planted_symlink_and_keeps_files_private() {
 
     for (at, victim) in &planted {
         assert!(
-            std::fs::symlink_metadata(at)
-                .unwrap()
-                .file_type()
-                .is_symlink(),
-            "{} was replaced",
+            std::fs::symlink_metadata(at).is_ok_and(|m| m.file_type().is_symlink()),
+            "{} was replaced or moved (the old code renamed the followed link over the config)",
             at.display()
         );
         assert_eq!(

@@ -125,12 +125,8 @@ impl Redactions {
     /// `true`) only in errors at or under the key they came from, so `routes[1]` does not
     /// become `routes[${ONE}]`.
     pub fn scrub(&self, mut e: ConfigError) -> ConfigError {
-        if self.pairs.is_empty() {
-            return e;
-        }
-        let mut pairs: Vec<&(String, String, String)> = self.pairs.iter().collect();
-        pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        for (value, shown, origin) in pairs {
+        // Longest first (sorted by `finish`), so a value that contains another goes whole.
+        for (value, shown, origin) in &self.pairs {
             let here = e.path == *origin
                 || e.path
                     .strip_prefix(origin.as_str())
@@ -147,6 +143,12 @@ impl Redactions {
             }
         }
         e
+    }
+
+    fn finish(&mut self) {
+        self.pairs
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.cmp(b)));
+        self.pairs.dedup();
     }
 
     pub fn scrub_all(&self, errors: Vec<ConfigError>) -> Vec<ConfigError> {
@@ -227,6 +229,7 @@ pub fn parse_str(
         &mut errors,
         &mut redactions,
     );
+    redactions.finish();
     // Every structural problem, not just the first one serde would stop at. A value whose
     // `${NAME}` could not be resolved has its error already; its shape is not judged.
     let unresolved: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
