@@ -257,6 +257,7 @@ impl Control {
             let cfg = parse_str(&text, &|k| std::env::var(k).ok())?;
             match state {
                 Some(state) => compile(&cfg, &state),
+                // A throwaway registry: validating must not touch live pools and metrics.
                 None => compile(&cfg, &State::default()),
             }
         })
