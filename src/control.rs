@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::State;
-use crate::config::compile::{AdminSettings, Runtime, compile};
+use crate::config::compile::{AdminSettings, Runtime, compile, file_path_changes};
 use crate::config::{ConfigError, parse_str};
 use crate::gateway::Gateway;
 use crate::observe::access_log::AccessLog;
@@ -45,12 +45,16 @@ pub enum ApplyError {
     Invalid(Vec<ConfigError>),
     /// It is valid but could not be put in place (a port in use, a file not writable).
     Failed(String),
+    /// It is valid but changes what the admin API may not change (a filesystem path).
+    Refused(Vec<ConfigError>),
 }
 
 impl ApplyError {
     pub fn messages(&self) -> Vec<String> {
         match self {
-            ApplyError::Invalid(errs) => errs.iter().map(ToString::to_string).collect(),
+            ApplyError::Invalid(errs) | ApplyError::Refused(errs) => {
+                errs.iter().map(ToString::to_string).collect()
+            }
             ApplyError::Failed(m) => vec![m.clone()],
         }
     }
@@ -77,7 +81,14 @@ pub struct Control {
     server: tokio::sync::Mutex<Option<Server>>,
     admin: Mutex<Option<AdminListener>>,
     stop: watch::Sender<bool>,
+    /// Config compiles in progress: parsing and compiling run on the blocking pool, at most
+    /// [`MAX_COMPILES`] at once, so a large config never occupies a runtime worker and a
+    /// burst of validations cannot take every core.
+    compiles: Arc<tokio::sync::Semaphore>,
 }
+
+/// Config compiles (validate, apply, reload) running at once; more wait their turn.
+const MAX_COMPILES: usize = 1;
 
 struct AdminListener {
     settings: AdminSettings,
@@ -126,6 +137,7 @@ impl Control {
             server: tokio::sync::Mutex::new(Some(server)),
             admin: Mutex::new(None),
             stop,
+            compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
         });
         let admin = control.gw.runtime.load().admin.clone();
         let plan = control.prepare_admin(admin.as_ref())?;
@@ -209,7 +221,9 @@ impl Control {
         if watcher && failed.as_deref() == Some(hash.as_str()) {
             return Ok(false);
         }
-        let result = self.apply_locked(&mut server, text, source, false).await;
+        let result = self
+            .apply_locked(&mut server, text, source, false, false)
+            .await;
         if result.is_err()
             && let Ok(mut c) = self.current.lock()
         {
@@ -223,14 +237,57 @@ impl Control {
     pub async fn reapply_current(self: &Arc<Self>, source: &'static str) -> Result<(), ApplyError> {
         let mut server = self.server.lock().await;
         let text = self.config_text();
-        self.apply_locked(&mut server, text, source, false).await
+        self.apply_locked(&mut server, text, source, false, false)
+            .await
     }
 
-    /// Checks a config text without applying it.
-    pub fn validate(&self, text: &str) -> Result<Runtime, Vec<ConfigError>> {
-        let cfg = parse_str(text, &|k| std::env::var(k).ok())?;
-        // A throwaway registry: validating must not touch the live pools and metrics.
-        compile(&cfg, &State::default())
+    /// Parses and compiles `text` on the blocking pool (at most [`MAX_COMPILES`] at once).
+    /// `state: None` compiles against a throwaway registry, for validation.
+    async fn compile_text(
+        &self,
+        text: String,
+        state: Option<Arc<State>>,
+    ) -> Result<Runtime, Vec<ConfigError>> {
+        let _permit = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|_| vec![ConfigError::new("", "the gateway is shutting down")])?;
+        tokio::task::spawn_blocking(move || {
+            let cfg = parse_str(&text, &|k| std::env::var(k).ok())?;
+            match state {
+                Some(state) => compile(&cfg, &state),
+                // A throwaway registry: validating must not touch live pools and metrics.
+                None => compile(&cfg, &State::default()),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(vec![ConfigError::new("", format!("compiling failed: {e}"))]))
+    }
+
+    /// Checks a config text as the admin API would apply it, without applying it: the
+    /// warnings when it is valid, else every error (a filesystem path it adds or changes
+    /// included). Runs on the blocking pool.
+    pub async fn validate(&self, text: String) -> Result<Vec<String>, Vec<ConfigError>> {
+        let running = self.gw.runtime.load().file_paths.clone();
+        let rt = self.compile_text(text, None).await?;
+        let refused = file_path_changes(&running, &rt.file_paths);
+        let warnings = rt.warnings.iter().map(ToString::to_string).collect();
+        // A large runtime is dropped off the runtime workers too.
+        tokio::task::spawn_blocking(move || drop(rt));
+        if refused.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(refused)
+        }
+    }
+
+    /// Applies a config text sent to the admin API: like [`Control::apply`] with the file
+    /// written back, but a config that adds or changes a filesystem path is refused.
+    pub async fn apply_from_admin(self: &Arc<Self>, text: String) -> Result<(), ApplyError> {
+        let mut server = self.server.lock().await;
+        self.apply_locked(&mut server, text, "admin", true, true)
+            .await
     }
 
     /// Applies a config text, all or nothing. With `write_file`, the text also replaces the
@@ -243,18 +300,20 @@ impl Control {
         write_file: bool,
     ) -> Result<(), ApplyError> {
         let mut server = self.server.lock().await;
-        self.apply_locked(&mut server, text, source, write_file)
+        self.apply_locked(&mut server, text, source, write_file, false)
             .await
     }
 
+    /// `from_admin`: the text came through the admin API, which may not change paths.
     async fn apply_locked(
         self: &Arc<Self>,
         server: &mut Option<Server>,
         text: String,
         source: &'static str,
         write_file: bool,
+        from_admin: bool,
     ) -> Result<(), ApplyError> {
-        let result = self.try_apply(server, &text, write_file).await;
+        let result = self.try_apply(server, &text, write_file, from_admin).await;
         match &result {
             Ok(()) => {
                 let hash = hash_text(&text);
@@ -291,9 +350,18 @@ impl Control {
         server: &mut Option<Server>,
         text: &str,
         write_file: bool,
+        from_admin: bool,
     ) -> Result<(), ApplyError> {
-        let cfg = parse_str(text, &|k| std::env::var(k).ok()).map_err(ApplyError::Invalid)?;
-        let rt = compile(&cfg, &self.state).map_err(ApplyError::Invalid)?;
+        let rt = self
+            .compile_text(text.to_owned(), Some(self.state.clone()))
+            .await
+            .map_err(ApplyError::Invalid)?;
+        if from_admin {
+            let refused = file_path_changes(&self.gw.runtime.load().file_paths, &rt.file_paths);
+            if !refused.is_empty() {
+                return Err(ApplyError::Refused(refused));
+            }
+        }
         let Some(srv) = server.as_mut() else {
             return Err(ApplyError::Failed("the gateway is shutting down".into()));
         };
@@ -591,10 +659,15 @@ fn unix_now() -> u64 {
 }
 
 /// Replaces the config file with `text` so that a crash at any moment leaves a complete
-/// file: the new text goes to a temporary file beside it (same permissions, synced), the
-/// current file is preserved as `<file>.bak` the same way, then the temporary file is renamed
-/// over the original (atomic on one filesystem) and the directory synced. A symlinked config is
+/// file: the new text goes to a temporary file beside it (synced), the current file is
+/// preserved as `<file>.bak` the same way, then the temporary file is renamed over the
+/// original (atomic on one filesystem) and the directory synced. A symlinked config is
 /// written through the link. On any error nothing is replaced and the temporary file is removed.
+///
+/// The config holds secrets and its directory may be shared: every file this creates is
+/// created new (`O_CREAT|O_EXCL`, which never follows a symlink, so a link planted at the name
+/// fails the open rather than redirecting it), mode 0600 from the first moment, under an
+/// unpredictable name. Only once the text is written does it take the config file's own mode.
 async fn write_config_file(path: &Path, text: &str) -> Result<(), String> {
     let path = path.to_owned();
     let text = text.to_owned();
@@ -604,6 +677,7 @@ async fn write_config_file(path: &Path, text: &str) -> Result<(), String> {
 }
 
 fn write_config_file_blocking(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -614,40 +688,72 @@ fn write_config_file_blocking(path: &Path, text: &str) -> Result<(), String> {
         .and_then(|n| n.to_str())
         .unwrap_or("gatehouse.yaml")
         .to_owned();
-    let perms = std::fs::metadata(&path).ok().map(|m| m.permissions());
-    let write_synced = |target: &Path, bytes: &[u8]| -> std::io::Result<()> {
+    // The mode its owner gave the config file; the new file and the backup end up with it.
+    let mode = std::fs::metadata(&path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    let write_synced = |file: &mut std::fs::File, bytes: &[u8]| -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(target)?;
-        if let Some(p) = &perms {
-            f.set_permissions(p.clone())?;
+        file.write_all(bytes)?;
+        if let Some(m) = mode {
+            file.set_permissions(std::fs::Permissions::from_mode(m))?;
         }
-        f.write_all(bytes)?;
-        f.sync_all()
+        file.sync_all()
     };
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut created: Vec<PathBuf> = Vec::new();
     let bak = dir.join(format!("{name}.bak"));
-    let bak_tmp = dir.join(format!(".{name}.bak.tmp-{}", std::process::id()));
     let result = (|| -> Result<(), String> {
-        write_synced(&tmp, text.as_bytes())
+        let (tmp, mut f) = create_private(&dir, &format!(".{name}.tmp-"))
+            .map_err(|e| format!("{}: cannot create a temporary file: {e}", dir.display()))?;
+        created.push(tmp.clone());
+        write_synced(&mut f, text.as_bytes())
             .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
         if let Ok(old) = std::fs::read(&path) {
-            write_synced(&bak_tmp, &old)
+            let (bak_tmp, mut b) = create_private(&dir, &format!(".{name}.bak.tmp-"))
+                .map_err(|e| format!("{}: cannot create a backup: {e}", dir.display()))?;
+            created.push(bak_tmp.clone());
+            write_synced(&mut b, &old)
                 .map_err(|e| format!("{}: cannot write backup: {e}", bak_tmp.display()))?;
+            // rename() replaces whatever is at `.bak` (a symlink included) without following it.
             std::fs::rename(&bak_tmp, &bak)
                 .map_err(|e| format!("{}: cannot write backup: {e}", bak.display()))?;
+            created.pop();
         }
         std::fs::rename(&tmp, &path)
             .map_err(|e| format!("{}: cannot replace: {e}", path.display()))?;
+        created.clear();
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(&bak_tmp);
+    for f in created {
+        let _ = std::fs::remove_file(f);
     }
     result
+}
+
+/// Creates a new file `<dir>/<prefix><16 random hex digits>`, mode 0600, failing rather than
+/// opening anything that already exists at the name (a symlink included: `create_new` is
+/// `O_CREAT|O_EXCL`, which does not follow a symlink in the last component). A name taken
+/// by chance is retried with another.
+fn create_private(dir: &Path, prefix: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for _ in 0..8 {
+        let candidate = dir.join(format!("{prefix}{:016x}", fastrand::u64(..)));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&candidate)
+        {
+            Ok(f) => return Ok((candidate, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
 }
 
 #[cfg(test)]
@@ -655,6 +761,19 @@ mod tests {
     use super::*;
     use notify::EventKind;
     use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn private_files_are_new_and_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("gatehouse-private-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, _) = create_private(&dir, ".x.tmp-").unwrap();
+        let (b, _) = create_private(&dir, ".x.tmp-").unwrap();
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn reading_the_file_is_not_a_change() {

@@ -50,6 +50,8 @@ pub struct Runtime {
     pub server: ServerSettings,
     pub workers: Option<usize>,
     pub warnings: Vec<ConfigError>,
+    /// Every filesystem path the config names, `(key path, path)` ([`Config::file_paths`]).
+    pub file_paths: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,12 +381,13 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
     }
 
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(cfg.redactions.scrub_all(errors));
     }
 
     let router = Router::new(routes.clone());
     for s in router.shadowed() {
-        let (a, b) = (&routes[s.index], routes.iter().find(|r| r.index == s.by));
+        // Every route compiled (there were no errors), so `routes[i].index == i`.
+        let (a, b) = (&routes[s.index], routes.get(s.by));
         warnings.push(ConfigError::new(
             format!("routes[{}]", a.index),
             match b {
@@ -415,8 +418,28 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         access_log,
         server,
         workers: cfg.workers,
-        warnings,
+        warnings: cfg.redactions.scrub_all(warnings),
+        file_paths: cfg.file_paths(),
     })
+}
+
+/// What a config applied through the admin API may not do: add a filesystem path or change
+/// one (`running` holds the running config's). A path the admin API could choose is a file
+/// it could write (the access log) or read (certificates, keys): paths change only in the
+/// file on disk. Removing a path (`access_log: off`, back to `stdout`) is allowed.
+pub fn file_path_changes(
+    running: &[(String, String)],
+    new: &[(String, String)],
+) -> Vec<ConfigError> {
+    new.iter()
+        .filter(|(key, p)| !running.iter().any(|(k, q)| k == key && q == p))
+        .map(|(key, _)| {
+            ConfigError::new(
+                key.clone(),
+                "a filesystem path cannot be added or changed through the admin API; edit the config file on disk and reload",
+            )
+        })
+        .collect()
 }
 
 fn derive_name(m: &Matcher) -> String {

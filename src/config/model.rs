@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::units::{ByteSize, DurationStr};
+use super::units::{ByteSize, DurationStr, FilePath};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -39,6 +39,10 @@ pub struct Config {
     /// The admin API, metrics and dashboard, on a listener of their own. Absent = off.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Not a key: what error messages about this config must hide (filled by `parse_str`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub redactions: super::Redactions,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -160,7 +164,7 @@ pub struct AccessLogConfig {
     pub format: LogFormat,
     /// `stdout` (default), `stderr`, or a file path (appended to).
     #[serde(default)]
-    pub path: Option<String>,
+    pub path: Option<FilePath>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! Value types of the config file that are strings in YAML: durations (`250ms`, `5s`, `2m`) and
-//! byte sizes (`64KiB`, `10MB`, or a plain integer of bytes).
+//! Value types of the config file that are strings in YAML: durations (`250ms`, `5s`, `2m`),
+//! byte sizes (`64KiB`, `10MB`, or a plain integer of bytes) and filesystem paths.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -8,6 +8,32 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+/// A filesystem path (a log file, and later certificates, keys, htpasswd files). Every config
+/// key that names a file has this type, so the schema marks it (`$defs/FilePath`) and
+/// [`super::Config::file_paths`] finds it: the admin API refuses a config that adds or changes
+/// one (SECURITY.md, finding 1). Paths change only by editing the file on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct FilePath(pub String);
+
+impl FilePath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl JsonSchema for FilePath {
+    fn schema_name() -> Cow<'static, str> {
+        "FilePath".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A filesystem path, relative to the working directory. Can be set or changed only in the config file on disk, never through the admin API",
+        })
+    }
+}
 
 /// A duration written as a string: a whole number and one unit, `250ms`, `5s`, `2m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

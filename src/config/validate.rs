@@ -28,6 +28,92 @@ pub fn validate(value: &Value) -> Vec<ConfigError> {
     v.errors
 }
 
+/// Every filesystem path in `value` (a config, interpolated): the strings at keys whose schema
+/// is `$defs/FilePath`, with their key paths, in key order. Driven by the schema, so a key
+/// added later with the `FilePath` type is found without a change here.
+pub fn file_paths(value: &Value) -> Vec<(String, String)> {
+    let root = schema();
+    let mut out = Vec::new();
+    collect_file_paths(
+        value,
+        root,
+        root.get("$defs"),
+        &mut String::new(),
+        &mut out,
+        0,
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn collect_file_paths(
+    v: &Value,
+    schema: &Value,
+    defs: Option<&Value>,
+    path: &mut String,
+    out: &mut Vec<(String, String)>,
+    depth: usize,
+) {
+    // The model has no recursive types; the bound only guards against a future one.
+    if depth > 64 {
+        return;
+    }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let def = r.strip_prefix("#/$defs/").unwrap_or(r);
+        if def == "FilePath" {
+            if let Some(s) = v.as_str() {
+                out.push((path.clone(), s.to_owned()));
+            }
+            return;
+        }
+        if let Some(s) = defs.and_then(|d| d.get(def)) {
+            collect_file_paths(v, s, defs, path, out, depth + 1);
+        }
+        return;
+    }
+    // Untagged enums and optional values: a path found through any branch is a path.
+    if let Some(branches) = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array)
+    {
+        for b in branches {
+            collect_file_paths(v, b, defs, path, out, depth + 1);
+        }
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            let props = schema.get("properties");
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, item) in map {
+                let Some(sub) = props.and_then(|p| p.get(k)).or(extra) else {
+                    continue;
+                };
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                collect_file_paths(item, sub, defs, path, out, depth + 1);
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            if let Some(sub) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    collect_file_paths(item, sub, defs, path, out, depth + 1);
+                    path.truncate(len);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 struct Walker<'s> {
     defs: Option<&'s Value>,
     errors: Vec<ConfigError>,

@@ -2,6 +2,12 @@
 //! duration and byte counts are the real ones, also for streams). Lines go through a bounded
 //! channel to a dedicated writer thread, so the runtime never blocks on stdout or a file; if
 //! the writer falls behind, lines are dropped and counted rather than slowing requests.
+//!
+//! Every field a client can influence (method, path, host, request id, route and target
+//! names) is escaped so that a line is inert wherever it ends up: in a terminal (control and
+//! bidi characters such as U+202E and U+009B), in a file a shell reads (`$(...)`, backticks,
+//! quotes, `;`, `|`), in a log viewer. Text lines use `\xHH` / `\u{HHHH}`; JSON lines use
+//! JSON's own `\uHHHH`, so a JSON parser still reads the exact value.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -19,6 +25,7 @@ use http_body::{Body as _, Frame, SizeHint};
 
 use crate::body::{Body, Tally};
 use crate::config::model::{AccessLogConfig, LogFormat};
+use crate::config::units::FilePath;
 use crate::error::BoxError;
 use crate::observe::metrics::{Metrics, RouteStats};
 
@@ -39,7 +46,7 @@ enum Msg {
 impl AccessLog {
     /// Starts the writer thread. `path`: `stdout` (default), `stderr`, or a file appended to.
     pub fn start(cfg: &AccessLogConfig) -> std::io::Result<AccessLog> {
-        let out: Box<dyn std::io::Write + Send> = match cfg.path.as_deref() {
+        let out: Box<dyn std::io::Write + Send> = match cfg.path.as_ref().map(FilePath::as_str) {
             None | Some("stdout") | Some("-") => Box::new(std::io::stdout()),
             Some("stderr") => Box::new(std::io::stderr()),
             Some(p) => Box::new(
@@ -288,7 +295,7 @@ impl Record {
                     "request_id": self.request_id,
                     "trace_id": self.trace_id,
                 });
-                let mut s = v.to_string();
+                let mut s = escape_json_line(&v.to_string());
                 s.push('\n');
                 s
             }
@@ -298,16 +305,16 @@ impl Record {
                     s,
                     "{ts} {client} \"{method} {path} {proto}\" {status} route={route} target={target} duration_ms={dur:.3} bytes_in={bytes_in} bytes_out={bytes_out} request_id={rid}",
                     client = self.client,
-                    method = self.method,
-                    path = self.path.escape_debug(),
+                    method = Escaped(self.method.as_str()),
+                    path = Escaped(&self.path),
                     proto = version_str(self.version),
                     status = self.status.as_u16(),
-                    route = self.route.as_deref().unwrap_or("-").escape_debug(),
-                    target = self.target.as_deref().unwrap_or("-"),
-                    rid = self.request_id.escape_debug(),
+                    route = Escaped(self.route.as_deref().unwrap_or("-")),
+                    target = Escaped(self.target.as_deref().unwrap_or("-")),
+                    rid = Escaped(&self.request_id),
                 );
                 if let Some(t) = &self.trace_id {
-                    let _ = write!(s, " trace_id={t}");
+                    let _ = write!(s, " trace_id={}", Escaped(t));
                 }
                 if let Some(e) = self.error {
                     let _ = write!(s, " error={e}");
@@ -317,6 +324,71 @@ impl Record {
             }
         }
     }
+}
+
+/// Characters never written raw into a log line: controls (C0, DEL, C1 such as U+009B, the
+/// 8-bit CSI), what a shell treats specially even inside double quotes or between words, and
+/// invisible or direction-changing format characters (U+202E and friends, "Trojan Source").
+fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            ' ' | '$' | '`' | '\\' | '"' | '\'' | ';' | '&' | '|' | '<' | '>' | '(' | ')' | '!'
+        )
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
+/// A field of a text line: `$` becomes `\x24`, U+202E becomes `\u{202e}`. A backslash is
+/// escaped too, so every backslash in a line starts an escape.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(must_escape) {
+            f.write_str(&rest[..i])?;
+            let Some(c) = rest[i..].chars().next() else {
+                break;
+            };
+            if c.is_ascii() {
+                write!(f, "\\x{:02x}", c as u32)?;
+            } else {
+                write!(f, "\\u{{{:x}}}", c as u32)?;
+            }
+            rest = &rest[i + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// A JSON line (compact, as serde_json writes it) with every [`must_escape`] character inside
+/// its strings written as `\uHHHH`. serde_json has already escaped quotes, backslashes and
+/// C0 controls; the others cannot occur outside a string in compact JSON, so replacing them
+/// anywhere in the line is safe.
+fn escape_json_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        if must_escape(c) && c != '"' && c != '\\' {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{:04x}", u);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -423,6 +495,26 @@ impl http_body::Body for LoggedBody {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn escapes_fields() {
+        let evil = "/a$(id)`x`;b|c\u{202E}d\u{9B}e\x1bf\\g h\"i'";
+        let text = Escaped(evil).to_string();
+        assert_eq!(
+            text,
+            "/a\\x24\\x28id\\x29\\x60x\\x60\\x3bb\\x7cc\\u{202e}d\\u{9b}e\\x1bf\\x5cg\\x20h\\x22i\\x27"
+        );
+        assert_eq!(Escaped("/users/7?x=1").to_string(), "/users/7?x=1");
+        let json = escape_json_line(&serde_json::json!({ "path": evil }).to_string());
+        for bad in ['$', '`', '(', '\u{202E}', '\u{9B}', '\x1b', ' ', '\''] {
+            assert!(!json.contains(bad), "{bad:?} in {json}");
+        }
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["path"], evil);
+        // Outside the BMP: a surrogate pair.
+        let tag = escape_json_line(&serde_json::json!({ "p": "\u{E0041}" }).to_string());
+        assert_eq!(tag, "{\"p\":\"\\udb40\\udc41\"}");
+    }
 
     #[test]
     fn formats_time() {
