@@ -6,6 +6,7 @@
 #   chromium   the dashboard test drives the page in a headless browser
 #   nginx      real upstream for the forwarding tests (tests/real_upstreams.rs)
 #   python3    real upstream (http.server) for the forwarding tests
+#   strace     to see the flags the gateway creates config write-back files with
 #   procps     `kill`, to signal the gateway binary
 #   coreutils  `timeout`, to bound the browser
 # Nothing is started here: each test starts its own servers on ephemeral loopback ports.
@@ -24,6 +25,7 @@ command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
   sudo=""
