@@ -71,6 +71,15 @@ impl GatewayError {
         }
     }
 
+    /// The rule a refused request broke, for the access log (never the client-facing text of
+    /// other errors, which may carry internal detail).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::BadRequest(why) | GatewayError::NotImplemented(why) => Some(why),
+            _ => None,
+        }
+    }
+
     /// Whether the request may be sent again to another target: true only when nothing reached
     /// an upstream.
     pub fn retryable(&self) -> bool {

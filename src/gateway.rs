@@ -106,6 +106,7 @@ pub async fn handle(
             target: None,
             status: http::StatusCode::OK,
             error: None,
+            reason: None,
             request_id: request_id_str(&request_id).to_owned(),
             trace_id: None,
             tally: tally.clone(),
@@ -147,6 +148,7 @@ pub async fn handle(
             }
             if let Some(r) = line.record() {
                 r.error = Some(e.code());
+                r.reason = e.reason();
             }
             // After a framing error the rest of the connection cannot be trusted: close it.
             let close = matches!(

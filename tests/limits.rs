@@ -669,6 +669,12 @@ async fn rejections_before_routing_are_logged_and_counted() {
             "no log line for {want:?} in {seen:?}"
         );
     }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["reason"] == "both Content-Length and Transfer-Encoding"),
+        "the smuggling line does not say why: {lines:?}"
+    );
     let m = gw.gw.metrics.encode();
     for reason in [
         "head_too_large",

@@ -99,6 +99,7 @@ impl AccessLog {
             target: None,
             status,
             error: Some(reason),
+            reason: None,
             request_id: "-".to_owned(),
             trace_id: None,
             tally: Arc::default(),
@@ -265,6 +266,8 @@ pub struct Record {
     pub target: Option<String>,
     pub status: StatusCode,
     pub error: Option<&'static str>,
+    /// Why a request was refused (`bad_request`, `not_implemented`): which rule it broke.
+    pub reason: Option<&'static str>,
     pub request_id: String,
     /// W3C trace id, when the request was forwarded.
     pub trace_id: Option<String>,
@@ -289,6 +292,7 @@ impl Record {
                     "upstream_target": self.target,
                     "status": self.status.as_u16(),
                     "error": self.error,
+                    "reason": self.reason,
                     "duration_ms": (dur * 1000.0).round() / 1000.0,
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
@@ -318,6 +322,9 @@ impl Record {
                 }
                 if let Some(e) = self.error {
                     let _ = write!(s, " error={e}");
+                }
+                if let Some(r) = self.reason {
+                    let _ = write!(s, " reason={}", Escaped(r));
                 }
                 s.push('\n');
                 s
