@@ -123,7 +123,7 @@ impl http_body::Body for Body {
                 idle,
                 moved,
                 timer,
-            } => match Pin::new(inner).poll_frame(cx) {
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     tally.awaiting_client.store(false, Ordering::Relaxed);
                     *moved = true;
@@ -135,6 +135,11 @@ impl http_body::Body for Body {
                             tally.body_too_large.store(true, Ordering::Relaxed);
                             return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
                         }
+                    }
+                    // hyper stops polling once the body says it has ended (the last byte of a
+                    // Content-Length body, or trailers), so `None` may never be asked for.
+                    if frame.is_trailers() || http_body::Body::is_end_stream(&*inner) {
+                        tally.body_done.notify_one();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }

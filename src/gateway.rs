@@ -521,7 +521,14 @@ fn valid_authority(a: &[u8]) -> bool {
         Some(i) if !a.starts_with(b"[") || a[..i].ends_with(b"]") => (&a[..i], Some(&a[i + 1..])),
         _ => (a, None),
     };
-    if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+    if port.is_some_and(|p| {
+        p.len() > 5
+            || !p.iter().all(u8::is_ascii_digit)
+            || std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_none_or(|n| n > 65535)
+    }) {
         return false;
     }
     if let Some(v6) = host.strip_prefix(b"[") {

@@ -382,8 +382,6 @@ async fn slow_or_broken_client_bodies_are_the_clients_fault() {
         !target.stats.live.is_ejected(std::time::Instant::now()),
         "a healthy target was ejected for its clients' faults"
     );
-    // The upstream's own timeout still holds once the body is in: a request whose whole body
-    // arrived and got no answer is the upstream's 504.
     let mut c = RawClient::connect(gw.addr).await;
     c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(c.response().await.status(), Some(200));
@@ -482,6 +480,34 @@ async fn idle_connections_close_after_idle_timeout_exactly() {
         "{:?}",
         start.elapsed()
     );
+}
+
+/// Once the whole body has been sent, the upstream's response timeout runs from that moment:
+/// a Content-Length body (whose end hyper sees without asking for more) gets its 504 after
+/// `timeouts.response`, not twice that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_runs_once_the_body_is_sent() {
+    use common::raw::{RawClient, RawUpstream, Reply, Then};
+    let up = RawUpstream::always(Reply::raw("").then(Then::Hold)).await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u:\n    targets: [\"{}\"]\n    timeouts: {{ response: 1s }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for body in [
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+    ] {
+        let started = Instant::now();
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(body).await;
+        assert_eq!(c.response().await.status(), Some(504));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1800),
+            "504 after {took:?}, want about 1 s"
+        );
+    }
 }
 
 /// A client that reads nothing of a large response is cut off after `send_timeout`.
@@ -689,4 +715,38 @@ async fn rejections_before_routing_are_logged_and_counted() {
             "{reason} not counted:\n{m}"
         );
     }
+}
+
+/// HTTP/2 connections that open no stream and answer pings do not hold the connection cap:
+/// a waiting client gets a slot once one of them has been quiet for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_http2_connections_make_room_at_the_cap() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = limits_config(&up.url(), "max_connections: 2");
+    let gw = TestGateway::start(&yaml).await;
+    let mut quiet = Vec::new();
+    for _ in 0..2 {
+        let mut h2 = TcpStream::connect(gw.addr).await.unwrap();
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        quiet.push(h2);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut head))
+        .await
+        .expect("the waiting client never got a slot")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -105,7 +105,15 @@ impl Cidr {
                 .filter(|b| *b <= max)
                 .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?,
         };
-        Ok(Cidr { net, bits })
+        // `::ffff:10.0.0.0/104` is the IPv4 block `10.0.0.0/8`: clients are compared in
+        // their canonical form.
+        match net.to_canonical() {
+            v4 @ std::net::IpAddr::V4(_) if net.is_ipv6() && bits >= 96 => Ok(Cidr {
+                net: v4,
+                bits: bits - 96,
+            }),
+            _ => Ok(Cidr { net, bits }),
+        }
     }
 
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
@@ -1344,6 +1352,9 @@ routes:
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
         );
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("11.1.2.3".parse().unwrap()));
         for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }

@@ -242,7 +242,19 @@ pub fn add_forwarding_headers(
     if !down.trusted {
         headers.remove(&FORWARDED);
     }
-    match down.prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
+    // A trusted proxy's own prefix comes first: it stripped it before this gateway did.
+    let outer = if down.trusted {
+        headers
+            .get(&X_FORWARDED_PREFIX)
+            .and_then(|v| v.to_str().ok())
+            .map(|p| p.trim_end_matches('/').to_owned())
+    } else {
+        None
+    };
+    let prefix = down
+        .prefix
+        .and_then(|p| HeaderValue::from_str(&format!("{}{p}", outer.unwrap_or_default())).ok());
+    match prefix {
         Some(p) => {
             headers.insert(X_FORWARDED_PREFIX.clone(), p);
         }
@@ -358,11 +370,11 @@ pub async fn forward(
             },
         }
     };
-    let result = match client_body {
+    let result = match &client_body {
         None => tokio::time::timeout(remaining, exchange)
             .await
             .map_err(|_| ()),
-        Some(tally) => response_after_body(std::pin::pin!(exchange), &tally, timeout).await,
+        Some(tally) => response_after_body(std::pin::pin!(exchange), tally, timeout).await,
     };
     let outcome = match &result {
         Ok(Ok(_)) => UpstreamOutcome::Response,
@@ -371,7 +383,15 @@ pub async fn forward(
         Err(_) => UpstreamOutcome::Timeout,
     };
     let elapsed = started.elapsed();
-    target.stats.record(outcome, elapsed);
+    // An exchange the client broke (its body was malformed, paused too long, or cut off) is
+    // not the target's failure, in the metrics either.
+    let client_fault = client_body.as_ref().is_some_and(|t| {
+        t.client_body_error
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    if !(client_fault && matches!(outcome, UpstreamOutcome::Failed)) {
+        target.stats.record(outcome, elapsed);
+    }
     let (conn, mut resp) = match result {
         Err(_) => {
             // A timeout counts as a very slow answer for the latency-aware balancer.
@@ -462,7 +482,13 @@ async fn response_after_body<F: std::future::Future>(
 /// (`https://api.example.com/login`), and a `Set-Cookie` `Domain=10.0.0.5` becomes the client's
 /// host. Anything else, relative locations included, is left as it is.
 fn rewrite_redirects(h: &mut HeaderMap, target: &Target, down: &Downstream<'_>) {
-    let Some(client) = down.host.and_then(|v| v.to_str().ok()) else {
+    // Only a plain `host[:port]` is written into these fields: a Host with sub-delims
+    // (`x;Domain=evil`) must not add a cookie attribute or bend a URL.
+    let Some(client) = down.host.and_then(|v| v.to_str().ok()).filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b))
+    }) else {
         return;
     };
     let ours = target.authority.as_str();
@@ -473,14 +499,28 @@ fn rewrite_redirects(h: &mut HeaderMap, target: &Target, down: &Downstream<'_>) 
             .is_some_and(|a| a.as_str().eq_ignore_ascii_case(ours))
     {
         let rest = uri.path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(v) = HeaderValue::from_str(&format!("{}://{client}{rest}", down.proto)) {
+        // Under `strip_prefix` the client's path had the prefix: put it back.
+        let prefix = down.prefix.unwrap_or("");
+        if let Ok(v) = HeaderValue::from_str(&format!("{}://{client}{prefix}{rest}", down.proto)) {
             h.insert(header::LOCATION, v);
         }
     }
-    if !h.contains_key(header::SET_COOKIE) {
+    let target_host = target.authority.host();
+    let names_target = |v: &HeaderValue| {
+        v.to_str().is_ok_and(|s| {
+            s.split(';').any(|a| {
+                a.split_once('=').is_some_and(|(k, d)| {
+                    k.trim().eq_ignore_ascii_case("domain")
+                        && d.trim()
+                            .trim_start_matches('.')
+                            .eq_ignore_ascii_case(target_host)
+                })
+            })
+        })
+    };
+    if !h.get_all(header::SET_COOKIE).iter().any(names_target) {
         return;
     }
-    let target_host = target.authority.host();
     let client_host = crate::router::host_key(client);
     let cookies: Vec<HeaderValue> = h
         .get_all(header::SET_COOKIE)
@@ -581,7 +621,10 @@ async fn splice(
     let mut down = Counted::new(TokioIo::new(down), moved.clone());
     let mut up = Counted::new(TokioIo::new(up), moved.clone());
     let mut copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
+    // Checked every quarter of `idle`: closed within 1.25 × `idle` of the last byte.
+    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
     let mut seen = 0;
+    let mut quiet_since = tokio::time::Instant::now();
     loop {
         tokio::select! {
             r = copy.as_mut() => {
@@ -590,13 +633,15 @@ async fn splice(
                 }
                 return;
             }
-            _ = tokio::time::sleep(idle) => {
+            _ = tokio::time::sleep(tick) => {
                 let now = moved.load(std::sync::atomic::Ordering::Relaxed);
-                if now == seen {
+                if now != seen {
+                    seen = now;
+                    quiet_since = tokio::time::Instant::now();
+                } else if quiet_since.elapsed() >= idle {
                     tracing::debug!(?idle, "upgraded connection idle both ways: closed");
                     return;
                 }
-                seen = now;
             }
         }
     }

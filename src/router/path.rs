@@ -45,6 +45,9 @@ pub fn normalize_ext(path: &str) -> (Cow<'_, str>, bool) {
 /// resolve as `..`).
 pub fn strict_violation(path: &str) -> Option<&'static str> {
     let b = path.as_bytes();
+    if !b.iter().any(|c| matches!(c, b'%' | b';' | b'\\')) {
+        return None;
+    }
     if b.contains(&b'\\') {
         return Some("a backslash in the path");
     }

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -76,16 +76,12 @@ impl Drop for PerIpGuard {
     }
 }
 
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// A connection's activity: requests whose response is not finished, and when it last did
-/// something (read request bytes over HTTP/1, or finished a response).
+/// A connection's activity: requests whose response is not finished, and a counter bumped
+/// whenever it does something (reads request bytes over HTTP/1, finishes a response). Bumping
+/// reads no clock; the watchdog in [`serve`] notes when the counter last moved.
 pub struct Activity {
     in_flight: AtomicUsize,
-    last_ms: AtomicU64,
+    epoch: AtomicU64,
     /// A response has been finished on this connection: it is a keep-alive connection now,
     /// not a new one whose first request is on its way.
     served: std::sync::atomic::AtomicBool,
@@ -95,37 +91,43 @@ impl Activity {
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(now_ms()),
+            epoch: AtomicU64::new(0),
             served: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn touch(&self) {
-        self.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request started; the guard ends it when its response body is done or dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
         InFlight(self.clone())
     }
+}
 
-    /// A keep-alive connection between requests, quiet for a moment: one that may close to
-    /// make room for a new client.
-    fn reusable(&self) -> bool {
-        self.served.load(Ordering::Relaxed)
-            && self
-                .idle_for()
-                .is_some_and(|d| d >= Duration::from_millis(250))
+/// Rung by an accept loop holding a new client it has no slot for: one idle connection
+/// closes to make room (as nginx reuses keep-alive connections at `worker_connections`).
+#[derive(Default)]
+pub struct Pressure {
+    notify: tokio::sync::Notify,
+    /// Connections still to close for this ring: at most one per ring, so a full server does
+    /// not drop all its idle keep-alive connections for one newcomer.
+    reclaim: AtomicUsize,
+}
+
+impl Pressure {
+    pub fn ring(&self) {
+        self.reclaim.store(1, Ordering::Release);
+        self.notify.notify_waiters();
     }
 
-    /// How long the connection has been idle, or `None` while a request is in flight.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let last = self.last_ms.load(Ordering::Relaxed);
-        Some(Duration::from_millis(now_ms().saturating_sub(last)))
+    fn claim(&self) -> bool {
+        self.reclaim
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -174,48 +176,81 @@ impl http_body::Body for ActiveBody {
     }
 }
 
-/// Drives `conn` to its end. It is shut down gracefully (in-flight requests finish, then it
-/// closes) when it has been idle for `idle`, when `pressure` rings while nothing is in flight
-/// (a new client waits for a slot under `server.max_connections`), or when `stop` says the
-/// listener is going away.
+/// Drives `conn` to its end, or drops it (`None`). It is shut down gracefully (in-flight
+/// requests finish, then it closes) when nothing has been in flight and nothing has happened
+/// on it for `idle` (checked every quarter of `idle`, so it closes within 1.25 × `idle`), when
+/// `pressure` rings and it is a quiet keep-alive connection (or one that has done nothing for
+/// a second), or when `stop` says the listener is going away. A connection that has not
+/// finished `min(idle, 10s)` after being told to wind down is dropped: a client cannot hold
+/// its slot by never acknowledging the end.
 pub async fn serve<C: std::future::Future>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
     idle: Duration,
-    pressure: &tokio::sync::Notify,
+    pressure: &Pressure,
     mut stop: watch::Receiver<bool>,
-) -> C::Output {
+) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
-    let mut winding_down = *stop.borrow();
-    if winding_down {
-        graceful_shutdown(conn.as_mut());
+    let grace = idle.min(Duration::from_secs(10));
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let mut seen = activity.epoch.load(Ordering::Relaxed);
+    let mut quiet_since = tokio::time::Instant::now();
+    // How long the connection has done nothing, or `None` while a request is in flight.
+    let mut quiet = |now: tokio::time::Instant| {
+        let e = activity.epoch.load(Ordering::Relaxed);
+        if e != seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            seen = e;
+            quiet_since = now;
+        }
+        (activity.in_flight.load(Ordering::Relaxed) == 0).then(|| now - quiet_since)
+    };
+    let mut timer = std::pin::pin!(tokio::time::sleep(tick));
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let wind_down =
+        |conn: Pin<&mut C>, deadline: &mut Option<tokio::time::Instant>, grace: Duration| {
+            if deadline.is_none() {
+                *deadline = Some(tokio::time::Instant::now() + grace);
+                graceful_shutdown(conn);
+            }
+        };
+    if *stop.borrow() {
+        wind_down(conn.as_mut(), &mut deadline, grace);
     }
-    let mut wait = idle;
     loop {
         tokio::select! {
-            out = conn.as_mut() => return out,
-            _ = tokio::time::sleep(wait), if !winding_down => {
-                match activity.idle_for() {
-                    Some(d) if d >= idle => {
-                        winding_down = true;
-                        graceful_shutdown(conn.as_mut());
-                    }
-                    Some(d) => wait = idle - d,
-                    None => wait = idle,
+            out = conn.as_mut() => return Some(out),
+            _ = timer.as_mut() => {
+                let now = tokio::time::Instant::now();
+                // Past the grace, a connection with nothing in flight is dropped; one still
+                // finishing requests is bounded by the listener's shutdown deadline instead.
+                if deadline.is_some_and(|d| now >= d) && quiet(now).is_some() {
+                    return None;
+                }
+                if quiet(now).is_some_and(|q| q >= idle) {
+                    wind_down(conn.as_mut(), &mut deadline, grace);
+                }
+                // Checked again at the next tick, or at the deadline if that comes first.
+                let next = match deadline {
+                    Some(d) if d > now => (now + tick).min(d),
+                    _ => now + tick,
+                };
+                timer.as_mut().reset(next);
+            }
+            _ = pressure.notify.notified(), if deadline.is_none() => {
+                let reusable = quiet(tokio::time::Instant::now()).is_some_and(|q| {
+                    q >= Duration::from_millis(250)
+                        && (activity.served.load(Ordering::Relaxed) || q >= Duration::from_secs(1))
+                });
+                if reusable && pressure.claim() {
+                    // Nothing is in flight: a short grace for the goodbye (HTTP/2's GOAWAY).
+                    wind_down(conn.as_mut(), &mut deadline, Duration::from_secs(1));
+                    timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
             }
-            // Another client waits for a slot: close now if nothing is in flight.
-            _ = pressure.notified(), if !winding_down => {
-                if activity.reusable() {
-                    winding_down = true;
-                    graceful_shutdown(conn.as_mut());
-                }
-            }
-            r = stop.changed(), if !winding_down => {
+            r = stop.changed(), if deadline.is_none() => {
                 if r.is_err() || *stop.borrow() {
-                    winding_down = true;
-                    graceful_shutdown(conn.as_mut());
+                    wind_down(conn.as_mut(), &mut deadline, grace);
                 }
             }
         }

@@ -33,7 +33,8 @@ const MAX_HEADERS: usize = 128;
 /// Shared between the connection's reader (scanner) and its service.
 #[derive(Default)]
 pub struct FramingWatch {
-    /// 1-based ordinal of the first request with both Content-Length and Transfer-Encoding.
+    /// 1-based ordinal of the first request with both Content-Length and Transfer-Encoding,
+    /// or a Content-Length that could be read two ways.
     ambiguous_at: AtomicU64,
     /// Requests the service has seen.
     served: AtomicU64,
@@ -231,18 +232,27 @@ impl Scanner {
         }
         self.requests += 1;
         let mut cl: Option<u64> = None;
+        // A length read two ways: lines or list elements that disagree, or not a number.
+        let mut cl_bad = false;
         let mut te = false;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                cl = Some(v.unwrap_or(0));
+                // As hyper reads it: a comma list of equal numbers is that number.
+                for part in h.value.split(|&b| b == b',') {
+                    let n = std::str::from_utf8(part)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    match (n, cl) {
+                        (Some(n), None) => cl = Some(n),
+                        (Some(n), Some(c)) if n == c => {}
+                        _ => cl_bad = true,
+                    }
+                }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te = true;
             }
         }
-        if te && cl.is_some() {
+        if cl_bad || (te && cl.is_some()) {
             // hyper closes the connection after this request: nothing after it matters.
             let _ = self.watch.ambiguous_at.compare_exchange(
                 0,
@@ -402,10 +412,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             return r;
         }
         if this.head_clock(cx) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not received within request_header_timeout",
-            )));
+            // A client that sent part of a head (slowloris) is told apart from one that sent
+            // nothing at all (a preconnect, a load balancer's TCP check): only the first is
+            // logged as a refused request.
+            let msg = if this.scanner.head.is_empty() {
+                "no request sent within request_header_timeout"
+            } else {
+                "request head incomplete within request_header_timeout"
+            };
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, msg)));
         }
         r
     }
@@ -488,6 +503,21 @@ mod tests {
     fn body_text_that_looks_like_headers_is_not_a_head() {
         let stream = b"POST / HTTP/1.1\r\nContent-Length: 66\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         assert_eq!(scan(&[stream]), (2, 0));
+    }
+
+    #[test]
+    fn reads_content_length_lists_as_hyper_does() {
+        // `5, 5` is 5: the body is skipped, and the smuggle after it is still seen.
+        let stream = b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\na\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(&[stream]), (2, 2));
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"]),
+            (1, 1)
+        );
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"]),
+            (1, 1)
+        );
     }
 
     #[test]

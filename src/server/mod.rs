@@ -28,7 +28,7 @@ pub struct Server {
     /// Open connections per client IP, over every listener.
     per_ip: Arc<conn::PerIp>,
     /// Rung when a new client waits for a slot: idle keep-alive connections then close.
-    pressure: Arc<tokio::sync::Notify>,
+    pressure: Arc<conn::Pressure>,
     cap: usize,
     /// By configured address (`127.0.0.1:0` stays the same key across reloads).
     listeners: Vec<(SocketAddr, Listener)>,
@@ -198,9 +198,12 @@ fn rejection(
             && io.kind() == std::io::ErrorKind::TimedOut
         {
             let msg = io.to_string();
-            if msg.contains("request_header_timeout") {
+            if msg.contains("request head incomplete") {
                 // Logged as nginx logs it; the client was sent nothing.
                 return Some((Some(http::StatusCode::REQUEST_TIMEOUT), "head_timeout"));
+            }
+            if msg.contains("no request sent") {
+                return Some((None, "no_request"));
             }
             if msg.contains("send_timeout") {
                 return Some((None, "send_timeout"));
@@ -269,32 +272,13 @@ async fn accept_loop(
     gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
     per_ip: Arc<conn::PerIp>,
-    pressure: Arc<tokio::sync::Notify>,
+    pressure: Arc<conn::Pressure>,
     mut stop: watch::Receiver<bool>,
 ) {
     let local_port = listener.local_addr().map_or(0, |a| a.port());
     // Every connection task holds a clone of `open`; when all are gone, `closed` yields None.
     let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
-    loop {
-        // Take a connection slot first: at the cap, new clients wait in the kernel backlog
-        // instead of being accepted and starved.
-        // At the cap, idle keep-alive connections make room (as nginx reuses them): a
-        // client that holds a connection open between sparse requests cannot lock others out.
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(tokio::sync::TryAcquireError::Closed) => break,
-            Err(tokio::sync::TryAcquireError::NoPermits) => loop {
-                pressure.notify_waiters();
-                tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => break p,
-                        Err(_) => return,
-                    },
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stop.changed() => return,
-                }
-            },
-        };
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -314,6 +298,25 @@ async fn accept_loop(
             tracing::debug!(client = %peer, "connection refused: server.max_connections_per_ip");
             drop(stream);
             continue;
+        };
+        // A slot under `server.max_connections`. At the cap this client waits (and those
+        // behind it stay in the kernel's backlog) while one idle keep-alive connection is
+        // asked to make room every 100 ms: a client that holds connections open between
+        // sparse requests cannot lock others out.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => loop {
+                pressure.ring();
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => break p,
+                        Err(_) => break 'accept,
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => break 'accept,
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         let builder = connection_builder(&settings);
@@ -367,7 +370,13 @@ async fn accept_loop(
                 &pressure,
                 stop,
             );
-            if let Err(e) = served.await {
+            let Some(served) = served.await else {
+                tracing::debug!(client = %peer, "connection dropped: it did not close when asked");
+                active.dec();
+                drop(open);
+                return;
+            };
+            if let Err(e) = served {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                 if let Some((status, reason)) = rejection(&*e) {
                     gw_log.metrics.rejected(reason);
