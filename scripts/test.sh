@@ -38,10 +38,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
     $sudo chmod +x "$policy"
     added_policy=1
+    # Removed however the install ends, so services may start normally afterwards.
+    trap '[ -z "$added_policy" ] || $sudo rm -f "$policy"' EXIT
   fi
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ -z "$added_policy" ] || $sudo rm -f "$policy"
+  added_policy=""
 fi
 
 exec cargo test --locked "$@"

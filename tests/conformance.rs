@@ -364,6 +364,15 @@ fn check_upstream(up: &Up, upstream: &RawUpstream, gw_port: u16, errs: &mut Vec<
                     String::from_utf8_lossy(&reqs[0])
                 ));
             }
+            // What did arrive is the start of a well-formed request, never malformed bytes.
+            for l in upstream.leftovers() {
+                if let common::raw::Framing::Invalid(why) = common::raw::request_len(&l) {
+                    errs.push(format!(
+                        "upstream received malformed bytes ({why}): {:?}",
+                        String::from_utf8_lossy(&l)
+                    ));
+                }
+            }
         }
         Up::Req { line, set, body } => {
             if reqs.len() != 1 {
@@ -1924,4 +1933,35 @@ async fn http2_downgrade() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// An upstream that closes a kept-alive connection just as the next request arrives (its
+/// idle timeout racing ours): a body-less GET is sent again on a fresh connection, because
+/// the upstream closed without answering; a POST is not (it may have been processed).
+#[tokio::test]
+async fn a_keep_alive_race_is_retried_for_idempotent_requests_only() {
+    let up = RawUpstream::start(Arc::new(|i, _| match i {
+        // The second request, on the reused connection: closed unanswered.
+        1 | 4 => Reply::raw("").then(Then::Close),
+        _ => Reply::ok(),
+    }))
+    .await;
+    let gw = TestGateway::start(&config(&up.url(), "")).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    for _ in 0..2 {
+        c.send("GET /a HTTP/1.1\r\nHost: gw.test\r\n\r\n").await;
+        assert_eq!(c.response().await.status(), Some(200));
+    }
+    assert_eq!(up.requests().len(), 3, "the GET was sent again once");
+    c.send("POST /p HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(c.response().await.status(), Some(200));
+    c.send("POST /p HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(
+        c.response().await.status(),
+        Some(502),
+        "a POST is never sent twice"
+    );
+    assert_eq!(up.requests().len(), 5);
 }

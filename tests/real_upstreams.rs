@@ -46,7 +46,14 @@ async fn h2_get(addr: std::net::SocketAddr, uri: &str) -> String {
         .await
         .unwrap()
         .unwrap();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        resp.into_body().collect(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .to_bytes();
     String::from_utf8_lossy(&body).into_owned()
 }
 
@@ -194,6 +201,8 @@ async fn nginx_receives_bodies_by_length_and_chunked() {
     )
     .await;
     assert_eq!(r.status, 400, "{}", r.text());
+    // Give nginx time to read whatever reached it before looking at what it made of it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !nginx.error_log().contains("client sent invalid"),
         "{}",
@@ -378,4 +387,20 @@ async fn a_stripped_prefix_is_sent_as_x_forwarded_prefix() {
         .map(|h| h[1].as_str().unwrap())
         .collect();
     assert_eq!(prefix, ["/svc"]);
+    // A redirect to the service's own address comes back under the client's host and the
+    // prefix the client used; so does its cookie's domain.
+    let r = ask(
+        &mut c,
+        "GET /svc/redirect HTTP/1.1\r\nHost: svc.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("http://svc.test/svc/login?from=1")
+    );
+    assert_eq!(
+        r.header("set-cookie"),
+        Some("sid=1; Domain=svc.test; Path=/")
+    );
 }

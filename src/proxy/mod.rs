@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::server::conn::ConnSlot;
@@ -344,9 +344,46 @@ pub async fn forward(
     let remaining = timeout.saturating_sub(started.elapsed());
     let client_body = req.body().pending_client_body().cloned();
     // The exchange owns the connection and hands it back with the response head.
+    // A reused keep-alive connection can be closed by the upstream just as it is taken (its
+    // idle timeout raced our request). A body-less idempotent request that then got no answer
+    // at all is sent again on a fresh connection, as browsers and Go's client do: the
+    // upstream closed without reading it.
+    let again = (conn.reused
+        && http_body::Body::is_end_stream(req.body())
+        && matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
+        ))
+    .then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
     let exchange = async move {
         match conn.send(req).await {
             Ok(resp) => Ok((conn, resp)),
+            Err(e) if again.is_some() && e.error().is_incomplete_message() => {
+                drop(conn);
+                let Some((method, uri, headers)) = again else {
+                    return Err(TryError::Sent(GatewayError::Internal("no head".into())));
+                };
+                let mut req = Request::new(Body::empty());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+                let mut fresh = match target.pool.connect().await {
+                    Ok(c) => c,
+                    Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
+                };
+                match fresh.send(req).await {
+                    Ok(resp) => Ok((fresh, resp)),
+                    Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+                        e.into_error(),
+                    )))),
+                }
+            }
             Err(mut e) => match e.take_message() {
                 // Never written (the pooled connection was not usable after all): sending it
                 // on a fresh connection cannot duplicate it. The dead one goes first, so it

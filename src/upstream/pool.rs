@@ -47,6 +47,9 @@ pub struct PooledConn {
     finished: bool,
     /// The connection's slot under the upstream's `limits.max_connections`, held while it is open.
     _slot: Option<OwnedSemaphorePermit>,
+    /// Taken from the idle pool (it has carried a request before): the upstream may have
+    /// closed it just as it was taken.
+    pub reused: bool,
 }
 
 impl PooledConn {
@@ -228,6 +231,7 @@ impl TargetPool {
             };
             let Idle { mut conn, since } = candidate?;
             if since.elapsed() < self.idle_timeout && !conn.is_dead() {
+                conn.reused = true;
                 return Some(conn);
             }
         }
@@ -275,6 +279,7 @@ impl TargetPool {
             conn: Box::pin(conn.with_upgrades()),
             finished: false,
             _slot: slot,
+            reused: false,
         })
     }
 

@@ -259,6 +259,8 @@ struct Log {
     requests: Vec<Vec<u8>>,
     /// Bytes that formed no complete request, per connection that ended with some.
     leftovers: Vec<Vec<u8>>,
+    /// Bytes of a request not yet complete, per open connection.
+    partial: std::collections::HashMap<usize, Vec<u8>>,
     connections: usize,
 }
 
@@ -292,8 +294,12 @@ impl RawUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                l2.lock().unwrap().connections += 1;
-                conns.spawn(serve_raw(stream, script.clone(), l2.clone(), addr));
+                let id = {
+                    let mut l = l2.lock().unwrap();
+                    l.connections += 1;
+                    l.connections
+                };
+                conns.spawn(serve_raw(stream, script.clone(), l2.clone(), addr, id));
             }
         });
         RawUpstream { addr, log, task }
@@ -308,8 +314,15 @@ impl RawUpstream {
     }
 
     /// Bytes that arrived but formed no complete request (a request cut off mid-body).
+    /// Bytes that arrived but formed no complete request (yet): those of closed connections
+    /// and those waiting on open ones.
     pub fn leftovers(&self) -> Vec<Vec<u8>> {
-        self.log.lock().unwrap().leftovers.clone()
+        let l = self.log.lock().unwrap();
+        l.leftovers
+            .iter()
+            .chain(l.partial.values())
+            .cloned()
+            .collect()
     }
 
     pub fn connections(&self) -> usize {
@@ -335,7 +348,13 @@ impl Drop for RawUpstream {
     }
 }
 
-async fn serve_raw(mut stream: TcpStream, script: Script, log: Arc<Mutex<Log>>, me: SocketAddr) {
+async fn serve_raw(
+    mut stream: TcpStream,
+    script: Script,
+    log: Arc<Mutex<Log>>,
+    me: SocketAddr,
+    id: usize,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let mut holding = false;
@@ -364,14 +383,14 @@ async fn serve_raw(mut stream: TcpStream, script: Script, log: Arc<Mutex<Log>>, 
                         Then::Hold => holding = true,
                         Then::Close => {
                             let _ = stream.shutdown().await;
-                            finish(&log, buf);
+                            finish(&log, buf, id);
                             return;
                         }
                         Then::Reset => {
                             let _ =
                                 socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                             drop(stream);
-                            finish(&log, buf);
+                            finish(&log, buf, id);
                             return;
                         }
                     }
@@ -379,14 +398,23 @@ async fn serve_raw(mut stream: TcpStream, script: Script, log: Arc<Mutex<Log>>, 
                 Framing::Incomplete => break,
                 Framing::Invalid(_) => {
                     // Not a request this upstream can frame: keep the bytes, close.
-                    finish(&log, buf);
+                    finish(&log, buf, id);
                     return;
                 }
             }
         }
+        // What is buffered now is an incomplete request (or nothing): visible to the test.
+        {
+            let mut l = log.lock().unwrap();
+            if buf.is_empty() {
+                l.partial.remove(&id);
+            } else {
+                l.partial.insert(id, buf.clone());
+            }
+        }
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => {
-                finish(&log, buf);
+                finish(&log, buf, id);
                 return;
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -394,9 +422,11 @@ async fn serve_raw(mut stream: TcpStream, script: Script, log: Arc<Mutex<Log>>, 
     }
 }
 
-fn finish(log: &Mutex<Log>, rest: Vec<u8>) {
+fn finish(log: &Mutex<Log>, rest: Vec<u8>, id: usize) {
+    let mut l = log.lock().unwrap();
+    l.partial.remove(&id);
     if !rest.is_empty() {
-        log.lock().unwrap().leftovers.push(rest);
+        l.leftovers.push(rest);
     }
 }
 

@@ -143,6 +143,15 @@ http {{
             .expect("spawn nginx");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         wait_listening(addr, &mut child, "nginx");
+        // The port was free a moment ago; if nginx lost it to another process, it has
+        // exited by now.
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "nginx exited ({st}): {}",
+                std::fs::read_to_string(dir.0.join("error.log")).unwrap_or_default()
+            );
+        }
         Nginx { addr, dir, child }
     }
 
@@ -174,36 +183,34 @@ pub struct Python {
 
 impl Python {
     /// `python3 -m http.server` serving `dir`: the file server a new user tries first. It
-    /// answers with HTTP/1.0 status lines and closes each connection.
+    /// answers with HTTP/1.0 status lines and closes each connection. It binds port 0 and
+    /// says which port it got.
     pub fn file_server(dir: &Path) -> Python {
-        let port = free_port();
-        let mut child = Command::new(python())
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn python3 -m http.server");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        wait_listening(addr, &mut child, "python3 -m http.server");
-        Python { addr, child }
+        let mut cmd = Command::new(python());
+        cmd.args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir);
+        Self::spawn(cmd, |line| {
+            // "Serving HTTP on 127.0.0.1 port 40233 (http://127.0.0.1:40233/) ..."
+            line.split_whitespace()
+                .skip_while(|w| *w != "port")
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+        })
     }
 
-    /// `tests/fixtures/python_upstream.py`: http.server with `/echo` (what arrived, de-chunked
-    /// by hand) and `/dubious/NAME` (scripted raw answers).
-    pub fn scripted() -> Python {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python_upstream.py");
-        let mut child = Command::new(python())
-            .arg("-u")
-            .arg(&script)
+    /// Starts `cmd` (stdout piped, stdin piped so the child can tell when the tests are gone)
+    /// and reads its port from the first stdout line.
+    fn spawn(mut cmd: Command, port_of: fn(&str) -> Option<u16>) -> Python {
+        let mut child = cmd
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -216,17 +223,23 @@ impl Python {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-        let port: u16 = line
-            .trim()
-            .strip_prefix("port ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!("python upstream did not start: {line:?}")
-            });
+        let Some(port) = port_of(&line) else {
+            let _ = child.kill();
+            panic!("python did not start: {line:?}")
+        };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        wait_listening(addr, &mut child, "python upstream");
+        wait_listening(addr, &mut child, "python");
         Python { addr, child }
+    }
+
+    /// `tests/fixtures/python_upstream.py`: http.server with `/echo` (what arrived, de-chunked
+    /// by hand) and `/dubious/NAME` (scripted raw answers).
+    pub fn scripted() -> Python {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python_upstream.py");
+        let mut cmd = Command::new(python());
+        cmd.arg("-u").arg(&script);
+        Self::spawn(cmd, |line| line.trim().strip_prefix("port ")?.parse().ok())
     }
 
     pub fn url(&self) -> String {
