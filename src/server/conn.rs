@@ -1,21 +1,23 @@
 //! What one client connection holds and how its life is bounded, beside hyper's own limits:
 //! its slot under `server.max_connections` and `server.max_connections_per_ip` ([`ConnSlot`]),
-//! and its activity ([`Activity`]): requests in flight and the last time it did anything. A
-//! connection with nothing in flight and nothing read for `server.idle_timeout` is shut down
-//! gracefully ([`serve`]). For HTTP/2 only streams count as activity, so a client that opens no
-//! stream but answers pings is still idle.
+//! and its activity ([`Activity`]): requests in flight and whether it did anything lately. A
+//! listener's [`Connections`] supervisor winds down a connection with nothing in flight and
+//! nothing read for `server.idle_timeout`, reclaims a quiet one when a new client waits at the
+//! cap, and drops one that ignores being wound down. For HTTP/2 only streams count as
+//! activity, so a client that opens no stream but answers pings is still idle.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::BoxError;
 use crate::observe::access_log::LoggedBody;
@@ -76,23 +78,51 @@ impl Drop for PerIpGuard {
     }
 }
 
-/// A connection's activity: requests whose response is not finished, and a counter bumped
-/// whenever it does something (reads request bytes over HTTP/1, finishes a response). Bumping
-/// reads no clock; the watchdog in [`serve`] notes when the counter last moved.
+/// A connection's activity, shared by its task, its request handlers and the listener's
+/// [`Connections`] supervisor: requests whose response is not finished, a counter bumped
+/// whenever it does something (reads request bytes over HTTP/1, finishes a response), and the
+/// supervisor's verdict. Bumping reads no clock and takes no lock; the supervisor notes when
+/// the counter last moved.
 pub struct Activity {
     in_flight: AtomicUsize,
     epoch: AtomicU64,
     /// A response has been finished on this connection: it is a keep-alive connection now,
     /// not a new one whose first request is on its way.
-    served: std::sync::atomic::AtomicBool,
+    served: AtomicBool,
+    /// `RUN`, `WIND_DOWN` or `DROP`, set by the supervisor.
+    signal: AtomicU8,
+    /// The connection task's waker, so a verdict takes effect at once.
+    waker: Mutex<Option<Waker>>,
+    /// `server.idle_timeout` at accept time, in ms.
+    idle_ms: u64,
+    // The supervisor's bookkeeping (only it writes these).
+    seen_epoch: AtomicU64,
+    quiet_since_ms: AtomicU64,
+    /// When the connection must be gone if it has nothing in flight.
+    drop_at_ms: AtomicU64,
+}
+
+const RUN: u8 = 0;
+const WIND_DOWN: u8 = 1;
+const DROP: u8 = 2;
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub fn new(idle: Duration) -> Arc<Activity> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
-            served: std::sync::atomic::AtomicBool::new(false),
+            served: AtomicBool::new(false),
+            signal: AtomicU8::new(RUN),
+            waker: Mutex::new(None),
+            idle_ms: idle.as_millis() as u64,
+            seen_epoch: AtomicU64::new(0),
+            quiet_since_ms: AtomicU64::new(now_ms()),
+            drop_at_ms: AtomicU64::new(0),
         })
     }
 
@@ -106,28 +136,138 @@ impl Activity {
         self.touch();
         InFlight(self.clone())
     }
-}
 
-/// Rung by an accept loop holding a new client it has no slot for: one idle connection
-/// closes to make room (as nginx reuses keep-alive connections at `worker_connections`).
-#[derive(Default)]
-pub struct Pressure {
-    notify: tokio::sync::Notify,
-    /// Connections still to close for this ring: at most one per ring, so a full server does
-    /// not drop all its idle keep-alive connections for one newcomer.
-    reclaim: AtomicUsize,
-}
-
-impl Pressure {
-    pub fn ring(&self) {
-        self.reclaim.store(1, Ordering::Release);
-        self.notify.notify_waiters();
+    /// How long (ms) the connection has done nothing, or `None` while a request is in
+    /// flight. Called by the supervisor only.
+    fn quiet(&self, now: u64) -> Option<u64> {
+        let e = self.epoch.load(Ordering::Relaxed);
+        let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+        if busy || e != self.seen_epoch.load(Ordering::Relaxed) {
+            self.seen_epoch.store(e, Ordering::Relaxed);
+            self.quiet_since_ms.store(now, Ordering::Relaxed);
+        }
+        (!busy).then(|| now.saturating_sub(self.quiet_since_ms.load(Ordering::Relaxed)))
     }
 
-    fn claim(&self) -> bool {
-        self.reclaim
-            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// Tells the connection to finish what is in flight and close; if it has not closed
+    /// `grace_ms` later (with nothing in flight), it is dropped.
+    fn wind_down(&self, now: u64, grace_ms: u64) -> bool {
+        if self
+            .signal
+            .compare_exchange(RUN, WIND_DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.drop_at_ms.store(now + grace_ms, Ordering::Relaxed);
+        self.wake();
+        true
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    fn register(&self, w: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(old) if old.will_wake(w) => {}
+            _ => *slot = Some(w.clone()),
+        }
+    }
+}
+
+/// The live connections of one listener, and the supervisor that bounds their lives: a
+/// connection with nothing in flight and nothing done for `server.idle_timeout` winds down
+/// (checked every 100 ms); one asked to wind down that has not closed after a grace is dropped.
+/// It runs beside the connections, so their own tasks pay nothing for it but an uncontended
+/// waker registration per poll.
+#[derive(Default)]
+pub struct Connections {
+    live: Mutex<Vec<std::sync::Weak<Activity>>>,
+}
+
+/// How often the supervisor looks at every connection.
+const TICK: Duration = Duration::from_millis(100);
+
+impl Connections {
+    pub fn add(&self, a: &Arc<Activity>) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(a));
+    }
+
+    fn each(&self, mut f: impl FnMut(&Activity)) {
+        let live: Vec<Arc<Activity>> = {
+            let mut l = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            l.retain(|w| w.strong_count() > 0);
+            l.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        for a in &live {
+            f(a);
+        }
+    }
+
+    /// One pass: idle connections wind down, those past their grace are dropped.
+    fn sweep(&self) {
+        let now = now_ms();
+        self.each(|a| {
+            let quiet = a.quiet(now);
+            match a.signal.load(Ordering::Acquire) {
+                RUN if quiet.is_some_and(|q| q >= a.idle_ms) => {
+                    a.wind_down(now, a.idle_ms.min(10_000));
+                }
+                WIND_DOWN if quiet.is_some() && now >= a.drop_at_ms.load(Ordering::Relaxed) => {
+                    a.signal.store(DROP, Ordering::Release);
+                    a.wake();
+                }
+                _ => {}
+            }
+        });
+    }
+
+    /// Supervises until aborted (by the accept loop, once its connections are gone).
+    pub async fn supervise(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
+
+    /// Every connection winds down (the listener is going away); those still busy are bounded
+    /// by the shutdown deadline, not dropped.
+    pub fn wind_down_all(&self) {
+        let now = now_ms();
+        self.each(|a| {
+            a.wind_down(now, a.idle_ms.min(10_000));
+        });
+    }
+
+    /// A new client waits for a slot at `server.max_connections`: one quiet connection makes
+    /// room, as nginx reuses keep-alive connections at its cap: a keep-alive connection quiet
+    /// for 250 ms after a response, or any connection that has done nothing for a second.
+    /// True if one was found.
+    pub fn reclaim_one(&self) -> bool {
+        let now = now_ms();
+        let mut done = false;
+        self.each(|a| {
+            if done || a.signal.load(Ordering::Acquire) != RUN {
+                return;
+            }
+            let reusable = a
+                .quiet(now)
+                .is_some_and(|q| q >= 250 && (a.served.load(Ordering::Relaxed) || q >= 1000));
+            // Nothing is in flight: a short grace for the goodbye (HTTP/2's GOAWAY).
+            if reusable && a.wind_down(now, 1000) {
+                done = true;
+            }
+        });
+        done
     }
 }
 
@@ -176,83 +316,27 @@ impl http_body::Body for ActiveBody {
     }
 }
 
-/// Drives `conn` to its end, or drops it (`None`). It is shut down gracefully (in-flight
-/// requests finish, then it closes) when nothing has been in flight and nothing has happened
-/// on it for `idle` (checked every quarter of `idle`, so it closes within 1.25 × `idle`), when
-/// `pressure` rings and it is a quiet keep-alive connection (or one that has done nothing for
-/// a second), or when `stop` says the listener is going away. A connection that has not
-/// finished `min(idle, 10s)` after being told to wind down is dropped: a client cannot hold
-/// its slot by never acknowledging the end.
-pub async fn serve<C: std::future::Future>(
+/// Drives `conn` to its end, following its supervisor's verdict: on `WIND_DOWN` it is shut
+/// down gracefully (in-flight requests finish, then it closes), on `DROP` it is dropped
+/// (`None`).
+pub async fn serve<C: Future>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
-    idle: Duration,
-    pressure: &Pressure,
-    mut stop: watch::Receiver<bool>,
 ) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
-    let grace = idle.min(Duration::from_secs(10));
-    let tick = (idle / 4).max(Duration::from_millis(10));
-    let mut seen = activity.epoch.load(Ordering::Relaxed);
-    let mut quiet_since = tokio::time::Instant::now();
-    // How long the connection has done nothing, or `None` while a request is in flight.
-    let mut quiet = |now: tokio::time::Instant| {
-        let e = activity.epoch.load(Ordering::Relaxed);
-        if e != seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
-            seen = e;
-            quiet_since = now;
+    let mut shut = false;
+    std::future::poll_fn(|cx| {
+        activity.register(cx.waker());
+        match activity.signal.load(Ordering::Acquire) {
+            DROP => return Poll::Ready(None),
+            WIND_DOWN if !shut => {
+                shut = true;
+                graceful_shutdown(conn.as_mut());
+            }
+            _ => {}
         }
-        (activity.in_flight.load(Ordering::Relaxed) == 0).then(|| now - quiet_since)
-    };
-    let mut timer = std::pin::pin!(tokio::time::sleep(tick));
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let wind_down =
-        |conn: Pin<&mut C>, deadline: &mut Option<tokio::time::Instant>, grace: Duration| {
-            if deadline.is_none() {
-                *deadline = Some(tokio::time::Instant::now() + grace);
-                graceful_shutdown(conn);
-            }
-        };
-    if *stop.borrow() {
-        wind_down(conn.as_mut(), &mut deadline, grace);
-    }
-    loop {
-        tokio::select! {
-            out = conn.as_mut() => return Some(out),
-            _ = timer.as_mut() => {
-                let now = tokio::time::Instant::now();
-                // Past the grace, a connection with nothing in flight is dropped; one still
-                // finishing requests is bounded by the listener's shutdown deadline instead.
-                if deadline.is_some_and(|d| now >= d) && quiet(now).is_some() {
-                    return None;
-                }
-                if quiet(now).is_some_and(|q| q >= idle) {
-                    wind_down(conn.as_mut(), &mut deadline, grace);
-                }
-                // Checked again at the next tick, or at the deadline if that comes first.
-                let next = match deadline {
-                    Some(d) if d > now => (now + tick).min(d),
-                    _ => now + tick,
-                };
-                timer.as_mut().reset(next);
-            }
-            _ = pressure.notify.notified(), if deadline.is_none() => {
-                let reusable = quiet(tokio::time::Instant::now()).is_some_and(|q| {
-                    q >= Duration::from_millis(250)
-                        && (activity.served.load(Ordering::Relaxed) || q >= Duration::from_secs(1))
-                });
-                if reusable && pressure.claim() {
-                    // Nothing is in flight: a short grace for the goodbye (HTTP/2's GOAWAY).
-                    wind_down(conn.as_mut(), &mut deadline, Duration::from_secs(1));
-                    timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
-                }
-            }
-            r = stop.changed(), if deadline.is_none() => {
-                if r.is_err() || *stop.borrow() {
-                    wind_down(conn.as_mut(), &mut deadline, grace);
-                }
-            }
-        }
-    }
+        conn.as_mut().poll(cx).map(Some)
+    })
+    .await
 }

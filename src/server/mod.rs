@@ -27,8 +27,7 @@ pub struct Server {
     permits: Arc<Semaphore>,
     /// Open connections per client IP, over every listener.
     per_ip: Arc<conn::PerIp>,
-    /// Rung when a new client waits for a slot: idle keep-alive connections then close.
-    pressure: Arc<conn::Pressure>,
+
     cap: usize,
     /// By configured address (`127.0.0.1:0` stays the same key across reloads).
     listeners: Vec<(SocketAddr, Listener)>,
@@ -55,7 +54,7 @@ impl Server {
             gw,
             permits: Arc::new(Semaphore::new(cap)),
             per_ip: Arc::default(),
-            pressure: Arc::default(),
+
             cap,
             listeners: Vec::new(),
             sweeper: (sweep_stop, sweeper),
@@ -114,7 +113,6 @@ impl Server {
                 self.gw.clone(),
                 self.permits.clone(),
                 self.per_ip.clone(),
-                self.pressure.clone(),
                 stop_rx,
             ));
             self.listeners.push((addr, Listener { local, stop, task }));
@@ -235,7 +233,7 @@ fn connection_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        // Idleness is bounded by `conn::serve` and the head by `framing::Watched`; hyper's
+        // Idleness is bounded by `conn::Connections` and the head by `framing::Watched`; hyper's
         // own timer (from the end of one request to the end of the next head) is a backstop.
         .header_read_timeout(s.idle_timeout + s.request_header_timeout)
         .max_buf_size(s.max_header_size.max(8192))
@@ -272,12 +270,13 @@ async fn accept_loop(
     gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
     per_ip: Arc<conn::PerIp>,
-    pressure: Arc<conn::Pressure>,
     mut stop: watch::Receiver<bool>,
 ) {
     let local_port = listener.local_addr().map_or(0, |a| a.port());
     // Every connection task holds a clone of `open`; when all are gone, `closed` yields None.
     let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
+    let connections = Arc::new(conn::Connections::default());
+    let supervisor = tokio::spawn(connections.clone().supervise());
     'accept: loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -307,7 +306,7 @@ async fn accept_loop(
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => break,
             Err(tokio::sync::TryAcquireError::NoPermits) => loop {
-                pressure.ring();
+                connections.reclaim_one();
                 tokio::select! {
                     p = permits.clone().acquire_owned() => match p {
                         Ok(p) => break p,
@@ -330,7 +329,8 @@ async fn accept_loop(
         let gw_log = gw.clone();
         let gw = gw.clone();
         let watch = Arc::new(framing::FramingWatch::default());
-        let activity = conn::Activity::new();
+        let activity = conn::Activity::new(settings.idle_timeout);
+        connections.add(&activity);
         let stream = framing::Watched::new(
             stream,
             framing::Scanner::new(watch.clone(), settings.max_header_size),
@@ -356,20 +356,11 @@ async fn accept_loop(
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
-        let stop = stop.clone();
         let open = open.clone();
-        let pressure = pressure.clone();
         // The connection's slot is released when the connection and every upgraded
         // connection spliced from it (which hold a clone) have ended.
         tokio::spawn(async move {
-            let served = conn::serve(
-                connection,
-                |c| c.graceful_shutdown(),
-                &activity,
-                settings.idle_timeout,
-                &pressure,
-                stop,
-            );
+            let served = conn::serve(connection, |c| c.graceful_shutdown(), &activity);
             let Some(served) = served.await else {
                 tracing::debug!(client = %peer, "connection dropped: it did not close when asked");
                 active.dec();
@@ -397,6 +388,9 @@ async fn accept_loop(
     }
     drop(listener);
     drop(open);
+    // In-flight requests finish, idle connections close now; the supervisor keeps dropping
+    // connections that ignore it until all are gone or the deadline passes.
+    connections.wind_down_all();
     let shutdown_timeout = gw.runtime.load().server.shutdown_timeout;
     if tokio::time::timeout(shutdown_timeout, closed.recv())
         .await
@@ -404,4 +398,5 @@ async fn accept_loop(
     {
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline reached with requests still in flight");
     }
+    supervisor.abort();
 }
