@@ -99,46 +99,66 @@ pub fn explain(
         }
         b.body(Body::empty()).map_err(|e| e.to_string())?
     };
-    let normalized = restructured.then_some(path.as_ref());
-    let pq = proxy::upstream_path(&r.path_action, req.uri(), normalized, &found.params)
-        .map_err(|e| e.to_string())?;
-    let how = match &r.path_action {
-        PathAction::Keep => "as sent by the client".to_owned(),
-        PathAction::StripPrefix(p) => format!("prefix {p} stripped"),
-        PathAction::Rewrite(_) => "rewritten".to_owned(),
-    };
-    let _ = writeln!(
-        out,
-        "upstream:   {} ({} target{}, round_robin)",
-        r.upstream.name,
-        r.upstream.targets.len(),
-        if r.upstream.targets.len() == 1 {
-            ""
-        } else {
-            "s"
+    match &r.action {
+        crate::runtime::Action::Respond(a) => {
+            let _ = writeln!(
+                out,
+                "answers:    {} with a fixed body of {} bytes (respond)",
+                a.status,
+                a.body.len()
+            );
         }
-    );
-    for t in &r.upstream.targets {
-        let _ = writeln!(out, "              {} weight {}", t.url, t.weight);
+        crate::runtime::Action::Redirect(a) => {
+            let location = a
+                .response(&found.params, uri.query())
+                .ok()
+                .and_then(|r| {
+                    r.headers()
+                        .get(http::header::LOCATION)
+                        .and_then(|v| v.to_str().ok().map(str::to_owned))
+                })
+                .unwrap_or_else(|| a.to.clone());
+            let _ = writeln!(out, "redirects:  {} to {location}", a.status);
+        }
+        crate::runtime::Action::Proxy(upstream) => {
+            let normalized = restructured.then_some(path.as_ref());
+            let pq = proxy::upstream_path(&r.path_action, req.uri(), normalized, &found.params)
+                .map_err(|e| e.to_string())?;
+            let how = match &r.path_action {
+                PathAction::Keep => "as sent by the client".to_owned(),
+                PathAction::StripPrefix(p) => format!("prefix {p} stripped"),
+                PathAction::Rewrite(_) => "rewritten".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "upstream:   {} ({} target{}, round_robin)",
+                upstream.name,
+                upstream.targets.len(),
+                if upstream.targets.len() == 1 { "" } else { "s" }
+            );
+            for t in &upstream.targets {
+                let _ = writeln!(out, "              {} weight {}", t.url, t.weight);
+            }
+            let _ = writeln!(out, "forwards:   {method} {} ({how})", pq.as_str());
+            let host_note = if upstream.preserve_host {
+                // What goes upstream is the Host the client sends, port and all: a given `Host`
+                // header, else the URL's authority (without userinfo), as curl would send it. The
+                // lowercased, port-less form above is only what routes are matched on.
+                let sent = hmap
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        uri.authority()
+                            .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_owned())
+                    });
+                format!("{} (client's, preserved)", sent.as_deref().unwrap_or("-"))
+            } else {
+                "the target's host:port (preserve_host: false)".to_owned()
+            };
+            let _ = writeln!(out, "host:       {host_note}");
+        }
     }
-    let _ = writeln!(out, "forwards:   {method} {} ({how})", pq.as_str());
-    let host_note = if r.upstream.preserve_host {
-        // What goes upstream is the Host the client sends, port and all: a given `Host`
-        // header, else the URL's authority (without userinfo), as curl would send it. The
-        // lowercased, port-less form above is only what routes are matched on.
-        let sent = hmap
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| {
-                uri.authority()
-                    .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_owned())
-            });
-        format!("{} (client's, preserved)", sent.as_deref().unwrap_or("-"))
-    } else {
-        "the target's host:port (preserve_host: false)".to_owned()
-    };
-    let _ = writeln!(out, "host:       {host_note}");
     if r.chain.is_empty() {
         let _ = writeln!(out, "policies:   none");
     } else {

@@ -23,6 +23,7 @@ use crate::observe::trace;
 use crate::policy::{self, RequestCtx};
 use crate::proxy::{self, Downstream, TryError, X_REQUEST_ID};
 use crate::router;
+use crate::runtime::Action;
 use crate::upstream::balancer::{Balancer, HashOn, hash_bytes};
 
 /// What every request handler shares: the current config, the log sink, the metrics.
@@ -235,7 +236,20 @@ async fn route_and_forward(
         return Ok(answer);
     }
 
-    let upstream = &route.upstream;
+    let upstream = match &route.action {
+        Action::Proxy(u) => u,
+        // Answered here: the response-phase policies still run on the answer.
+        Action::Respond(r) => {
+            let mut resp = r.response();
+            policy::run_response(&route.chain, &mut resp, &cx);
+            return Ok(resp);
+        }
+        Action::Redirect(r) => {
+            let mut resp = r.response(&cx.params, req.uri().query())?;
+            policy::run_response(&route.chain, &mut resp, &cx);
+            return Ok(resp);
+        }
+    };
     let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
     if !trace.continued {
         // `tracestate` belongs to the trace it came with, which was not continued.

@@ -16,6 +16,7 @@ pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod router;
+pub mod runtime;
 pub mod server;
 pub mod upstream;
 

@@ -771,3 +771,115 @@ async fn keep_alive_connections_are_reused() {
         "one sequential client needs one upstream connection"
     );
 }
+
+/// Routes that answer themselves: a fixed `respond`, and a `redirect` with the path's params
+/// and the client's query. Response-phase policies run on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respond_and_redirect_routes_answer_without_an_upstream() {
+    use common::raw::{RawClient, RawUpstream};
+    let up = RawUpstream::ok().await;
+    let yaml = format!(
+        r#"listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  u: {{ targets: ["{}"] }}
+routes:
+  - name: ping
+    match: {{ path: /ping }}
+    respond: {{ status: 200, body: "pong", headers: {{ cache-control: no-store }} }}
+    headers: {{ response: {{ set: {{ x-policy: ran }} }} }}
+  - name: moved
+    match: {{ path: "/old/{{*rest}}" }}
+    redirect: {{ to: "https://new.example.com/v2/{{rest}}", status: 308 }}
+    headers: {{ response: {{ set: {{ x-policy: ran }} }} }}
+  - name: login
+    match: {{ path: /signin }}
+    redirect: {{ to: "/login?from=signin" }}
+  - name: teapot
+    match: {{ path: /teapot }}
+    respond: {{ status: 418 }}
+  - match: {{ path_prefix: / }}
+    upstream: u
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response().await.response();
+    assert_eq!((r.status, r.text().as_str()), (200, "pong"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(r.header("x-policy"), Some("ran"));
+    assert!(r.header("x-request-id").is_some());
+
+    c.send("GET /old/a/b%20c?x=1&y=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let r = c.response().await.response();
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://new.example.com/v2/a/b%20c?x=1&y=2")
+    );
+    assert_eq!(r.header("x-policy"), Some("ran"));
+
+    c.send("GET /signin?x=1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response().await.response();
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("/login?from=signin"));
+
+    c.send("HEAD /teapot HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c
+        .response_within(true, Duration::from_secs(5))
+        .await
+        .response();
+    assert_eq!(r.status, 418);
+    assert_eq!(up.requests().len(), 0, "nothing reached the upstream");
+
+    // The other routes still forward.
+    c.send("GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.status(), Some(200));
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[test]
+fn a_route_needs_exactly_one_action() {
+    use gatehouse::config::compile::compile;
+    use gatehouse::config::parse_str;
+    for (routes, want) in [
+        (
+            "  - name: none\n    match: { path: /a }\n",
+            "route \"none\" needs exactly one of `upstream`, `respond` and `redirect` (it has none)",
+        ),
+        (
+            "  - name: two\n    match: { path: /a }\n    upstream: u\n    respond: { body: x }\n",
+            "route \"two\" needs exactly one of `upstream`, `respond` and `redirect` (it has 2)",
+        ),
+        (
+            "  - match: { path: /a }\n    redirect: { to: /b, status: 200 }\n",
+            "200 is not a redirect status",
+        ),
+        (
+            "  - match: { path: /a }\n    respond: { status: 99 }\n",
+            "99 is not a final status",
+        ),
+        (
+            "  - match: { path_prefix: /a }\n    respond: { body: x }\n    strip_prefix: true\n",
+            "only applies to a route that forwards",
+        ),
+    ] {
+        let yaml = format!(
+            "listen: \"127.0.0.1:0\"\nupstreams:\n  u: {{ targets: [\"http://127.0.0.1:9\"] }}\nroutes:\n{routes}"
+        );
+        let cfg = parse_str(&yaml, &|_| None).unwrap();
+        let errs = match compile(&cfg, &gatehouse::State::default()) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(e) => e,
+        };
+        assert!(
+            errs.iter()
+                .any(|e| e.to_string().contains(want) && e.path.starts_with("routes[0]")),
+            "{want:?} not in {errs:?}"
+        );
+    }
+}

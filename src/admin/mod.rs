@@ -358,7 +358,8 @@ fn routes(c: &Control) -> Value {
                     // Header conditions can be shared secrets: names only.
                     "headers": m.headers.iter().map(|(k, _)| (k.as_str().to_owned(), "<redacted>")).collect::<std::collections::BTreeMap<_, _>>(),
                 },
-                "upstream": &*r.upstream.name,
+                "upstream": r.action.upstream().map(|u| &*u.name),
+                "action": r.action.kind(),
                 "path_action": match &r.path_action {
                     PathAction::Keep => "keep",
                     PathAction::StripPrefix(_) => "strip_prefix",

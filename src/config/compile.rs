@@ -147,7 +147,8 @@ pub struct Route {
     pub name: Arc<str>,
     pub index: usize,
     pub matcher: Matcher,
-    pub upstream: Arc<Upstream>,
+    /// Forward, answer, or redirect.
+    pub action: crate::runtime::Action,
     pub path_action: PathAction,
     pub chain: Vec<Bound>,
     pub max_body_size: Option<u64>,
@@ -159,6 +160,60 @@ pub struct Route {
 impl Routable for Route {
     fn matcher(&self) -> &Matcher {
         &self.matcher
+    }
+}
+
+/// A route's action: exactly one of `upstream` (already resolved, when it exists), `respond`
+/// and `redirect`.
+fn compile_action(
+    r: &crate::config::model::RouteConfig,
+    upstream: Option<Arc<Upstream>>,
+    params: &[&str],
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<crate::runtime::Action> {
+    use crate::runtime::{Action, Redirect, Respond};
+    let given = usize::from(r.upstream.is_some())
+        + usize::from(r.respond.is_some())
+        + usize::from(r.redirect.is_some());
+    if given != 1 {
+        let name = r
+            .name
+            .as_deref()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default();
+        errors.push(ConfigError::new(
+            path.to_owned(),
+            format!(
+                "route{name} needs exactly one of `upstream`, `respond` and `redirect` (it has {})",
+                if given == 0 {
+                    "none".to_owned()
+                } else {
+                    given.to_string()
+                }
+            ),
+        ));
+        return None;
+    }
+    if r.upstream.is_some() {
+        return upstream.map(Action::Proxy);
+    }
+    if let Some(c) = &r.respond {
+        return match Respond::compile(c.status, c.body.as_deref(), &c.headers) {
+            Ok(a) => Some(Action::Respond(a)),
+            Err((key, e)) => {
+                errors.push(ConfigError::new(format!("{path}.respond.{key}"), e));
+                None
+            }
+        };
+    }
+    let c = r.redirect.as_ref()?;
+    match Redirect::compile(&c.to, c.status, params) {
+        Ok(a) => Some(Action::Redirect(a)),
+        Err((key, e)) => {
+            errors.push(ConfigError::new(format!("{path}.redirect.{key}"), e));
+            None
+        }
     }
 }
 
@@ -248,31 +303,31 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
     for (i, r) in cfg.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         let matcher = compile_matcher(&r.matcher, &format!("{path}.match"), &mut errors);
-        let upstream = match upstreams.get(&r.upstream) {
-            Some(u) => Some(u.clone()),
-            None => {
-                if !cfg.upstreams.contains_key(&r.upstream) {
-                    let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
-                    errors.push(ConfigError::new(
-                        format!("{path}.upstream"),
-                        if known.is_empty() {
-                            format!(
-                                "no upstream named {:?} (there is no `upstreams:` section)",
-                                r.upstream
-                            )
-                        } else {
-                            format!(
-                                "no upstream named {:?} (known: {})",
-                                r.upstream,
-                                known.join(", ")
-                            )
-                        },
-                    ));
+        let upstream = match r.upstream.as_deref() {
+            None => None,
+            Some(name) => match upstreams.get(name) {
+                Some(u) => Some(u.clone()),
+                None => {
+                    if !cfg.upstreams.contains_key(name) {
+                        let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
+                        errors.push(ConfigError::new(
+                            format!("{path}.upstream"),
+                            if known.is_empty() {
+                                format!(
+                                    "no upstream named {name:?} (there is no `upstreams:` section)"
+                                )
+                            } else {
+                                format!("no upstream named {name:?} (known: {})", known.join(", "))
+                            },
+                        ));
+                    }
+                    None
                 }
-                None
-            }
+            },
         };
-        used_upstreams.insert(r.upstream.as_str());
+        if let Some(name) = r.upstream.as_deref() {
+            used_upstreams.insert(name);
+        }
 
         let name = match &r.name {
             Some(n) => {
@@ -357,14 +412,35 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
                 }),
         );
 
-        if let (Some(upstream), Some(matcher)) = (upstream, matcher) {
+        let params = matcher
+            .as_ref()
+            .map(|m| m.path.param_names())
+            .unwrap_or_default();
+        let action = compile_action(r, upstream, &params, &path, &mut errors);
+        if !matches!(action, Some(crate::runtime::Action::Proxy(_)))
+            && (r.strip_prefix || r.rewrite.is_some())
+            && action.is_some()
+        {
+            errors.push(ConfigError::new(
+                format!(
+                    "{path}.{}",
+                    if r.strip_prefix {
+                        "strip_prefix"
+                    } else {
+                        "rewrite"
+                    }
+                ),
+                "only applies to a route that forwards to an `upstream`",
+            ));
+        }
+        if let (Some(action), Some(matcher)) = (action, matcher) {
             let name: Arc<str> = name.into();
             routes.push(Arc::new(Route {
                 stats: state.metrics.route(&name),
                 name,
                 index: i,
                 matcher,
-                upstream,
+                action,
                 path_action,
                 chain,
                 max_body_size: r.max_body_size.map(|b| b.0).or(server.max_body_size),

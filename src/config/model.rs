@@ -421,8 +421,16 @@ pub struct RouteConfig {
     pub name: Option<String>,
     #[serde(default, rename = "match")]
     pub matcher: MatchConfig,
-    /// Name of the upstream to forward to.
-    pub upstream: String,
+    /// Name of the upstream to forward to. A route has exactly one of `upstream`, `respond`
+    /// and `redirect`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Answer with a fixed response instead of forwarding.
+    #[serde(default)]
+    pub respond: Option<RespondConfig>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<RedirectConfig>,
     /// Remove the matched `path_prefix` from the forwarded path.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -442,6 +450,35 @@ pub struct RouteConfig {
     /// Inline `headers` policy.
     #[serde(default)]
     pub headers: Option<HeadersPolicyConfig>,
+}
+
+/// `respond: { status: 200, body: "pong", headers: { content-type: text/plain } }`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    /// Status code, 200-599. Default 200.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Body, sent as it is. Default empty.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Response headers. `content-type` defaults to `text/plain; charset=utf-8` when there is
+    /// a body.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `redirect: { to: "https://example.com/{*rest}", status: 308 }`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Where to: an absolute URL (`https://example.com/...`) or a path (`/new/...`), with
+    /// `{param}` holes filled from `match.path`. The client's query is appended unless `to`
+    /// has one of its own.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308. Default 302.
+    #[serde(default)]
+    pub status: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -536,6 +536,7 @@ routes:
   - match: { path_prefx: /a }
     upstream: u
   - match: { path_prefix: /b }
+    redirect: { status: 301 }
 access_log: maybe
 workers: -1
 "#;
@@ -544,7 +545,7 @@ workers: -1
             "access_log: expected `off`, `on`",
             "bogus: unknown field `bogus`",
             "routes[0].match.path_prefx: unknown field `path_prefx` (did you mean `path_prefix`?)",
-            "routes[1]: missing field `upstream`",
+            "routes[1].redirect: missing field `to`",
             "upstreams.u.balance: unknown variant `round_robbin`",
             "upstreams.u.targets[1].wieght: unknown field `wieght` (did you mean `weight`?)",
             "upstreams.u.timeouts.connect: invalid duration 5: a unit is required",
