@@ -207,10 +207,14 @@ pub fn parse_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigError>> {
-    let mut value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
+    let marked = mark_quoted_references(text);
+    let mut value: serde_json::Value = serde_saphyr::from_str(&marked).map_err(|e| {
         vec![ConfigError::new(
             "",
-            format!("invalid YAML: {}", redact_snippet(&e.to_string(), text)),
+            format!(
+                "invalid YAML: {}",
+                redact_snippet(&e.to_string().replace(QUOTED, ""), text)
+            ),
         )]
     })?;
     if value.is_null() {
@@ -452,6 +456,34 @@ fn clean_serde_message(msg: &str) -> String {
     msg.to_owned()
 }
 
+/// Marks a quoted value that is exactly one reference (`"${VER}"`, `'${VER}'`): YAML parsing
+/// forgets the quotes, and the author who wrote them meant a string even when VER is `2`.
+const QUOTED: char = '\u{E000}';
+
+fn mark_quoted_references(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("\"${") && !text.contains("'${") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let (before, from) = rest.split_at(i);
+        out.push_str(before);
+        let quote = before.chars().last().filter(|c| *c == '"' || *c == '\'');
+        let whole = quote.is_some_and(|q| {
+            from.find('}')
+                .is_some_and(|end| from[end + 1..].starts_with(q) && !from[..end].contains(q))
+        });
+        if whole {
+            out.push(QUOTED);
+        }
+        out.push_str("${");
+        rest = &from[2..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Replaces `${NAME}` in every string value; `$${` is a literal `${`. Map keys are not touched.
 fn interpolate(
     v: &mut serde_json::Value,
@@ -462,9 +494,15 @@ fn interpolate(
 ) {
     match v {
         serde_json::Value::String(s) if s.contains('$') => {
-            // A value that is exactly one `${NAME}` may stand for a number or a boolean
-            // (`workers: ${WORKERS}`), as it would if written literally.
-            let whole = s.starts_with("${") && s.ends_with('}') && s.matches('$').count() == 1;
+            let quoted = s.starts_with(QUOTED);
+            if quoted {
+                s.remove(0);
+            }
+            // A value that is exactly one unquoted `${NAME}` may stand for a number or a
+            // boolean (`workers: ${WORKERS}`), as it would if written literally; a quoted one
+            // stays a string.
+            let whole =
+                !quoted && s.starts_with("${") && s.ends_with('}') && s.matches('$').count() == 1;
             // Every variable's value, and the whole expanded string, show as written.
             let seen = std::cell::RefCell::new(Vec::new());
             let recording = |name: &str| {
@@ -656,6 +694,27 @@ mod tests {
     }
 
     #[test]
+    fn a_quoted_reference_stays_a_string() {
+        let env = |k: &str| match k {
+            "VER" => Some("2".to_owned()),
+            "WORKERS" => Some("3".to_owned()),
+            _ => None,
+        };
+        let yaml = "listen: \"127.0.0.1:0\"\nworkers: ${WORKERS}\nupstreams:\n  u: { targets: [\"http://127.0.0.1:9\"] }\nroutes:\n  - match: { path_prefix: / }\n    upstream: u\n    headers: { request: { set: { x-version: \"${VER}\", x-single: '${VER}', x-text: \"v${VER}\" } } }\n";
+        let cfg = parse_str(yaml, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(cfg.workers, Some(3), "an unquoted reference is a number");
+        let set = &cfg.routes[0]
+            .headers
+            .as_ref()
+            .and_then(|h| h.request.as_ref())
+            .map(|r| r.set.clone())
+            .unwrap_or_default();
+        assert_eq!(set["x-version"], "2");
+        assert_eq!(set["x-single"], "2");
+        assert_eq!(set["x-text"], "v2");
+    }
+
+    #[test]
     fn an_unset_variable_is_one_error_not_two() {
         let yaml = "listen: \"127.0.0.1:8080\"\nworkers: ${NOPE}\nbogus: 1\n";
         let errs = parse_str(yaml, &env).unwrap_err();
@@ -676,7 +735,7 @@ mod tests {
             "TOK" => Some("sk_live_from_env_1".to_owned()),
             _ => None,
         };
-        let yaml = "listen: \"127.0.0.1:8080\"\nadmin: { token: \"${NUM}\" }\nglobal:\n  headers: { request: { set: \"${TOK}\", append: \"Bearer sk_literal_99\" } }\n";
+        let yaml = "listen: \"127.0.0.1:8080\"\nadmin:\n  token: ${NUM}\nglobal:\n  headers: { request: { set: \"${TOK}\", append: \"Bearer sk_literal_99\" } }\n";
         let errs = parse_str(yaml, &env).unwrap_err();
         let all: String = errs.iter().map(|e| format!("{e}\n")).collect();
         assert!(!all.contains("12345678901234567890"), "{all}");
