@@ -132,6 +132,9 @@ pub struct ConnLimit {
     pending: AtomicUsize,
     /// The upstream's targets, to close an idle connection of one when another needs its slot.
     pools: Mutex<Vec<std::sync::Weak<TargetPool>>>,
+    /// Notified when a connection goes back to an idle list: a waiting request can take it,
+    /// or close it to free its slot.
+    returned: tokio::sync::Notify,
 }
 
 impl ConnLimit {
@@ -141,6 +144,7 @@ impl ConnLimit {
             max_pending,
             pending: AtomicUsize::new(0),
             pools: Mutex::new(Vec::new()),
+            returned: tokio::sync::Notify::new(),
         }
     }
 
@@ -211,14 +215,15 @@ impl TargetPool {
             if Instant::now() >= deadline {
                 return Err(GatewayError::Overloaded { retry_after: 1 });
             }
-            // Wake for a freed slot, or look again for an idle connection shortly.
+            // Wake for a freed slot or a connection returned to an idle list (no polling).
             tokio::select! {
                 slot = limit.slots.clone().acquire_owned() => {
                     if let Ok(slot) = slot {
                         return self.connect_with(Some(slot)).await;
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                _ = limit.returned.notified() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
     }
@@ -294,6 +299,10 @@ impl TargetPool {
                 conn,
                 since: Instant::now(),
             });
+        }
+        drop(idle);
+        if let Some(l) = &self.limit {
+            l.returned.notify_one();
         }
     }
 
