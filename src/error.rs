@@ -36,6 +36,17 @@ pub enum GatewayError {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Whose fault an error was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request was malformed, too large, too slow, or matched nothing.
+    Client,
+    /// The upstream could not be reached, failed, was too slow, or is at its limits.
+    Upstream,
+    /// A bug in the gateway.
+    Internal,
+}
+
 impl GatewayError {
     /// Exactly one status per variant; no wildcard arm, so a new variant must choose one.
     pub fn status(&self) -> StatusCode {
@@ -90,10 +101,44 @@ impl GatewayError {
     }
 
     /// The client-facing message: what happened, never internal detail (that goes to the log).
+    /// Whose fault it was: what retries, logging and connection handling key on, in one place.
+    pub fn fault(&self) -> Fault {
+        match self {
+            GatewayError::NoRoute
+            | GatewayError::BadRequest(_)
+            | GatewayError::NotImplemented(_)
+            | GatewayError::ClientTimeout(_)
+            | GatewayError::BodyTooLarge { .. } => Fault::Client,
+            GatewayError::NoTarget { .. }
+            | GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamFailed(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::Overloaded { .. } => Fault::Upstream,
+            GatewayError::Internal(_) => Fault::Internal,
+        }
+    }
+
+    /// After this error, the rest of the client's connection cannot be trusted (its framing
+    /// was broken, or its body is still arriving): close it.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadRequest(_) | GatewayError::ClientTimeout(_)
+        )
+    }
+
+    /// The client-facing message: what happened, never internal detail (upstream names,
+    /// addresses, configured values; those go to the log).
     fn public_message(&self) -> String {
         match self {
             GatewayError::BadRequest(why) => format!("bad request: {why}"),
+            GatewayError::NotImplemented(why) => format!("not implemented: {why}"),
             GatewayError::Internal(_) => "internal error".to_owned(),
+            GatewayError::NoTarget { .. } => {
+                "no healthy upstream target can take this request".to_owned()
+            }
+            GatewayError::UpstreamTimeout(_) => "the upstream did not answer in time".to_owned(),
+            GatewayError::ClientTimeout(_) => "the request body stopped arriving".to_owned(),
             other => other.to_string(),
         }
     }
@@ -183,6 +228,17 @@ mod tests {
         for (err, status, code) in table {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             assert_eq!(err.code(), code);
+            // Client faults are 4xx (and 501: it asked for what a reverse proxy does not do).
+            assert_eq!(
+                err.fault() == Fault::Client,
+                status < 500 || status == 501,
+                "{err:?} is {:?}",
+                err.fault()
+            );
+            let msg = err.public_message();
+            for secret in ["secret detail", "u ", "1s"] {
+                assert!(!msg.contains(secret), "{err:?} tells the client {msg:?}");
+            }
             let resp = err.into_response("rid");
             assert_eq!(resp.status().as_u16(), status);
         }

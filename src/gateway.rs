@@ -125,12 +125,12 @@ pub async fn handle(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            if matches!(
-                e,
-                GatewayError::UpstreamFailed(_)
-                    | GatewayError::UpstreamConnect(_)
-                    | GatewayError::Internal(_)
-            ) {
+            if e.fault() != crate::error::Fault::Client
+                && !matches!(
+                    e,
+                    GatewayError::Overloaded { .. } | GatewayError::UpstreamTimeout(_)
+                )
+            {
                 tracing::warn!(
                     request_id = %request_id_str(&request_id),
                     error = %e,
@@ -152,10 +152,7 @@ pub async fn handle(
                 r.reason = e.reason();
             }
             // After a framing error the rest of the connection cannot be trusted: close it.
-            let close = matches!(
-                e,
-                GatewayError::BadRequest(_) | GatewayError::ClientTimeout(_)
-            );
+            let close = e.closes_connection();
             let mut resp = e.into_response(request_id_str(&request_id));
             if close {
                 resp.headers_mut()

@@ -490,7 +490,8 @@ fn check_never_prints_a_secret() {
     let cases = [
         (
             "admin token of the wrong type, from the environment",
-            format!("{base}admin: {{ addr: \"127.0.0.1:0\", token: \"${{GH_SECRET_NUM}}\" }}\n"),
+            // Unquoted, so the number stays a number (a quoted reference is a string).
+            format!("{base}admin:\n  addr: \"127.0.0.1:0\"\n  token: ${{GH_SECRET_NUM}}\n"),
             "9876543210987654321",
             Some("${GH_SECRET_NUM}"),
         ),
