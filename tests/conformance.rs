@@ -1965,3 +1965,27 @@ async fn a_keep_alive_race_is_retried_for_idempotent_requests_only() {
     );
     assert_eq!(up.requests().len(), 5);
 }
+
+/// Active health checks go through the same connector as requests: origin form, the target's
+/// Host, and the configured path and query byte for byte.
+#[tokio::test]
+async fn health_checks_go_out_in_origin_form() {
+    let up = RawUpstream::ok().await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u:\n    targets: [\"{}\"]\n    health: {{ active: {{ path: \"/healthz?deep=1\", interval: 1s, timeout: 500ms }} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        up.url()
+    );
+    let _gw = TestGateway::start(&yaml).await;
+    let reqs = up.wait_requests(1).await;
+    assert!(!reqs.is_empty(), "no health check arrived");
+    let text = String::from_utf8_lossy(&reqs[0]).into_owned();
+    assert!(
+        text.starts_with("GET /healthz?deep=1 HTTP/1.1\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("\r\nhost: {}\r\n", up.addr)),
+        "{text}"
+    );
+}

@@ -311,10 +311,7 @@ pub async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         req.headers_mut().insert(header::UPGRADE, u.proto.clone());
     }
-    // Origin form (`GET /path?q HTTP/1.1`), as RFC 9112 3.2.1 asks of a request to an origin
-    // server: the connection already names the target, and Host names the site. Absolute form
-    // is for requests to a proxy, and servers that read the raw target do not route it.
-    *req.uri_mut() = Uri::from(path);
+    *req.uri_mut() = crate::upstream::connector::origin_form(path);
 
     let timeout = upstream.timeouts.response;
     let started = std::time::Instant::now();

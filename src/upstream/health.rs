@@ -12,9 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request};
 use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::Upstream;
@@ -132,15 +129,13 @@ async fn check_loop(
 /// One check: connect, `GET path`, and an expected status, all within `timeout`.
 async fn probe(authority: &str, host: &HeaderValue, p: &ActivePolicy) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(authority)
+        // The same connector as the pool's (bounded here by the check's own timeout).
+        let (mut send, conn) = super::connector::http1::<Empty<Bytes>>(authority, p.timeout)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (mut send, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
         let driver = tokio::spawn(conn);
-        let req = Request::get(p.path.as_str())
+        let path = http::uri::PathAndQuery::try_from(p.path.as_str()).map_err(|e| e.to_string())?;
+        let req = Request::get(super::connector::origin_form(path))
             .header(http::header::HOST, host.clone())
             .header(http::header::USER_AGENT, "gatehouse-health-check")
             .header(http::header::CONNECTION, "close")

@@ -5,6 +5,7 @@
 //! reload) keeps the warm connections of upstreams whose settings did not change.
 
 pub mod balancer;
+pub mod connector;
 pub mod dns;
 pub mod health;
 pub mod pool;

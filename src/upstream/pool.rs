@@ -23,8 +23,6 @@ use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
@@ -260,25 +258,9 @@ impl TargetPool {
         &self,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<PooledConn, GatewayError> {
-        let connect = TcpStream::connect(self.authority.as_str());
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(GatewayError::UpstreamConnect(Box::new(e))),
-            Err(_) => {
-                return Err(GatewayError::UpstreamConnect(
-                    format!(
-                        "connect to {} timed out after {:?}",
-                        self.authority, self.connect_timeout
-                    )
-                    .into(),
-                ));
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (send, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        let (send, conn) = super::connector::http1(self.authority.as_str(), self.connect_timeout)
             .await
-            .map_err(|e| GatewayError::UpstreamConnect(Box::new(e)))?;
+            .map_err(GatewayError::UpstreamConnect)?;
         Ok(PooledConn {
             send,
             conn: Box::pin(conn.with_upgrades()),
