@@ -34,6 +34,8 @@ use crate::upstream::Pools;
 #[derive(Default)]
 pub struct State {
     pub pools: Pools,
+    /// Round-robin positions and retry budgets that outlive reloads.
+    pub kept: upstream::Kept,
     pub metrics: Arc<Metrics>,
     pub health: upstream::health::HealthCheckers,
     pub dns: upstream::dns::DnsCache,
@@ -43,6 +45,7 @@ impl State {
     /// Called once `rt` is live: keep what it uses, drop what no config uses any more.
     pub fn adopt(&self, rt: &Runtime) {
         self.pools.adopt(rt.upstreams.values().map(|u| u.as_ref()));
+        self.kept.adopt(rt.upstreams.values().map(|u| u.as_ref()));
         self.health
             .reconcile(rt.upstreams.values().map(|u| u.as_ref()));
         let routes: Vec<Arc<str>> = rt.routes.iter().map(|r| r.name.clone()).collect();

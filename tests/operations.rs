@@ -414,3 +414,65 @@ async fn turning_the_admin_api_off_closes_it() {
         .unwrap();
     assert_eq!(send(&client(), req).await.status, StatusCode::FORBIDDEN);
 }
+
+/// A reload that leaves an upstream as it was keeps its state: the round-robin rotation goes
+/// on where it was (not back to the first target) and a spent retry budget stays spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_position_and_retry_budget_survive_a_reload() {
+    let a = TestUpstream::echo("a").await;
+    let b = TestUpstream::echo("b").await;
+    let c = TestUpstream::echo("c").await;
+    let bad1 = TestUpstream::start(Arc::new(|_req| {
+        Box::pin(async move {
+            let mut r = http::Response::new(full("bad"));
+            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+            r
+        })
+    }))
+    .await;
+    let bad2 = TestUpstream::start(Arc::new(|_req| {
+        Box::pin(async move {
+            let mut r = http::Response::new(full("bad"));
+            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+            r
+        })
+    }))
+    .await;
+    let yaml = |tag: &str| {
+        format!(
+            "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  rr: {{ targets: [\"{}\", \"{}\", \"{}\"] }}\n  flaky:\n    targets: [\"{}\", \"{}\"]\n    retries: {{ attempts: 2, on: [502], budget: 0%, min_per_second: 1 }}\n    health: {{ passive: {{ consecutive_failures: 1000 }} }}\nroutes:\n  - match: {{ path_prefix: /flaky }}\n    upstream: flaky\n  - match: {{ path_prefix: / }}\n    upstream: rr\n    headers: {{ response: {{ set: {{ x-config: {tag} }} }} }}\n",
+            a.url(),
+            b.url(),
+            c.url(),
+            bad1.url(),
+            bad2.url()
+        )
+    };
+    let dir = TempConfig::new(&yaml("one"));
+    let gw = TestGateway::start_with(&yaml("one"), Some(dir.path.clone())).await;
+    let first = get(&gw.url("/")).await.json()["name"].clone();
+    // The first flaky request spends the budget's one token on a retry: two upstream tries.
+    assert_eq!(get(&gw.url("/flaky")).await.status, 502);
+    assert_eq!(bad1.hits() + bad2.hits(), 2);
+
+    std::fs::write(&dir.path, yaml("two")).unwrap();
+    gw.control.reload_file("test").await.unwrap();
+    let after = get(&gw.url("/")).await;
+    assert_eq!(
+        after.header("x-config"),
+        Some("two"),
+        "the reload took effect"
+    );
+    assert_ne!(
+        after.json()["name"],
+        first,
+        "the rotation started again at the first target"
+    );
+    // The spent budget is still spent: no retry this time.
+    assert_eq!(get(&gw.url("/flaky")).await.status, 502);
+    assert_eq!(
+        bad1.hits() + bad2.hits(),
+        3,
+        "a reload refilled the retry budget"
+    );
+}

@@ -18,9 +18,9 @@ use crate::observe::metrics::RouteStats;
 use crate::policy::headers::HeadersPolicy;
 use crate::policy::{Bound, Policy};
 use crate::router::{HostPattern, Matcher, PathPattern, RewriteTemplate, Routable, Router};
-use crate::upstream::balancer::{Balancer, HashOn, Ring, SmoothWeighted};
+use crate::upstream::balancer::{Balancer, HashOn, Ring};
 use crate::upstream::health::ActivePolicy;
-use crate::upstream::retry::{RetryBudget, RetryPolicy};
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::state::PassivePolicy;
 use crate::upstream::{self, Limits, Target, Timeouts, Upstream, dns};
 
@@ -839,10 +839,10 @@ fn compile_upstream(
             ));
         }
     }
-    let balancer = compile_balancer(u, &path, &targets, errors);
+    let balancer = compile_balancer(name, u, &path, &targets, state, errors);
     let passive = compile_passive(u, &path, errors);
     let active = compile_active(u, &path, errors);
-    let retry = compile_retries(u, &path, errors);
+    let retry = compile_retries(name, u, &path, state, errors);
     if errors.len() > before {
         return None;
     }
@@ -996,9 +996,11 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 pub const DEFAULT_RETRY_MAX_BODY: u64 = 64 * 1024;
 
 fn compile_balancer(
+    name: &str,
     u: &UpstreamConfig,
     path: &str,
     targets: &[TargetParts],
+    state: &State,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Balancer> {
     if u.hash_on.is_some() && u.balance != BalanceConfig::Hash {
@@ -1009,7 +1011,15 @@ fn compile_balancer(
         return None;
     }
     Some(match u.balance {
-        BalanceConfig::RoundRobin => Balancer::RoundRobin(SmoothWeighted::new(targets.len())),
+        BalanceConfig::RoundRobin => Balancer::RoundRobin(
+            state.kept.round_robin(
+                name,
+                targets
+                    .iter()
+                    .map(|t| (t.authority.to_string(), t.weight))
+                    .collect(),
+            ),
+        ),
         BalanceConfig::Random => Balancer::Random,
         BalanceConfig::LeastRequest => Balancer::LeastRequest,
         BalanceConfig::Ewma => Balancer::Ewma,
@@ -1089,8 +1099,10 @@ fn compile_passive(
 }
 
 fn compile_retries(
+    name: &str,
     u: &UpstreamConfig,
     path: &str,
+    state: &State,
     errors: &mut Vec<ConfigError>,
 ) -> Option<RetryPolicy> {
     let r = u.retries.clone().unwrap_or_default();
@@ -1143,7 +1155,8 @@ fn compile_retries(
         backoff_base: backoff.base.map_or(DEFAULT_BACKOFF_BASE, |d| d.0),
         backoff_max: backoff.max.map_or(DEFAULT_BACKOFF_MAX, |d| d.0),
         max_body: r.max_body.map_or(DEFAULT_RETRY_MAX_BODY, |b| b.0),
-        budget: RetryBudget::new(
+        budget: state.kept.budget(
+            name,
             percent,
             r.min_per_second.unwrap_or(DEFAULT_RETRY_MIN_PER_SECOND),
         ),

@@ -27,11 +27,15 @@ pub enum HashOn {
 }
 
 pub enum Balancer {
-    RoundRobin(SmoothWeighted),
+    /// Shared with the same upstream in later configs while its targets and weights stay.
+    RoundRobin(std::sync::Arc<SmoothWeighted>),
     Random,
     LeastRequest,
     Ewma,
-    Hash { ring: Ring, on: HashOn },
+    Hash {
+        ring: Ring,
+        on: HashOn,
+    },
 }
 
 impl Balancer {
@@ -135,13 +139,20 @@ fn p2c(
 /// Smooth weighted round robin over the targets `ok` allows at each pick.
 pub struct SmoothWeighted {
     current: Mutex<Vec<i64>>,
+    /// The targets (address, weight) this rotation is for: a config with the same keeps it.
+    key: Vec<(String, u32)>,
 }
 
 impl SmoothWeighted {
-    pub fn new(n: usize) -> Self {
+    pub fn new(key: Vec<(String, u32)>) -> Self {
         SmoothWeighted {
-            current: Mutex::new(vec![0; n]),
+            current: Mutex::new(vec![0; key.len()]),
+            key,
         }
+    }
+
+    pub fn key(&self) -> &[(String, u32)] {
+        &self.key
     }
 
     fn next(&self, targets: &[Target], ok: &dyn Fn(usize) -> bool) -> Option<usize> {

@@ -150,6 +150,63 @@ impl Upstream {
     }
 }
 
+/// State of an upstream that a reload must not reset, by upstream name: its round-robin
+/// position (while its targets and weights stay) and its retry budget (while its settings
+/// stay). Like [`Pools`], compiling only reads it and [`Kept::adopt`] records a live config's.
+#[derive(Default)]
+pub struct Kept {
+    inner: Mutex<HashMap<String, KeptState>>,
+}
+
+/// One upstream's kept state: its rotation (round robin only) and its retry budget.
+type KeptState = (
+    Option<Arc<balancer::SmoothWeighted>>,
+    Arc<retry::RetryBudget>,
+);
+
+impl Kept {
+    /// The live rotation of `upstream` if it is for these targets, else a new one.
+    pub fn round_robin(
+        &self,
+        upstream: &str,
+        key: Vec<(String, u32)>,
+    ) -> Arc<balancer::SmoothWeighted> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(upstream).and_then(|(rr, _)| rr.as_ref()) {
+            Some(rr) if rr.key() == key.as_slice() => rr.clone(),
+            _ => Arc::new(balancer::SmoothWeighted::new(key)),
+        }
+    }
+
+    /// The live retry budget of `upstream` if it has these settings, else a new one.
+    pub fn budget(
+        &self,
+        upstream: &str,
+        percent: f64,
+        min_per_second: u32,
+    ) -> Arc<retry::RetryBudget> {
+        let fresh = retry::RetryBudget::new(percent, min_per_second);
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(upstream) {
+            Some((_, b)) if b.params == fresh.params => b.clone(),
+            _ => Arc::new(fresh),
+        }
+    }
+
+    /// Records the state of the config that just went live, and forgets the rest.
+    pub fn adopt<'a>(&self, upstreams: impl Iterator<Item = &'a Upstream>) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.clear();
+        for u in upstreams {
+            let rr = match &u.balancer {
+                balancer::Balancer::RoundRobin(rr) => Some(rr.clone()),
+                _ => None,
+            };
+            map.insert(u.name.to_string(), (rr, u.retry.budget.clone()));
+        }
+    }
+}
+
 /// Connection pools by upstream name, reused across recompiles when the settings match.
 /// Compiling only reads it; [`Pools::adopt`] makes it match a config once that config is live,
 /// so a refused config never changes it.

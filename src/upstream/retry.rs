@@ -22,7 +22,8 @@ pub struct RetryPolicy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub max_body: u64,
-    pub budget: RetryBudget,
+    /// Shared with the same upstream in later configs while its budget settings stay.
+    pub budget: std::sync::Arc<RetryBudget>,
 }
 
 impl RetryPolicy {
@@ -62,6 +63,9 @@ impl RetryPolicy {
 
 #[derive(Debug)]
 pub struct RetryBudget {
+    /// The settings it was made with (percent in thousandths, floor): a config with the same
+    /// keeps it, balance and all.
+    pub params: (u64, u32),
     /// What one request earns, in thousandths of a retry.
     earn: u64,
     min_per_second: f64,
@@ -79,6 +83,7 @@ impl RetryBudget {
         // At most ten seconds of the floor plus a hundred requests' worth.
         let cap = ((min * 10.0 + ratio * 100.0) * 1000.0) as u64;
         RetryBudget {
+            params: ((percent * 1000.0).round() as u64, min_per_second),
             earn: (ratio * 1000.0).round() as u64,
             min_per_second: min,
             balance: AtomicU64::new((min * 1000.0) as u64),
@@ -171,7 +176,7 @@ mod tests {
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(100),
             max_body: 0,
-            budget: RetryBudget::new(20.0, 10),
+            budget: std::sync::Arc::new(RetryBudget::new(20.0, 10)),
         };
         for retry in 1..10 {
             assert!(p.backoff(retry) <= Duration::from_millis(100));
