@@ -336,6 +336,9 @@ impl Control {
                 for m in messages {
                     tracing::error!(source, "config not applied: {m}");
                 }
+                // Compiling registered the refused config's route and target series: the
+                // registries go back to exactly what the running config uses.
+                self.state.adopt(&self.gw.runtime.load());
                 self.record(source, Err(e));
             }
         }

@@ -476,3 +476,37 @@ async fn round_robin_position_and_retry_budget_survive_a_reload() {
         "a reload refilled the retry budget"
     );
 }
+
+/// A refused reload leaves nothing behind: no metric series for the routes and targets of
+/// the config that did not go live, whether it was invalid or failed to bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_leaves_no_metric_series_behind() {
+    let up = TestUpstream::echo("u").await;
+    let good = config(&up.url(), "a", "");
+    let dir = TempConfig::new(&good);
+    let gw = TestGateway::start_with(&good, Some(dir.path.clone())).await;
+    let ghost = TestUpstream::echo("ghost").await;
+    let extra_route = |listen: &str| {
+        format!(
+            "listen: [\"127.0.0.1:0\", \"{listen}\"]\naccess_log: off\nupstreams:\n  u: {{ targets: [\"{}\"] }}\n  ghost: {{ targets: [\"{}\"] }}\nroutes:\n  - name: ghost-route\n    match: {{ path_prefix: /ghost }}\n    upstream: ghost\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+            up.url(),
+            ghost.url()
+        )
+    };
+    // Invalid: a route names an upstream that does not exist, after the ghost route compiled.
+    let invalid = extra_route("127.0.0.1:0").replace("upstream: u\n", "upstream: nope\n");
+    // Valid, but one of its listeners cannot be bound.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unbindable = extra_route(&taken.local_addr().unwrap().to_string());
+    for bad in [invalid, unbindable] {
+        std::fs::write(&dir.path, &bad).unwrap();
+        assert!(gw.control.reload_file("test").await.is_err());
+        let m = gw.gw.metrics.encode();
+        assert!(!m.contains("ghost"), "series of a refused config:\n{m}");
+    }
+    assert_eq!(
+        get(&gw.url("/x")).await.status,
+        200,
+        "the running config still serves"
+    );
+}

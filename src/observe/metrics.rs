@@ -488,10 +488,13 @@ impl Metrics {
             let keep = targets.contains(key);
             if !keep {
                 let (u, a) = (Name(key.0.clone()), Name(key.1.clone()));
-                self.upstream_duration.remove(&TargetLabels {
+                let labels = TargetLabels {
                     upstream: u.clone(),
                     target: a.clone(),
-                });
+                };
+                self.upstream_duration.remove(&labels);
+                self.ejections.remove(&labels);
+                self.target_healthy.remove(&labels);
                 for kind in ["connect", "timeout", "failed"] {
                     self.upstream_errors.remove(&TargetErrorLabels {
                         upstream: u.clone(),
