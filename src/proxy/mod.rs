@@ -370,16 +370,7 @@ pub async fn forward(
                 *req.method_mut() = method;
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
-                let mut fresh = match target.pool.connect().await {
-                    Ok(c) => c,
-                    Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
-                };
-                match fresh.send(req).await {
-                    Ok(resp) => Ok((fresh, resp)),
-                    Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
-                        e.into_error(),
-                    )))),
-                }
+                send_fresh(target, req).await
             }
             Err(mut e) => match e.take_message() {
                 // Never written (the pooled connection was not usable after all): sending it
@@ -387,16 +378,7 @@ pub async fn forward(
                 // does not hold a slot under the connection cap.
                 Some(req) => {
                     drop(conn);
-                    let mut fresh = match target.pool.connect().await {
-                        Ok(c) => c,
-                        Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
-                    };
-                    match fresh.send(req).await {
-                        Ok(resp) => Ok((fresh, resp)),
-                        Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
-                            e.into_error(),
-                        )))),
-                    }
+                    send_fresh(target, req).await
                 }
                 None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
                     e.into_error(),
@@ -478,6 +460,30 @@ pub async fn forward(
     }
     let body = UpstreamBody::new(body, conn, target.pool.clone(), target.stats.live.start());
     Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
+}
+
+/// Sends `req` on a new connection to `target` (never a pooled one): for a request the
+/// connection it was meant for could not take.
+async fn send_fresh(
+    target: &Target,
+    req: Request<Body>,
+) -> Result<
+    (
+        crate::upstream::pool::PooledConn,
+        Response<hyper::body::Incoming>,
+    ),
+    TryError,
+> {
+    let mut fresh = match target.pool.connect().await {
+        Ok(c) => c,
+        Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
+    };
+    match fresh.send(req).await {
+        Ok(resp) => Ok((fresh, resp)),
+        Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+            e.into_error(),
+        )))),
+    }
 }
 
 /// Waits for the response head of a request whose body the client is still sending. The
