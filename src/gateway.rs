@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,7 @@ use crate::observe::access_log::{AccessLog, LoggedBody, Pending, Record};
 use crate::observe::metrics::Metrics;
 use crate::observe::trace;
 use crate::policy::{self, RequestCtx};
-use crate::proxy::{self, Downstream, TryError, X_REQUEST_ID};
+use crate::proxy::{self, Downstream, X_REQUEST_ID};
 use crate::router;
 use crate::runtime::Action;
 use crate::upstream::balancer::{Balancer, HashOn, hash_bytes};
@@ -281,188 +281,25 @@ async fn route_and_forward(
         Balancer::Hash { on, .. } => hash_key(on, &req, conn),
         _ => None,
     };
-    // Circuit breaking: refuse at once, with Retry-After, beyond `limits.max_in_flight`.
-    match upstream.pool.admit(upstream.limits.max_in_flight) {
-        Ok(slot) => line.hold(slot),
-        Err(e) => {
-            metrics.overloaded(&upstream.name, "max_in_flight");
-            return Err(e);
-        }
-    }
-    let retry = &upstream.retry;
-    retry.budget.deposit();
-    // Keep a copy to resend only if a retry on status, timeout or reset could use it.
-    let resendable = upgrade.is_none()
-        && (retry.on_timeout || retry.on_reset || !retry.statuses.is_empty())
-        && retry.may_resend(req.method(), route.retry_non_idempotent);
-    let (req, replay) = if resendable {
-        Replay::keep(req, retry.max_body).await.map_err(|e| {
-            if tally.client_body_timeout.load(Ordering::Relaxed) {
-                GatewayError::ClientTimeout(body_timeout)
-            } else {
-                e
-            }
-        })?
-    } else {
-        (req, None)
+    let call = crate::upstream::Call {
+        path: upstream_path,
+        down: &down,
+        key,
+        retry_non_idempotent: route.retry_non_idempotent,
+        max_body_size: route.max_body_size,
+        body_timeout,
+        tally,
+        metrics,
     };
-
-    let mut req = Some(req);
-    let mut upgrade = upgrade;
-    let mut tried = [0usize; 10];
-    let mut n = 0;
-    let mut last_error = None;
-    loop {
-        let Some(i) = upstream.select(key, &tried[..n]) else {
-            return Err(last_error.unwrap_or_else(|| GatewayError::NoTarget {
-                upstream: upstream.name.to_string(),
-            }));
-        };
-        tried[n] = i;
-        n += 1;
-        let target = &upstream.targets[i];
+    let (mut resp, slot) = crate::upstream::send(upstream, req, upgrade, &call, &mut |t| {
         if let Some(r) = line.record() {
-            r.target = Some(target.authority.to_string());
+            r.target = Some(t.authority.to_string());
         }
-        let Some(this_try) = req.take().or_else(|| replay.as_ref().map(Replay::request)) else {
-            return Err(last_error.unwrap_or(GatewayError::Internal("no request to send".into())));
-        };
-        let more = (n as u32) < retry.attempts.min(tried.len() as u32);
-        let reason = match proxy::forward(
-            upstream,
-            target,
-            this_try,
-            upstream_path.clone(),
-            &down,
-            &mut upgrade,
-        )
-        .await
-        {
-            Ok(mut resp) => {
-                upstream.report(i, !resp.status().is_server_error());
-                let status = resp.status();
-                // Retry only if another target can still be tried: otherwise this answer is
-                // the best there is, and goes to the client as it is.
-                if !(more
-                    && replay.is_some()
-                    && retry.retries_status(status)
-                    && upstream.has_untried(&tried[..n]))
-                {
-                    policy::run_response(&route.chain, &mut resp, &cx);
-                    return Ok(resp);
-                }
-                if !retry.budget.withdraw(Instant::now()) {
-                    metrics.retry_budget_exhausted(&upstream.name);
-                    policy::run_response(&route.chain, &mut resp, &cx);
-                    return Ok(resp);
-                }
-                // The answer is dropped unread; its connection closes with it.
-                last_error = Some(GatewayError::UpstreamFailed(
-                    format!("upstream answered {status}").into(),
-                ));
-                "status"
-            }
-            // Nothing was sent: always safe to try another target.
-            // The upstream is at its connection cap: no other target would do better.
-            Err(TryError::NotSent(e @ GatewayError::Overloaded { .. }, _)) => {
-                metrics.overloaded(&upstream.name, "max_connections");
-                return Err(e);
-            }
-            Err(TryError::NotSent(e, back)) => {
-                upstream.report(i, false);
-                if !more || !upstream.has_untried(&tried[..n]) {
-                    return Err(e);
-                }
-                req = Some(*back);
-                last_error = Some(e);
-                "connect"
-            }
-            Err(TryError::Sent(e)) => {
-                // The upstream call failed because our body limit cut the request off.
-                if tally.body_too_large.load(Ordering::Relaxed) {
-                    return Err(GatewayError::BodyTooLarge {
-                        limit: route.max_body_size.unwrap_or(0),
-                    });
-                }
-                // A failure the client caused (a malformed body, or one that broke off) says
-                // nothing about the target, and is answered as the client's fault.
-                if tally.client_body_timeout.load(Ordering::Relaxed) {
-                    return Err(GatewayError::ClientTimeout(body_timeout));
-                }
-                if tally.client_body_error.load(Ordering::Relaxed) {
-                    return Err(GatewayError::BadRequest(
-                        "the request body is malformed or incomplete",
-                    ));
-                }
-                upstream.report(i, false);
-                let (retryable, reason) = match e {
-                    GatewayError::UpstreamTimeout(_) => (retry.on_timeout, "timeout"),
-                    GatewayError::UpstreamFailed(_) => (retry.on_reset, "reset"),
-                    _ => (false, "failed"),
-                };
-                if !(more && retryable && replay.is_some() && upstream.has_untried(&tried[..n])) {
-                    return Err(e);
-                }
-                if !retry.budget.withdraw(Instant::now()) {
-                    metrics.retry_budget_exhausted(&upstream.name);
-                    return Err(e);
-                }
-                last_error = Some(e);
-                reason
-            }
-        };
-        metrics.retry(&upstream.name, reason);
-        tokio::time::sleep(retry.backoff(n as u32)).await;
-    }
-}
-
-/// A request kept so it can be sent again: its head, and its body if it was small enough.
-struct Replay {
-    method: http::Method,
-    uri: http::Uri,
-    headers: http::HeaderMap,
-    body: bytes::Bytes,
-}
-
-impl Replay {
-    /// Reads a small body whole (a `Content-Length` of at most `max_body`); a larger or
-    /// chunked body is left streaming and the request is not kept.
-    async fn keep(
-        req: Request<Body>,
-        max_body: u64,
-    ) -> Result<(Request<Body>, Option<Replay>), GatewayError> {
-        use http_body::Body as _;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let small = req.body().is_end_stream() || declared.is_some_and(|n| n <= max_body);
-        if !small {
-            return Ok((req, None));
-        }
-        let (parts, body) = req.into_parts();
-        let bytes = http_body_util::BodyExt::collect(body)
-            .await
-            .map_err(|_| GatewayError::BadRequest("the request body could not be read"))?
-            .to_bytes();
-        let replay = Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-            body: bytes.clone(),
-        };
-        Ok((Request::from_parts(parts, Body::full(bytes)), Some(replay)))
-    }
-
-    fn request(&self) -> Request<Body> {
-        let mut r = Request::new(Body::full(self.body.clone()));
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        *r.version_mut() = http::Version::HTTP_11;
-        r
-    }
+    })
+    .await?;
+    line.hold(slot);
+    policy::run_response(&route.chain, &mut resp, &cx);
+    Ok(resp)
 }
 
 /// The key `balance: hash` places a request by; `None` (placed at random) when it is absent.

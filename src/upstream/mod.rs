@@ -10,6 +10,9 @@ pub mod dns;
 pub mod health;
 pub mod pool;
 pub mod retry;
+pub mod send;
+
+pub use send::{Call, send};
 pub mod state;
 
 use std::collections::HashMap;
