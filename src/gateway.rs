@@ -267,7 +267,7 @@ async fn route_and_forward(
         forwarded_for: &conn.forwarded_for,
         proto: conn.proto,
         host: client_host.as_ref(),
-        conn_slot: conn.slot.clone(),
+        conn_slot: conn.slot.clone().map(|s| s as Arc<dyn Send + Sync>),
         upgrade_idle: rt.server.upgrade_idle_timeout,
         port: &conn.port,
         trusted: conn.trusted,

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod context;
 pub mod control;
 pub mod demo;
 pub mod error;

@@ -7,6 +7,7 @@
 pub mod balancer;
 pub mod connector;
 pub mod dns;
+pub mod exchange;
 pub mod health;
 pub mod pool;
 pub mod retry;

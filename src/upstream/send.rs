@@ -13,9 +13,11 @@ use http::uri::PathAndQuery;
 use http::{Request, Response};
 
 use crate::body::{Body, Tally};
+use crate::context::{Downstream, Upgrade};
 use crate::error::GatewayError;
 use crate::observe::metrics::Metrics;
-use crate::proxy::{Downstream, TryError, Upgrade};
+
+use super::exchange::TryError;
 
 use super::pool::UpstreamSlot;
 use super::{Target, Upstream};
@@ -90,7 +92,7 @@ pub async fn send(
             return Err(last_error.unwrap_or(GatewayError::Internal("no request to send".into())));
         };
         let more = (n as u32) < retry.attempts.min(tried.len() as u32);
-        let reason = match crate::proxy::forward(
+        let reason = match super::exchange::forward(
             upstream,
             target,
             this_try,

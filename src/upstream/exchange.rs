@@ -1,0 +1,476 @@
+//! One try of a request to one target: check out a pooled connection, send in origin form,
+//! wait for the response head (the response timeout starts once the request body is sent),
+//! refuse ambiguous upstream framing, hand the body back streaming, and splice WebSockets.
+//! Called by [`super::send`] once per try.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use crate::body::Body;
+use crate::context::{Downstream, Upgrade};
+use crate::error::GatewayError;
+use crate::observe::metrics::UpstreamOutcome;
+
+use super::pool::UpstreamBody;
+use super::{Target, Upstream};
+
+/// How one try ended when it did not produce a response.
+pub enum TryError {
+    /// Nothing reached the upstream (the connection could not be made): the request comes
+    /// back, and sending it to another target cannot duplicate it.
+    NotSent(GatewayError, Box<Request<Body>>),
+    /// The request was (or may have been) sent.
+    Sent(GatewayError),
+}
+
+/// Sends one try of the request to `target` and returns the upstream's response head (body
+/// streaming). `upgrade` is taken when the upstream switches protocols.
+pub async fn forward(
+    upstream: &Upstream,
+    target: &Target,
+    mut req: Request<Body>,
+    path: PathAndQuery,
+    down: &Downstream<'_>,
+    upgrade: &mut Option<Upgrade>,
+) -> Result<Response<Body>, TryError> {
+    let host = match (upstream.preserve_host, down.host) {
+        (true, Some(h)) => h.clone(),
+        _ => target.host_header.clone(),
+    };
+    req.headers_mut().insert(header::HOST, host);
+    if let Some(u) = upgrade.as_ref() {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, u.proto.clone());
+    }
+    *req.uri_mut() = crate::upstream::connector::origin_form(path);
+
+    let timeout = upstream.timeouts.response;
+    let started = std::time::Instant::now();
+    let _in_flight = target.stats.live.start();
+    let mut conn = match tokio::time::timeout(timeout, target.pool.checkout()).await {
+        Ok(Ok(c)) => c,
+        // At the upstream's connection cap: not the target's fault.
+        Ok(Err(e @ GatewayError::Overloaded { .. })) => {
+            return Err(TryError::NotSent(e, Box::new(req)));
+        }
+        Ok(Err(e)) => {
+            target
+                .stats
+                .record(UpstreamOutcome::ConnectError, started.elapsed());
+            return Err(TryError::NotSent(e, Box::new(req)));
+        }
+        Err(_) => {
+            target
+                .stats
+                .record(UpstreamOutcome::ConnectError, started.elapsed());
+            return Err(TryError::NotSent(
+                GatewayError::UpstreamTimeout(timeout),
+                Box::new(req),
+            ));
+        }
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
+    let client_body = req.body().pending_client_body().cloned();
+    // The exchange owns the connection and hands it back with the response head.
+    // A reused keep-alive connection can be closed by the upstream just as it is taken (its
+    // idle timeout raced our request). A body-less idempotent request that then got no answer
+    // at all is sent again on a fresh connection, as browsers and Go's client do: the
+    // upstream closed without reading it.
+    let again = (conn.reused
+        && http_body::Body::is_end_stream(req.body())
+        && matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
+        ))
+    .then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
+    let exchange = async move {
+        match conn.send(req).await {
+            Ok(resp) => Ok((conn, resp)),
+            Err(e) if again.is_some() && e.error().is_incomplete_message() => {
+                drop(conn);
+                let Some((method, uri, headers)) = again else {
+                    return Err(TryError::Sent(GatewayError::Internal("no head".into())));
+                };
+                let mut req = Request::new(Body::empty());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+                send_fresh(target, req).await
+            }
+            Err(mut e) => match e.take_message() {
+                // Never written (the pooled connection was not usable after all): sending it
+                // on a fresh connection cannot duplicate it. The dead one goes first, so it
+                // does not hold a slot under the connection cap.
+                Some(req) => {
+                    drop(conn);
+                    send_fresh(target, req).await
+                }
+                None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+                    e.into_error(),
+                )))),
+            },
+        }
+    };
+    let result = match &client_body {
+        None => tokio::time::timeout(remaining, exchange)
+            .await
+            .map_err(|_| ()),
+        Some(tally) => response_after_body(std::pin::pin!(exchange), tally, timeout).await,
+    };
+    let outcome = match &result {
+        Ok(Ok(_)) => UpstreamOutcome::Response,
+        Ok(Err(TryError::NotSent(..))) => UpstreamOutcome::ConnectError,
+        Ok(Err(_)) => UpstreamOutcome::Failed,
+        Err(_) => UpstreamOutcome::Timeout,
+    };
+    let elapsed = started.elapsed();
+    // An exchange the client broke (its body was malformed, paused too long, or cut off) is
+    // not the target's failure, in the metrics either.
+    let client_fault = client_body.as_ref().is_some_and(|t| {
+        t.client_body_error
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    if !(client_fault && matches!(outcome, UpstreamOutcome::Failed)) {
+        target.stats.record(outcome, elapsed);
+    }
+    let (conn, mut resp) = match result {
+        Err(_) => {
+            // A timeout counts as a very slow answer for the latency-aware balancer.
+            target
+                .stats
+                .live
+                .observe_latency(timeout, std::time::Instant::now());
+            return Err(TryError::Sent(GatewayError::UpstreamTimeout(timeout)));
+        }
+        Ok(r) => r?,
+    };
+    target
+        .stats
+        .live
+        .observe_latency(elapsed, std::time::Instant::now());
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(u) = upgrade.take() else {
+            return Err(TryError::Sent(GatewayError::UpstreamFailed(
+                "upstream switched protocols without being asked".into(),
+            )));
+        };
+        let up_up = hyper::upgrade::on(&mut resp);
+        // The connection must be driven to hand over the upgraded stream; it is never pooled.
+        conn.spawn();
+        tokio::spawn(splice(
+            u.on,
+            up_up,
+            down.conn_slot.clone(),
+            down.upgrade_idle,
+        ));
+        let (mut parts, _) = resp.into_parts();
+        // Keep Connection/Upgrade: they are the point of a 101.
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    if let Err(why) = check_response_framing(resp.headers_mut()) {
+        // The connection's remaining bytes cannot be trusted: it closes with `conn`.
+        drop(conn);
+        return Err(TryError::Sent(GatewayError::UpstreamFailed(why.into())));
+    }
+    // The gateway speaks its own protocol version to the client and keeps each side's
+    // persistence separate (RFC 9110 6.2): an HTTP/1.0 upstream does not make the client's
+    // connection HTTP/1.0 or close it.
+    *resp.version_mut() = Version::HTTP_11;
+    let (mut parts, body) = resp.into_parts();
+    crate::proxy::remove_hop_by_hop(&mut parts.headers);
+    if upstream.rewrite_redirects {
+        rewrite_redirects(&mut parts.headers, target, down);
+    }
+    let body = UpstreamBody::new(body, conn, target.pool.clone(), target.stats.live.start());
+    Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
+}
+
+/// Sends `req` on a new connection to `target` (never a pooled one): for a request the
+/// connection it was meant for could not take.
+async fn send_fresh(
+    target: &Target,
+    req: Request<Body>,
+) -> Result<
+    (
+        crate::upstream::pool::PooledConn,
+        Response<hyper::body::Incoming>,
+    ),
+    TryError,
+> {
+    let mut fresh = match target.pool.connect().await {
+        Ok(c) => c,
+        Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
+    };
+    match fresh.send(req).await {
+        Ok(resp) => Ok((fresh, resp)),
+        Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+            e.into_error(),
+        )))),
+    }
+}
+
+/// Waits for the response head of a request whose body the client is still sending. The
+/// response timeout starts only once the body has been sent whole: a slow client is timed by
+/// its own `server.request_body_timeout` (and answered 408), never counted against the
+/// target. Meanwhile the target is timed out only if it takes none of the body for `timeout`
+/// while the client has bytes waiting.
+async fn response_after_body<F: std::future::Future>(
+    mut exchange: std::pin::Pin<&mut F>,
+    tally: &crate::body::Tally,
+    timeout: std::time::Duration,
+) -> Result<F::Output, ()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut done = std::pin::pin!(tally.body_done.notified());
+    let mut seen = tally.bytes_in.load(Relaxed);
+    loop {
+        tokio::select! {
+            r = exchange.as_mut() => return Ok(r),
+            _ = done.as_mut() => break,
+            _ = tokio::time::sleep(timeout) => {
+                let now = tally.bytes_in.load(Relaxed);
+                if now == seen && !tally.awaiting_client.load(Relaxed) {
+                    return Err(());
+                }
+                seen = now;
+            }
+        }
+    }
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ())
+}
+
+/// nginx's default `proxy_redirect` and a `proxy_cookie_domain`: a `Location` whose authority
+/// is the target's own (`http://10.0.0.5:8080/login`) becomes the client's scheme and host
+/// (`https://api.example.com/login`), and a `Set-Cookie` `Domain=10.0.0.5` becomes the client's
+/// host. Anything else, relative locations included, is left as it is.
+fn rewrite_redirects(h: &mut HeaderMap, target: &Target, down: &Downstream<'_>) {
+    // Only a plain `host[:port]` is written into these fields: a Host with sub-delims
+    // (`x;Domain=evil`) must not add a cookie attribute or bend a URL.
+    let Some(client) = down.host.and_then(|v| v.to_str().ok()).filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b))
+    }) else {
+        return;
+    };
+    let ours = target.authority.as_str();
+    if let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok())
+        && let Ok(uri) = loc.parse::<Uri>()
+        && uri
+            .authority()
+            .is_some_and(|a| a.as_str().eq_ignore_ascii_case(ours))
+    {
+        let rest = uri.path_and_query().map_or("/", |p| p.as_str());
+        // Under `strip_prefix` the client's path had the prefix: put it back.
+        let prefix = down.prefix.unwrap_or("");
+        if let Ok(v) = HeaderValue::from_str(&format!("{}://{client}{prefix}{rest}", down.proto)) {
+            h.insert(header::LOCATION, v);
+        }
+    }
+    let target_host = target.authority.host();
+    let names_target = |v: &HeaderValue| {
+        v.to_str().is_ok_and(|s| {
+            s.split(';').any(|a| {
+                a.split_once('=').is_some_and(|(k, d)| {
+                    k.trim().eq_ignore_ascii_case("domain")
+                        && d.trim()
+                            .trim_start_matches('.')
+                            .eq_ignore_ascii_case(target_host)
+                })
+            })
+        })
+    };
+    if !h.get_all(header::SET_COOKIE).iter().any(names_target) {
+        return;
+    }
+    let client_host = crate::router::host_key(client);
+    let cookies: Vec<HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| {
+            let Ok(s) = v.to_str() else { return v.clone() };
+            let mut changed = false;
+            let parts: Vec<String> = s
+                .split(';')
+                .map(|attr| {
+                    let t = attr.trim();
+                    match t.split_once('=') {
+                        Some((k, d))
+                            if k.trim().eq_ignore_ascii_case("domain")
+                                && d.trim()
+                                    .trim_start_matches('.')
+                                    .eq_ignore_ascii_case(target_host) =>
+                        {
+                            changed = true;
+                            format!(" Domain={client_host}")
+                        }
+                        _ => attr.to_owned(),
+                    }
+                })
+                .collect();
+            if changed {
+                HeaderValue::from_str(&parts.join(";")).unwrap_or_else(|_| v.clone())
+            } else {
+                v.clone()
+            }
+        })
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for c in cookies {
+        h.append(header::SET_COOKIE, c);
+    }
+}
+
+/// Refuses an upstream response whose body length could be read two ways (RFC 9112 6.3): both
+/// Content-Length and Transfer-Encoding, a transfer coding other than `chunked` (its bytes would
+/// reach the client without the coding that gives them meaning), or Content-Length lines that
+/// disagree or are not a number. Identical repeated Content-Length values are folded into one.
+/// hyper reads such a response by one rule and keeps the other header, so a client would get
+/// `Content-Length: 3` with five bytes after it.
+fn check_response_framing(h: &mut HeaderMap) -> Result<(), &'static str> {
+    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+    let has_te = match te.next() {
+        Some(v) if te.next().is_none() && v.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
+        Some(_) => return Err("upstream response has a transfer coding other than chunked"),
+        None => false,
+    };
+    let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = cl.next() else {
+        return Ok(());
+    };
+    if has_te {
+        return Err("upstream response has both Content-Length and Transfer-Encoding");
+    }
+    let digits = |v: &HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
+    if !digits(first) {
+        return Err("upstream response has an invalid Content-Length");
+    }
+    let mut repeated = false;
+    for v in cl {
+        if v != first {
+            return Err("upstream response has conflicting Content-Length values");
+        }
+        repeated = true;
+    }
+    if repeated {
+        let one = first.clone();
+        h.insert(header::CONTENT_LENGTH, one);
+    }
+    Ok(())
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection until
+/// either side closes, or until no byte has moved either way for `idle`. Holds the client
+/// connection's slot until then.
+async fn splice(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    _slot: Option<Arc<dyn Send + Sync>>,
+    idle: std::time::Duration,
+) {
+    let (down, up) = match tokio::join!(down, up) {
+        (Ok(d), Ok(u)) => (d, u),
+        (d, u) => {
+            tracing::debug!(
+                downstream_ok = d.is_ok(),
+                upstream_ok = u.is_ok(),
+                "upgrade failed"
+            );
+            return;
+        }
+    };
+    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut down = Counted::new(TokioIo::new(down), moved.clone());
+    let mut up = Counted::new(TokioIo::new(up), moved.clone());
+    let mut copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
+    // Checked every quarter of `idle`: closed within 1.25 × `idle` of the last byte.
+    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
+    let mut seen = 0;
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            r = copy.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(tick) => {
+                let now = moved.load(std::sync::atomic::Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    quiet_since = tokio::time::Instant::now();
+                } else if quiet_since.elapsed() >= idle {
+                    tracing::debug!(?idle, "upgraded connection idle both ways: closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An upgraded stream that counts the bytes read from it (in either direction's copy).
+struct Counted<T> {
+    inner: T,
+    moved: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T, moved: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Counted { inner, moved }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.moved
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
