@@ -139,7 +139,13 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout(_) => "the upstream did not answer in time".to_owned(),
             GatewayError::ClientTimeout(_) => "the request body stopped arriving".to_owned(),
-            other => other.to_string(),
+            GatewayError::BodyTooLarge { .. } => "the request body is too large".to_owned(),
+            GatewayError::NoRoute => "no route matches this request".to_owned(),
+            GatewayError::UpstreamConnect(_) => "could not connect to the upstream".to_owned(),
+            GatewayError::UpstreamFailed(_) => "the upstream connection failed".to_owned(),
+            GatewayError::Overloaded { .. } => {
+                "the upstream is at its configured limit; retry later".to_owned()
+            }
         }
     }
 
@@ -236,7 +242,7 @@ mod tests {
                 err.fault()
             );
             let msg = err.public_message();
-            for secret in ["secret detail", "u ", "1s"] {
+            for secret in ["secret detail", "u ", "1s", "1 bytes", " 1 "] {
                 assert!(!msg.contains(secret), "{err:?} tells the client {msg:?}");
             }
             let resp = err.into_response("rid");

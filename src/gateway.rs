@@ -128,7 +128,9 @@ pub async fn handle(
             if e.fault() != crate::error::Fault::Client
                 && !matches!(
                     e,
-                    GatewayError::Overloaded { .. } | GatewayError::UpstreamTimeout(_)
+                    GatewayError::Overloaded { .. }
+                        | GatewayError::UpstreamTimeout(_)
+                        | GatewayError::NoTarget { .. }
                 )
             {
                 tracing::warn!(

@@ -494,10 +494,11 @@ fn interpolate(
 ) {
     match v {
         serde_json::Value::String(s) if s.contains('$') => {
+            // The marker says the whole YAML scalar was one quoted reference only when it is
+            // first; anywhere else the text scan was fooled (a quote inside a longer string).
+            // Either way none may stay in the value.
             let quoted = s.starts_with(QUOTED);
-            if quoted {
-                s.remove(0);
-            }
+            s.retain(|c| c != QUOTED);
             // A value that is exactly one unquoted `${NAME}` may stand for a number or a
             // boolean (`workers: ${WORKERS}`), as it would if written literally; a quoted one
             // stays a string.
@@ -538,6 +539,13 @@ fn interpolate(
             }
         }
         serde_json::Value::Object(map) => {
+            // Keys are not interpolated, but a quoted `"${K}":` key was marked: unmark it.
+            if map.keys().any(|k| k.contains(QUOTED)) {
+                let old = std::mem::take(map);
+                for (k, v) in old {
+                    map.insert(k.replace(QUOTED, ""), v);
+                }
+            }
             for (k, item) in map.iter_mut() {
                 let len = path.len();
                 if !path.is_empty() {
@@ -712,6 +720,22 @@ mod tests {
         assert_eq!(set["x-version"], "2");
         assert_eq!(set["x-single"], "2");
         assert_eq!(set["x-text"], "v2");
+        // Quotes inside longer strings, escaped quotes, keys: no marker leaks anywhere.
+        let yaml = "listen: \"127.0.0.1:0\"\nupstreams:\n  u: { targets: [\"http://127.0.0.1:9\"] }\nroutes:\n  - match: { path: /v }\n    respond: { body: '{\"version\": \"${VER}\"}' }\n  - match: { path: /w }\n    respond: { body: \"say \\\"${VER}\\\"\" }\n  - match: { path_prefix: / }\n    upstream: u\n    headers: { request: { set: { \"${VER}\": x, x-b: 'a\"${VER}\"' } } }\n";
+        let cfg = parse_str(yaml, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let body = |i: usize| cfg.routes[i].respond.as_ref().and_then(|r| r.body.clone());
+        assert_eq!(body(0).as_deref(), Some("{\"version\": \"2\"}"));
+        assert_eq!(body(1).as_deref(), Some("say \"2\""));
+        let set = cfg.routes[2]
+            .headers
+            .as_ref()
+            .and_then(|h| h.request.as_ref())
+            .map(|r| r.set.clone())
+            .unwrap_or_default();
+        assert!(set.contains_key("${VER}"), "{set:?}");
+        assert_eq!(set["x-b"], "a\"2\"");
+        let dump = format!("{cfg:?}");
+        assert!(!dump.contains('\u{E000}'), "a marker leaked: {dump}");
     }
 
     #[test]

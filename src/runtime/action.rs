@@ -62,10 +62,26 @@ impl Respond {
                 ));
             }
         };
+        if body.is_some_and(|b| !b.is_empty()) && matches!(status.as_u16(), 204 | 304) {
+            return Err((
+                "body".to_owned(),
+                format!("a {status} response has no body"),
+            ));
+        }
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| (format!("headers.{k}"), "not a valid header name".to_owned()))?;
+            // The gateway frames the answer itself.
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+            {
+                return Err((
+                    format!("headers.{k}"),
+                    "is set by the gateway, not by a fixed response".to_owned(),
+                ));
+            }
             let value = HeaderValue::from_str(v).map_err(|_| {
                 (
                     format!("headers.{k}"),
@@ -229,6 +245,10 @@ mod tests {
         assert_eq!(resp.headers()["x-a"], "1");
         assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
         assert!(Respond::compile(Some(100), None, &h).is_err());
+        assert!(Respond::compile(Some(204), Some("x"), &h).is_err());
+        let mut cl = std::collections::BTreeMap::new();
+        cl.insert("Content-Length".to_owned(), "3".to_owned());
+        assert!(Respond::compile(None, Some("x"), &cl).is_err());
         assert!(Respond::compile(Some(600), None, &h).is_err());
     }
 }

@@ -89,22 +89,35 @@ pub struct Activity {
     /// A response has been finished on this connection: it is a keep-alive connection now,
     /// not a new one whose first request is on its way.
     served: AtomicBool,
-    /// `RUN`, `WIND_DOWN` or `DROP`, set by the supervisor.
+    /// `RUN`, `WIND_DOWN` or `DROP`, set by the supervisor; `GONE` once its task ended.
     signal: AtomicU8,
+    /// Bumped by every write to the client: a connection still flushing its last response is
+    /// not dropped (writes do not count as use for the idle timeout: HTTP/2 pings are writes).
+    writes: AtomicU64,
+    /// The listener it came in on (`wind_down_all` of a removed listener touches only these).
+    listener: usize,
     /// The connection task's waker, so a verdict takes effect at once.
     waker: Mutex<Option<Waker>>,
     /// `server.idle_timeout` at accept time, in ms.
     idle_ms: u64,
-    // The supervisor's bookkeeping (only it writes these).
+    // Bookkeeping of the supervisor and of `reclaim_one` (both under the list's lock).
     seen_epoch: AtomicU64,
     quiet_since_ms: AtomicU64,
-    /// When the connection must be gone if it has nothing in flight.
+    seen_writes: AtomicU64,
+    silent_since_ms: AtomicU64,
+    /// When the connection must be gone if it is quiet; `u64::MAX` until a wind-down
+    /// publishes its deadline.
     drop_at_ms: AtomicU64,
 }
 
 const RUN: u8 = 0;
 const WIND_DOWN: u8 = 1;
 const DROP: u8 = 2;
+const GONE: u8 = 3;
+
+/// How long a wound-down connection must have been quiet (nothing in flight, nothing
+/// written) before it is dropped.
+const QUIET_BEFORE_DROP_MS: u64 = 1000;
 
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
@@ -116,22 +129,41 @@ fn now_ms() -> u64 {
 }
 
 impl Activity {
-    pub fn new(idle: Duration) -> Arc<Activity> {
+    pub fn new(idle: Duration, listener: usize) -> Arc<Activity> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             served: AtomicBool::new(false),
             signal: AtomicU8::new(RUN),
+            writes: AtomicU64::new(0),
+            listener,
             waker: Mutex::new(None),
             idle_ms: idle.as_millis() as u64,
             seen_epoch: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now_ms()),
-            drop_at_ms: AtomicU64::new(0),
+            seen_writes: AtomicU64::new(0),
+            silent_since_ms: AtomicU64::new(now_ms()),
+            drop_at_ms: AtomicU64::new(u64::MAX),
         })
     }
 
     pub fn touch(&self) {
         self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes went out to the client.
+    pub fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long (ms) nothing has been written to the client.
+    fn silent(&self, now: u64) -> u64 {
+        let w = self.writes.load(Ordering::Relaxed);
+        if w != self.seen_writes.load(Ordering::Relaxed) {
+            self.seen_writes.store(w, Ordering::Relaxed);
+            self.silent_since_ms.store(now, Ordering::Relaxed);
+        }
+        now.saturating_sub(self.silent_since_ms.load(Ordering::Relaxed))
     }
 
     /// A request started; the guard ends it when its response body is done or dropped.
@@ -142,7 +174,7 @@ impl Activity {
     }
 
     /// How long (ms) the connection has done nothing, or `None` while a request is in
-    /// flight. Called by the supervisor only.
+    /// flight. Called with the `Connections` list locked, so one caller at a time.
     fn quiet(&self, now: u64) -> Option<u64> {
         let e = self.epoch.load(Ordering::Relaxed);
         let busy = self.in_flight.load(Ordering::Relaxed) > 0;
@@ -163,7 +195,7 @@ impl Activity {
         {
             return false;
         }
-        self.drop_at_ms.store(now + grace_ms, Ordering::Relaxed);
+        self.drop_at_ms.store(now + grace_ms, Ordering::Release);
         self.wake();
         true
     }
@@ -188,11 +220,12 @@ impl Activity {
     }
 }
 
-/// The live connections of one listener, and the supervisor that bounds their lives: a
+/// The live connections of every listener, and the supervisor that bounds their lives: a
 /// connection with nothing in flight and nothing done for `server.idle_timeout` winds down
-/// (checked every 100 ms); one asked to wind down that has not closed after a grace is dropped.
-/// It runs beside the connections, so their own tasks pay nothing for it but an uncontended
-/// waker registration per poll.
+/// (checked every 100 ms); one asked to wind down that is still open after a grace, and has
+/// been quiet (nothing in flight, nothing written) for a second, is dropped. It runs beside
+/// the connections, so their own tasks pay nothing for it but an uncontended waker
+/// registration per poll. One for the whole server, like the connection cap it serves.
 #[derive(Default)]
 pub struct Connections {
     live: Mutex<Vec<std::sync::Weak<Activity>>>,
@@ -209,14 +242,18 @@ impl Connections {
             .push(Arc::downgrade(a));
     }
 
-    fn each(&self, mut f: impl FnMut(&Activity)) {
-        let live: Vec<Arc<Activity>> = {
-            let mut l = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            l.retain(|w| w.strong_count() > 0);
-            l.iter().filter_map(std::sync::Weak::upgrade).collect()
-        };
-        for a in &live {
-            f(a);
+    /// Calls `f` on every connection whose task has not ended, with the list locked (so the
+    /// bookkeeping in `Activity` has one writer at a time), until `f` returns false.
+    fn each(&self, mut f: impl FnMut(&Activity) -> bool) {
+        let mut l = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|w| {
+            w.upgrade()
+                .is_some_and(|a| a.signal.load(Ordering::Acquire) != GONE)
+        });
+        for a in l.iter().filter_map(std::sync::Weak::upgrade) {
+            if !f(&a) {
+                break;
+            }
         }
     }
 
@@ -225,20 +262,26 @@ impl Connections {
         let now = now_ms();
         self.each(|a| {
             let quiet = a.quiet(now);
+            let silent = a.silent(now);
             match a.signal.load(Ordering::Acquire) {
                 RUN if quiet.is_some_and(|q| q >= a.idle_ms) => {
                     a.wind_down(now, a.idle_ms.min(10_000));
                 }
-                WIND_DOWN if quiet.is_some() && now >= a.drop_at_ms.load(Ordering::Relaxed) => {
+                WIND_DOWN
+                    if now >= a.drop_at_ms.load(Ordering::Acquire)
+                        && quiet.is_some_and(|q| q >= QUIET_BEFORE_DROP_MS)
+                        && silent >= QUIET_BEFORE_DROP_MS =>
+                {
                     a.signal.store(DROP, Ordering::Release);
                     a.wake();
                 }
                 _ => {}
             }
+            true
         });
     }
 
-    /// Supervises until aborted (by the accept loop, once its connections are gone).
+    /// Supervises until aborted (by the server, once its listeners are gone).
     pub async fn supervise(self: Arc<Self>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,25 +291,39 @@ impl Connections {
         }
     }
 
-    /// Every connection winds down (the listener is going away); those still busy are bounded
-    /// by the shutdown deadline, not dropped.
-    pub fn wind_down_all(&self) {
+    /// Every connection of `listener` winds down (the listener is going away); those still
+    /// busy are bounded by the shutdown deadline.
+    pub fn wind_down_all(&self, listener: usize) {
         let now = now_ms();
         self.each(|a| {
-            a.wind_down(now, a.idle_ms.min(10_000));
+            if a.listener == listener {
+                a.wind_down(now, a.idle_ms.min(10_000));
+            }
+            true
         });
     }
 
-    /// A new client waits for a slot at `server.max_connections`: one quiet connection makes
-    /// room, as nginx reuses keep-alive connections at its cap: a keep-alive connection quiet
-    /// for 250 ms after a response, or any connection that has done nothing for a second.
-    /// True if one was found.
+    /// The shutdown deadline passed: what is still open of `listener` is dropped.
+    pub fn drop_all(&self, listener: usize) {
+        self.each(|a| {
+            if a.listener == listener {
+                a.signal.store(DROP, Ordering::Release);
+                a.wake();
+            }
+            true
+        });
+    }
+
+    /// A new client waits for a slot at `server.max_connections` (over all listeners): one
+    /// quiet connection makes room, as nginx reuses keep-alive connections at its cap: a
+    /// keep-alive connection quiet for 250 ms after a response, or any connection that has
+    /// done nothing for a second. True if one was found.
     pub fn reclaim_one(&self) -> bool {
         let now = now_ms();
         let mut done = false;
         self.each(|a| {
-            if done || a.signal.load(Ordering::Acquire) != RUN {
-                return;
+            if a.signal.load(Ordering::Acquire) != RUN {
+                return true;
             }
             let reusable = a
                 .quiet(now)
@@ -275,6 +332,7 @@ impl Connections {
             if reusable && a.wind_down(now, 1000) {
                 done = true;
             }
+            !done
         });
         done
     }
@@ -335,7 +393,7 @@ pub async fn serve<C: Future>(
 ) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
     let mut shut = false;
-    std::future::poll_fn(|cx| {
+    let out = std::future::poll_fn(|cx| {
         activity.register(cx.waker());
         match activity.signal.load(Ordering::Acquire) {
             DROP => return Poll::Ready(None),
@@ -347,5 +405,8 @@ pub async fn serve<C: Future>(
         }
         conn.as_mut().poll(cx).map(Some)
     })
-    .await
+    .await;
+    // An upgraded connection lives on in its splice, no longer this task's to end.
+    activity.signal.store(GONE, Ordering::Release);
+    out
 }

@@ -434,6 +434,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.wrote();
+        }
         match this.send_clock(cx, r.is_pending()) {
             Some(e) => Poll::Ready(Err(e)),
             None => r,
@@ -457,6 +460,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.wrote();
+        }
         match this.send_clock(cx, r.is_pending()) {
             Some(e) => Poll::Ready(Err(e)),
             None => r,

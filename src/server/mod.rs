@@ -32,6 +32,11 @@ pub struct Server {
     /// By configured address (`127.0.0.1:0` stays the same key across reloads).
     listeners: Vec<(SocketAddr, Listener)>,
     sweeper: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
+    /// Every client connection, over all listeners, and the task that supervises them.
+    connections: Arc<conn::Connections>,
+    supervisor: tokio::task::JoinHandle<()>,
+    /// Numbers the listeners, for the connections to say which one they came in on.
+    next_listener: usize,
 }
 
 struct Listener {
@@ -50,6 +55,7 @@ impl Server {
         let cap = rt.server.max_connections;
         let (sweep_stop, sweep_rx) = watch::channel(false);
         let sweeper = tokio::spawn(sweep_pools(gw.clone(), sweep_rx));
+        let connections = Arc::new(conn::Connections::default());
         let mut server = Server {
             gw,
             permits: Arc::new(Semaphore::new(cap)),
@@ -58,6 +64,9 @@ impl Server {
             cap,
             listeners: Vec::new(),
             sweeper: (sweep_stop, sweeper),
+            connections: connections.clone(),
+            supervisor: tokio::spawn(connections.supervise()),
+            next_listener: 0,
         };
         let prepared = match server.prepare(&rt) {
             Ok(p) => p,
@@ -107,12 +116,17 @@ impl Server {
             };
             tracing::info!(addr = %local, "listening");
             let (stop, stop_rx) = watch::channel(false);
+            self.next_listener += 1;
             let task = tokio::spawn(accept_loop(
                 listener,
                 addr.to_string(),
                 self.gw.clone(),
-                self.permits.clone(),
-                self.per_ip.clone(),
+                Shared {
+                    permits: self.permits.clone(),
+                    per_ip: self.per_ip.clone(),
+                    connections: self.connections.clone(),
+                    id: self.next_listener,
+                },
                 stop_rx,
             ));
             self.listeners.push((addr, Listener { local, stop, task }));
@@ -169,6 +183,7 @@ impl Server {
             tracing::warn!("listeners did not stop within the shutdown deadline");
         }
         let _ = self.sweeper.1.await;
+        self.supervisor.abort();
     }
 }
 
@@ -263,20 +278,31 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every listener shares: the connection caps and the connection supervisor; and which
+/// listener this is.
+struct Shared {
+    permits: Arc<Semaphore>,
+    per_ip: Arc<conn::PerIp>,
+    connections: Arc<conn::Connections>,
+    id: usize,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     name: String,
     gw: Arc<Gateway>,
-    permits: Arc<Semaphore>,
-    per_ip: Arc<conn::PerIp>,
+    shared: Shared,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Shared {
+        permits,
+        per_ip,
+        connections,
+        id,
+    } = shared;
     let local_port = listener.local_addr().map_or(0, |a| a.port());
     // Every connection task holds a clone of `open`; when all are gone, `closed` yields None.
     let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
-    let connections = Arc::new(conn::Connections::default());
-    let supervisor = tokio::spawn(connections.clone().supervise());
     'accept: loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -329,7 +355,7 @@ async fn accept_loop(
         let gw_log = gw.clone();
         let gw = gw.clone();
         let watch = Arc::new(framing::FramingWatch::default());
-        let activity = conn::Activity::new(settings.idle_timeout);
+        let activity = conn::Activity::new(settings.idle_timeout, id);
         connections.add(&activity);
         let stream = framing::Watched::new(
             stream,
@@ -390,13 +416,13 @@ async fn accept_loop(
     drop(open);
     // In-flight requests finish, idle connections close now; the supervisor keeps dropping
     // connections that ignore it until all are gone or the deadline passes.
-    connections.wind_down_all();
+    connections.wind_down_all(id);
     let shutdown_timeout = gw.runtime.load().server.shutdown_timeout;
     if tokio::time::timeout(shutdown_timeout, closed.recv())
         .await
         .is_err()
     {
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline reached with requests still in flight");
+        connections.drop_all(id);
     }
-    supervisor.abort();
 }

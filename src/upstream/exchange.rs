@@ -94,10 +94,17 @@ pub async fn forward(
             req.headers().clone(),
         )
     });
+    let sent_at = std::time::Instant::now();
     let exchange = async move {
         match conn.send(req).await {
             Ok(resp) => Ok((conn, resp)),
-            Err(e) if again.is_some() && e.error().is_incomplete_message() => {
+            // At once: a close that raced the request, not an upstream that took the request
+            // and failed later (which is not safe to send again).
+            Err(e)
+                if again.is_some()
+                    && e.error().is_incomplete_message()
+                    && sent_at.elapsed() < std::time::Duration::from_millis(100) =>
+            {
                 drop(conn);
                 let Some((method, uri, headers)) = again else {
                     return Err(TryError::Sent(GatewayError::Internal("no head".into())));
@@ -140,6 +147,7 @@ pub async fn forward(
     let client_fault = client_body.as_ref().is_some_and(|t| {
         t.client_body_error
             .load(std::sync::atomic::Ordering::Relaxed)
+            || t.body_too_large.load(std::sync::atomic::Ordering::Relaxed)
     });
     if !(client_fault && matches!(outcome, UpstreamOutcome::Failed)) {
         target.stats.record(outcome, elapsed);
