@@ -94,21 +94,18 @@ pub async fn handle(
             time: SystemTime::now(),
             client: conn.client_addr,
             method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
+            path: req.uri().path_and_query().cloned(),
             version: req.version(),
-            host: router::request_host(req.uri(), req.headers())
-                .map(|h| h.into_owned())
-                .unwrap_or_default(),
+            host: match req.uri().authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => req.headers().get(header::HOST).cloned(),
+            },
             route: None,
             target: None,
             status: http::StatusCode::OK,
             error: None,
             reason: None,
-            request_id: request_id_str(&request_id).to_owned(),
+            request_id: request_id.clone(),
             trace_id: None,
             tally: tally.clone(),
         },
@@ -295,7 +292,7 @@ async fn route_and_forward(
     };
     let (mut resp, slot) = crate::upstream::send(upstream, req, upgrade, &call, &mut |t| {
         if let Some(r) = line.record() {
-            r.target = Some(t.authority.to_string());
+            r.target = Some(t.authority.clone());
         }
     })
     .await?;

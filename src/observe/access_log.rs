@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http::{Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 
@@ -92,15 +93,15 @@ impl AccessLog {
             time: SystemTime::now(),
             client,
             method: Method::from_bytes(b"-").unwrap_or(Method::GET),
-            path: "-".to_owned(),
+            path: None,
             version: Version::HTTP_11,
-            host: String::new(),
+            host: None,
             route: None,
             target: None,
             status,
             error: Some(reason),
             reason: None,
-            request_id: "-".to_owned(),
+            request_id: HeaderValue::from_static("-"),
             trace_id: None,
             tally: Arc::default(),
         };
@@ -259,23 +260,47 @@ pub struct Record {
     pub time: SystemTime,
     pub client: SocketAddr,
     pub method: Method,
-    pub path: String,
+    /// The target's path and query as the client sent it (`None`: not known).
+    pub path: Option<http::uri::PathAndQuery>,
     pub version: Version,
-    pub host: String,
+    /// The host as the client wrote it; logged in the form routes match on.
+    pub host: Option<HeaderValue>,
     pub route: Option<Arc<str>>,
-    pub target: Option<String>,
+    pub target: Option<http::uri::Authority>,
     pub status: StatusCode,
     pub error: Option<&'static str>,
     /// Why a request was refused (`bad_request`, `not_implemented`): which rule it broke.
     pub reason: Option<&'static str>,
-    pub request_id: String,
+    pub request_id: HeaderValue,
     /// W3C trace id, when the request was forwarded.
     pub trace_id: Option<String>,
     pub tally: Arc<Tally>,
 }
 
 impl Record {
+    /// Held as the request had them (shared bytes, no copy per request); turned into text
+    /// only here, when the line is written.
+    fn fields(
+        &self,
+    ) -> (
+        &str,
+        std::borrow::Cow<'_, str>,
+        &str,
+        std::borrow::Cow<'_, str>,
+    ) {
+        let path = self.path.as_ref().map_or("-", |p| p.as_str());
+        let host = match self.host.as_ref().map(|h| h.to_str()) {
+            Some(Ok(h)) => crate::router::host_key(h),
+            Some(Err(_)) => std::borrow::Cow::Borrowed("-"),
+            None => std::borrow::Cow::Borrowed(""),
+        };
+        let target = self.target.as_ref().map_or("-", |t| t.as_str());
+        let rid = String::from_utf8_lossy(self.request_id.as_bytes());
+        (path, host, target, rid)
+    }
+
     fn line(&self, format: LogFormat, bytes_out: u64) -> String {
+        let (path, host, target, rid) = self.fields();
         let dur = self.start.elapsed().as_secs_f64() * 1000.0;
         let bytes_in = self.tally.bytes_in.load(Ordering::Relaxed);
         let ts = rfc3339(self.time);
@@ -285,18 +310,18 @@ impl Record {
                     "time": ts,
                     "client": self.client.to_string(),
                     "method": self.method.as_str(),
-                    "path": self.path,
+                    "path": path,
                     "protocol": version_str(self.version),
-                    "host": self.host,
+                    "host": host,
                     "route": self.route.as_deref(),
-                    "upstream_target": self.target,
+                    "upstream_target": self.target.as_ref().map(|_| target),
                     "status": self.status.as_u16(),
                     "error": self.error,
                     "reason": self.reason,
                     "duration_ms": (dur * 1000.0).round() / 1000.0,
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
-                    "request_id": self.request_id,
+                    "request_id": rid,
                     "trace_id": self.trace_id,
                 });
                 let mut s = escape_json_line(&v.to_string());
@@ -310,12 +335,12 @@ impl Record {
                     "{ts} {client} \"{method} {path} {proto}\" {status} route={route} target={target} duration_ms={dur:.3} bytes_in={bytes_in} bytes_out={bytes_out} request_id={rid}",
                     client = self.client,
                     method = Escaped(self.method.as_str()),
-                    path = Escaped(&self.path),
+                    path = Escaped(path),
                     proto = version_str(self.version),
                     status = self.status.as_u16(),
                     route = Escaped(self.route.as_deref().unwrap_or("-")),
-                    target = Escaped(self.target.as_deref().unwrap_or("-")),
-                    rid = Escaped(&self.request_id),
+                    target = Escaped(target),
+                    rid = Escaped(&rid),
                 );
                 if let Some(t) = &self.trace_id {
                     let _ = write!(s, " trace_id={}", Escaped(t));
