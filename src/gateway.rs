@@ -121,44 +121,7 @@ pub async fn handle(
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => {
-            if e.fault() != crate::error::Fault::Client
-                && !matches!(
-                    e,
-                    GatewayError::Overloaded { .. }
-                        | GatewayError::UpstreamTimeout(_)
-                        | GatewayError::NoTarget { .. }
-                )
-            {
-                tracing::warn!(
-                    request_id = %request_id_str(&request_id),
-                    error = %e,
-                    source = ?std::error::Error::source(&e),
-                    "request failed"
-                );
-            }
-            // Malformed or refused requests count with the parser's rejections.
-            if !ambiguous_framing
-                && matches!(
-                    e,
-                    GatewayError::BadRequest(_) | GatewayError::NotImplemented(_)
-                )
-            {
-                gw.metrics.rejected(e.code());
-            }
-            if let Some(r) = line.record() {
-                r.error = Some(e.code());
-                r.reason = e.reason();
-            }
-            // After a framing error the rest of the connection cannot be trusted: close it.
-            let close = e.closes_connection();
-            let mut resp = e.into_response(request_id_str(&request_id));
-            if close {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            resp
-        }
+        Err(e) => error_response(&gw.metrics, e, &request_id, &mut line, !ambiguous_framing),
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -228,77 +191,126 @@ async fn route_and_forward(
         params,
         client_addr: conn.client_addr,
     };
-    if let Some(answer) = policy::run_request(&route.chain, &mut req, &mut cx).await? {
-        return Ok(answer);
-    }
+    // Everything after routing answers through one place, so the route's response-phase
+    // policies run on every answer: the upstream's, a policy's, and the gateway's own errors.
+    let answer: Result<Response<Body>, GatewayError> = async {
+        if let Some(answer) = policy::run_request(&route.chain, &mut req, &mut cx).await? {
+            return Ok(answer);
+        }
 
-    let upstream = match &route.action {
-        Action::Proxy(u) => u,
-        // Answered here: the response-phase policies still run on the answer.
-        Action::Respond(r) => {
-            let mut resp = r.response();
-            policy::run_response(&route.chain, &mut resp, &cx);
-            return Ok(resp);
+        let upstream = match &route.action {
+            Action::Proxy(u) => u,
+            // Answered here; the response-phase policies run on it below, like on any answer.
+            Action::Respond(r) => return Ok(r.response()),
+            Action::Redirect(r) => return r.response(&cx.params, req.uri().query()),
+        };
+        let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
+        if !trace.continued {
+            // `tracestate` belongs to the trace it came with, which was not continued.
+            req.headers_mut().remove(&trace::TRACESTATE);
         }
-        Action::Redirect(r) => {
-            let mut resp = r.response(&cx.params, req.uri().query())?;
-            policy::run_response(&route.chain, &mut resp, &cx);
-            return Ok(resp);
-        }
-    };
-    let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
-    if !trace.continued {
-        // `tracestate` belongs to the trace it came with, which was not continued.
-        req.headers_mut().remove(&trace::TRACESTATE);
-    }
-    if let Some(r) = line.record() {
-        r.trace_id = Some(trace.trace_id().to_owned());
-    }
-    req.headers_mut()
-        .insert(trace::TRACEPARENT.clone(), trace.header);
-    let upstream_path = proxy::upstream_path(
-        &route.path_action,
-        req.uri(),
-        normalized.as_deref(),
-        &cx.params,
-    )?;
-    let down = Downstream {
-        forwarded_for: &conn.forwarded_for,
-        proto: conn.proto,
-        host: client_host.as_ref(),
-        conn_slot: conn.slot.clone().map(|s| s as Arc<dyn Send + Sync>),
-        upgrade_idle: rt.server.upgrade_idle_timeout,
-        port: &conn.port,
-        trusted: conn.trusted,
-        prefix: match &route.path_action {
-            crate::config::compile::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
-            _ => None,
-        },
-    };
-    proxy::add_forwarding_headers(&mut req, &down, request_id);
-    let key = match &upstream.balancer {
-        Balancer::Hash { on, .. } => hash_key(on, &req, conn),
-        _ => None,
-    };
-    let call = crate::upstream::Call {
-        path: upstream_path,
-        down: &down,
-        key,
-        retry_non_idempotent: route.retry_non_idempotent,
-        max_body_size: route.max_body_size,
-        body_timeout,
-        tally,
-        metrics,
-    };
-    let (mut resp, slot) = crate::upstream::send(upstream, req, upgrade, &call, &mut |t| {
         if let Some(r) = line.record() {
-            r.target = Some(t.authority.clone());
+            r.trace_id = Some(trace.trace_id().to_owned());
         }
-    })
-    .await?;
-    line.hold(slot);
+        req.headers_mut()
+            .insert(trace::TRACEPARENT.clone(), trace.header);
+        let upstream_path = proxy::upstream_path(
+            &route.path_action,
+            req.uri(),
+            normalized.as_deref(),
+            &cx.params,
+        )?;
+        let down = Downstream {
+            forwarded_for: &conn.forwarded_for,
+            proto: conn.proto,
+            host: client_host.as_ref(),
+            conn_slot: conn.slot.clone().map(|s| s as Arc<dyn Send + Sync>),
+            upgrade_idle: rt.server.upgrade_idle_timeout,
+            port: &conn.port,
+            trusted: conn.trusted,
+            prefix: match &route.path_action {
+                crate::config::compile::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
+                _ => None,
+            },
+        };
+        proxy::add_forwarding_headers(&mut req, &down, request_id);
+        let key = match &upstream.balancer {
+            Balancer::Hash { on, .. } => hash_key(on, &req, conn),
+            _ => None,
+        };
+        let call = crate::upstream::Call {
+            path: upstream_path,
+            down: &down,
+            key,
+            retry_non_idempotent: route.retry_non_idempotent,
+            max_body_size: route.max_body_size,
+            body_timeout,
+            tally,
+            metrics,
+        };
+        let (resp, slot) = crate::upstream::send(upstream, req, upgrade, &call, &mut |t| {
+            if let Some(r) = line.record() {
+                r.target = Some(t.authority.clone());
+            }
+        })
+        .await?;
+        line.hold(slot);
+        Ok(resp)
+    }
+    .await;
+    let mut resp = match answer {
+        Ok(r) => r,
+        Err(e) => error_response(metrics, e, request_id, line, true),
+    };
     policy::run_response(&route.chain, &mut resp, &cx);
     Ok(resp)
+}
+
+/// The gateway's own answer to a request that failed: logged when it is not the client's
+/// fault, counted with the parser's rejections when it is a malformed or refused request
+/// (`count_rejection`), recorded for the access log, and closing the connection when the rest
+/// of it cannot be trusted.
+fn error_response(
+    metrics: &Metrics,
+    e: GatewayError,
+    request_id: &HeaderValue,
+    line: &mut Pending,
+    count_rejection: bool,
+) -> Response<Body> {
+    if e.fault() != crate::error::Fault::Client
+        && !matches!(
+            e,
+            GatewayError::Overloaded { .. }
+                | GatewayError::UpstreamTimeout(_)
+                | GatewayError::NoTarget { .. }
+        )
+    {
+        tracing::warn!(
+            request_id = %request_id_str(request_id),
+            error = %e,
+            source = ?std::error::Error::source(&e),
+            "request failed"
+        );
+    }
+    if count_rejection
+        && matches!(
+            e,
+            GatewayError::BadRequest(_) | GatewayError::NotImplemented(_)
+        )
+    {
+        metrics.rejected(e.code());
+    }
+    if let Some(r) = line.record() {
+        r.error = Some(e.code());
+        r.reason = e.reason();
+    }
+    let close = e.closes_connection();
+    let mut resp = e.into_response(request_id_str(request_id));
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The key `balance: hash` places a request by; `None` (placed at random) when it is absent.

@@ -883,3 +883,38 @@ fn a_route_needs_exactly_one_action() {
         );
     }
 }
+
+/// A route's response-phase policies run on every answer the route gives: the gateway's own
+/// 502 when the upstream is down, and a 400 for a request the route refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_policies_run_on_the_gateways_own_errors() {
+    use common::raw::RawClient;
+    let yaml = r#"listen: "127.0.0.1:0"
+access_log: off
+upstreams:
+  down: { targets: ["http://127.0.0.1:1"] }
+routes:
+  - name: broken
+    match: { path_prefix: /broken }
+    upstream: down
+    headers: { response: { set: { x-policy: ran, access-control-allow-origin: "*" } } }
+  - name: moved
+    match: { path: "/old/{id}" }
+    redirect: { to: "/new/{id}" }
+    headers: { response: { set: { x-policy: ran } } }
+"#;
+    let gw = TestGateway::start(yaml).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("GET /broken HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response().await.response();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_connect_failed");
+    assert_eq!(r.header("x-policy"), Some("ran"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    // An encoded slash in a redirect's param is refused (400) by the route: policies still run.
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("GET /old/a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response().await.response();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.header("x-policy"), Some("ran"));
+}
