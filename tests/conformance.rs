@@ -1286,6 +1286,13 @@ async fn redirects_naming_the_target() {
             .resp(&["location: http://elsewhere.test/x"]),
         answered_with("a cookie Domain naming the target becomes the client's host", "Set-Cookie: sid=1; Domain=127.0.0.1; Path=/\r\nSet-Cookie: other=2; Domain=example.com\r\n")
             .resp(&["set-cookie: sid=1; Domain=gw.test; Path=/"]),
+        // A Host with sub-delims is a valid Host, but never written into a cookie or a URL:
+        // `gw.test;Domain=evil.test` must not add a cookie attribute.
+        case("a Host with sub-delims is not written into a cookie or a Location", "GET / HTTP/1.1\r\nHost: gw.test;Domain=evil.test\r\n\r\n")
+            .raw_reply("HTTP/1.1 302 Found\r\nLocation: http://{SELF}/x\r\nSet-Cookie: sid=1; Domain=127.0.0.1\r\nContent-Length: 0\r\n\r\n")
+            .status(302)
+            .up("GET / HTTP/1.1", &["host: gw.test;Domain=evil.test", "x-forwarded-host: gw.test;Domain=evil.test"], b"")
+            .resp(&["set-cookie: sid=1; Domain=127.0.0.1"]),
     ])
     .await;
 }
