@@ -1,10 +1,88 @@
 //! Per-request facts shared by the layers of the request path: what the gateway knows of the
-//! client side, for the message transforms (`proxy`) and for sending (`upstream`). A low
-//! module: it imports neither.
+//! client (its address, the consumer a policy authenticated), what the policies carry from the
+//! request to the response, and what forwarding needs of the client side. A low module: the
+//! gateway, the policies, `proxy` and `upstream::send` import it; it imports none of them.
 
+use std::any::Any;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
+
+/// Who a request is from, once an authentication policy has said so.
+#[derive(Debug, Clone, Default)]
+pub struct Consumer {
+    pub id: Arc<str>,
+    pub groups: Vec<Arc<str>>,
+    /// What the credential said about the consumer (JWT claims; empty for keys and passwords).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The context one request carries through its policies, from the request phases to the
+/// response phases.
+pub struct RequestCtx {
+    pub request_id: HeaderValue,
+    /// The route's name; `None` when no route matched (the global policies still run).
+    pub route: Option<Arc<str>>,
+    /// Values captured by `match.path`, in pattern order.
+    pub params: Vec<(String, String)>,
+    /// The peer of the client connection.
+    pub peer: SocketAddr,
+    /// The client's address: the peer, or, when the peer is one of `server.trusted_proxies`,
+    /// the nearest untrusted address in `X-Forwarded-For`.
+    pub client_ip: IpAddr,
+    /// Set by an authentication policy; read by authorization, rate limits, logs.
+    pub consumer: Option<Arc<Consumer>>,
+    slots: Vec<(usize, Box<dyn Any + Send>)>,
+    /// The position, in the chain, of the policy being called: its slot key.
+    current: usize,
+}
+
+impl RequestCtx {
+    pub fn new(request_id: HeaderValue, peer: SocketAddr, client_ip: IpAddr) -> RequestCtx {
+        RequestCtx {
+            request_id,
+            route: None,
+            params: Vec::new(),
+            peer,
+            client_ip,
+            consumer: None,
+            slots: Vec::new(),
+            current: 0,
+        }
+    }
+
+    /// Set by the chain runner before each call, so each policy sees only its own slot.
+    pub fn enter(&mut self, position: usize) {
+        self.current = position;
+    }
+
+    /// Keeps `value` for the calling policy's response phase (a cache key, remaining quota).
+    pub fn put<T: Any + Send>(&mut self, value: T) {
+        let at = self.current;
+        match self.slots.iter_mut().find(|(p, _)| *p == at) {
+            Some(slot) => slot.1 = Box::new(value),
+            None => self.slots.push((at, Box::new(value))),
+        }
+    }
+
+    /// The calling policy's slot, if it put a `T` there.
+    pub fn get<T: Any + Send>(&self) -> Option<&T> {
+        self.slots
+            .iter()
+            .find(|(p, _)| *p == self.current)
+            .and_then(|(_, v)| v.downcast_ref())
+    }
+
+    /// Takes the calling policy's `T` out of its slot.
+    pub fn take<T: Any + Send>(&mut self) -> Option<T> {
+        let i = self
+            .slots
+            .iter()
+            .position(|(p, v)| *p == self.current && v.is::<T>())?;
+        self.slots.swap_remove(i).1.downcast().ok().map(|b| *b)
+    }
+}
 
 /// A WebSocket upgrade the client asked for, taken from the request before its hop-by-hop
 /// headers are removed.

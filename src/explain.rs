@@ -162,9 +162,19 @@ pub fn explain(
     if r.chain.is_empty() {
         let _ = writeln!(out, "policies:   none");
     } else {
-        let _ = writeln!(out, "policies:");
+        let _ = writeln!(
+            out,
+            "policies:   (in the order they run: by phase, then source)"
+        );
         for (i, b) in r.chain.iter().enumerate() {
-            let _ = writeln!(out, "  {}. {} (from {})", i + 1, b.policy.kind(), b.source);
+            let _ = writeln!(
+                out,
+                "  {}. {} [{}] (from {})",
+                i + 1,
+                b.policy.kind(),
+                b.policy.phase().name(),
+                b.source
+            );
         }
     }
     if let Some(l) = r.max_body_size {

@@ -154,10 +154,29 @@ async fn route_and_forward(
     let (path, restructured) = router::normalize_ext(req.uri().path());
     let found = rt
         .router
-        .find(host.as_deref(), &path, req.method(), req.headers())
-        .ok_or(GatewayError::NoRoute)?;
+        .find(host.as_deref(), &path, req.method(), req.headers());
+    let client_ip = proxy::client_ip(
+        req.headers(),
+        conn.client_addr.ip(),
+        &rt.server.trusted_proxies,
+    );
+    let mut cx = RequestCtx::new(request_id.clone(), conn.client_addr, client_ip);
+    let body_timeout = rt.server.request_body_timeout;
+    let Some(found) = found else {
+        // No route: the global policies still run (an IP rule refuses, a rate limit counts
+        // the scanner), and their response hooks see the 404.
+        let mut req =
+            req.map(|b| Body::request(b, rt.server.max_body_size, body_timeout, tally.clone()));
+        let answer = match rt.global.run_request(&mut req, &mut cx).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(GatewayError::NoRoute),
+            Err(e) => Err(e),
+        };
+        return Ok(answer_through(&rt.global, answer, &mut cx, metrics, line).await);
+    };
     let route = found.route.clone();
-    let params = found.params;
+    cx.route = Some(route.name.clone());
+    cx.params = found.params;
     // When normalisation resolved dot segments or merged slashes, forward what was routed.
     let normalized = restructured.then(|| path.into_owned());
     drop(host);
@@ -176,7 +195,6 @@ async fn route_and_forward(
             return Err(GatewayError::BodyTooLarge { limit });
         }
     }
-    let body_timeout = rt.server.request_body_timeout;
     let mut req = req.map(|b| Body::request(b, route.max_body_size, body_timeout, tally.clone()));
     // Before the policies: a client's `Connection: x-api-key` must not remove what a policy adds.
     let upgrade = proxy::take_upgrade(&mut req);
@@ -185,22 +203,14 @@ async fn route_and_forward(
         proxy::remove_underscored(req.headers_mut());
     }
 
-    let mut cx = RequestCtx {
-        request_id: request_id.clone(),
-        route: route.name.clone(),
-        params,
-        client_addr: conn.client_addr,
-    };
     // Everything after routing answers through one place, so the route's response-phase
     // policies run on every answer: the upstream's, a policy's, and the gateway's own errors.
     let answer: Result<Response<Body>, GatewayError> = async {
-        if let Some(answer) = policy::run_request(&route.chain, &mut req, &mut cx).await? {
+        if let Some(answer) = route.chain.run_request(&mut req, &mut cx).await? {
             return Ok(answer);
         }
-
         let upstream = match &route.action {
             Action::Proxy(u) => u,
-            // Answered here; the response-phase policies run on it below, like on any answer.
             Action::Respond(r) => return Ok(r.response()),
             Action::Redirect(r) => return r.response(&cx.params, req.uri().query()),
         };
@@ -258,12 +268,28 @@ async fn route_and_forward(
         Ok(resp)
     }
     .await;
+    Ok(answer_through(&route.chain, answer, &mut cx, metrics, line).await)
+}
+
+/// The answer a request gets once routing is done: the action's, a policy's, or the error's,
+/// with the chain's response hooks run on it.
+async fn answer_through(
+    chain: &policy::Chain,
+    answer: Result<Response<Body>, GatewayError>,
+    cx: &mut RequestCtx,
+    metrics: &Metrics,
+    line: &mut Pending,
+) -> Response<Body> {
+    let request_id = cx.request_id.clone();
+    let mut to_response = |e| error_response(metrics, e, &request_id, line, true);
     let mut resp = match answer {
         Ok(r) => r,
-        Err(e) => error_response(metrics, e, request_id, line, true),
+        Err(e) => to_response(e),
     };
-    policy::run_response(&route.chain, &mut resp, &cx);
-    Ok(resp)
+    if !chain.is_empty() {
+        chain.run_response(&mut resp, cx, &mut to_response).await;
+    }
+    resp
 }
 
 /// The gateway's own answer to a request that failed: logged when it is not the client's

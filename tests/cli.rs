@@ -309,8 +309,8 @@ routes:
         "params:     id=7",
         "forwards:   GET /v2/users/7?x=1 (rewritten)",
         "http://10.0.0.2:8081 weight 2",
-        "1. headers (from policies.tag)",
-        "2. headers (from inline)",
+        "1. headers [transform] (from policies.tag)",
+        "2. headers [transform] (from inline)",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }

@@ -918,3 +918,41 @@ routes:
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.header("x-policy"), Some("ran"));
 }
+
+/// Requests that match no route still go through the global policies: their response hooks
+/// run on the 404 (so CORS and security headers are on it too), and a route's own policies do
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_policies_run_on_the_404() {
+    use common::raw::RawClient;
+    let yaml = r#"listen: "127.0.0.1:0"
+access_log: off
+policies:
+  security: { headers: { response: { set: { x-frame-options: DENY } } } }
+global:
+  use: [security]
+  headers: { response: { set: { x-global: "yes" } } }
+routes:
+  - match: { path_prefix: /api }
+    respond: { status: 200, body: "api" }
+    headers: { response: { set: { x-route: "yes" } } }
+"#;
+    let gw = TestGateway::start(yaml).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let r = c.response().await.response();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "no_route");
+    assert_eq!(r.header("x-global"), Some("yes"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-route"), None);
+    // The same connection serves a routed request next, with every layer's headers.
+    c.send("GET /api HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response().await.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "api");
+    assert_eq!(r.header("x-global"), Some("yes"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-route"), Some("yes"));
+}

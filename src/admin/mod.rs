@@ -365,7 +365,7 @@ fn routes(c: &Control) -> Value {
                     PathAction::StripPrefix(_) => "strip_prefix",
                     PathAction::Rewrite(_) => "rewrite",
                 },
-                "policies": r.chain.iter().map(|b| json!({"kind": b.policy.kind(), "from": b.source})).collect::<Vec<_>>(),
+                "policies": r.chain.iter().map(|b| json!({"kind": b.policy.kind(), "phase": b.policy.phase().name(), "from": &*b.source})).collect::<Vec<_>>(),
                 "stats": c.gw.metrics.route_snapshot(&r.name),
             })
         })

@@ -15,8 +15,7 @@ use super::ConfigError;
 use super::model::*;
 use crate::State;
 use crate::observe::metrics::RouteStats;
-use crate::policy::headers::HeadersPolicy;
-use crate::policy::{Bound, Policy};
+use crate::policy::{self, Bound, Chain, Policy};
 use crate::router::{HostPattern, Matcher, PathPattern, RewriteTemplate, Routable, Router};
 use crate::upstream::balancer::{Balancer, HashOn, Ring};
 use crate::upstream::health::ActivePolicy;
@@ -45,6 +44,9 @@ pub struct Runtime {
     pub router: Router<Route>,
     /// In config order.
     pub routes: Vec<Arc<Route>>,
+    /// The `global` policies: part of every route's chain, and run alone on requests that
+    /// match no route.
+    pub global: Chain,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub access_log: Option<AccessLogConfig>,
     pub server: ServerSettings,
@@ -150,7 +152,8 @@ pub struct Route {
     /// Forward, answer, or redirect.
     pub action: crate::runtime::Action,
     pub path_action: PathAction,
-    pub chain: Vec<Bound>,
+    /// Global, `use:` and inline policies, ordered by phase.
+    pub chain: Chain,
     pub max_body_size: Option<u64>,
     pub retry_non_idempotent: bool,
     /// Metric handles, shared with same-named routes of earlier and later configs.
@@ -250,7 +253,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
     for (name, p) in &cfg.policies {
         named.insert(
             name.as_str(),
-            compile_policy_set(p, &format!("policies.{name}"), &mut errors),
+            policy::compile_set(p, &format!("policies.{name}"), &mut errors),
         );
     }
     let known_policies = || {
@@ -264,10 +267,13 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         let mut chain = Vec::new();
         for (i, u) in uses.iter().enumerate() {
             match named.get(u.as_str()) {
-                Some(ps) => chain.extend(ps.iter().map(|p| Bound {
-                    policy: p.clone(),
-                    source: format!("policies.{u}"),
-                })),
+                Some(ps) => {
+                    let source: Arc<str> = format!("policies.{u}").into();
+                    chain.extend(ps.iter().map(|p| Bound {
+                        policy: p.clone(),
+                        source: source.clone(),
+                    }))
+                }
                 None => errors.push(ConfigError::new(
                     format!("{path}[{i}]"),
                     if cfg.policies.is_empty() {
@@ -280,21 +286,27 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         }
         chain
     };
-
-    let mut global_chain = Vec::new();
-    if let Some(g) = &cfg.global {
-        global_chain.extend(resolve_uses(&g.uses, "global.use", &mut errors));
-        let inline = PolicySetConfig {
-            headers: g.headers.clone(),
-        };
-        global_chain.extend(
-            compile_policy_set(&inline, "global", &mut errors)
+    let inline =
+        |set: &PolicySetConfig, path: &str, source: &str, errors: &mut Vec<ConfigError>| {
+            let source: Arc<str> = source.into();
+            policy::compile_set(set, path, errors)
                 .into_iter()
-                .map(|p| Bound {
+                .map(move |p| Bound {
                     policy: p,
-                    source: "global".into(),
-                }),
-        );
+                    source: source.clone(),
+                })
+        };
+
+    // In source order; `Chain::new` orders by phase.
+    let mut global_bound = Vec::new();
+    if let Some(g) = &cfg.global {
+        global_bound.extend(resolve_uses(&g.uses, "global.use", &mut errors));
+        global_bound.extend(inline(
+            &g.inline_policies(),
+            "global",
+            "global",
+            &mut errors,
+        ));
     }
 
     let mut routes = Vec::new();
@@ -392,25 +404,10 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
             (None, false) => PathAction::Keep,
         };
 
-        let mut chain: Vec<Bound> = global_chain
-            .iter()
-            .map(|b| Bound {
-                policy: b.policy.clone(),
-                source: b.source.clone(),
-            })
-            .collect();
-        chain.extend(resolve_uses(&r.uses, &format!("{path}.use"), &mut errors));
-        let inline = PolicySetConfig {
-            headers: r.headers.clone(),
-        };
-        chain.extend(
-            compile_policy_set(&inline, &path, &mut errors)
-                .into_iter()
-                .map(|p| Bound {
-                    policy: p,
-                    source: "inline".into(),
-                }),
-        );
+        let mut bound = global_bound.clone();
+        bound.extend(resolve_uses(&r.uses, &format!("{path}.use"), &mut errors));
+        bound.extend(inline(&r.inline_policies(), &path, "inline", &mut errors));
+        let chain = Chain::new(bound);
 
         let params = matcher
             .as_ref()
@@ -498,6 +495,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         admin,
         router,
         routes,
+        global: Chain::new(global_bound),
         upstreams,
         access_log,
         server,
@@ -1299,21 +1297,6 @@ fn compile_matcher(m: &MatchConfig, path: &str, errors: &mut Vec<ConfigError>) -
     })
 }
 
-/// Compiles one policy set; kinds come out in the fixed chain order.
-fn compile_policy_set(
-    p: &PolicySetConfig,
-    path: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<Arc<dyn Policy>> {
-    let mut out: Vec<Arc<dyn Policy>> = Vec::new();
-    if let Some(h) = &p.headers
-        && let Some(policy) = HeadersPolicy::compile(h, &format!("{path}.headers"), errors)
-    {
-        out.push(Arc::new(policy));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1526,11 +1509,7 @@ routes:
 "#,
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
-        let sources: Vec<&str> = rt.routes[0]
-            .chain
-            .iter()
-            .map(|b| b.source.as_str())
-            .collect();
+        let sources: Vec<&str> = rt.routes[0].chain.iter().map(|b| &*b.source).collect();
         assert_eq!(sources, ["policies.p1", "policies.p1", "inline"]);
     }
 }

@@ -389,6 +389,15 @@ pub struct GlobalConfig {
     pub headers: Option<HeadersPolicyConfig>,
 }
 
+impl GlobalConfig {
+    /// The policy kinds written inline under `global:`.
+    pub fn inline_policies(&self) -> PolicySetConfig {
+        PolicySetConfig {
+            headers: self.headers.clone(),
+        }
+    }
+}
+
 /// Header changes: `request` before forwarding, `response` before answering the client.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -450,6 +459,15 @@ pub struct RouteConfig {
     /// Inline `headers` policy.
     #[serde(default)]
     pub headers: Option<HeadersPolicyConfig>,
+}
+
+impl RouteConfig {
+    /// The policy kinds written inline on the route.
+    pub fn inline_policies(&self) -> PolicySetConfig {
+        PolicySetConfig {
+            headers: self.headers.clone(),
+        }
+    }
 }
 
 /// `respond: { status: 200, body: "pong", headers: { content-type: text/plain } }`

@@ -3,10 +3,21 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 
-use super::{Flow, Policy, RequestCtx, Step};
+use super::{Flow, Phase, Policy, RequestCtx, Step};
 use crate::body::Body;
 use crate::config::ConfigError;
-use crate::config::model::{HeaderOpsConfig, HeadersPolicyConfig};
+use crate::config::model::{HeaderOpsConfig, HeadersPolicyConfig, PolicySetConfig};
+
+/// The `headers` key of a policy set, for [`super::KINDS`].
+pub fn compile(
+    set: &PolicySetConfig,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<std::sync::Arc<dyn Policy>> {
+    let cfg = set.headers.as_ref()?;
+    let p = HeadersPolicy::compile(cfg, &format!("{path}.headers"), errors)?;
+    Some(std::sync::Arc::new(p))
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct HeaderOps {
@@ -133,13 +144,26 @@ impl Policy for HeadersPolicy {
         "headers"
     }
 
-    fn on_request<'a>(&'a self, req: &'a mut Request<Body>, _cx: &'a mut RequestCtx) -> Step<'a> {
+    fn phase(&self) -> Phase {
+        Phase::Transform
+    }
+
+    fn on_request<'a>(
+        &'a self,
+        req: &'a mut Request<Body>,
+        _cx: &'a mut RequestCtx,
+    ) -> Step<'a, Flow> {
         self.request.apply(req.headers_mut());
         Step::Done(Ok(Flow::Continue))
     }
 
-    fn on_response(&self, resp: &mut Response<Body>, _cx: &RequestCtx) {
+    fn on_response<'a>(
+        &'a self,
+        resp: &'a mut Response<Body>,
+        _cx: &'a mut RequestCtx,
+    ) -> Step<'a, ()> {
         self.response.apply(resp.headers_mut());
+        Step::Done(Ok(()))
     }
 }
 

@@ -3,7 +3,7 @@
 //! upgrade request. Sending one try to one target lives in `upstream::exchange`.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -11,7 +11,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
 use crate::body::Body;
-use crate::config::compile::PathAction;
+use crate::config::compile::{Cidr, PathAction};
 pub use crate::context::{Downstream, Upgrade};
 use crate::error::GatewayError;
 
@@ -176,6 +176,43 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || n == PROXY_CONNECTION
 }
 
+/// The client's address as policies see it (IP rules, rate limits by client): the peer,
+/// unless the peer is one of `server.trusted_proxies`. Then `X-Forwarded-For` is read from the
+/// right, skipping addresses that are trusted proxies too, and the first other address is the
+/// client (nginx's `real_ip_recursive on`). An element that is not an address ends the walk at
+/// the last trusted hop: what is left of it was written by the client and proves nothing.
+pub fn client_ip(h: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let lines: Vec<&HeaderValue> = h.get_all(&X_FORWARDED_FOR).iter().collect();
+    for line in lines.into_iter().rev() {
+        let Ok(line) = line.to_str() else {
+            return client;
+        };
+        for element in line.rsplit(',') {
+            let Some(ip) = parse_forwarded_ip(element.trim()) else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:443`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
 /// Adds the headers that describe this hop, once per request (not per try).
 pub fn add_forwarding_headers(
     req: &mut Request<Body>,
@@ -279,6 +316,51 @@ pub fn ip_value(addr: SocketAddr) -> HeaderValue {
 mod tests {
     use super::*;
     use crate::router::RewriteTemplate;
+
+    #[test]
+    fn client_ip_is_read_through_trusted_proxies_only() {
+        let trusted = [
+            Cidr::parse("10.0.0.0/8").unwrap(),
+            Cidr::parse("::1").unwrap(),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(&X_FORWARDED_FOR, HeaderValue::from_str(l).unwrap());
+            }
+            h
+        };
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(&xff(&["1.1.1.1"]), ip("192.0.2.9"), &trusted),
+            ip("192.0.2.9")
+        );
+        // Through two trusted hops to the first untrusted one; what the client wrote to the
+        // left of it does not count.
+        assert_eq!(
+            client_ip(
+                &xff(&["6.6.6.6, 203.0.113.7", "10.1.1.1:5000"]),
+                ip("10.0.0.2"),
+                &trusted
+            ),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_ip(&xff(&["[2001:db8::7]:443"]), ip("::1"), &trusted),
+            ip("2001:db8::7")
+        );
+        // Garbage ends the walk at the last trusted hop.
+        assert_eq!(
+            client_ip(&xff(&["1.1.1.1, junk"]), ip("10.0.0.2"), &trusted),
+            ip("10.0.0.2")
+        );
+        // No header: the trusted peer itself.
+        assert_eq!(
+            client_ip(&HeaderMap::new(), ip("10.0.0.2"), &trusted),
+            ip("10.0.0.2")
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {
