@@ -16,10 +16,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::State;
-use crate::config::compile::{AdminSettings, Runtime, compile, file_path_changes};
+use crate::compile::{compile, file_path_changes};
 use crate::config::{ConfigError, parse_str};
 use crate::gateway::Gateway;
 use crate::observe::access_log::AccessLog;
+use crate::runtime::{AdminSettings, Runtime};
 use crate::server::Server;
 
 /// What the last reload did, for the admin API and the dashboard.
@@ -111,6 +112,7 @@ impl Control {
         config_path: Option<PathBuf>,
         state: Arc<State>,
     ) -> std::io::Result<Arc<Control>> {
+        state.adopt(&rt);
         let gw = crate::gateway_for(rt, &state)?;
         let server = Server::start(gw.clone()).await?;
         let hash = hash_text(&text);
@@ -142,7 +144,6 @@ impl Control {
         let admin = control.gw.runtime.load().admin.clone();
         let plan = control.prepare_admin(admin.as_ref())?;
         control.commit_admin(plan);
-        control.state.adopt(&control.gw.runtime.load());
         control.resolve_names();
         Ok(control)
     }
@@ -336,9 +337,6 @@ impl Control {
                 for m in messages {
                     tracing::error!(source, "config not applied: {m}");
                 }
-                // Compiling registered the refused config's route and target series: the
-                // registries go back to exactly what the running config uses.
-                self.state.adopt(&self.gw.runtime.load());
                 self.record(source, Err(e));
             }
         }
@@ -383,7 +381,9 @@ impl Control {
         if rt.workers != self.gw.runtime.load().workers {
             tracing::warn!("`workers` changed: it takes effect at the next restart");
         }
-        // The point of no return.
+        // The point of no return. State first, so the first request on the new runtime
+        // finds its metric series and its kept resources.
+        self.state.adopt(&rt);
         let rt = Arc::new(rt);
         self.gw.runtime.store(rt.clone());
         if let Some(log) = access_log {
@@ -391,7 +391,6 @@ impl Control {
         }
         srv.commit(&rt, prepared);
         self.commit_admin(admin);
-        self.state.adopt(&rt);
         Ok(())
     }
 

@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 
 use crate::body::Body;
-use crate::config::compile::{PathAction, Runtime};
 use crate::proxy;
 use crate::router::{self, HostPattern, PathPattern};
+use crate::runtime::{PathAction, Runtime};
 
 pub fn explain(
     rt: &Runtime,

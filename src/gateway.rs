@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use crate::server::conn::ConnSlot;
 
 use crate::body::{Body, Tally};
-use crate::config::compile::Runtime;
 use crate::error::GatewayError;
 use crate::observe::access_log::{AccessLog, LoggedBody, Pending, Record};
 use crate::observe::metrics::Metrics;
@@ -24,6 +23,7 @@ use crate::policy::{self, RequestCtx};
 use crate::proxy::{self, Downstream, X_REQUEST_ID};
 use crate::router;
 use crate::runtime::Action;
+use crate::runtime::Runtime;
 use crate::upstream::balancer::{Balancer, HashOn, hash_bytes};
 
 /// What every request handler shares: the current config, the log sink, the metrics.
@@ -180,7 +180,9 @@ async fn route_and_forward(
     // When normalisation resolved dot segments or merged slashes, forward what was routed.
     let normalized = restructured.then(|| path.into_owned());
     drop(host);
-    line.set_route(&route.stats);
+    if let Some(stats) = route.stats.get() {
+        line.set_route(stats);
+    }
     if let Some(r) = line.record() {
         r.route = Some(route.name.clone());
     }
@@ -239,7 +241,7 @@ async fn route_and_forward(
             port: &conn.port,
             trusted: conn.trusted,
             prefix: match &route.path_action {
-                crate::config::compile::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
+                crate::runtime::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
                 _ => None,
             },
         };

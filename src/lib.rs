@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod compile;
 pub mod config;
 pub mod context;
 pub mod control;
@@ -16,9 +17,11 @@ pub mod gateway;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod upstream;
 
 use std::path::Path;
@@ -26,42 +29,10 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::compile::compile;
 use crate::config::ConfigErrors;
-use crate::config::compile::{Runtime, compile};
-use crate::observe::metrics::Metrics;
-use crate::upstream::Pools;
-
-/// State that outlives a config reload, keyed by stable names: connection pools and metrics.
-#[derive(Default)]
-pub struct State {
-    pub pools: Pools,
-    /// Round-robin positions and retry budgets that outlive reloads.
-    pub kept: upstream::Kept,
-    pub metrics: Arc<Metrics>,
-    pub health: upstream::health::HealthCheckers,
-    pub dns: upstream::dns::DnsCache,
-}
-
-impl State {
-    /// Called once `rt` is live: keep what it uses, drop what no config uses any more.
-    pub fn adopt(&self, rt: &Runtime) {
-        self.pools.adopt(rt.upstreams.values().map(|u| u.as_ref()));
-        self.kept.adopt(rt.upstreams.values().map(|u| u.as_ref()));
-        self.health
-            .reconcile(rt.upstreams.values().map(|u| u.as_ref()));
-        let routes: Vec<Arc<str>> = rt.routes.iter().map(|r| r.name.clone()).collect();
-        let targets: Vec<(Arc<str>, Arc<str>)> = rt
-            .upstreams
-            .values()
-            .flat_map(|u| {
-                u.targets
-                    .iter()
-                    .map(|t| (u.name.clone(), Arc::from(t.authority.as_str())))
-            })
-            .collect();
-        self.metrics.retain(&routes, &targets);
-    }
-}
+use crate::runtime::Runtime;
+pub use crate::state::State;
 
 /// Loads and compiles a config file; errors name the file, key paths and problems.
 pub fn load_runtime(path: &Path, state: &State) -> Result<Runtime, ConfigErrors> {

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use gatehouse::config::compile::Runtime;
 use gatehouse::control::Control;
+use gatehouse::runtime::Runtime;
 use gatehouse::{State, demo, explain, load_config, load_runtime};
 
 #[derive(Parser)]

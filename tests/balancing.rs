@@ -149,7 +149,6 @@ async fn a_target_killed_mid_traffic_costs_no_request_and_is_ejected_then_readmi
     let mut ejected_after = None;
     for _ in 0..400 {
         if rt.upstreams["u"].targets[dead]
-            .stats
             .live
             .is_ejected(Instant::now())
         {

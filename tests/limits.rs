@@ -379,7 +379,7 @@ async fn slow_or_broken_client_bodies_are_the_clients_fault() {
     let rt = gw.gw.runtime.load();
     let target = &rt.upstreams["u"].targets[0];
     assert!(
-        !target.stats.live.is_ejected(std::time::Instant::now()),
+        !target.live.is_ejected(std::time::Instant::now()),
         "a healthy target was ejected for its clients' faults"
     );
     let mut c = RawClient::connect(gw.addr).await;

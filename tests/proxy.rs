@@ -844,7 +844,7 @@ routes:
 
 #[test]
 fn a_route_needs_exactly_one_action() {
-    use gatehouse::config::compile::compile;
+    use gatehouse::compile::compile;
     use gatehouse::config::parse_str;
     for (routes, want) in [
         (

@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::compile::PathAction;
 use crate::control::{ApplyError, Control};
 use crate::router::{HostPattern, PathPattern};
+use crate::runtime::PathAction;
 
 /// Largest config body accepted by validate/apply; larger gets 413. A config this size (some
 /// 80 000 routes) compiles in well under a second, off the runtime workers.
@@ -157,7 +157,7 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
             let now = std::time::Instant::now();
             for u in rt.upstreams.values() {
                 for t in &u.targets {
-                    let healthy = !t.stats.live.is_down() && !t.stats.live.is_ejected(now);
+                    let healthy = !t.live.is_down() && !t.live.is_ejected(now);
                     c.gw.metrics
                         .target_health(&u.name, &Arc::from(t.authority.as_str()), healthy);
                 }
@@ -392,7 +392,7 @@ fn upstreams(c: &Control) -> Value {
                 "active_health_check": u.active.as_ref().map(|a| json!({"path": redact_query(&a.path), "interval_ms": a.interval.as_millis() as u64})),
                 "retry_attempts": u.retry.attempts,
                 "targets": u.targets.iter().map(|t| {
-                    let live = &t.stats.live;
+                    let live = &t.live;
                     json!({
                         "url": t.url,
                         "address": t.authority.as_str(),
@@ -404,8 +404,8 @@ fn upstreams(c: &Control) -> Value {
                         "in_flight": live.in_flight(),
                         "latency_ewma_ms": live.ewma(now).map(|s| (s * 1e6).round() / 1e3),
                         "idle_connections": t.pool.idle_count(),
-                        "requests": t.stats.requests.load(Ordering::Relaxed),
-                        "errors": t.stats.errors.load(Ordering::Relaxed),
+                        "requests": t.stats.get().map_or(0, |s| s.requests.load(Ordering::Relaxed)),
+                        "errors": t.stats.get().map_or(0, |s| s.errors.load(Ordering::Relaxed)),
                     })
                 }).collect::<Vec<_>>(),
             })

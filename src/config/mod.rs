@@ -8,7 +8,6 @@
 //! secret (a value at a key such as `token` or a header value, the ones `/config` redacts) as
 //! `<redacted>`, and YAML syntax-error snippets are redacted the same way ([`Redactions`]).
 
-pub mod compile;
 pub mod model;
 pub mod units;
 pub mod validate;

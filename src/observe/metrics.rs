@@ -334,7 +334,6 @@ impl Metrics {
                     ejections: self.ejections.get_or_create_owned(&labels),
                     requests: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
-                    live: Default::default(),
                 })
             })
             .clone()
@@ -533,8 +532,6 @@ pub struct TargetStats {
     ejections: Counter,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
-    /// Load and health, read by the balancers.
-    pub live: Arc<crate::upstream::state::TargetLive>,
 }
 
 /// What one upstream exchange ended as, for [`TargetStats::record`].

@@ -11,9 +11,9 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
 use crate::body::Body;
-use crate::config::compile::{Cidr, PathAction};
 pub use crate::context::{Downstream, Upgrade};
 use crate::error::GatewayError;
+use crate::runtime::{Cidr, PathAction};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

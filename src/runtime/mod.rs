@@ -1,7 +1,152 @@
-//! The compiled, immutable types the request path reads, independent of the config file
-//! format. (Moving `Runtime`, `Route` and the server settings here from `config::compile` is
-//! under way; route actions are first.)
+//! The compiled, immutable types the request path reads: the [`Runtime`] snapshot, its routes
+//! and their actions, the server settings. Built by `config::compile`; nothing here depends on
+//! the YAML file format.
 
 pub mod action;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
 pub use action::{Action, Redirect, Respond};
+
+use crate::config::ConfigError;
+use crate::config::model::AccessLogConfig;
+use crate::observe::metrics::RouteStats;
+use crate::policy::Chain;
+use crate::registry::Claims;
+use crate::router::{Matcher, RewriteTemplate, Routable, Router};
+use crate::upstream::Upstream;
+
+/// The compiled, immutable form of a config. A request loads one and uses it to the end.
+pub struct Runtime {
+    pub listeners: Vec<SocketAddr>,
+    pub admin: Option<AdminSettings>,
+    pub router: Router<Route>,
+    /// In config order.
+    pub routes: Vec<Arc<Route>>,
+    /// The `global` policies: part of every route's chain, and run alone on requests that
+    /// match no route.
+    pub global: Chain,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub access_log: Option<AccessLogConfig>,
+    pub server: ServerSettings,
+    pub workers: Option<usize>,
+    pub warnings: Vec<ConfigError>,
+    /// Every filesystem path the config names, `(key path, path)`.
+    pub file_paths: Vec<(String, String)>,
+    /// The long-lived resources this config uses (pools, balancer positions, budgets, target
+    /// health): the live ones it keeps and the new ones it makes. [`crate::State::adopt`]
+    /// makes them the live set when this config goes live.
+    pub claims: Claims,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub request_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_body_size: Option<u64>,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub shutdown_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub send_timeout: Duration,
+    pub upgrade_idle_timeout: Duration,
+    pub trusted_proxies: Vec<Cidr>,
+    pub allow_underscores_in_headers: bool,
+    pub strict_paths: bool,
+}
+
+/// An address block, `10.0.0.0/8` or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?,
+        };
+        // `::ffff:10.0.0.0/104` is the IPv4 block `10.0.0.0/8`: clients are compared in
+        // their canonical form.
+        match net.to_canonical() {
+            v4 @ std::net::IpAddr::V4(_) if net.is_ipv6() && bits >= 96 => Ok(Cidr {
+                net: v4,
+                bits: bits - 96,
+            }),
+            _ => Ok(Cidr { net, bits }),
+        }
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+pub enum PathAction {
+    /// Forward the client's path and query as they came.
+    Keep,
+    /// Remove this prefix from the path.
+    StripPrefix(String),
+    /// Replace the path (the query is kept).
+    Rewrite(RewriteTemplate),
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub index: usize,
+    pub matcher: Matcher,
+    /// Forward, answer, or redirect.
+    pub action: crate::runtime::Action,
+    pub path_action: PathAction,
+    /// Global, `use:` and inline policies, ordered by phase.
+    pub chain: Chain,
+    pub max_body_size: Option<u64>,
+    pub retry_non_idempotent: bool,
+    /// Metric handles, shared with same-named routes of earlier and later configs. Set when
+    /// the config goes live ([`crate::State::adopt`]): compiling registers no series.
+    pub stats: OnceLock<Arc<RouteStats>>,
+}
+
+impl Routable for Route {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+}

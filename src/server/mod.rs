@@ -16,8 +16,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::compile::{Runtime, ServerSettings};
 use crate::gateway::{self, ConnInfo, Gateway};
+use crate::runtime::{Runtime, ServerSettings};
 
 /// The running listeners. A reload adds and removes listeners without touching those that
 /// stay: [`Server::prepare`] binds what a new config adds (so a failure changes nothing), and

@@ -63,24 +63,21 @@ impl Balancer {
             // Candidates are drawn by weight and ties go to the first, so idle targets share
             // traffic by weight; under load the one with fewer requests per unit of weight wins.
             Balancer::LeastRequest => p2c(targets, ok, |t| {
-                t.stats.live.in_flight() as f64 / t.effective_weight() as f64
+                t.live.in_flight() as f64 / t.effective_weight() as f64
             }),
             Balancer::Ewma => {
                 let now = std::time::Instant::now();
                 // A target not measured yet is assumed as fast as the average of the others:
                 // neither flooded nor starved until its first answers come back.
-                let measured: Vec<f64> = targets
-                    .iter()
-                    .filter_map(|t| t.stats.live.ewma(now))
-                    .collect();
+                let measured: Vec<f64> = targets.iter().filter_map(|t| t.live.ewma(now)).collect();
                 let default = if measured.is_empty() {
                     0.0
                 } else {
                     measured.iter().sum::<f64>() / measured.len() as f64
                 };
                 p2c(targets, ok, |t| {
-                    let latency = t.stats.live.ewma(now).unwrap_or(default);
-                    (latency + 1e-6) * (t.stats.live.in_flight() as f64 + 1.0)
+                    let latency = t.live.ewma(now).unwrap_or(default);
+                    (latency + 1e-6) * (t.live.in_flight() as f64 + 1.0)
                         / t.effective_weight() as f64
                 })
             }

@@ -51,7 +51,7 @@ pub async fn forward(
 
     let timeout = upstream.timeouts.response;
     let started = std::time::Instant::now();
-    let _in_flight = target.stats.live.start();
+    let _in_flight = target.live.start();
     let mut conn = match tokio::time::timeout(timeout, target.pool.checkout()).await {
         Ok(Ok(c)) => c,
         // At the upstream's connection cap: not the target's fault.
@@ -59,15 +59,11 @@ pub async fn forward(
             return Err(TryError::NotSent(e, Box::new(req)));
         }
         Ok(Err(e)) => {
-            target
-                .stats
-                .record(UpstreamOutcome::ConnectError, started.elapsed());
+            target.record(UpstreamOutcome::ConnectError, started.elapsed());
             return Err(TryError::NotSent(e, Box::new(req)));
         }
         Err(_) => {
-            target
-                .stats
-                .record(UpstreamOutcome::ConnectError, started.elapsed());
+            target.record(UpstreamOutcome::ConnectError, started.elapsed());
             return Err(TryError::NotSent(
                 GatewayError::UpstreamTimeout(timeout),
                 Box::new(req),
@@ -150,13 +146,12 @@ pub async fn forward(
             || t.body_too_large.load(std::sync::atomic::Ordering::Relaxed)
     });
     if !(client_fault && matches!(outcome, UpstreamOutcome::Failed)) {
-        target.stats.record(outcome, elapsed);
+        target.record(outcome, elapsed);
     }
     let (conn, mut resp) = match result {
         Err(_) => {
             // A timeout counts as a very slow answer for the latency-aware balancer.
             target
-                .stats
                 .live
                 .observe_latency(timeout, std::time::Instant::now());
             return Err(TryError::Sent(GatewayError::UpstreamTimeout(timeout)));
@@ -164,7 +159,6 @@ pub async fn forward(
         Ok(r) => r?,
     };
     target
-        .stats
         .live
         .observe_latency(elapsed, std::time::Instant::now());
 
@@ -202,7 +196,7 @@ pub async fn forward(
     if upstream.rewrite_redirects {
         rewrite_redirects(&mut parts.headers, target, down);
     }
-    let body = UpstreamBody::new(body, conn, target.pool.clone(), target.stats.live.start());
+    let body = UpstreamBody::new(body, conn, target.pool.clone(), target.live.start());
     Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
 }
 

@@ -44,14 +44,14 @@ impl HealthCheckers {
             let Some(policy) = &u.active else {
                 // Checks turned off: a target they had taken out comes back.
                 for t in &u.targets {
-                    t.stats.live.reset_active();
+                    t.live.reset_active();
                 }
                 continue;
             };
             for t in &u.targets {
                 want.insert(
                     (u.name.clone(), t.authority.to_string()),
-                    (policy.clone(), t.stats.live.clone(), t.host_header.clone()),
+                    (policy.clone(), t.live.clone(), t.host_header.clone()),
                 );
             }
         }

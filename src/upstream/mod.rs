@@ -1,8 +1,9 @@
 //! Upstreams: named groups of targets, each with its connection pool and balancer. Chosen by
 //! the route; `select` picks the target for one request, the pool sends it.
 //!
-//! Pools live in a [`Pools`] registry keyed by upstream name so that a recompiled config (hot
-//! reload) keeps the warm connections of upstreams whose settings did not change.
+//! What outlives a reload (pools, balancer positions, retry budgets, each target's health and
+//! load) is claimed by name from the [`crate::registry`] when a config compiles, so a reload
+//! keeps what still fits.
 
 pub mod balancer;
 pub mod connector;
@@ -16,8 +17,7 @@ pub mod send;
 pub use send::{Call, send};
 pub mod state;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -56,12 +56,23 @@ pub struct Target {
     pub weight: u32,
     /// Keep-alive connections to this target (shared with the previous config's same target).
     pub pool: Arc<TargetPool>,
-    pub stats: Arc<TargetStats>,
+    /// Load, ejection and health: owned here, kept across reloads while the target stays,
+    /// read by the balancers, the admin API and the metrics.
+    pub live: Arc<state::TargetLive>,
+    /// Metric handles, attached when the config goes live (`State::adopt`).
+    pub stats: OnceLock<Arc<TargetStats>>,
     /// `health.slow_start` of its upstream (zero = off).
     pub slow_start: Duration,
 }
 
 impl Target {
+    /// Counts one exchange in the target's metrics (once the config is live).
+    pub fn record(&self, outcome: crate::observe::metrics::UpstreamOutcome, elapsed: Duration) {
+        if let Some(s) = self.stats.get() {
+            s.record(outcome, elapsed);
+        }
+    }
+
     /// The weight balancers use, in thousandths: the configured weight, ramped up over
     /// `slow_start` after the target comes back from an ejection or failed health checks
     /// (from 10% of it), so a recovered target is not flooded.
@@ -70,7 +81,7 @@ impl Target {
         if w == 0 || self.slow_start.is_zero() {
             return w;
         }
-        let ramp = self.stats.live.ramp(Instant::now(), self.slow_start);
+        let ramp = self.live.ramp(Instant::now(), self.slow_start);
         ((w as f64 * ramp).round() as u64).max(1)
     }
 }
@@ -101,7 +112,7 @@ impl Upstream {
     pub fn select(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
         let healthy = |i: usize| {
-            let live = &self.targets[i].stats.live;
+            let live = &self.targets[i].live;
             !live.is_ejected(now) && !live.is_down()
         };
         if let Some(i) =
@@ -131,11 +142,11 @@ impl Upstream {
     pub fn report(&self, i: usize, ok: bool) {
         let Some(t) = self.targets.get(i) else { return };
         if ok {
-            t.stats.live.record_success(&self.passive);
+            t.live.record_success(&self.passive);
             return;
         }
         let now = Instant::now();
-        if !t.stats.live.record_failure(&self.passive, now) {
+        if !t.live.record_failure(&self.passive, now) {
             return;
         }
         // Count and eject under one lock, so concurrent reports cannot both fit under the cap.
@@ -143,114 +154,15 @@ impl Upstream {
         let out = self
             .targets
             .iter()
-            .filter(|t| t.stats.live.is_ejected(now))
+            .filter(|t| t.live.is_ejected(now))
             .count();
         if (out + 1) * 100 <= self.targets.len() * self.passive.max_ejected_percent as usize
-            && let Some(len) = t.stats.live.eject(&self.passive, now)
+            && let Some(len) = t.live.eject(&self.passive, now)
         {
-            t.stats.ejected();
-            tracing::warn!(upstream = %self.name, target = %t.authority, seconds = len.as_secs(), "target ejected after consecutive failures");
-        }
-    }
-}
-
-/// State of an upstream that a reload must not reset, by upstream name: its round-robin
-/// position (while its targets and weights stay) and its retry budget (while its settings
-/// stay). Like [`Pools`], compiling only reads it and [`Kept::adopt`] records a live config's.
-#[derive(Default)]
-pub struct Kept {
-    inner: Mutex<HashMap<String, KeptState>>,
-}
-
-/// One upstream's kept state: its rotation (round robin only) and its retry budget.
-type KeptState = (
-    Option<Arc<balancer::SmoothWeighted>>,
-    Arc<retry::RetryBudget>,
-);
-
-impl Kept {
-    /// The live rotation of `upstream` if it is for these targets, else a new one.
-    pub fn round_robin(
-        &self,
-        upstream: &str,
-        key: Vec<(String, u32)>,
-    ) -> Arc<balancer::SmoothWeighted> {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(upstream).and_then(|(rr, _)| rr.as_ref()) {
-            Some(rr) if rr.key() == key.as_slice() => rr.clone(),
-            _ => Arc::new(balancer::SmoothWeighted::new(key)),
-        }
-    }
-
-    /// The live retry budget of `upstream` if it has these settings, else a new one.
-    pub fn budget(
-        &self,
-        upstream: &str,
-        percent: f64,
-        min_per_second: u32,
-    ) -> Arc<retry::RetryBudget> {
-        let fresh = retry::RetryBudget::new(percent, min_per_second);
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(upstream) {
-            Some((_, b)) if b.params == fresh.params => b.clone(),
-            _ => Arc::new(fresh),
-        }
-    }
-
-    /// Records the state of the config that just went live, and forgets the rest.
-    pub fn adopt<'a>(&self, upstreams: impl Iterator<Item = &'a Upstream>) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.clear();
-        for u in upstreams {
-            let rr = match &u.balancer {
-                balancer::Balancer::RoundRobin(rr) => Some(rr.clone()),
-                _ => None,
-            };
-            map.insert(u.name.to_string(), (rr, u.retry.budget.clone()));
-        }
-    }
-}
-
-/// Connection pools by upstream name, reused across recompiles when the settings match.
-/// Compiling only reads it; [`Pools::adopt`] makes it match a config once that config is live,
-/// so a refused config never changes it.
-#[derive(Default)]
-pub struct Pools {
-    inner: Mutex<HashMap<String, Arc<UpstreamPool>>>,
-}
-
-impl Pools {
-    /// The live pool of `upstream` if its settings match, else a new one (not yet recorded).
-    pub fn upstream(&self, upstream: &str, t: Timeouts, limits: &Limits) -> Arc<UpstreamPool> {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(upstream) {
-            Some(p)
-                if p.same_settings(
-                    t.connect,
-                    t.idle,
-                    limits.max_connections,
-                    limits.max_pending,
-                ) =>
-            {
-                p.clone()
+            if let Some(s) = t.stats.get() {
+                s.ejected();
             }
-            _ => Arc::new(UpstreamPool::new(
-                t.connect,
-                t.idle,
-                limits.max_connections,
-                limits.max_pending,
-            )),
-        }
-    }
-
-    /// Records the pools of the config that just went live, and forgets the rest.
-    pub fn adopt<'a>(&self, upstreams: impl Iterator<Item = &'a Upstream>) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.clear();
-        for u in upstreams {
-            let authorities: Vec<&str> = u.targets.iter().map(|t| t.authority.as_str()).collect();
-            u.pool.retain(&authorities);
-            map.insert(u.name.to_string(), u.pool.clone());
+            tracing::warn!(upstream = %self.name, target = %t.authority, seconds = len.as_secs(), "target ejected after consecutive failures");
         }
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse::State;
-use gatehouse::config::compile::compile;
+use gatehouse::compile::compile;
 use gatehouse::config::parse_str;
 use gatehouse::control::Control;
 use gatehouse::gateway::Gateway;

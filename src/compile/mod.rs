@@ -1,0 +1,339 @@
+//! Config (plain data) -> Runtime (validated, precompiled, immutable). Every check that needs
+//! more than one key lives here, and every problem is collected with its key path; nothing
+//! half-valid ever runs. Warnings (routes that can never match, unused upstreams) do not stop
+//! the config from loading.
+//!
+//! Compiling is pure: it reads the live state (to keep pools, balancer positions, budgets and
+//! target health whose settings still fit) and records what it uses in the runtime's claims;
+//! nothing live changes until [`crate::State::adopt`] takes a runtime live.
+//!
+//! `server.rs` compiles listeners, the admin listener and `server:`; `upstream.rs` the
+//! upstreams; `routes.rs` each route's matcher and action; this file puts them together.
+
+mod routes;
+mod server;
+#[cfg(test)]
+mod tests;
+mod upstream;
+
+use routes::{compile_action, compile_matcher, derive_name};
+pub use server::*;
+use upstream::compile_upstream;
+pub use upstream::{DEFAULT_DNS_REFRESH, parse_target_url};
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use crate::State;
+use crate::config::ConfigError;
+use crate::config::model::*;
+use crate::policy::{self, Bound, Chain, Policy};
+use crate::registry::Claims;
+use crate::router::{PathPattern, RewriteTemplate, Router};
+use crate::runtime::{PathAction, Route, Runtime};
+
+/// Compiles a parsed config. `state` is only read: see the module comment.
+pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut claims = Claims::default();
+
+    let listeners = compile_listeners(&cfg.listen, &mut errors);
+    let admin = cfg
+        .admin
+        .as_ref()
+        .and_then(|a| compile_admin(a, &listeners, &mut errors));
+    let server = compile_server(&cfg.server, &mut errors);
+
+    if let Some(w) = cfg.workers
+        && (w == 0 || w > 1024)
+    {
+        errors.push(ConfigError::new(
+            "workers",
+            format!("must be between 1 and 1024, got {w}"),
+        ));
+    }
+
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &cfg.upstreams {
+        if let Some(up) = compile_upstream(name, u, state, &mut claims, &mut errors) {
+            upstreams.insert(name.clone(), Arc::new(up));
+        }
+    }
+
+    // Named policies compile once and are shared by every route that uses them.
+    let mut named: BTreeMap<&str, Vec<Arc<dyn Policy>>> = BTreeMap::new();
+    for (name, p) in &cfg.policies {
+        named.insert(
+            name.as_str(),
+            policy::compile_set(p, &format!("policies.{name}"), &mut errors),
+        );
+    }
+    let known_policies = || {
+        cfg.policies
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let resolve_uses = |uses: &[String], path: &str, errors: &mut Vec<ConfigError>| -> Vec<Bound> {
+        let mut chain = Vec::new();
+        for (i, u) in uses.iter().enumerate() {
+            match named.get(u.as_str()) {
+                Some(ps) => {
+                    let source: Arc<str> = format!("policies.{u}").into();
+                    chain.extend(ps.iter().map(|p| Bound {
+                        policy: p.clone(),
+                        source: source.clone(),
+                    }))
+                }
+                None => errors.push(ConfigError::new(
+                    format!("{path}[{i}]"),
+                    if cfg.policies.is_empty() {
+                        format!("no policy named {u:?} (there is no `policies:` section)")
+                    } else {
+                        format!("no policy named {u:?} (known: {})", known_policies())
+                    },
+                )),
+            }
+        }
+        chain
+    };
+    let inline =
+        |set: &PolicySetConfig, path: &str, source: &str, errors: &mut Vec<ConfigError>| {
+            let source: Arc<str> = source.into();
+            policy::compile_set(set, path, errors)
+                .into_iter()
+                .map(move |p| Bound {
+                    policy: p,
+                    source: source.clone(),
+                })
+        };
+
+    // In source order; `Chain::new` orders by phase.
+    let mut global_bound = Vec::new();
+    if let Some(g) = &cfg.global {
+        global_bound.extend(resolve_uses(&g.uses, "global.use", &mut errors));
+        global_bound.extend(inline(
+            &g.inline_policies(),
+            "global",
+            "global",
+            &mut errors,
+        ));
+    }
+
+    let mut routes = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
+    let mut used_upstreams: HashSet<&str> = HashSet::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let matcher = compile_matcher(&r.matcher, &format!("{path}.match"), &mut errors);
+        let upstream = match r.upstream.as_deref() {
+            None => None,
+            Some(name) => match upstreams.get(name) {
+                Some(u) => Some(u.clone()),
+                None => {
+                    if !cfg.upstreams.contains_key(name) {
+                        let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
+                        errors.push(ConfigError::new(
+                            format!("{path}.upstream"),
+                            if known.is_empty() {
+                                format!(
+                                    "no upstream named {name:?} (there is no `upstreams:` section)"
+                                )
+                            } else {
+                                format!("no upstream named {name:?} (known: {})", known.join(", "))
+                            },
+                        ));
+                    }
+                    None
+                }
+            },
+        };
+        if let Some(name) = r.upstream.as_deref() {
+            used_upstreams.insert(name);
+        }
+
+        let name = match &r.name {
+            Some(n) => {
+                if n.trim().is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{path}.name"),
+                        "must not be empty",
+                    ));
+                }
+                if !names.insert(n.clone()) {
+                    errors.push(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("duplicate route name {n:?}"),
+                    ));
+                }
+                n.clone()
+            }
+            None => {
+                let mut n = matcher
+                    .as_ref()
+                    .map_or_else(|| format!("routes[{i}]"), derive_name);
+                if names.contains(&n) {
+                    n = format!("{n} #{i}");
+                }
+                names.insert(n.clone());
+                n
+            }
+        };
+
+        let path_action = match (&r.rewrite, r.strip_prefix) {
+            (Some(_), true) => {
+                errors.push(ConfigError::new(
+                    format!("{path}.rewrite"),
+                    "use either `rewrite` or `strip_prefix`, not both",
+                ));
+                PathAction::Keep
+            }
+            (Some(t), false) => match RewriteTemplate::parse(
+                t,
+                &matcher
+                    .as_ref()
+                    .map(|m| m.path.param_names())
+                    .unwrap_or_default(),
+            ) {
+                Ok(t) => PathAction::Rewrite(t),
+                Err(e) => {
+                    errors.push(ConfigError::new(format!("{path}.rewrite"), e));
+                    PathAction::Keep
+                }
+            },
+            (None, true) => match matcher.as_ref().map(|m| &m.path) {
+                Some(PathPattern::Prefix(p)) => PathAction::StripPrefix(p.clone()),
+                None => PathAction::Keep,
+                _ => {
+                    errors.push(ConfigError::new(
+                        format!("{path}.strip_prefix"),
+                        "needs `match.path_prefix` (with `match.path`, use `rewrite`)",
+                    ));
+                    PathAction::Keep
+                }
+            },
+            (None, false) => PathAction::Keep,
+        };
+
+        let mut bound = global_bound.clone();
+        bound.extend(resolve_uses(&r.uses, &format!("{path}.use"), &mut errors));
+        bound.extend(inline(&r.inline_policies(), &path, "inline", &mut errors));
+        let chain = Chain::new(bound);
+
+        let params = matcher
+            .as_ref()
+            .map(|m| m.path.param_names())
+            .unwrap_or_default();
+        let action = compile_action(r, upstream, &params, &path, &mut errors);
+        if !matches!(action, Some(crate::runtime::Action::Proxy(_)))
+            && (r.strip_prefix || r.rewrite.is_some())
+            && action.is_some()
+        {
+            errors.push(ConfigError::new(
+                format!(
+                    "{path}.{}",
+                    if r.strip_prefix {
+                        "strip_prefix"
+                    } else {
+                        "rewrite"
+                    }
+                ),
+                "only applies to a route that forwards to an `upstream`",
+            ));
+        }
+        if let (Some(action), Some(matcher)) = (action, matcher) {
+            let name: Arc<str> = name.into();
+            routes.push(Arc::new(Route {
+                stats: std::sync::OnceLock::new(),
+                name,
+                index: i,
+                matcher,
+                action,
+                path_action,
+                chain,
+                max_body_size: r.max_body_size.map(|b| b.0).or(server.max_body_size),
+                retry_non_idempotent: r.retry_non_idempotent,
+            }));
+        }
+    }
+
+    for name in cfg.upstreams.keys() {
+        if !used_upstreams.contains(name.as_str()) {
+            warnings.push(ConfigError::new(
+                format!("upstreams.{name}"),
+                "is not used by any route",
+            ));
+        }
+    }
+    if cfg.routes.is_empty() {
+        warnings.push(ConfigError::new(
+            "routes",
+            "no routes: every request will get 404",
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(cfg.redactions.scrub_all(errors));
+    }
+
+    let router = Router::new(routes.clone());
+    for s in router.shadowed() {
+        // Every route compiled (there were no errors), so `routes[i].index == i`.
+        let (a, b) = (&routes[s.index], routes.get(s.by));
+        warnings.push(ConfigError::new(
+            format!("routes[{}]", a.index),
+            match b {
+                Some(b) => format!(
+                    "route {:?} can never match: route {:?} (routes[{}]) matches every request it would, and is at least as specific",
+                    a.name, b.name, b.index
+                ),
+                None => format!("route {:?} can never match", a.name),
+            },
+        ));
+    }
+
+    let access_log = match &cfg.access_log {
+        None => Some(AccessLogConfig::default()),
+        Some(AccessLogSetting::Switch(Switch::Bool(false) | Switch::Word(OnOff::Off))) => None,
+        Some(AccessLogSetting::Switch(Switch::Bool(true) | Switch::Word(OnOff::On))) => {
+            Some(AccessLogConfig::default())
+        }
+        Some(AccessLogSetting::Config(c)) => Some(c.clone()),
+    };
+
+    Ok(Runtime {
+        listeners,
+        admin,
+        router,
+        routes,
+        global: Chain::new(global_bound),
+        upstreams,
+        access_log,
+        server,
+        workers: cfg.workers,
+        warnings: cfg.redactions.scrub_all(warnings),
+        file_paths: cfg.file_paths(),
+        claims,
+    })
+}
+
+/// What a config applied through the admin API may not do: add a filesystem path or change
+/// one (`running` holds the running config's). A path the admin API could choose is a file
+/// it could write (the access log) or read (certificates, keys): paths change only in the
+/// file on disk. Removing a path (`access_log: off`, back to `stdout`) is allowed.
+pub fn file_path_changes(
+    running: &[(String, String)],
+    new: &[(String, String)],
+) -> Vec<ConfigError> {
+    new.iter()
+        .filter(|(key, p)| !running.iter().any(|(k, q)| k == key && q == p))
+        .map(|(key, _)| {
+            ConfigError::new(
+                key.clone(),
+                "a filesystem path cannot be added or changed through the admin API; edit the config file on disk and reload",
+            )
+        })
+        .collect()
+}
