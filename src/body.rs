@@ -13,8 +13,12 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::error::BoxError;
-use crate::upstream::pool::UpstreamBody;
+/// The error type of every body (the same type as `error::BoxError`; named here so the body
+/// type depends on nothing else in the crate).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body streamed from elsewhere: an upstream's response, which drives its pooled connection.
+pub type Streamed = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError> + Send>>;
 
 /// Per-request counters shared by the request body and the access log.
 #[derive(Debug, Default)]
@@ -59,7 +63,7 @@ pub enum Body {
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     /// A response streamed from a pooled upstream connection, which it drives.
-    Upstream(Box<UpstreamBody>),
+    Upstream(Streamed),
 }
 
 impl Body {
@@ -171,7 +175,7 @@ impl http_body::Body for Body {
                     Poll::Pending
                 }
             },
-            Body::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            Body::Upstream(b) => b.as_mut().poll_frame(cx),
         }
     }
 

@@ -7,6 +7,7 @@ use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::HeaderValue;
 
 /// Who a request is from, once an authentication policy has said so.
@@ -109,4 +110,45 @@ pub struct Downstream<'a> {
     pub trusted: bool,
     /// The prefix `strip_prefix` removed, for `X-Forwarded-Prefix`.
     pub prefix: Option<&'a str>,
+}
+
+/// Facts about the client connection.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub client_addr: SocketAddr,
+    pub proto: &'static str,
+    /// The connection's slot under `server.max_connections` and `max_connections_per_ip`;
+    /// an upgraded connection keeps it.
+    pub slot: Option<Arc<dyn Send + Sync>>,
+    /// The client IP as an `X-Forwarded-For` element, formatted once per connection.
+    pub forwarded_for: HeaderValue,
+    /// The local port the client connected to, formatted for `X-Forwarded-Port`.
+    pub port: HeaderValue,
+    /// The client is one of `server.trusted_proxies`.
+    pub trusted: bool,
+}
+
+impl ConnInfo {
+    pub fn new(
+        client_addr: SocketAddr,
+        proto: &'static str,
+        slot: Option<Arc<dyn Send + Sync>>,
+        local_port: u16,
+        trusted: bool,
+    ) -> Self {
+        ConnInfo {
+            port: HeaderValue::from(local_port),
+            trusted,
+            client_addr,
+            proto,
+            slot,
+            forwarded_for: ip_value(client_addr),
+        }
+    }
+}
+
+pub fn ip_value(addr: SocketAddr) -> HeaderValue {
+    let ip = addr.ip().to_canonical();
+    HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::State;
 use crate::compile::{compile, file_path_changes};
 use crate::config::{ConfigError, parse_str};
 use crate::gateway::Gateway;
 use crate::observe::access_log::AccessLog;
 use crate::runtime::{AdminSettings, Runtime};
 use crate::server::Server;
+use crate::state::State;
 
 /// What the last reload did, for the admin API and the dashboard.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -86,6 +86,7 @@ pub struct Control {
     /// [`MAX_COMPILES`] at once, so a large config never occupies a runtime worker and a
     /// burst of validations cannot take every core.
     compiles: Arc<tokio::sync::Semaphore>,
+    admin_service: AdminService,
 }
 
 /// Config compiles (validate, apply, reload) running at once; more wait their turn.
@@ -104,6 +105,15 @@ enum AdminPlan {
     Start(AdminSettings, tokio::net::TcpListener),
 }
 
+/// Serves the admin API on a listener until `stop` turns true. Given to [`Control::start`]
+/// (by `crate::start`), so that control runs the admin listener without importing the admin
+/// module, which imports control.
+pub type AdminService = fn(
+    tokio::net::TcpListener,
+    std::sync::Weak<Control>,
+    watch::Receiver<bool>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Control {
     /// Starts serving `text` (already known to compile into `rt`).
     pub async fn start(
@@ -111,9 +121,10 @@ impl Control {
         text: String,
         config_path: Option<PathBuf>,
         state: Arc<State>,
+        admin_service: AdminService,
     ) -> std::io::Result<Arc<Control>> {
         state.adopt(&rt);
-        let gw = crate::gateway_for(rt, &state)?;
+        let gw = Gateway::new(rt, state.metrics.clone())?;
         let server = Server::start(gw.clone()).await?;
         let hash = hash_text(&text);
         gw.metrics.config_loaded(&hash);
@@ -140,6 +151,7 @@ impl Control {
             admin: Mutex::new(None),
             stop,
             compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
+            admin_service,
         });
         let admin = control.gw.runtime.load().admin.clone();
         let plan = control.prepare_admin(admin.as_ref())?;
@@ -494,7 +506,7 @@ impl Control {
                 let mut global_stop = self.stop.subscribe();
                 let control = Arc::downgrade(self);
                 let (tx, rx) = watch::channel(false);
-                tokio::spawn(crate::admin::serve(listener, control, rx));
+                tokio::spawn((self.admin_service)(listener, control, rx));
                 // One stop signal for the listener, whichever asks first.
                 let mut stop_rx2 = stop_rx;
                 tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! framing, find the route, run its policy chain, forward to a target, run the response
 //! policies, and hand back a body that writes the access-log line when it ends.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::time::{Instant, SystemTime};
@@ -12,9 +11,8 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::server::conn::ConnSlot;
-
 use crate::body::{Body, Tally};
+pub use crate::context::ConnInfo;
 use crate::error::GatewayError;
 use crate::observe::access_log::{AccessLog, LoggedBody, Pending, Record};
 use crate::observe::metrics::Metrics;
@@ -33,38 +31,18 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
 }
 
-/// Facts about the client connection.
-#[derive(Clone)]
-pub struct ConnInfo {
-    pub client_addr: SocketAddr,
-    pub proto: &'static str,
-    /// The connection's slot under `server.max_connections` and `max_connections_per_ip`;
-    /// an upgraded connection keeps it.
-    pub slot: Option<Arc<ConnSlot>>,
-    /// The client IP as an `X-Forwarded-For` element, formatted once per connection.
-    pub forwarded_for: HeaderValue,
-    /// The local port the client connected to, formatted for `X-Forwarded-Port`.
-    pub port: HeaderValue,
-    /// The client is one of `server.trusted_proxies`.
-    pub trusted: bool,
-}
-
-impl ConnInfo {
-    pub fn new(
-        client_addr: SocketAddr,
-        proto: &'static str,
-        slot: Option<ConnSlot>,
-        local_port: u16,
-        trusted: bool,
-    ) -> Self {
-        ConnInfo {
-            port: HeaderValue::from(local_port),
-            trusted,
-            client_addr,
-            proto,
-            slot: slot.map(Arc::new),
-            forwarded_for: proxy::ip_value(client_addr),
-        }
+impl Gateway {
+    /// The shared gateway state for a runtime (starting the access-log writer).
+    pub fn new(rt: Runtime, metrics: Arc<Metrics>) -> std::io::Result<Arc<Gateway>> {
+        let access_log = match &rt.access_log {
+            Some(cfg) => Some(Arc::new(AccessLog::start(cfg)?)),
+            None => None,
+        };
+        Ok(Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(rt),
+            access_log: arc_swap::ArcSwapOption::new(access_log),
+            metrics,
+        }))
     }
 }
 
@@ -236,7 +214,7 @@ async fn route_and_forward(
             forwarded_for: &conn.forwarded_for,
             proto: conn.proto,
             host: client_host.as_ref(),
-            conn_slot: conn.slot.clone().map(|s| s as Arc<dyn Send + Sync>),
+            conn_slot: conn.slot.clone(),
             upgrade_idle: rt.server.upgrade_idle_timeout,
             port: &conn.port,
             trusted: conn.trusted,

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod gateway;
+pub mod hop;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
@@ -26,8 +27,6 @@ pub mod upstream;
 
 use std::path::Path;
 use std::sync::Arc;
-
-use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::compile::compile;
 use crate::config::ConfigErrors;
@@ -60,15 +59,16 @@ pub fn load_config(path: &Path, state: &State) -> Result<(String, Runtime), Conf
     Ok((text, rt))
 }
 
-/// Builds the shared gateway state for a runtime (starting the access-log writer).
-pub fn gateway_for(rt: Runtime, state: &State) -> std::io::Result<Arc<gateway::Gateway>> {
-    let access_log = match &rt.access_log {
-        Some(cfg) => Some(Arc::new(observe::access_log::AccessLog::start(cfg)?)),
-        None => None,
-    };
-    Ok(Arc::new(gateway::Gateway {
-        runtime: ArcSwap::from_pointee(rt),
-        access_log: ArcSwapOption::new(access_log),
-        metrics: state.metrics.clone(),
-    }))
+/// Starts serving `text` (already compiled into `rt`): the proxy listeners, and the admin API
+/// when the config has one. The one place that wires the admin handler into `control`.
+pub async fn start(
+    rt: Runtime,
+    text: String,
+    config_path: Option<std::path::PathBuf>,
+    state: Arc<State>,
+) -> std::io::Result<Arc<control::Control>> {
+    control::Control::start(rt, text, config_path, state, |listener, control, stop| {
+        Box::pin(admin::serve(listener, control, stop))
+    })
+    .await
 }

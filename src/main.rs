@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use gatehouse::control::Control;
 use gatehouse::runtime::Runtime;
 use gatehouse::{State, demo, explain, load_config, load_runtime};
 
@@ -188,7 +187,7 @@ fn serve(
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
     tokio_rt.block_on(async move {
-        let control = match Control::start(rt, text, path, state).await {
+        let control = match gatehouse::start(rt, text, path, state).await {
             Ok(c) => c,
             Err(e) => return fail(&e.to_string()),
         };

@@ -24,13 +24,13 @@ pub use upstream::{DEFAULT_DNS_REFRESH, parse_target_url};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use crate::State;
 use crate::config::ConfigError;
 use crate::config::model::*;
 use crate::policy::{self, Bound, Chain, Policy};
 use crate::registry::Claims;
 use crate::router::{PathPattern, RewriteTemplate, Router};
 use crate::runtime::{PathAction, Route, Runtime};
+use crate::state::State;
 
 /// Compiles a parsed config. `state` is only read: see the module comment.
 pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>> {

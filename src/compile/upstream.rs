@@ -7,10 +7,10 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
-use crate::State;
 use crate::config::ConfigError;
 use crate::config::model::*;
 use crate::registry::Claims;
+use crate::state::State;
 use crate::upstream::balancer::SmoothWeighted;
 use crate::upstream::balancer::{Balancer, HashOn, Ring};
 use crate::upstream::health::ActivePolicy;

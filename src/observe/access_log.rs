@@ -161,7 +161,7 @@ pub struct Outcome {
     status: StatusCode,
     log: Option<(AccessLog, Box<Record>)>,
     /// Held until the request is accounted (its slot under `limits.max_in_flight`).
-    held: Option<crate::upstream::pool::UpstreamSlot>,
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl Outcome {
@@ -222,10 +222,10 @@ impl Pending {
             .map(|(_, r)| r.as_mut())
     }
 
-    /// Keeps `slot` until the request ends.
-    pub fn hold(&mut self, slot: Option<crate::upstream::pool::UpstreamSlot>) {
-        if let Some(o) = self.0.as_mut() {
-            o.held = slot;
+    /// Keeps `slot` (a guard: its drop releases something) until the request ends.
+    pub fn hold<T: Send + Sync + 'static>(&mut self, slot: Option<T>) {
+        if let (Some(o), Some(slot)) = (self.0.as_mut(), slot) {
+            o.held = Some(Box::new(slot));
         }
     }
 

@@ -3,16 +3,16 @@
 //! upgrade request. Sending one try to one target lives in `upstream::exchange`.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 
 use crate::body::Body;
-pub use crate::context::{Downstream, Upgrade};
+pub use crate::context::{Downstream, Upgrade, ip_value};
 use crate::error::GatewayError;
+pub use crate::hop::remove_hop_by_hop;
 use crate::runtime::{Cidr, PathAction};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -23,8 +23,6 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The path and query to send upstream: the client's bytes unless the route changes them, or
 /// unless normalisation changed the segment structure (`normalized` is then `Some`): the
@@ -114,40 +112,6 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Removes hop-by-hop headers: the fixed list and every header named in `Connection`. Runs on
-/// the request before the policy chain (so a client's `Connection: x-api-key` cannot remove a
-/// header a policy adds) and on every response.
-pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these, and ten hashed
-    // removals per message showed up in profiles.
-    if !h.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        // The gateway's own fields (Host, X-Forwarded-*, X-Request-Id, Via) are set after
-        // this runs, so naming them here removes only what the sender had put there.
-        for n in named {
-            h.remove(&n);
-        }
-        h.remove(header::CONNECTION);
-    }
-    for n in [&KEEP_ALIVE, &PROXY_CONNECTION] {
-        h.remove(n);
-    }
-    h.remove(header::TE);
-    h.remove(header::TRAILER);
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::UPGRADE);
-    h.remove(header::PROXY_AUTHORIZATION);
-}
-
 /// Drops request fields whose names contain `_` (nginx's default): CGI and WSGI backends map
 /// `X_Forwarded_Proto` and `X-Forwarded-Proto` to the same variable, so a client could
 /// smuggle one past the gateway as the other.
@@ -163,17 +127,6 @@ pub fn remove_underscored(h: &mut HeaderMap) {
     for n in names {
         h.remove(&n);
     }
-}
-
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == header::CONNECTION
-        || n == header::TE
-        || n == header::TRAILER
-        || n == header::TRANSFER_ENCODING
-        || n == header::UPGRADE
-        || n == header::PROXY_AUTHORIZATION
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
 }
 
 /// The client's address as policies see it (IP rules, rate limits by client): the peer,
@@ -304,12 +257,6 @@ fn append_forwarded(h: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
     if let Ok(v) = HeaderValue::from_bytes(&v) {
         h.insert(name.clone(), v);
     }
-}
-
-pub fn ip_value(addr: SocketAddr) -> HeaderValue {
-    let ip = addr.ip().to_canonical();
-    HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

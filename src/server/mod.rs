@@ -350,7 +350,13 @@ async fn accept_loop(
             .trusted_proxies
             .iter()
             .any(|c| c.contains(peer.ip()));
-        let info = Arc::new(ConnInfo::new(peer, "http", Some(slot), local_port, trusted));
+        let info = Arc::new(ConnInfo::new(
+            peer,
+            "http",
+            Some(Arc::new(slot)),
+            local_port,
+            trusted,
+        ));
         let active = gw.metrics.connection_opened(&name);
         let gw_log = gw.clone();
         let gw = gw.clone();

@@ -192,12 +192,12 @@ pub async fn forward(
     // connection HTTP/1.0 or close it.
     *resp.version_mut() = Version::HTTP_11;
     let (mut parts, body) = resp.into_parts();
-    crate::proxy::remove_hop_by_hop(&mut parts.headers);
+    crate::hop::remove_hop_by_hop(&mut parts.headers);
     if upstream.rewrite_redirects {
         rewrite_redirects(&mut parts.headers, target, down);
     }
     let body = UpstreamBody::new(body, conn, target.pool.clone(), target.live.start());
-    Ok(Response::from_parts(parts, Body::Upstream(Box::new(body))))
+    Ok(Response::from_parts(parts, Body::Upstream(Box::pin(body))))
 }
 
 /// Sends `req` on a new connection to `target` (never a pooled one): for a request the

@@ -188,7 +188,7 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("config: {e:?}\n{yaml}"));
         let state = Arc::new(State::default());
         let rt = compile(&cfg, &state).unwrap_or_else(|e| panic!("compile: {e:?}\n{yaml}"));
-        let control = Control::start(rt, yaml.to_owned(), path, state)
+        let control = gatehouse::start(rt, yaml.to_owned(), path, state)
             .await
             .expect("start gateway");
         let addr = control.proxy_addrs().await[0];
