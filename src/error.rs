@@ -36,6 +36,18 @@ pub enum GatewayError {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How a failed try may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing reached the upstream: another target cannot duplicate the request.
+    NotSent,
+    /// The target did not answer in time: retried when the upstream retries on timeouts.
+    OnTimeout,
+    /// The exchange broke off: retried when the upstream retries on resets.
+    OnReset,
+    Never,
+}
+
 /// Whose fault an error was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -91,16 +103,47 @@ impl GatewayError {
         }
     }
 
-    /// Whether the request may be sent again to another target: true only when nothing reached
-    /// an upstream.
-    pub fn retryable(&self) -> bool {
+    /// Whether another try, on another target, could do better: what `upstream::send` keys its
+    /// retries on.
+    pub fn retry(&self) -> Retry {
+        match self {
+            GatewayError::UpstreamConnect(_) => Retry::NotSent,
+            GatewayError::UpstreamTimeout(_) => Retry::OnTimeout,
+            GatewayError::UpstreamFailed(_) => Retry::OnReset,
+            // At the upstream's own limit, or out of targets: no other target would do better.
+            GatewayError::Overloaded { .. } | GatewayError::NoTarget { .. } => Retry::Never,
+            GatewayError::NoRoute
+            | GatewayError::BadRequest(_)
+            | GatewayError::NotImplemented(_)
+            | GatewayError::ClientTimeout(_)
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::Internal(_) => Retry::Never,
+        }
+    }
+
+    /// Whether one request's error is worth a log line. The client's mistakes are not (they
+    /// are in the access log and the rejection counter), nor is the upstream being slow, full
+    /// or out of targets (counted in the metrics; under load, one line each would flood the
+    /// log); a failed connection, a broken exchange and the gateway's own bugs are.
+    pub fn logged(&self) -> bool {
+        match self.fault() {
+            Fault::Client => false,
+            Fault::Internal => true,
+            Fault::Upstream => matches!(
+                self,
+                GatewayError::UpstreamConnect(_) | GatewayError::UpstreamFailed(_)
+            ),
+        }
+    }
+
+    /// A request refused as malformed or unsupported, counted with the parser's rejections.
+    pub fn is_rejection(&self) -> bool {
         matches!(
             self,
-            GatewayError::UpstreamConnect(_) | GatewayError::NoTarget { .. }
+            GatewayError::BadRequest(_) | GatewayError::NotImplemented(_)
         )
     }
 
-    /// The client-facing message: what happened, never internal detail (that goes to the log).
     /// Whose fault it was: what retries, logging and connection handling key on, in one place.
     pub fn fault(&self) -> Fault {
         match self {

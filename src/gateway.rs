@@ -283,14 +283,7 @@ fn error_response(
     line: &mut Pending,
     count_rejection: bool,
 ) -> Response<Body> {
-    if e.fault() != crate::error::Fault::Client
-        && !matches!(
-            e,
-            GatewayError::Overloaded { .. }
-                | GatewayError::UpstreamTimeout(_)
-                | GatewayError::NoTarget { .. }
-        )
-    {
+    if e.logged() {
         tracing::warn!(
             request_id = %request_id_str(request_id),
             error = %e,
@@ -298,12 +291,7 @@ fn error_response(
             "request failed"
         );
     }
-    if count_rejection
-        && matches!(
-            e,
-            GatewayError::BadRequest(_) | GatewayError::NotImplemented(_)
-        )
-    {
+    if count_rejection && e.is_rejection() {
         metrics.rejected(e.code());
     }
     if let Some(r) = line.record() {

@@ -14,7 +14,7 @@ use http::{Request, Response};
 
 use crate::body::{Body, Tally};
 use crate::context::{Downstream, Upgrade};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Retry};
 use crate::observe::metrics::Metrics;
 
 use super::exchange::TryError;
@@ -124,13 +124,14 @@ pub async fn send(
                 ));
                 "status"
             }
-            // Nothing was sent: always safe to try another target.
-            // The upstream is at its connection cap: no other target would do better.
-            Err(TryError::NotSent(e @ GatewayError::Overloaded { .. }, _)) => {
-                call.metrics.overloaded(&upstream.name, "max_connections");
-                return Err(e);
-            }
             Err(TryError::NotSent(e, back)) => {
+                if e.retry() == Retry::Never {
+                    if let GatewayError::Overloaded { .. } = e {
+                        call.metrics.overloaded(&upstream.name, "max_connections");
+                    }
+                    return Err(e);
+                }
+                // Nothing was sent: always safe to try another target.
                 upstream.report(i, false);
                 if !more || !upstream.has_untried(&tried[..n]) {
                     return Err(e);
@@ -157,10 +158,11 @@ pub async fn send(
                     ));
                 }
                 upstream.report(i, false);
-                let (retryable, reason) = match e {
-                    GatewayError::UpstreamTimeout(_) => (retry.on_timeout, "timeout"),
-                    GatewayError::UpstreamFailed(_) => (retry.on_reset, "reset"),
-                    _ => (false, "failed"),
+                let (retryable, reason) = match e.retry() {
+                    Retry::OnTimeout => (retry.on_timeout, "timeout"),
+                    Retry::OnReset => (retry.on_reset, "reset"),
+                    Retry::NotSent => (true, "connect"),
+                    Retry::Never => (false, "failed"),
                 };
                 if !(more && retryable && replay.is_some() && upstream.has_untried(&tried[..n])) {
                     return Err(e);
