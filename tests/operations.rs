@@ -217,6 +217,10 @@ async fn admin_api_reads_validates_and_applies() {
     let routes = admin(&gw, "GET", "/routes", Some(TOKEN), "").await.json();
     assert_eq!(routes[0]["upstream"], "u");
     assert!(routes[0]["stats"]["requests"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        routes[0]["policies"][0],
+        serde_json::json!({"kind": "headers", "phase": "transform", "from": "inline"})
+    );
     let ups = admin(&gw, "GET", "/upstreams", Some(TOKEN), "")
         .await
         .json();
