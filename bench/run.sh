@@ -2,12 +2,15 @@
 # Gatehouse vs nginx vs HAProxy: plain HTTP/1.1 reverse-proxy throughput on loopback.
 #
 #   bash bench/run.sh [--proxies "nginx haproxy gatehouse"] [--duration 10s] [--connections 50]
+#                     [--baseline PATH] [--rounds N]
 #
 # Environment: DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
 # GATEHOUSE_BIN (skip the cargo build and use this binary), WARMUP (2s),
-# PROXY_CPU / LOAD_CPU (default: first / second CPU this process may run on),
-# KEEP_TMP=1 (keep the temp dir with configs, logs and raw wrk output).
-# See bench/README.md. The table goes to stdout, progress to stderr.
+# BASELINE_BIN (another gatehouse binary, e.g. of the previous commit: adds the proxy
+# "gatehouse-base", run exactly like "gatehouse"), ROUNDS (1; N > 1 measures the whole list
+# N times, interleaved, and reports medians), PROXY_CPU / LOAD_CPU (default: first /
+# second CPU this process may run on), KEEP_TMP=1 (keep the temp dir with configs, logs
+# and raw wrk output). See bench/README.md. The table goes to stdout, progress to stderr.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +20,8 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-50}"
 PROXIES="${PROXIES:-nginx haproxy gatehouse}"
 WARMUP="${WARMUP:-2s}"
+ROUNDS="${ROUNDS:-1}"
+BASELINE_BIN="${BASELINE_BIN:-}"
 WRK_THREADS="${WRK_THREADS:-1}"
 KEEP_TMP="${KEEP_TMP:-0}"
 CARGO_LOCK="/tmp/cargo.lock"
@@ -24,7 +29,7 @@ CARGO_LOCK_WAIT="${CARGO_LOCK_WAIT:-1800}" # seconds to wait for the shared carg
 START_TIMEOUT_S=10
 
 usage() {
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($# > 0)); do
@@ -35,6 +40,10 @@ while (($# > 0)); do
         --duration=*) DURATION="${1#*=}"; shift ;;
         --connections) CONNECTIONS="${2:?--connections needs a value}"; shift 2 ;;
         --connections=*) CONNECTIONS="${1#*=}"; shift ;;
+        --baseline) BASELINE_BIN="${2:?--baseline needs a value}"; shift 2 ;;
+        --baseline=*) BASELINE_BIN="${1#*=}"; shift ;;
+        --rounds) ROUNDS="${2:?--rounds needs a value}"; shift 2 ;;
+        --rounds=*) ROUNDS="${1#*=}"; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -46,10 +55,18 @@ read -r -a PROXY_LIST <<<"${PROXIES//,/ }"
 for p in "${PROXY_LIST[@]}"; do
     case "$p" in
         nginx | haproxy | gatehouse) ;;
-        *) echo "run.sh: unknown proxy '$p' (known: nginx haproxy gatehouse)" >&2; exit 2 ;;
+        gatehouse-base)
+            [[ -n "$BASELINE_BIN" ]] ||
+                { echo "run.sh: proxy 'gatehouse-base' needs BASELINE_BIN (or --baseline PATH)" >&2; exit 2; }
+            ;;
+        *)
+            echo "run.sh: unknown proxy '$p' (known: nginx haproxy gatehouse, and gatehouse-base with BASELINE_BIN)" >&2
+            exit 2
+            ;;
     esac
 done
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: CONNECTIONS must be a positive integer" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: ROUNDS must be a positive integer" >&2; exit 2; }
 
 wants() {
     local x
@@ -57,13 +74,35 @@ wants() {
     return 1
 }
 
+# With BASELINE_BIN, "gatehouse-base" joins the list right after "gatehouse" (at the end
+# if "gatehouse" is not listed), unless the user placed it explicitly.
+if [[ -n "$BASELINE_BIN" ]] && ! wants gatehouse-base; then
+    if wants gatehouse; then
+        with_base=()
+        base_added=0
+        for p in "${PROXY_LIST[@]}"; do
+            with_base+=("$p")
+            if [[ "$p" == gatehouse && "$base_added" == 0 ]]; then
+                with_base+=(gatehouse-base)
+                base_added=1
+            fi
+        done
+        PROXY_LIST=("${with_base[@]}")
+    else
+        PROXY_LIST+=(gatehouse-base)
+    fi
+fi
+
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# Shell-quoted rendering of a command, for the "commands used" section.
+# Shell-quoted rendering of a command, for the "commands used" section. Later rounds run
+# the same commands again, so only round 1 (and everything before it) is recorded.
 CMDS=()
+ROUND=1
 record() {
     local s
+    ((ROUND == 1)) || return 0
     s="$(printf '%q ' "$@")"
     CMDS+=("${s% }")
 }
@@ -138,6 +177,26 @@ if wants gatehouse; then
     if [[ -n "$GATEHOUSE_STATUS" ]]; then log "gatehouse: $GATEHOUSE_STATUS"; fi
 fi
 
+# ---------------------------------------------------------------- gatehouse baseline binary
+BASELINE_STATUS="" # empty = usable; otherwise the reason it is skipped
+BASELINE=""
+if wants gatehouse-base; then
+    if [[ -x "$BASELINE_BIN" && -f "$BASELINE_BIN" ]]; then
+        BASELINE="$(cd "$(dirname "$BASELINE_BIN")" && pwd)/$(basename "$BASELINE_BIN")"
+    else
+        BASELINE_STATUS="BASELINE_BIN=$BASELINE_BIN is not an executable file, skipped"
+        log "gatehouse-base: $BASELINE_STATUS"
+    fi
+fi
+
+# skip_reason NAME : why NAME cannot be run at all (empty if it can)
+skip_reason() {
+    case "$1" in
+        gatehouse) printf '%s' "$GATEHOUSE_STATUS" ;;
+        gatehouse-base) printf '%s' "$BASELINE_STATUS" ;;
+    esac
+}
+
 # ---------------------------------------------------------------- workspace + cleanup
 WORK="$(mktemp -d -t gatehouse-bench.XXXXXX)"
 # nginx workers drop to "nobody" when started as root; they must be able to traverse the dir.
@@ -146,7 +205,7 @@ PIDS=()
 
 stop_pid() {
     local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; forget_pid "$pid"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do # up to 5 s
         kill -0 "$pid" 2>/dev/null || break
@@ -156,6 +215,13 @@ stop_pid() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+}
+# Once reaped, a pid may be reused by an unrelated process: drop it from PIDS.
+forget_pid() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
 }
 
 # shellcheck disable=SC2317  # invoked via trap
@@ -196,10 +262,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------- ports
 # Bind port 0 on 127.0.0.1 for each slot (all sockets open at once, so the ports differ),
 # print the ports and release them. The window until our servers bind them is tiny.
-read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT GATEHOUSE_PORT <<<"$(python3 - <<'PY'
+read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT GATEHOUSE_PORT BASELINE_PORT <<<"$(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(4):
+for _ in range(5):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -380,11 +446,17 @@ backend be
 EOF
             start_bg haproxy "$PROXY_CPU" "$PROXY_LOG" "$HAPROXY" -f "$dir/haproxy.cfg" -db
             ;;
-        gatehouse)
+        gatehouse | gatehouse-base)
+            # Same config and pinning for both; only the binary (and the port) differ.
+            local bin=$GATEHOUSE
             PROXY_PORT=$GATEHOUSE_PORT
+            if [[ "$name" == gatehouse-base ]]; then
+                bin=$BASELINE
+                PROXY_PORT=$BASELINE_PORT
+            fi
             PROXY_LOG="$dir/gatehouse.log"
             cat >"$dir/gatehouse.yaml" <<EOF
-listen: "127.0.0.1:$GATEHOUSE_PORT"
+listen: "127.0.0.1:$PROXY_PORT"
 workers: 1
 access_log: off
 upstreams:
@@ -394,7 +466,7 @@ routes:
   - match: { path_prefix: "/" }
     upstream: backend
 EOF
-            start_bg gatehouse "$PROXY_CPU" "$PROXY_LOG" "$GATEHOUSE" run --config "$dir/gatehouse.yaml"
+            start_bg "$name" "$PROXY_CPU" "$PROXY_LOG" "$bin" run --config "$dir/gatehouse.yaml"
             ;;
     esac
     PROXY_PID=$LAST_PID
@@ -408,58 +480,125 @@ run_wrk() {
     "${cmd[@]}" >"$out" 2>&1
 }
 
-declare -A RPS P50 P99 NOTE
-FAILED=0
-for name in "${PROXY_LIST[@]}"; do
-    if [[ "$name" == gatehouse && -n "$GATEHOUSE_STATUS" ]]; then
-        NOTE[$name]="$GATEHOUSE_STATUS"
-        continue
+# median VALUE... : median of the numeric arguments (others, e.g. "-" or "?", are ignored);
+# prints "" when there is none. An odd count gives the middle value unchanged, an even
+# count the mean of the two middle ones.
+median() {
+    awk 'BEGIN {
+        n = 0
+        for (i = 1; i < ARGC; i++) if (ARGV[i] ~ /^[0-9]+([.][0-9]*)?$/) v[++n] = ARGV[i]
+        for (i = 2; i <= n; i++) { # insertion sort, numerically
+            x = v[i]; j = i - 1
+            while (j > 0 && v[j] + 0 > x + 0) { v[j + 1] = v[j]; j-- }
+            v[j + 1] = x
+        }
+        if (n == 0) exit
+        if (n % 2) print v[(n + 1) / 2]
+        else printf "%.3f\n", (v[n / 2] + v[n / 2 + 1]) / 2
+    }' "$@"
+}
+
+# add_note NAME TEXT : append to the proxy's note (prefixed with the round when ROUNDS > 1)
+add_note() {
+    local name="$1" text="$2"
+    if ((ROUNDS > 1)); then text="round $ROUND: $text"; fi
+    NOTE[$name]="${NOTE[$name]:+${NOTE[$name]}; }$text"
+}
+
+# measure NAME : one round for one proxy: start it, check it, warm up, measure, stop it.
+# Appends this round's req/s, p50 and p99 ("-" if there is no figure) to RPS_R/P50_R/P99_R.
+measure() {
+    local name="$1" sfx="" out body errs rnote="" rps="" p50="-" p99="-"
+    if ((ROUNDS > 1)); then
+        sfx="-r$ROUND"
+        log "---- $name (round $ROUND/$ROUNDS) ----"
+    else
+        log "---- $name ----"
     fi
-    log "---- $name ----"
     start_proxy "$name"
     if ! wait_ready "$name" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG"; then
-        NOTE[$name]="failed to start: $WAIT_REASON, skipped (its log tail is on stderr)"
+        add_note "$name" "failed to start: $WAIT_REASON, skipped (its log tail is on stderr)"
         FAILED=1
         stop_pid "$PROXY_PID"
-        continue
+    else
+        record curl -s "http://127.0.0.1:$PROXY_PORT/"
+        body="$(curl -s --max-time 5 "http://127.0.0.1:$PROXY_PORT/" || true)"
+        if [[ "$body" != "$EXPECTED_BODY" ]]; then
+            log "$name returned body '$body', expected '$EXPECTED_BODY'"
+            add_note "$name" "wrong response body, skipped"
+            FAILED=1
+            stop_pid "$PROXY_PID"
+        else
+            log "$name ok on 127.0.0.1:$PROXY_PORT; warm-up $WARMUP"
+            run_wrk "$WORK/$name/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
+            log "$name: measuring $DURATION, $CONNECTIONS connections"
+            out="$WORK/$name/wrk$sfx.txt"
+            if ! run_wrk "$out" "$DURATION" "$PROXY_PORT"; then
+                sed 's/^/    /' "$out" >&2
+                add_note "$name" "wrk failed"
+                FAILED=1
+                stop_pid "$PROXY_PID"
+            else
+                sed 's/^/    /' "$out" >&2
+                if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+                    rnote="proxy died during the run"
+                    FAILED=1
+                fi
+                rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
+                p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
+                p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
+                errs="$(grep -E '^ *(Socket errors|Non-2xx or 3xx responses):' "$out" | sed 's/^ *//' | paste -sd';' - || true)"
+                if [[ -n "$errs" ]]; then
+                    rnote="${rnote:+$rnote; }wrk reported: $errs"
+                fi
+                if [[ -z "$rps" ]]; then
+                    rnote="could not parse wrk output"
+                    FAILED=1
+                fi
+                if [[ -n "$rnote" ]]; then add_note "$name" "$rnote"; fi
+                stop_pid "$PROXY_PID"
+            fi
+        fi
     fi
-    record curl -s "http://127.0.0.1:$PROXY_PORT/"
-    body="$(curl -s --max-time 5 "http://127.0.0.1:$PROXY_PORT/" || true)"
-    if [[ "$body" != "$EXPECTED_BODY" ]]; then
-        log "$name returned body '$body', expected '$EXPECTED_BODY'"
-        NOTE[$name]="wrong response body, skipped"
-        FAILED=1
-        stop_pid "$PROXY_PID"
-        continue
+    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-"; fi
+    RPS_R[$name]="${RPS_R[$name]:+${RPS_R[$name]} }$rps"
+    P50_R[$name]="${P50_R[$name]:+${P50_R[$name]} }$p50"
+    P99_R[$name]="${P99_R[$name]:+${P99_R[$name]} }$p99"
+}
+
+declare -A RPS P50 P99 NOTE RPS_R P50_R P99_R
+FAILED=0
+# Proxies that cannot run at all (no gatehouse build, bad BASELINE_BIN) are noted once.
+RUN_LIST=()
+for name in "${PROXY_LIST[@]}"; do
+    reason="$(skip_reason "$name")"
+    if [[ -n "$reason" ]]; then
+        NOTE[$name]="$reason"
+    else
+        RUN_LIST+=("$name")
     fi
-    log "$name ok on 127.0.0.1:$PROXY_PORT; warm-up $WARMUP"
-    run_wrk "$WORK/$name/wrk-warmup.txt" "$WARMUP" "$PROXY_PORT" || true
-    log "$name: measuring $DURATION, $CONNECTIONS connections"
-    out="$WORK/$name/wrk.txt"
-    if ! run_wrk "$out" "$DURATION" "$PROXY_PORT"; then
-        sed 's/^/    /' "$out" >&2
-        NOTE[$name]="wrk failed"
-        FAILED=1
-        stop_pid "$PROXY_PID"
-        continue
+done
+# Rounds are interleaved: every round measures the whole list, each proxy freshly started
+# (and warmed up); even rounds go in reverse order so that no proxy always runs first.
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    if ((${#RUN_LIST[@]} == 0)); then break; fi
+    order=("${RUN_LIST[@]}")
+    if ((ROUND % 2 == 0)); then
+        order=()
+        for ((i = ${#RUN_LIST[@]} - 1; i >= 0; i--)); do order+=("${RUN_LIST[i]}"); done
     fi
-    sed 's/^/    /' "$out" >&2
-    if ! kill -0 "$PROXY_PID" 2>/dev/null; then
-        NOTE[$name]="proxy died during the run"
-        FAILED=1
-    fi
-    RPS[$name]="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
-    P50[$name]="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
-    P99[$name]="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
-    errs="$(grep -E '^ *(Socket errors|Non-2xx or 3xx responses):' "$out" | sed 's/^ *//' | paste -sd';' - || true)"
-    if [[ -n "$errs" ]]; then
-        NOTE[$name]="${NOTE[$name]:+${NOTE[$name]}; }wrk reported: $errs"
-    fi
-    if [[ -z "${RPS[$name]}" ]]; then
-        NOTE[$name]="could not parse wrk output"
-        FAILED=1
-    fi
-    stop_pid "$PROXY_PID"
+    if ((ROUNDS > 1)); then log "==== round $ROUND/$ROUNDS: ${order[*]} ===="; fi
+    for name in "${order[@]}"; do measure "$name"; done
+done
+for name in "${RUN_LIST[@]}"; do
+    read -r -a vals <<<"${RPS_R[$name]:-}"
+    RPS[$name]="$(median "${vals[@]}")"
+    read -r -a vals <<<"${P50_R[$name]:-}"
+    P50[$name]="$(median "${vals[@]}")"
+    [[ -n "${P50[$name]}" ]] || P50[$name]="?"
+    read -r -a vals <<<"${P99_R[$name]:-}"
+    P99[$name]="$(median "${vals[@]}")"
+    [[ -n "${P99[$name]}" ]] || P99[$name]="?"
 done
 
 # ---------------------------------------------------------------- report
@@ -469,24 +608,69 @@ if [[ -n "$GATEHOUSE" ]]; then
     GH_VERSION="$(timeout 5 "$GATEHOUSE" --version 2>&1 | head -n 1 || true)"
     [[ -n "$GH_VERSION" ]] || GH_VERSION="(gatehouse --version printed nothing / failed)"
 fi
+BASE_VERSION="n/a"
+if [[ -n "$BASELINE" ]]; then
+    BASE_VERSION="$(timeout 5 "$BASELINE" --version 2>&1 | head -n 1 || true)"
+    [[ -n "$BASE_VERSION" ]] || BASE_VERSION="(gatehouse --version printed nothing / failed)"
+fi
 CPU_MODEL="$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
 
 echo "## Reverse-proxy benchmark (HTTP/1.1, loopback)"
 echo
-echo "| proxy | req/s | p50 (ms) | p99 (ms) | ratio vs nginx |"
-echo "|---|---:|---:|---:|---:|"
+# per_round NAME : "51234 / 50876 / -" (one figure per round, "-" where it failed)
+per_round() {
+    local v out=() vals
+    read -r -a vals <<<"${RPS_R[$1]:-}"
+    for v in "${vals[@]}"; do
+        if [[ "$v" == - ]]; then out+=("-"); else out+=("$(printf '%.0f' "$v")"); fi
+    done
+    if ((${#out[@]} == 0)); then echo "-"; return 0; fi
+    local IFS=/
+    v="${out[*]}"
+    echo "${v//\// / }"
+}
+# ratio A B : A / B with two decimals, or n/a
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+
+if ((ROUNDS > 1)); then
+    echo "Medians over $ROUNDS interleaved rounds; the last column lists each round."
+    echo
+fi
+echo "| proxy | req/s | p50 (ms) | p99 (ms) | ratio vs nginx | req/s per round |"
+echo "|---|---:|---:|---:|---:|---|"
 for name in "${PROXY_LIST[@]}"; do
     rps="${RPS[$name]:-}"
     if [[ -z "$rps" ]]; then
-        echo "| $name | skipped | - | - | - |"
+        echo "| $name | skipped | - | - | - | $(per_round "$name") |"
         continue
     fi
-    ratio="n/a"
+    nginx_ratio="n/a"
     if [[ -n "${RPS[nginx]:-}" ]]; then
-        ratio="$(awk -v a="$rps" -v b="${RPS[nginx]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')"
+        nginx_ratio="$(ratio "$rps" "${RPS[nginx]}")"
     fi
-    printf '| %s | %.0f | %s | %s | %s |\n' "$name" "$rps" "${P50[$name]}" "${P99[$name]}" "$ratio"
+    printf '| %s | %.0f | %s | %s | %s | %s |\n' "$name" "$rps" "${P50[$name]}" "${P99[$name]}" "$nginx_ratio" "$(per_round "$name")"
 done
+if wants gatehouse && wants gatehouse-base; then
+    echo
+    if [[ -n "${RPS[gatehouse]:-}" && -n "${RPS[gatehouse-base]:-}" ]]; then
+        read -r -a vals <<<"${RPS_R[gatehouse]}"
+        n_cur=0
+        for v in "${vals[@]}"; do [[ "$v" == - ]] || n_cur=$((n_cur + 1)); done
+        read -r -a vals <<<"${RPS_R[gatehouse-base]}"
+        n_base=0
+        for v in "${vals[@]}"; do [[ "$v" == - ]] || n_base=$((n_base + 1)); done
+        n_rounds="$n_cur"
+        if ((n_cur != n_base)); then n_rounds="$n_cur and $n_base"; fi
+        printf 'gatehouse vs gatehouse-base: %sx req/s (median of %s rounds), p99 %sx\n' \
+            "$(ratio "${RPS[gatehouse]}" "${RPS[gatehouse-base]}")" "$n_rounds" \
+            "$(ratio "${P99[gatehouse]}" "${P99[gatehouse-base]}")"
+    else
+        echo "gatehouse vs gatehouse-base: n/a (not both measured)"
+    fi
+fi
 NOTES_SHOWN=0
 for name in "${PROXY_LIST[@]}"; do
     if [[ -n "${NOTE[$name]:-}" ]]; then
@@ -504,21 +688,30 @@ echo "- kernel: $(uname -sr)"
 echo "- CPU busy before start: ${CPU_BUSY_START}% (all CPUs, 1 s sample; should be near 0)"
 echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
 echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body"
+if ((ROUNDS > 1)); then
+    echo "- rounds: $ROUNDS, interleaved (each round runs every proxy once, freshly started and warmed up; even rounds in reverse order); figures are medians"
+fi
 echo "- nginx: $(version_of "$NGINX" -v)"
 if wants haproxy; then echo "- haproxy: $(version_of "$HAPROXY" -v)"; fi
 echo "- wrk: $(version_of wrk -v)"
 if wants gatehouse; then echo "- gatehouse: $GH_VERSION"; fi
+if wants gatehouse-base; then echo "- gatehouse-base: $BASE_VERSION (BASELINE_BIN=${BASELINE:-$BASELINE_BIN})"; fi
 
 echo
 echo "### Commands"
 echo
+if ((ROUNDS > 1)); then
+    echo "Commands of round 1; the other rounds repeat the same proxy commands (even rounds in reverse order)."
+    echo
+fi
 echo '```'
 printf '%s\n' "${CMDS[@]}"
 echo '```'
 
 echo
 echo "### Configs (ports are picked at run time)"
-for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/gatehouse/gatehouse.yaml"; do
+for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/gatehouse/gatehouse.yaml" \
+    "$WORK/gatehouse-base/gatehouse.yaml"; do
     [[ -f "$f" ]] || continue
     echo
     echo "\`${f#"$WORK"/}\`:"
