@@ -23,6 +23,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 use std::path::Path;
