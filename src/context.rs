@@ -19,6 +19,40 @@ pub struct Consumer {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The verified client certificate of a mutual-TLS connection: who the client is, for
+/// authentication policies and for the upstream.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCert {
+    /// RFC 4514 form, e.g. `CN=alice,O=Example`.
+    pub subject: String,
+    pub common_name: Option<String>,
+    pub dns: Vec<String>,
+    pub uris: Vec<String>,
+    pub emails: Vec<String>,
+}
+
+impl ClientCert {
+    /// The value forwarded upstream, in the shape of Envoy's `x-forwarded-client-cert`:
+    /// `Subject="CN=alice,O=Example";DNS=alice.example.com;URI=spiffe://example/alice`.
+    pub fn forward_value(&self) -> Option<HeaderValue> {
+        let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut v = format!("Subject=\"{}\"", quote(&self.subject));
+        for d in &self.dns {
+            v.push_str(";DNS=");
+            v.push_str(d);
+        }
+        for u in &self.uris {
+            v.push_str(";URI=");
+            v.push_str(u);
+        }
+        for e in &self.emails {
+            v.push_str(";Email=");
+            v.push_str(e);
+        }
+        HeaderValue::from_str(&v).ok()
+    }
+}
+
 /// The context one request carries through its policies, from the request phases to the
 /// response phases.
 pub struct RequestCtx {
@@ -34,6 +68,8 @@ pub struct RequestCtx {
     pub client_ip: IpAddr,
     /// Set by an authentication policy; read by authorization, rate limits, logs.
     pub consumer: Option<Arc<Consumer>>,
+    /// The client's verified certificate, on a mutual-TLS listener.
+    pub client_cert: Option<Arc<ClientCert>>,
     slots: Vec<(usize, Box<dyn Any + Send>)>,
     /// The position, in the chain, of the policy being called: its slot key.
     current: usize,
@@ -48,6 +84,7 @@ impl RequestCtx {
             peer,
             client_ip,
             consumer: None,
+            client_cert: None,
             slots: Vec::new(),
             current: 0,
         }
@@ -126,6 +163,15 @@ pub struct ConnInfo {
     pub port: HeaderValue,
     /// The client is one of `server.trusted_proxies`.
     pub trusted: bool,
+    /// The verified client certificate (mutual TLS).
+    pub client_cert: Option<Arc<ClientCert>>,
+    /// The header the client certificate's identity goes upstream in; a client's copy of it
+    /// is removed whether or not there is a certificate.
+    pub forward_identity: Option<http::HeaderName>,
+    /// `Strict-Transport-Security` for every response on this connection.
+    pub hsts: Option<HeaderValue>,
+    /// A plain listener that sends clients to HTTPS: the port (`None` = 443) and status.
+    pub redirect_https: Option<(Option<u16>, http::StatusCode)>,
 }
 
 impl ConnInfo {
@@ -143,6 +189,10 @@ impl ConnInfo {
             proto,
             slot,
             forwarded_for: ip_value(client_addr),
+            client_cert: None,
+            forward_identity: None,
+            hsts: None,
+            redirect_https: None,
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct Control {
     admin_service: AdminService,
 }
 
+/// How often TLS files are checked for changes on disk.
+pub const CERT_POLL: Duration = Duration::from_secs(2);
+
 /// Config compiles (validate, apply, reload) running at once; more wait their turn.
 const MAX_COMPILES: usize = 1;
 
@@ -157,6 +160,7 @@ impl Control {
         let plan = control.prepare_admin(admin.as_ref())?;
         control.commit_admin(plan);
         control.resolve_names();
+        control.watch_certificates();
         Ok(control)
     }
 
@@ -588,6 +592,60 @@ impl Control {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// Re-reads the config's TLS files (certificates, keys, CA bundles) when they change on
+    /// disk, as cert-manager and certbot rewrite them in place: every [`CERT_POLL`], each
+    /// file's size and modification time are compared with the last look, and a change
+    /// recompiles the running config. A certificate caught half-written fails that reload (the
+    /// old one keeps serving) and the next change is tried again.
+    pub fn watch_certificates(self: &Arc<Self>) {
+        let control = Arc::downgrade(self);
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut seen: Vec<(String, Option<(u64, SystemTime)>)> = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(CERT_POLL) => {}
+                    _ = stop.changed() => return,
+                }
+                let Some(c) = control.upgrade() else { return };
+                let paths: Vec<String> =
+                    c.gw.runtime
+                        .load()
+                        .file_paths
+                        .iter()
+                        .filter(|(key, _)| key.contains(".tls."))
+                        .map(|(_, p)| p.clone())
+                        .collect();
+                if paths.is_empty() {
+                    seen.clear();
+                    continue;
+                }
+                let now = tokio::task::spawn_blocking(move || {
+                    paths
+                        .into_iter()
+                        .map(|p| {
+                            let m = std::fs::metadata(&p)
+                                .ok()
+                                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+                            (p, m)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                let changed = !seen.is_empty()
+                    && now
+                        .iter()
+                        .any(|(p, m)| seen.iter().any(|(q, n)| p == q && m != n));
+                seen = now;
+                if changed {
+                    tracing::info!("TLS files changed on disk: reloading");
+                    let _ = c.reapply_current("certificate_change").await;
                 }
             }
         });

@@ -103,6 +103,11 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(hsts) = &conn.hsts {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
     let outcome = line.respond(resp.status());
     resp.map(|b| LoggedBody::new(b, outcome))
 }
@@ -124,6 +129,11 @@ async fn route_and_forward(
         return Err(GatewayError::BadRequest(why));
     }
     let client_host = client_host(&req)?;
+    if let Some((port, status)) = conn.redirect_https
+        && !req.uri().path().starts_with("/.well-known/acme-challenge/")
+    {
+        return https_redirect(client_host.as_ref(), port, status, req.uri());
+    }
 
     let host = client_host
         .as_ref()
@@ -139,6 +149,7 @@ async fn route_and_forward(
         &rt.server.trusted_proxies,
     );
     let mut cx = RequestCtx::new(request_id.clone(), conn.client_addr, client_ip);
+    cx.client_cert = conn.client_cert.clone();
     let body_timeout = rt.server.request_body_timeout;
     let Some(found) = found else {
         // No route: the global policies still run (an IP rule refuses, a rate limit counts
@@ -181,6 +192,13 @@ async fn route_and_forward(
     proxy::remove_hop_by_hop(req.headers_mut());
     if !rt.server.allow_underscores_in_headers {
         proxy::remove_underscored(req.headers_mut());
+    }
+    if let Some(name) = &conn.forward_identity {
+        // Only the gateway says who the client's certificate names.
+        req.headers_mut().remove(name);
+        if let Some(v) = conn.client_cert.as_ref().and_then(|c| c.forward_value()) {
+            req.headers_mut().insert(name.clone(), v);
+        }
     }
 
     // Everything after routing answers through one place, so the route's response-phase
@@ -305,6 +323,37 @@ fn error_response(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// A plain listener's answer with `redirect_https`: the same host and path, over HTTPS.
+fn https_redirect(
+    host: Option<&HeaderValue>,
+    port: Option<u16>,
+    status: http::StatusCode,
+    uri: &http::Uri,
+) -> Result<Response<Body>, GatewayError> {
+    let host = host
+        .and_then(|h| h.to_str().ok())
+        .ok_or(GatewayError::BadRequest("no Host to redirect to"))?;
+    // The host without the plain port: `[::1]:8080` -> `[::1]`, `a.com:80` -> `a.com`.
+    let name = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    let mut location = String::with_capacity(name.len() + 64);
+    location.push_str("https://");
+    location.push_str(name);
+    if let Some(p) = port {
+        location.push(':');
+        location.push_str(&p.to_string());
+    }
+    location.push_str(uri.path_and_query().map_or("/", |p| p.as_str()));
+    let location = HeaderValue::from_str(&location)
+        .map_err(|_| GatewayError::BadRequest("the request cannot be redirected"))?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Ok(resp)
 }
 
 /// The key `balance: hash` places a request by; `None` (placed at random) when it is absent.

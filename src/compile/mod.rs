@@ -14,6 +14,7 @@ mod routes;
 mod server;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod upstream;
 
 use routes::{compile_action, compile_matcher, derive_name};
@@ -38,7 +39,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
     let mut warnings = Vec::new();
     let mut claims = Claims::default();
 
-    let listeners = compile_listeners(&cfg.listen, &mut errors);
+    let listeners = compile_listeners(&cfg.listen, state, &mut claims, &mut errors);
     let admin = cfg
         .admin
         .as_ref()

@@ -1,11 +1,14 @@
 //! Listeners, the admin listener, and `server:` (client-side limits and timeouts).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ConfigError;
 use crate::config::model::*;
-use crate::runtime::{AdminSettings, Cidr, ServerSettings};
+use crate::registry::Claims;
+use crate::runtime::{AdminSettings, Cidr, ListenerSettings, RedirectHttps, ServerSettings};
+use crate::state::State;
 
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,16 +28,18 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
 
 pub(super) fn compile_listeners(
     l: &ListenConfig,
+    state: &State,
+    claims: &mut Claims,
     errors: &mut Vec<ConfigError>,
-) -> Vec<SocketAddr> {
-    let entries: Vec<(String, &str)> = match l {
-        ListenConfig::One(s) => vec![("listen".into(), s.as_str())],
+) -> Vec<ListenerSettings> {
+    let entries: Vec<(String, &str, Option<&ListenerConfig>)> = match l {
+        ListenConfig::One(s) => vec![("listen".into(), s.as_str(), None)],
         ListenConfig::Many(v) => v
             .iter()
             .enumerate()
             .map(|(i, e)| match e {
-                ListenerEntry::Addr(s) => (format!("listen[{i}]"), s.as_str()),
-                ListenerEntry::Full(f) => (format!("listen[{i}].addr"), f.addr.as_str()),
+                ListenerEntry::Addr(s) => (format!("listen[{i}]"), s.as_str(), None),
+                ListenerEntry::Full(f) => (format!("listen[{i}]"), f.addr.as_str(), Some(f)),
             })
             .collect(),
     };
@@ -44,21 +49,65 @@ pub(super) fn compile_listeners(
             "at least one listener is needed",
         ));
     }
-    let mut out = Vec::new();
-    for (path, s) in entries {
-        match parse_listen_addr(s) {
-            Ok(a) => {
-                if out.contains(&a) {
-                    errors.push(ConfigError::new(
-                        path,
-                        format!("address {a} is listed twice"),
-                    ));
-                } else {
-                    out.push(a);
-                }
+    let mut out: Vec<ListenerSettings> = Vec::new();
+    for (path, s, full) in entries {
+        let addr_path = if full.is_some() {
+            format!("{path}.addr")
+        } else {
+            path.clone()
+        };
+        let addr = match parse_listen_addr(s) {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(ConfigError::new(addr_path, e));
+                continue;
             }
-            Err(e) => errors.push(ConfigError::new(path, e)),
+        };
+        if out.iter().any(|l| l.addr == addr) {
+            errors.push(ConfigError::new(
+                addr_path,
+                format!("address {addr} is listed twice"),
+            ));
+            continue;
         }
+        let tls = full.and_then(|f| f.tls.as_ref()).and_then(|t| {
+            super::tls::compile_tls(t, addr, &format!("{path}.tls"), state, claims, errors)
+        });
+        let redirect_https = match full.and_then(|f| f.redirect_https.as_ref()) {
+            None | Some(RedirectHttpsSetting::On(false)) => None,
+            Some(RedirectHttpsSetting::On(true)) => Some(RedirectHttps {
+                port: None,
+                status: http::StatusCode::PERMANENT_REDIRECT,
+            }),
+            Some(RedirectHttpsSetting::Config(c)) => {
+                let status = match c.status.unwrap_or(308) {
+                    s @ (301 | 302 | 307 | 308) => http::StatusCode::from_u16(s)
+                        .unwrap_or(http::StatusCode::PERMANENT_REDIRECT),
+                    other => {
+                        errors.push(ConfigError::new(
+                            format!("{path}.redirect_https.status"),
+                            format!("must be 301, 302, 307 or 308, got {other}"),
+                        ));
+                        http::StatusCode::PERMANENT_REDIRECT
+                    }
+                };
+                Some(RedirectHttps {
+                    port: c.port.filter(|p| *p != 443),
+                    status,
+                })
+            }
+        };
+        if redirect_https.is_some() && full.is_some_and(|f| f.tls.is_some()) {
+            errors.push(ConfigError::new(
+                format!("{path}.redirect_https"),
+                "a TLS listener already serves HTTPS; redirect from a plain one",
+            ));
+        }
+        out.push(ListenerSettings {
+            addr,
+            tls: tls.map(Arc::new),
+            redirect_https,
+        });
     }
     out
 }
@@ -84,7 +133,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
 
 pub(super) fn compile_admin(
     a: &AdminConfig,
-    listeners: &[SocketAddr],
+    listeners: &[ListenerSettings],
     errors: &mut Vec<ConfigError>,
 ) -> Option<AdminSettings> {
     let addr = match parse_listen_addr(a.addr.as_deref().unwrap_or(DEFAULT_ADMIN_ADDR)) {
@@ -94,7 +143,7 @@ pub(super) fn compile_admin(
             return None;
         }
     };
-    if listeners.contains(&addr) && addr.port() != 0 {
+    if listeners.iter().any(|l| l.addr == addr) && addr.port() != 0 {
         errors.push(ConfigError::new(
             "admin.addr",
             format!("{addr} is also a proxy listener; the admin API needs its own"),

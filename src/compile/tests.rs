@@ -30,7 +30,10 @@ routes:
 #[test]
 fn minimal_config_compiles() {
     let rt = compile_yaml(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!(rt.listeners, vec!["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(
+        rt.listeners.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        vec!["127.0.0.1:8080".parse().unwrap()]
+    );
     assert_eq!(rt.routes.len(), 1);
     assert!(rt.warnings.is_empty(), "{:?}", rt.warnings);
     assert!(rt.access_log.is_some());

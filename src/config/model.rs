@@ -76,6 +76,87 @@ pub enum ListenerEntry {
 pub struct ListenerConfig {
     /// `host:port`, e.g. `0.0.0.0:8080` or `[::1]:8080`.
     pub addr: String,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// Answer every request with a redirect to `https://` (308), except ACME HTTP-01
+    /// challenges (`/.well-known/acme-challenge/`), which are routed as usual. `true`, or
+    /// `{ port: 8443, status: 301 }`.
+    #[serde(default)]
+    pub redirect_https: Option<RedirectHttpsSetting>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RedirectHttpsSetting {
+    On(bool),
+    Config(RedirectHttpsConfig),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectHttpsConfig {
+    /// The HTTPS port to send clients to. Default 443 (left out of the URL).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// 301, 302, 307 or 308 (default).
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// Certificate and key pairs (PEM). Each serves the names in its certificate's subject
+    /// alternative names (wildcards too); the first also serves clients that send no name or
+    /// an unknown one.
+    pub certificates: Vec<CertificateConfig>,
+    /// Oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// Ask clients for a certificate, verified against a CA bundle (mutual TLS).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+    /// Send `Strict-Transport-Security` on every response from this listener.
+    #[serde(default)]
+    pub hsts: Option<HstsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: FilePath,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: FilePath,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: FilePath,
+    /// Refuse the handshake without a valid client certificate (default `true`). `false`
+    /// asks for one and verifies it when given.
+    #[serde(default)]
+    pub required: Option<bool>,
+    /// Forward the verified client certificate's identity upstream in this header
+    /// (`Subject="CN=alice,O=Example";DNS=alice.example.com;URI=spiffe://...`). A copy the
+    /// client sent is always removed first.
+    #[serde(default)]
+    pub forward_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    /// `max-age`, in seconds, as HSTS spells it. Default 31536000 (one year).
+    #[serde(default)]
+    pub max_age: Option<u64>,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
 }
 
 /// Client-side limits and timeouts.

@@ -21,7 +21,8 @@ use crate::upstream::Upstream;
 
 /// The compiled, immutable form of a config. A request loads one and uses it to the end.
 pub struct Runtime {
-    pub listeners: Vec<SocketAddr>,
+    /// In config order.
+    pub listeners: Vec<ListenerSettings>,
     pub admin: Option<AdminSettings>,
     pub router: Router<Route>,
     /// In config order.
@@ -40,6 +41,41 @@ pub struct Runtime {
     /// health): the live ones it keeps and the new ones it makes. [`crate::State::adopt`]
     /// makes them the live set when this config goes live.
     pub claims: Claims,
+}
+
+/// One proxy listener: its address, and what it does besides plain HTTP.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<TlsListener>>,
+    pub redirect_https: Option<RedirectHttps>,
+}
+
+/// A listener that terminates TLS.
+pub struct TlsListener {
+    /// Certificates by SNI, versions, ALPN (`h2`, `http/1.1`), client verification, session
+    /// tickets. A new connection takes the current one, so a reload swaps certificates
+    /// without touching open connections.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Where the verified client certificate's identity goes upstream (mutual TLS).
+    pub forward_identity: Option<http::HeaderName>,
+    /// `Strict-Transport-Security`, when configured.
+    pub hsts: Option<http::HeaderValue>,
+}
+
+/// A plain listener that sends clients to HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectHttps {
+    /// `None`: the default port 443, left out of the URL.
+    pub port: Option<u16>,
+    pub status: http::StatusCode,
+}
+
+impl Runtime {
+    /// The settings of the listener bound for `addr` (as configured).
+    pub fn listener(&self, addr: SocketAddr) -> Option<&ListenerSettings> {
+        self.listeners.iter().find(|l| l.addr == addr)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -335,6 +335,13 @@ impl<S> Watched<S> {
         }
     }
 
+    /// Gives the first request head `d` instead of the full timeout (what a TLS handshake left
+    /// of it).
+    pub fn first_head_within(mut self, d: Duration) -> Self {
+        self.deadline = Some(Box::pin(tokio::time::sleep(d)));
+        self
+    }
+
     /// Arms or disarms the head clock after a read; true if it ran out.
     fn head_clock(&mut self, cx: &mut Context<'_>) -> bool {
         let in_head = self.scanner.in_head();

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod framing;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -87,7 +88,7 @@ impl Server {
     /// Binds the listeners `rt` has and the running config does not.
     pub fn prepare(&self, rt: &Runtime) -> std::io::Result<Prepared> {
         let mut out = Vec::new();
-        for addr in &rt.listeners {
+        for addr in rt.listeners.iter().map(|l| &l.addr) {
             if self.listeners.iter().any(|(a, _)| a == addr) {
                 continue;
             }
@@ -104,7 +105,7 @@ impl Server {
     pub fn commit(&mut self, rt: &Runtime, prepared: Prepared) {
         let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners)
             .into_iter()
-            .partition(|(a, _)| rt.listeners.contains(a));
+            .partition(|(a, _)| rt.listener(*a).is_some());
         for (addr, l) in gone {
             tracing::info!(addr = %addr, "listener removed by reload: no longer accepting");
             let _ = l.stop.send(true);
@@ -119,7 +120,7 @@ impl Server {
             self.next_listener += 1;
             let task = tokio::spawn(accept_loop(
                 listener,
-                addr.to_string(),
+                addr,
                 self.gw.clone(),
                 Shared {
                     permits: self.permits.clone(),
@@ -135,7 +136,7 @@ impl Server {
         self.listeners.sort_by_key(|(a, _)| {
             rt.listeners
                 .iter()
-                .position(|x| x == a)
+                .position(|x| x.addr == *a)
                 .unwrap_or(usize::MAX)
         });
         let cap = rt.server.max_connections;
@@ -244,6 +245,90 @@ async fn sweep_pools(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// What serving one accepted connection needs from its listener.
+struct ConnCtx {
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    settings: ServerSettings,
+    activity: Arc<conn::Activity>,
+    /// The `connections_active` gauge, decremented when the connection ends.
+    active: prometheus_client::metrics::gauge::Gauge,
+    /// Held until the connection ends: the listener's shutdown waits for every clone.
+    open: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one connection (plain, or TLS after the handshake) until it
+/// ends. `first_head`: what is left of the request-head timeout for the first request.
+async fn serve_stream<S>(stream: S, info: ConnInfo, first_head: Duration, ctx: ConnCtx)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ConnCtx {
+        gw,
+        peer,
+        settings,
+        activity,
+        active,
+        open,
+    } = ctx;
+    let info = Arc::new(info);
+    let builder = connection_builder(&settings);
+    let gw_log = gw.clone();
+    let watch = Arc::new(framing::FramingWatch::default());
+    let stream = framing::Watched::new(
+        stream,
+        framing::Scanner::new(watch.clone(), settings.max_header_size),
+        settings.request_header_timeout,
+        settings.send_timeout,
+        activity.clone(),
+    )
+    .first_head_within(first_head);
+    let svc_activity = activity.clone();
+    let svc = service_fn(move |req| {
+        let gw = gw.clone();
+        let info = info.clone();
+        let watch = watch.clone();
+        let ambiguous = watch.next_request_is_ambiguous();
+        let in_flight = svc_activity.start();
+        async move {
+            let resp = gateway::handle(&gw, req, &info, ambiguous).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                watch.upgraded();
+            }
+            Ok::<_, Infallible>(resp.map(|b| conn::ActiveBody::new(b, in_flight)))
+        }
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .into_owned();
+    // The connection's slot is released when the connection and every upgraded connection
+    // spliced from it (which hold a clone) have ended.
+    let served = conn::serve(connection, |c| c.graceful_shutdown(), &activity);
+    let Some(served) = served.await else {
+        tracing::debug!(client = %peer, "connection dropped: it did not close when asked");
+        active.dec();
+        drop(open);
+        return;
+    };
+    if let Err(e) = served {
+        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+        if let Some((status, reason)) = rejection(&*e) {
+            gw_log.metrics.rejected(reason);
+            if let Some(log) = gw_log.access_log.load().as_deref()
+                && status.is_some()
+            {
+                log.rejected(
+                    peer,
+                    status.unwrap_or(http::StatusCode::BAD_REQUEST),
+                    reason,
+                );
+            }
+        }
+    }
+    active.dec();
+    drop(open);
+}
+
 fn connection_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -289,7 +374,7 @@ struct Shared {
 
 async fn accept_loop(
     listener: TcpListener,
-    name: String,
+    configured: SocketAddr,
     gw: Arc<Gateway>,
     shared: Shared,
     mut stop: watch::Receiver<bool>,
@@ -301,6 +386,7 @@ async fn accept_loop(
         id,
     } = shared;
     let local_port = listener.local_addr().map_or(0, |a| a.port());
+    let name = configured.to_string();
     // Every connection task holds a clone of `open`; when all are gone, `closed` yields None.
     let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
     'accept: loop {
@@ -316,8 +402,9 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        // Limits and timeouts of the config current at accept time.
-        let settings = gw.runtime.load().server.clone();
+        // Limits, timeouts and TLS of the config current at accept time.
+        let rt = gw.runtime.load();
+        let settings = rt.server.clone();
         let Some(ip_guard) = per_ip.admit(peer.ip(), settings.max_connections_per_ip) else {
             gw.metrics.rejected("max_connections_per_ip");
             tracing::debug!(client = %peer, "connection refused: server.max_connections_per_ip");
@@ -344,78 +431,67 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let builder = connection_builder(&settings);
         let slot = conn::ConnSlot::new(Some(permit), Some(ip_guard));
         let trusted = settings
             .trusted_proxies
             .iter()
             .any(|c| c.contains(peer.ip()));
-        let info = Arc::new(ConnInfo::new(
+        let this = rt.listener(configured);
+        let tls = this.and_then(|l| l.tls.clone());
+        let mut info = ConnInfo::new(
             peer,
-            "http",
+            if tls.is_some() { "https" } else { "http" },
             Some(Arc::new(slot)),
             local_port,
             trusted,
-        ));
-        let active = gw.metrics.connection_opened(&name);
-        let gw_log = gw.clone();
-        let gw = gw.clone();
-        let watch = Arc::new(framing::FramingWatch::default());
+        );
+        info.redirect_https = this
+            .and_then(|l| l.redirect_https.as_ref())
+            .map(|r| (r.port, r.status));
+        if let Some(t) = &tls {
+            info.hsts = t.hsts.clone();
+            info.forward_identity = t.forward_identity.clone();
+        }
         let activity = conn::Activity::new(settings.idle_timeout, id);
         connections.add(&activity);
-        let stream = framing::Watched::new(
-            stream,
-            framing::Scanner::new(watch.clone(), settings.max_header_size),
-            settings.request_header_timeout,
-            settings.send_timeout,
-            activity.clone(),
-        );
-        let svc_activity = activity.clone();
-        let svc = service_fn(move |req| {
-            let gw = gw.clone();
-            let info = info.clone();
-            let watch = watch.clone();
-            let ambiguous = watch.next_request_is_ambiguous();
-            let in_flight = svc_activity.start();
-            async move {
-                let resp = gateway::handle(&gw, req, &info, ambiguous).await;
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    watch.upgraded();
-                }
-                Ok::<_, Infallible>(resp.map(|b| conn::ActiveBody::new(b, in_flight)))
-            }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let open = open.clone();
-        // The connection's slot is released when the connection and every upgraded
-        // connection spliced from it (which hold a clone) have ended.
+        let ctx = ConnCtx {
+            gw: gw.clone(),
+            peer,
+            settings,
+            activity,
+            active: gw.metrics.connection_opened(&name),
+            open: open.clone(),
+        };
+        drop(rt);
         tokio::spawn(async move {
-            let served = conn::serve(connection, |c| c.graceful_shutdown(), &activity);
-            let Some(served) = served.await else {
-                tracing::debug!(client = %peer, "connection dropped: it did not close when asked");
-                active.dec();
-                drop(open);
-                return;
+            let Some(tls) = tls else {
+                return serve_stream(stream, info, ctx.settings.request_header_timeout, ctx).await;
             };
-            if let Err(e) = served {
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                if let Some((status, reason)) = rejection(&*e) {
-                    gw_log.metrics.rejected(reason);
-                    if let Some(log) = gw_log.access_log.load().as_deref()
-                        && status.is_some()
-                    {
-                        log.rejected(
-                            peer,
-                            status.unwrap_or(http::StatusCode::BAD_REQUEST),
-                            reason,
-                        );
-                    }
+            // The handshake counts against the request-head timeout: together they get
+            // `server.request_header_timeout` from the accept.
+            let accepted = std::time::Instant::now();
+            let budget = ctx.settings.request_header_timeout;
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            match tokio::time::timeout(budget, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let (_, session) = stream.get_ref();
+                    info.client_cert = session
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| tls::client_cert(c))
+                        .map(Arc::new);
+                    let left = budget.saturating_sub(accepted.elapsed());
+                    serve_stream(stream, info, left, ctx).await;
+                }
+                Ok(Err(e)) => {
+                    ctx.gw.metrics.rejected("tls_handshake");
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    ctx.gw.metrics.rejected("tls_handshake_timeout");
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
                 }
             }
-            active.dec();
-            drop(open);
         });
     }
     drop(listener);
