@@ -605,44 +605,25 @@ impl Control {
     pub fn watch_certificates(self: &Arc<Self>) {
         let control = Arc::downgrade(self);
         let mut stop = self.stop.subscribe();
+        // The first look is taken now, before anything else can change the files (a few
+        // `stat`s, once at startup).
+        let mut seen = Some(tls_file_stamps(tls_files(&self.gw.runtime.load())));
         tokio::spawn(async move {
-            let mut seen: Vec<(String, Option<(u64, SystemTime)>)> = Vec::new();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(CERT_POLL) => {}
                     _ = stop.changed() => return,
                 }
                 let Some(c) = control.upgrade() else { return };
-                let paths: Vec<String> =
-                    c.gw.runtime
-                        .load()
-                        .file_paths
-                        .iter()
-                        .filter(|(key, _)| key.contains(".tls."))
-                        .map(|(_, p)| p.clone())
-                        .collect();
-                if paths.is_empty() {
-                    seen.clear();
-                    continue;
-                }
-                let now = tokio::task::spawn_blocking(move || {
-                    paths
-                        .into_iter()
-                        .map(|p| {
-                            let m = std::fs::metadata(&p)
-                                .ok()
-                                .and_then(|m| Some((m.len(), m.modified().ok()?)));
-                            (p, m)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                let changed = !seen.is_empty()
-                    && now
-                        .iter()
-                        .any(|(p, m)| seen.iter().any(|(q, n)| p == q && m != n));
-                seen = now;
+                let paths = tls_files(&c.gw.runtime.load());
+                let now = tokio::task::spawn_blocking(move || tls_file_stamps(paths))
+                    .await
+                    .unwrap_or_default();
+                let changed = seen.as_ref().is_some_and(|seen| {
+                    now.iter()
+                        .any(|(p, m)| seen.iter().any(|(q, n)| p == q && m != n))
+                });
+                seen = Some(now);
                 if changed {
                     tracing::info!("TLS files changed on disk: reloading");
                     let _ = c.reapply_current("certificate_change").await;
@@ -702,6 +683,28 @@ impl Control {
         });
         Ok(())
     }
+}
+
+/// The TLS files a runtime read: certificates, keys, CA bundles.
+fn tls_files(rt: &Runtime) -> Vec<String> {
+    rt.file_paths
+        .iter()
+        .filter(|(key, _)| key.contains(".tls."))
+        .map(|(_, p)| p.clone())
+        .collect()
+}
+
+/// Each file's size and modification time (`None` when it cannot be read).
+fn tls_file_stamps(paths: Vec<String>) -> Vec<(String, Option<(u64, SystemTime)>)> {
+    paths
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (p, m)
+        })
+        .collect()
 }
 
 /// Whether a file event can mean new content. Opening, reading and closing a file unwritten

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod pki;
 pub mod raw;
 pub mod servers;
 
