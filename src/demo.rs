@@ -55,8 +55,43 @@ pub async fn start_demo_service(
     Ok(addr)
 }
 
-/// The demo's config, pointing at the demo services.
-pub fn demo_config(listen: &str, users: &[SocketAddr], orders: SocketAddr) -> String {
+/// A self-signed certificate for `localhost` and 127.0.0.1, written into `dir` as
+/// `demo.pem` and `demo.key` (the key readable by this user only).
+pub fn self_signed(dir: &std::path::Path) -> Result<(String, String), String> {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .map_err(|e| e.to_string())?;
+    let cert = dir.join("demo.pem");
+    let key = dir.join("demo.key");
+    std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+    write_private(&key, ck.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    Ok((
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    ))
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// The demo's config, pointing at the demo services. `tls`: an HTTPS listener (address,
+/// certificate, key) besides the plain one.
+pub fn demo_config(
+    listen: &str,
+    tls: Option<&(String, String, String)>,
+    users: &[SocketAddr],
+    orders: SocketAddr,
+) -> String {
     let mut targets = String::new();
     for (i, a) in users.iter().enumerate() {
         // The last instance gets twice the share, to show weights.
@@ -65,8 +100,14 @@ pub fn demo_config(listen: &str, users: &[SocketAddr], orders: SocketAddr) -> St
             "      - {{ url: \"http://{a}\", weight: {weight} }}\n"
         ));
     }
+    let listen = match tls {
+        None => format!("listen: \"{listen}\""),
+        Some((addr, cert, key)) => format!(
+            "listen:\n  - addr: \"{listen}\"\n  - addr: \"{addr}\"\n    tls:\n      certificates: [{{ cert: \"{cert}\", key: \"{key}\" }}]\n      hsts: {{ max_age: 300 }}"
+        ),
+    };
     format!(
-        r#"listen: "{listen}"
+        r#"{listen}
 access_log: {{ format: text }}
 admin: {{ addr: "127.0.0.1:0" }}
 upstreams:
@@ -93,16 +134,33 @@ routes:
 }
 
 pub fn demo_help(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     admin: Option<SocketAddr>,
     config_path: &std::path::Path,
 ) -> String {
     let admin = admin.map_or_else(|| "(admin API off)".to_owned(), |a| format!("http://{a}"));
+    let addr = addrs[0];
+    let https = match addrs.get(1) {
+        Some(h) => {
+            let cert = config_path.with_file_name("demo.pem");
+            format!(
+                r#"
+  # HTTPS with the self-signed certificate the demo made (HTTP/2 when the client offers it)
+  curl -s --cacert {cert} https://localhost:{port}/users --http2 -o /dev/null -w '%{{http_version}}
+'
+  curl -sk https://{h}/users
+"#,
+                cert = cert.display(),
+                port = h.port()
+            )
+        }
+        None => String::new(),
+    };
     let config_path = config_path.display();
     format!(
         r#"
 Gatehouse demo is running on http://{addr}  (Ctrl-C to stop)
-
+{https}
   # balancing: 3 instances of `users`, the third with weight 2 (watch "instance")
   for i in 1 2 3 4 5 6 7 8; do curl -s http://{addr}/users | grep instance; done
 

@@ -53,6 +53,10 @@ enum Command {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Where it also listens with TLS, on a self-signed certificate it makes for
+        /// `localhost` and 127.0.0.1 (`off`: no HTTPS listener).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        https: String,
     },
 }
 
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
             }
             serve(rt, text, Some(config), state, !no_watch, None)
         }
-        Command::Demo { listen } => demo(&listen),
+        Command::Demo { listen, https } => demo(&listen, &https),
     }
 }
 
@@ -169,8 +173,8 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Printed once the gateway listens: (first proxy address, admin address).
-type Banner = Box<dyn FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) + Send>;
+/// Printed once the gateway listens: (the proxy addresses in config order, admin address).
+type Banner = Box<dyn FnOnce(&[std::net::SocketAddr], Option<std::net::SocketAddr>) + Send>;
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully and exits 0. SIGHUP reloads.
 fn serve(
@@ -195,8 +199,11 @@ fn serve(
             tracing::warn!("config file changes will not be noticed: {e}");
         }
         tracing::info!(workers, "gatehouse {} started", env!("CARGO_PKG_VERSION"));
-        if let (Some(b), Some(addr)) = (banner, control.proxy_addrs().await.first()) {
-            b(*addr, control.admin_addr());
+        let addrs = control.proxy_addrs().await;
+        if let Some(b) = banner
+            && !addrs.is_empty()
+        {
+            b(&addrs, control.admin_addr());
         }
         // Reloads run in a task of their own, so the shutdown signals below (listened for the
         // whole time) are never missed while a reload is under way.
@@ -236,7 +243,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn demo(listen: &str) -> ExitCode {
+fn demo(listen: &str, https: &str) -> ExitCode {
     // The demo services need a runtime before the gateway's config can name their ports.
     // Its own multi-threaded runtime: its worker keeps serving after `block_on` returns.
     let services = match tokio::runtime::Builder::new_multi_thread()
@@ -259,13 +266,26 @@ fn demo(listen: &str) -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(&format!("cannot start demo services: {e}")),
     };
-    let yaml = demo::demo_config(listen, &users, orders);
-    // One file per demo process, removed however `demo` returns (a signal stops it gracefully).
-    let path = std::env::temp_dir().join(format!("gatehouse-demo-{}.yaml", std::process::id()));
+    // One directory per demo process (config, certificate), removed however `demo` returns (a
+    // signal stops it gracefully).
+    let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(&format!("cannot create {}: {e}", dir.display()));
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let tls = if https == "off" {
+        None
+    } else {
+        match demo::self_signed(&dir) {
+            Ok((cert, key)) => Some((https.to_owned(), cert, key)),
+            Err(e) => return fail(&format!("cannot make the demo certificate: {e}")),
+        }
+    };
+    let yaml = demo::demo_config(listen, tls.as_ref(), &users, orders);
+    let path = dir.join("gatehouse.yaml");
     if let Err(e) = std::fs::write(&path, &yaml) {
         return fail(&format!("cannot write {}: {e}", path.display()));
     }
-    let _cleanup = RemoveOnDrop(path.clone());
     let state = Arc::new(State::default());
     let (text, rt) = match load_config(&path, &state) {
         Ok(x) => x,
@@ -278,8 +298,8 @@ fn demo(listen: &str) -> ExitCode {
         Some(path),
         state,
         false,
-        Some(Box::new(move |addr, admin| {
-            println!("{}", demo::demo_help(addr, admin, &path2))
+        Some(Box::new(move |addrs, admin| {
+            println!("{}", demo::demo_help(addrs, admin, &path2))
         })),
     );
     // Keep the service runtime alive until the gateway stops.
@@ -287,11 +307,11 @@ fn demo(listen: &str) -> ExitCode {
     code
 }
 
-/// Removes a temporary file when dropped.
+/// Removes a temporary directory when dropped.
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

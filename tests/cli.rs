@@ -644,7 +644,7 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
 async fn the_demo_serves_what_its_banner_promises() {
     use std::io::BufRead;
     let mut child = Command::new(bin())
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(["demo", "--listen", "127.0.0.1:0", "--https", "127.0.0.2:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -659,6 +659,15 @@ async fn the_demo_serves_what_its_banner_promises() {
             if let Some(rest) = line.split("running on http://").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
             }
+            if let Some(rest) = line.split("curl -sk https://").nth(1) {
+                let _ = tx.send(format!("https {}", rest.split('/').next().unwrap_or("")));
+            }
+            if let Some(rest) = line.split("--cacert ").nth(1) {
+                let _ = tx.send(format!(
+                    "ca {}",
+                    rest.split_whitespace().next().unwrap_or("")
+                ));
+            }
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(10));
@@ -666,6 +675,40 @@ async fn the_demo_serves_what_its_banner_promises() {
         let _ = child.kill();
         panic!("the demo printed no address");
     };
+    let mut https = None;
+    let mut ca = None;
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
+        if let Some(h) = l.strip_prefix("https ") {
+            https = Some(h.to_owned());
+        }
+        if let Some(c) = l.strip_prefix("ca ") {
+            ca = Some(c.to_owned());
+        }
+        if https.is_some() && ca.is_some() {
+            break;
+        }
+    }
+    let (Some(https), Some(ca)) = (https, ca) else {
+        let _ = child.kill();
+        panic!("the demo printed no HTTPS address");
+    };
+    // HTTPS on the certificate the demo made, verified against it, over HTTP/2.
+    let (ip, port) = https.rsplit_once(':').unwrap_or_default();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--http2", "--cacert", &ca])
+        .args(["--resolve", &format!("localhost:{port}:{ip}")])
+        .args(["-w", "\n%{http_version}"])
+        .arg(format!("https://localhost:{port}/users"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"service\": \"users\""), "{text}");
+    assert!(text.ends_with("\n2"), "HTTP/2: {text}");
     let base = format!("http://{addr}");
     let mut instances = std::collections::BTreeSet::new();
     for _ in 0..8 {
@@ -799,7 +842,7 @@ async fn a_bad_file_costs_one_failed_reload_and_the_status_recovers() {
 async fn the_demo_removes_its_config_on_exit() {
     use std::io::BufRead;
     let mut child = Command::new(bin())
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(["demo", "--listen", "127.0.0.1:0", "--https", "127.0.0.2:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
