@@ -70,6 +70,8 @@ pub struct RequestCtx {
     pub consumer: Option<Arc<Consumer>>,
     /// The client's verified certificate, on a mutual-TLS listener.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// A gRPC call: the gateway's own errors are gRPC statuses, not JSON.
+    pub grpc: bool,
     slots: Vec<(usize, Box<dyn Any + Send>)>,
     /// The position, in the chain, of the policy being called: its slot key.
     current: usize,
@@ -85,6 +87,7 @@ impl RequestCtx {
             client_ip,
             consumer: None,
             client_cert: None,
+            grpc: false,
             slots: Vec::new(),
             current: 0,
         }

@@ -207,6 +207,69 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The gRPC status code (grpc/doc/statuscodes.md) of this error, for gRPC clients.
+    pub fn grpc_code(&self) -> u16 {
+        match self {
+            GatewayError::NoRoute | GatewayError::NotImplemented(_) => 12, // UNIMPLEMENTED
+            GatewayError::BadRequest(_) => 3,                              // INVALID_ARGUMENT
+            GatewayError::ClientTimeout(_) => 1,                           // CANCELLED
+            GatewayError::BodyTooLarge { .. } => 8,                        // RESOURCE_EXHAUSTED
+            GatewayError::UpstreamTimeout(_) => 4,                         // DEADLINE_EXCEEDED
+            GatewayError::NoTarget { .. }
+            | GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamFailed(_)
+            | GatewayError::Overloaded { .. } => 14, // UNAVAILABLE
+            GatewayError::Internal(_) => 13,                               // INTERNAL
+        }
+    }
+
+    /// The error as a gRPC client expects it: HTTP 200, `content-type: application/grpc`, and
+    /// `grpc-status` / `grpc-message` in a trailers-only response (headers that end the
+    /// stream). A JSON body would surface in the client as a protocol error instead.
+    pub fn into_grpc_response(self, request_id: &str) -> Response<Body> {
+        let message = format!("{} (request id {request_id})", self.public_message());
+        let mut resp = Response::new(Body::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+        if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
+            h.insert("grpc-message", v);
+        }
+        if let GatewayError::Overloaded { retry_after } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
+    }
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn grpc_percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a request is gRPC (`application/grpc`, `application/grpc+proto`, ...; not
+/// gRPC-Web, whose errors travel in the body).
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && (v.len() == 16 || matches!(v[16], b'+' | b';'))
+    })
+}
+
 /// `{"error": code, "message": ..., "request_id": ...}`; used for every error the gateway makes.
 pub fn json_error(
     status: StatusCode,
@@ -227,6 +290,26 @@ pub fn json_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only() {
+        let r = GatewayError::UpstreamTimeout(Duration::from_secs(1)).into_grpc_response("r1");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "4");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        let m = r.headers()["grpc-message"].to_str().unwrap();
+        assert!(m.contains("request id r1"), "{m}");
+        assert_eq!(grpc_percent_encode("a%b\u{e9}"), "a%25b%C3%A9");
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            is_grpc(&m)
+        };
+        assert!(h("application/grpc"));
+        assert!(h("application/grpc+proto"));
+        assert!(!h("application/grpc-web"));
+        assert!(!h("application/json"));
+    }
 
     #[test]
     fn each_variant_has_its_status() {

@@ -89,6 +89,7 @@ pub async fn handle(
         },
     );
 
+    let grpc = crate::error::is_grpc(req.headers());
     let result = if ambiguous_framing {
         gw.metrics.rejected("ambiguous_framing");
         Err(GatewayError::BadRequest(
@@ -99,7 +100,14 @@ pub async fn handle(
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => error_response(&gw.metrics, e, &request_id, &mut line, !ambiguous_framing),
+        Err(e) => error_response(
+            &gw.metrics,
+            e,
+            &request_id,
+            &mut line,
+            !ambiguous_framing,
+            grpc,
+        ),
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -150,6 +158,7 @@ async fn route_and_forward(
     );
     let mut cx = RequestCtx::new(request_id.clone(), conn.client_addr, client_ip);
     cx.client_cert = conn.client_cert.clone();
+    cx.grpc = crate::error::is_grpc(req.headers());
     let body_timeout = rt.server.request_body_timeout;
     let Some(found) = found else {
         // No route: the global policies still run (an IP rule refuses, a rate limit counts
@@ -279,7 +288,8 @@ async fn answer_through(
     line: &mut Pending,
 ) -> Response<Body> {
     let request_id = cx.request_id.clone();
-    let mut to_response = |e| error_response(metrics, e, &request_id, line, true);
+    let grpc = cx.grpc;
+    let mut to_response = |e| error_response(metrics, e, &request_id, line, true, grpc);
     let mut resp = match answer {
         Ok(r) => r,
         Err(e) => to_response(e),
@@ -300,6 +310,7 @@ fn error_response(
     request_id: &HeaderValue,
     line: &mut Pending,
     count_rejection: bool,
+    grpc: bool,
 ) -> Response<Body> {
     if e.logged() {
         tracing::warn!(
@@ -317,7 +328,11 @@ fn error_response(
         r.reason = e.reason();
     }
     let close = e.closes_connection();
-    let mut resp = e.into_response(request_id_str(request_id));
+    let mut resp = if grpc {
+        e.into_grpc_response(request_id_str(request_id))
+    } else {
+        e.into_response(request_id_str(request_id))
+    };
     if close {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
