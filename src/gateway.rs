@@ -265,12 +265,26 @@ async fn route_and_forward(
             tally,
             metrics,
         };
-        let (resp, slot) = crate::upstream::send(upstream, req, upgrade, &call, &mut |t| {
+        // A gRPC call's own deadline bounds the wait for the upstream's answer.
+        let deadline = if cx.grpc {
+            req.headers()
+                .get("grpc-timeout")
+                .and_then(|v| grpc_timeout(v.as_bytes()))
+        } else {
+            None
+        };
+        let mut on_target = |t: &crate::upstream::Target| {
             if let Some(r) = line.record() {
                 r.target = Some(t.authority.clone());
             }
-        })
-        .await?;
+        };
+        let sent = crate::upstream::send(upstream, req, upgrade, &call, &mut on_target);
+        let (resp, slot) = match deadline {
+            None => sent.await?,
+            Some(d) => tokio::time::timeout(d, sent)
+                .await
+                .map_err(|_| GatewayError::UpstreamTimeout(d))??,
+        };
         line.hold(slot);
         Ok(resp)
     }
@@ -338,6 +352,25 @@ fn error_response(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// `grpc-timeout` (`1*8DIGIT` and a unit: `H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(v: &[u8]) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A plain listener's answer with `redirect_https`: the same host and path, over HTTPS.
@@ -590,6 +623,17 @@ mod tests {
             request_id(&h(&[("x-request-id", "has space")])),
             "has space"
         );
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout(b"300m"), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        for bad in [&b"m"[..], b"123456789m", b"10x", b"-1S", b""] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
