@@ -485,3 +485,36 @@ async fn a_stalled_handshake_is_cut_off_by_the_head_timeout() {
     .await
     .expect("still serving");
 }
+
+/// A returning client resumes its session (a TLS 1.3 ticket) instead of a full handshake, also
+/// after a reload: the ticket keys outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_across_a_reload() {
+    let ca = Ca::new("test CA");
+    let dir = Dir::new();
+    let pair = write_pair(&dir, "api", &ca.server(&["api.example.com"]));
+    let yaml = tls_config(&[pair], "", "http://127.0.0.1:1");
+    let gw = TestGateway::start(&yaml).await;
+    // One client config, so one session store, for every connection.
+    let cfg = pki::client_config(&ca.der, None);
+    let kind = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        tls.get_ref().1.handshake_kind()
+    };
+    let connect = || async {
+        let (_, tls) = pki::handshake(gw.addr, "api.example.com", cfg.clone())
+            .await
+            .expect("handshake");
+        // The ticket arrives after the handshake: read the answer to a request.
+        let k = kind(&tls);
+        let _ = pki::get_over(tls, "api.example.com", "/").await;
+        k
+    };
+    assert_eq!(connect().await, Some(rustls::HandshakeKind::Full));
+    assert_eq!(connect().await, Some(rustls::HandshakeKind::Resumed));
+    gw.control.reapply_current("test").await.expect("reload");
+    assert_eq!(
+        connect().await,
+        Some(rustls::HandshakeKind::Resumed),
+        "the ticket keys survive the reload"
+    );
+}
