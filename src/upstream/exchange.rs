@@ -330,9 +330,9 @@ async fn exchange_h2(target: &Target, mut stream: H2Stream, req: Request<Body>) 
 /// A copy of `req` to send again, when its body is in memory.
 fn resend_copy(req: &Request<Body>) -> Option<Request<Body>> {
     let body = match req.body() {
-        Body::Empty | Body::Full(None) => Body::Empty,
         Body::Full(Some(b)) => Body::Full(Some(b.clone())),
-        Body::Request { .. } | Body::Upstream(_) => return None,
+        b if http_body::Body::is_end_stream(b) => Body::Empty,
+        Body::Empty | Body::Full(None) | Body::Request { .. } | Body::Upstream(_) => return None,
     };
     let mut copy = Request::new(body);
     *copy.method_mut() = req.method().clone();
