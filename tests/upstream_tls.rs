@@ -272,6 +272,15 @@ struct H2Upstream {
 
 impl H2Upstream {
     async fn start(tls: Option<Arc<ServerConfig>>, delay: Duration) -> H2Upstream {
+        Self::start_limited(tls, delay, None).await
+    }
+
+    /// With `max_streams`, the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    async fn start_limited(
+        tls: Option<Arc<ServerConfig>>,
+        delay: Duration,
+        max_streams: Option<u32>,
+    ) -> H2Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -288,10 +297,10 @@ impl H2Upstream {
                 let (seen, shutdown, acceptor) = (s.clone(), g.subscribe(), acceptor.clone());
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve_h2(tcp, seen, delay, shutdown).await,
+                        None => serve_h2(tcp, seen, delay, max_streams, shutdown).await,
                         Some(a) => {
                             if let Ok(tls) = a.accept(tcp).await {
-                                serve_h2(tls, seen, delay, shutdown).await;
+                                serve_h2(tls, seen, delay, max_streams, shutdown).await;
                             }
                         }
                     }
@@ -331,6 +340,7 @@ async fn serve_h2<I>(
     io: I,
     seen: Arc<Mutex<Vec<Seen>>>,
     delay: Duration,
+    max_streams: Option<u32>,
     mut shutdown: tokio::sync::watch::Receiver<u64>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -355,6 +365,7 @@ async fn serve_h2<I>(
         }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(max_streams)
         .serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     loop {
@@ -752,6 +763,79 @@ async fn an_upstream_goaway_fails_no_request() {
     assert_eq!(get(&gw.url("/last")).await.status, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn stream_limits_open_more_connections_and_max_connections_still_counts_connections() {
+    let concurrent = |url: String, n: u64, stagger: Duration| async move {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let url = url.clone();
+            calls.spawn(async move {
+                tokio::time::sleep(stagger * i as u32).await;
+                get(&url).await.status
+            });
+        }
+        calls.join_all().await
+    };
+
+    // The gateway's own limit: 6 requests at once, 2 streams per connection.
+    let up = H2Upstream::start(None, Duration::from_millis(300)).await;
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!(
+            "  u:
+    targets: [\"h2c://{}\"]\n    max_concurrent_streams: 2\n",
+            up.addr
+        ),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    let statuses = concurrent(gw.url("/a"), 6, Duration::ZERO).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(up.connections(), 3);
+
+    // The target's SETTINGS_MAX_CONCURRENT_STREAMS (1) wins over the default 100, once the
+    // connection has read it (requests 50 ms apart).
+    let up = H2Upstream::start_limited(None, Duration::from_millis(500), Some(1)).await;
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!("  u:\n    targets: [\"h2c://{}\"]\n", up.addr),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    assert_eq!(get(&gw.url("/warm")).await.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let statuses = concurrent(gw.url("/b"), 4, Duration::from_millis(50)).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(up.connections(), 4, "one stream per connection");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "served side by side, not queued: {:?}",
+        started.elapsed()
+    );
+
+    // `limits.max_connections` counts connections: with one connection of 2 streams, 4
+    // requests at once share it, two of them waiting for a stream to end.
+    let up = H2Upstream::start(None, Duration::from_millis(200)).await;
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!(
+            "  u:\n    targets: [\"h2c://{}\"]\n    max_concurrent_streams: 2\n    limits: {{ max_connections: 1 }}\n",
+            up.addr
+        ),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    let statuses = concurrent(gw.url("/c"), 4, Duration::ZERO).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(up.connections(), 1);
+}
+
 /// An h2c server (the `h2` crate, to control frames) that resets the first stream of every
 /// even-numbered connection with REFUSED_STREAM and answers every other request with the
 /// length of its body.
@@ -960,4 +1044,30 @@ fn config_errors_name_their_keys() {
             "{k} missing from {paths:?}"
         );
     }
+}
+
+#[test]
+fn a_reload_keeps_the_pool_while_the_tls_inputs_stay_the_same() {
+    let dir = Dir::new();
+    let ca = dir.file("ca.pem", &Ca::new("first").pem);
+    let state = gatehouse::State::default();
+    let load = |tls: &str| {
+        let yaml = gateway_yaml(
+            &format!("  u:\n    targets: [\"https://10.0.0.5:8443\"]\n    tls: {tls}\n"),
+            "  - match: { path_prefix: / }\n    upstream: u\n",
+        );
+        let cfg = gatehouse::config::parse_str(&yaml, &|_| None).unwrap();
+        let rt = gatehouse::compile::compile(&cfg, &state).unwrap();
+        state.adopt(&rt);
+        rt.upstreams["u"].pool.clone()
+    };
+    let tls = format!("{{ ca: {ca}, server_name: api.internal }}");
+    let first = load(&tls);
+    assert!(Arc::ptr_eq(&first, &load(&tls)), "same inputs: same pool");
+    // Another CA in the same file: connections made with the old trust are not kept.
+    std::fs::write(&ca, Ca::new("second").pem).unwrap();
+    let second = load(&tls);
+    assert!(!Arc::ptr_eq(&first, &second));
+    let renamed = load(&format!("{{ ca: {ca}, server_name: other.internal }}"));
+    assert!(!Arc::ptr_eq(&second, &renamed));
 }
