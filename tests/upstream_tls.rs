@@ -970,6 +970,15 @@ fn config_errors_name_their_keys() {
         "upstreams.u.tls.client_key",
         &[&junk],
     );
+    let (_, other_key) = ca.leaf(&["other"], true);
+    let other_key = dir.file("other.key", &other_key);
+    one(
+        &format!(
+            "    targets: [\"https://a:1\"]\n    tls: {{ client_cert: {cert}, client_key: {other_key} }}\n"
+        ),
+        "upstreams.u.tls.client_key",
+        &[&other_key, &cert, "cannot be used together"],
+    );
     one(
         &format!(
             "    targets: [\"https://a:1\"]\n    tls: {{ ca: {good_ca}, insecure_skip_verify: true }}\n"

@@ -198,9 +198,13 @@ fn compile_tls(
     match TlsClient::new(trust, client_auth, protocol, inputs.finalize().into()) {
         Ok(client) => Some(client),
         Err(e) => {
+            let files = match (&t.client_cert, &t.client_key) {
+                (Some(c), Some(k)) => format!("{} and {}: ", k.as_str(), c.as_str()),
+                _ => String::new(),
+            };
             errors.push(ConfigError::new(
                 format!("{path}.client_key"),
-                format!("cannot be used with `client_cert`: {e}"),
+                format!("{files}the key and certificate cannot be used together ({e})"),
             ));
             None
         }
