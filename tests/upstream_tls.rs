@@ -834,6 +834,29 @@ async fn stream_limits_open_more_connections_and_max_connections_still_counts_co
         "{statuses:?}"
     );
     assert_eq!(up.connections(), 1);
+
+    // At the cap, an idle HTTP/2 connection to one target is closed to make room for another.
+    let (a, b) = (
+        H2Upstream::start(None, Duration::ZERO).await,
+        H2Upstream::start(None, Duration::ZERO).await,
+    );
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!(
+            "  u:\n    targets: [\"h2c://{}\", \"h2c://{}\"]\n    limits: {{ max_connections: 1 }}\n",
+            a.addr, b.addr
+        ),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        assert_eq!(get(&gw.url("/d")).await.status, StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no wait for a slot"
+    );
+    assert_eq!((a.connections(), b.connections()), (2, 2));
 }
 
 /// An h2c server (the `h2` crate, to control frames) that resets the first stream of every

@@ -56,6 +56,10 @@ pub struct H2Conn {
     retired: AtomicBool,
     idle_since: Mutex<Instant>,
     limit: Option<Arc<ConnLimit>>,
+    /// The connection's slot under `limits.max_connections`. Freed when the connection leaves
+    /// the pool with no stream left, which closes it (as an HTTP/1.1 connection's is freed
+    /// when it is dropped).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl H2Conn {
@@ -207,15 +211,13 @@ impl TargetPool {
         }
     }
 
-    /// Connects, and drives the connection's dispatcher in a task that holds its slot under
-    /// the connection cap until it ends.
+    /// Connects, and drives the connection's dispatcher in a task of its own.
     async fn open_h2(&self, slot: Option<OwnedSemaphorePermit>) -> Result<Arc<H2Conn>, BoxError> {
         let (send, dispatch) = self.endpoint.http2::<Body>(self.connect_timeout).await?;
         let dispatch = Arc::new(Mutex::new(Some(dispatch)));
         let driven = dispatch.clone();
         let authority = self.endpoint.authority.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let ended = poll_fn(|cx| {
                 let mut d = driven.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(conn) = d.as_mut() else {
@@ -246,6 +248,7 @@ impl TargetPool {
             retired: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
             limit: self.limit.clone(),
+            _slot: slot,
         }))
     }
 }
