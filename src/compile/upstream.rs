@@ -190,8 +190,31 @@ pub(super) fn compile_upstream(
         ));
         return None;
     }
+    // Over TLS, the name each target's connections send and verify.
+    let server_names: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            transport
+                .tls
+                .as_ref()
+                .map(|_| transport::server_name(u.tls.as_ref(), &t.url_host))
+        })
+        .collect();
+    if let Some(t) = targets
+        .iter()
+        .zip(&server_names)
+        .find_map(|(t, n)| matches!(n, Some(None)).then_some(t))
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.targets"),
+            format!(
+                "the host of {:?} is not a name TLS can verify; set `tls.server_name`",
+                t.url
+            ),
+        ));
+        return None;
+    }
     let reg = &state.registry;
-    let tls = transport.tls.is_some();
     let settings = PoolSettings {
         connect_timeout: timeouts.connect,
         idle_timeout: timeouts.idle,
@@ -208,21 +231,11 @@ pub(super) fn compile_upstream(
         || UpstreamPool::new(settings.clone()),
     );
     let upstream_name: Arc<str> = name.into();
-    let mut bad_names = Vec::new();
     let targets = targets
         .into_iter()
-        .map(|t| Target {
-            pool: pool.target(
-                t.authority.as_str(),
-                tls.then(|| {
-                    let n = transport::server_name(u.tls.as_ref(), &t.url_host);
-                    if n.is_none() {
-                        bad_names.push(t.url.clone());
-                    }
-                    n
-                })
-                .flatten(),
-            ),
+        .zip(server_names)
+        .map(|(t, server_name)| Target {
+            pool: pool.target(t.authority.as_str(), server_name.flatten()),
             // Kept while the target stays in this upstream, whatever else changes (other
             // targets, DNS answers, settings): its ejection, health and load.
             live: claims.claim(
@@ -244,13 +257,6 @@ pub(super) fn compile_upstream(
             weight: t.weight,
         })
         .collect();
-    if let Some(url) = bad_names.first() {
-        errors.push(ConfigError::new(
-            format!("{path}.targets"),
-            format!("the host of {url:?} is not a name TLS can verify; set `tls.server_name`"),
-        ));
-        return None;
-    }
     Some(Upstream {
         name: upstream_name,
         balancer,
