@@ -303,7 +303,7 @@ async fn exchange_h2(target: &Target, mut stream: H2Stream, req: Request<Body>) 
         // Unprocessed, but its body is gone: `send` may retry it from its replay copy.
         return Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(e))));
     };
-    tracing::debug!(target = %target.authority, error = %e, "HTTP/2 request refused unprocessed: sending it on another connection");
+    tracing::debug!(target = %target.authority, error = %e, "HTTP/2 request not processed by the target: sending it on another connection");
     let mut fresh = match target.pool.checkout_h2().await {
         Ok(s) => s,
         Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
