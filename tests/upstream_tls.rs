@@ -860,27 +860,38 @@ async fn stream_limits_open_more_connections_and_max_connections_still_counts_co
 }
 
 /// An h2c server (the `h2` crate, to control frames) that resets the first stream of every
-/// even-numbered connection with REFUSED_STREAM and answers every other request with the
-/// length of its body.
-async fn refusing_h2c() -> (std::net::SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+/// even-numbered connection with `reason` (every stream, with `always`) and answers every
+/// other request with the length of its body. Counts connections and streams.
+async fn resetting_h2c(
+    reason: h2::Reason,
+    always: bool,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
-    let c = conns.clone();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let (c, st) = (conns.clone(), streams.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let n = c.fetch_add(1, Ordering::SeqCst);
+            let st = st.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(tcp).await else {
                     return;
                 };
                 let mut first = n.is_multiple_of(2);
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    if std::mem::take(&mut first) {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    st.fetch_add(1, Ordering::SeqCst);
+                    if std::mem::take(&mut first) || always {
+                        respond.send_reset(reason);
                         continue;
                     }
                     tokio::spawn(async move {
@@ -899,12 +910,12 @@ async fn refusing_h2c() -> (std::net::SocketAddr, Arc<AtomicUsize>, JoinHandle<(
             });
         }
     });
-    (addr, conns, task)
+    (addr, conns, streams, task)
 }
 
 #[tokio::test]
 async fn a_refused_stream_is_sent_again_on_a_new_connection() {
-    let (addr, conns, task) = refusing_h2c().await;
+    let (addr, conns, _, task) = resetting_h2c(h2::Reason::REFUSED_STREAM, false).await;
     // Two upstreams on the same server: two pools, so each meets a refusing connection first.
     let yaml = gateway_yaml(
         &format!(
@@ -1102,4 +1113,30 @@ fn a_reload_keeps_the_pool_while_the_tls_inputs_stay_the_same() {
     assert!(!Arc::ptr_eq(&first, &second));
     let renamed = load(&format!("{{ ca: {ca}, server_name: other.internal }}"));
     assert!(!Arc::ptr_eq(&second, &renamed));
+}
+
+#[tokio::test]
+async fn a_stream_reset_after_processing_is_not_sent_again() {
+    // INTERNAL_ERROR says nothing about whether the target acted on the request: it must not
+    // be duplicated, whatever the method.
+    let (addr, _, streams, task) = resetting_h2c(h2::Reason::INTERNAL_ERROR, true).await;
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!("  u:\n    targets: [\"h2c://{addr}\"]\n"),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    let r = get(&gw.url("/once")).await;
+    assert_gateway_error(&r, 502, &["upstream_failed"]);
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+    let r = send(
+        &client(),
+        Request::post(gw.url("/once"))
+            .header("content-length", "2")
+            .body(full("hi"))
+            .unwrap(),
+    )
+    .await;
+    assert_gateway_error(&r, 502, &["upstream_failed"]);
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+    task.abort();
 }
