@@ -150,6 +150,9 @@ pub struct Downstream<'a> {
     pub trusted: bool,
     /// The prefix `strip_prefix` removed, for `X-Forwarded-Prefix`.
     pub prefix: Option<&'a str>,
+    /// The client sent exactly `TE: trailers` (removed as hop-by-hop): an HTTP/2 upstream
+    /// gets it again, as gRPC servers require it.
+    pub te_trailers: bool,
 }
 
 /// Facts about the client connection.

@@ -109,6 +109,8 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamConnect(_) => Retry::NotSent,
             GatewayError::UpstreamTimeout(_) => Retry::OnTimeout,
+            // An HTTP/2 stream the target refused unprocessed is as safe as one never sent.
+            GatewayError::UpstreamFailed(e) if is_unprocessed(e.as_ref()) => Retry::NotSent,
             GatewayError::UpstreamFailed(_) => Retry::OnReset,
             // At the upstream's own limit, or out of targets: no other target would do better.
             GatewayError::Overloaded { .. } | GatewayError::NoTarget { .. } => Retry::Never,
@@ -268,6 +270,26 @@ pub fn is_grpc(h: &http::HeaderMap) -> bool {
             && v[..16].eq_ignore_ascii_case(b"application/grpc")
             && (v.len() == 16 || matches!(v[16], b'+' | b';'))
     })
+}
+
+/// Whether `e` (or an error it wraps) says an HTTP/2 target did not process the request, so
+/// sending it again cannot duplicate it (RFC 9113 8.7): the stream was reset with
+/// REFUSED_STREAM, or a graceful GOAWAY (NO_ERROR) arrived whose last stream id is below it.
+/// A GOAWAY with an error code is not enough: the streams it covers failed the same way.
+pub fn is_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && match h2.reason() {
+                    Some(h2::Reason::REFUSED_STREAM) => true,
+                    Some(h2::Reason::NO_ERROR) => h2.is_go_away(),
+                    _ => false,
+                };
+        }
+        at = err.source();
+    }
+    false
 }
 
 /// `{"error": code, "message": ..., "request_id": ...}`; used for every error the gateway makes.

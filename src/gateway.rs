@@ -198,6 +198,7 @@ async fn route_and_forward(
     let mut req = req.map(|b| Body::request(b, route.max_body_size, body_timeout, tally.clone()));
     // Before the policies: a client's `Connection: x-api-key` must not remove what a policy adds.
     let upgrade = proxy::take_upgrade(&mut req);
+    let te_trailers = proxy::te_is_trailers(req.headers());
     proxy::remove_hop_by_hop(req.headers_mut());
     if !rt.server.allow_underscores_in_headers {
         proxy::remove_underscored(req.headers_mut());
@@ -249,6 +250,7 @@ async fn route_and_forward(
                 crate::runtime::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
                 _ => None,
             },
+            te_trailers,
         };
         proxy::add_forwarding_headers(&mut req, &down, request_id);
         let key = match &upstream.balancer {

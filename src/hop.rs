@@ -41,6 +41,14 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::PROXY_AUTHORIZATION);
 }
 
+/// Whether the request carries exactly one `TE: trailers` (case-insensitive), the one TE value
+/// HTTP/2 allows (RFC 9113 8.2.2): what is forwarded to an HTTP/2 upstream after the
+/// hop-by-hop fields are gone.
+pub fn te_is_trailers(h: &HeaderMap) -> bool {
+    let mut te = h.get_all(header::TE).iter();
+    matches!((te.next(), te.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
 fn is_hop_by_hop(n: &HeaderName) -> bool {
     n == header::CONNECTION
         || n == header::TE

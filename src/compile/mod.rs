@@ -57,7 +57,8 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in &cfg.upstreams {
-        if let Some(up) = compile_upstream(name, u, state, &mut claims, &mut errors) {
+        if let Some(up) = compile_upstream(name, u, state, &mut claims, &mut errors, &mut warnings)
+        {
             upstreams.insert(name.clone(), Arc::new(up));
         }
     }

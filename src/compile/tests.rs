@@ -192,7 +192,9 @@ fn listen_forms() {
 fn target_urls() {
     assert_eq!(parse_target_url("http://a").unwrap().1.as_str(), "a:80");
     assert!(parse_target_url("http://a:1/x").is_err());
-    assert!(parse_target_url("https://a").is_err());
+    assert_eq!(parse_target_url("https://a").unwrap().1.as_str(), "a:443");
+    assert_eq!(parse_target_url("h2c://a").unwrap().1.as_str(), "a:80");
+    assert!(parse_target_url("ftp://a").is_err());
     assert!(parse_target_url("http://u@a").is_err());
     assert!(parse_target_url("a:1").is_err());
 }

@@ -1,5 +1,7 @@
-//! One upstream: targets (resolved names too), balancer, health, retries, limits, and the
-//! long-lived resources it claims.
+//! One upstream: targets (resolved names too), balancer, health, retries, limits, transport
+//! (`transport.rs`: protocol and TLS), and the long-lived resources it claims.
+
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use crate::state::State;
 use crate::upstream::balancer::SmoothWeighted;
 use crate::upstream::balancer::{Balancer, HashOn, Ring};
 use crate::upstream::health::ActivePolicy;
-use crate::upstream::pool::UpstreamPool;
+use crate::upstream::pool::{PoolSettings, UpstreamPool};
 use crate::upstream::retry::{RetryBudget, RetryPolicy};
 use crate::upstream::state::PassivePolicy;
 use crate::upstream::state::TargetLive;
@@ -27,6 +29,7 @@ pub(super) fn compile_upstream(
     state: &State,
     claims: &mut Claims,
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigError>,
 ) -> Option<Upstream> {
     let path = format!("upstreams.{name}");
     let before = errors.len();
@@ -38,6 +41,8 @@ pub(super) fn compile_upstream(
     }
     let mut targets = Vec::new();
     let mut names = Vec::new();
+    // The scheme every target must share, from the first one that parsed.
+    let mut scheme: Option<(Scheme, usize)> = None;
     for (i, t) in u.targets.iter().enumerate() {
         let (url, weight, tpath) = match t {
             TargetConfig::Url(s) => (s.as_str(), 1, format!("{path}.targets[{i}]")),
@@ -54,7 +59,22 @@ pub(super) fn compile_upstream(
             ));
         }
         match parse_target_url(url) {
-            Ok((scheme, authority)) => {
+            Ok((target_scheme, authority)) => {
+                match &scheme {
+                    None => scheme = Some((target_scheme.clone(), i)),
+                    Some((first, at)) if *first != target_scheme => {
+                        errors.push(ConfigError::new(
+                            tpath,
+                            format!(
+                                "all targets of an upstream use one scheme: targets[{at}] is {first}://, this one {target_scheme}://"
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+                let scheme = target_scheme;
+                let url_host = authority.host().to_owned();
                 let Ok(host_header) = HeaderValue::from_str(authority.as_str()) else {
                     errors.push(ConfigError::new(tpath, format!("invalid host in {url:?}")));
                     continue;
@@ -85,6 +105,7 @@ pub(super) fn compile_upstream(
                                 url: url.to_owned(),
                                 scheme: scheme.clone(),
                                 authority: a,
+                                url_host: url_host.clone(),
                                 host_header: host_header.clone(),
                                 weight,
                             });
@@ -96,6 +117,7 @@ pub(super) fn compile_upstream(
                     url: url.to_owned(),
                     scheme,
                     authority,
+                    url_host,
                     host_header,
                     weight,
                 });
@@ -138,11 +160,13 @@ pub(super) fn compile_upstream(
     let passive = compile_passive(u, &path, errors);
     let active = compile_active(u, &path, errors);
     let retry = compile_retries(name, u, &path, state, claims, errors);
+    let transport =
+        transport::compile_transport(u, &path, scheme.as_ref().map(|(s, _)| s), errors, warnings);
     if errors.len() > before {
         return None;
     }
-    let (Some(balancer), Some(passive), Some(retry), Some(active)) =
-        (balancer, passive, retry, active)
+    let (Some(balancer), Some(passive), Some(retry), Some(active), Some(transport)) =
+        (balancer, passive, retry, active, transport)
     else {
         return None;
     };
@@ -166,32 +190,52 @@ pub(super) fn compile_upstream(
         ));
         return None;
     }
+    // Over TLS, the name each target's connections send and verify.
+    let server_names: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            transport
+                .tls
+                .as_ref()
+                .map(|_| transport::server_name(u.tls.as_ref(), &t.url_host))
+        })
+        .collect();
+    if let Some(t) = targets
+        .iter()
+        .zip(&server_names)
+        .find_map(|(t, n)| matches!(n, Some(None)).then_some(t))
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.targets"),
+            format!(
+                "the host of {:?} is not a name TLS can verify; set `tls.server_name`",
+                t.url
+            ),
+        ));
+        return None;
+    }
     let reg = &state.registry;
+    let settings = PoolSettings {
+        connect_timeout: timeouts.connect,
+        idle_timeout: timeouts.idle,
+        max_connections: limits.max_connections,
+        max_pending: limits.max_pending,
+        transport,
+    };
+    // Kept while these settings stay: a new CA, client certificate or protocol means new
+    // connections.
     let pool = claims.claim(
         reg,
         name,
-        |p: &UpstreamPool| {
-            p.same_settings(
-                timeouts.connect,
-                timeouts.idle,
-                limits.max_connections,
-                limits.max_pending,
-            )
-        },
-        || {
-            UpstreamPool::new(
-                timeouts.connect,
-                timeouts.idle,
-                limits.max_connections,
-                limits.max_pending,
-            )
-        },
+        |p: &UpstreamPool| p.same_settings(&settings),
+        || UpstreamPool::new(settings.clone()),
     );
     let upstream_name: Arc<str> = name.into();
     let targets = targets
         .into_iter()
-        .map(|t| Target {
-            pool: pool.target(t.authority.as_str()),
+        .zip(server_names)
+        .map(|(t, server_name)| Target {
+            pool: pool.target(t.authority.as_str(), server_name.flatten()),
             // Kept while the target stays in this upstream, whatever else changes (other
             // targets, DNS answers, settings): its ejection, health and load.
             live: claims.claim(
@@ -506,11 +550,15 @@ struct TargetParts {
     url: String,
     scheme: Scheme,
     authority: Authority,
+    /// The host as the URL wrote it (the name, for a target resolved into addresses): the
+    /// default TLS server name.
+    url_host: String,
     host_header: HeaderValue,
     weight: u32,
 }
 
-/// `http://host:port` (port defaults to 80). No path, query or user info.
+/// `http://host:port`, `https://host:port` or `h2c://host:port` (the port defaults to 80, 443
+/// and 80). No path, query or user info.
 pub fn parse_target_url(url: &str) -> Result<(Scheme, Authority), String> {
     let uri: Uri = url
         .parse()
@@ -519,15 +567,15 @@ pub fn parse_target_url(url: &str) -> Result<(Scheme, Authority), String> {
         .scheme()
         .cloned()
         .ok_or_else(|| format!("URL {url:?} needs a scheme, e.g. \"http://{url}\""))?;
-    if scheme != Scheme::HTTP {
-        return Err(if scheme == Scheme::HTTPS {
-            format!(
-                "URL {url:?}: https targets are not supported yet (TLS to upstreams is a later capability); use http://"
-            )
-        } else {
-            format!("URL {url:?}: unsupported scheme {scheme} (use http://)")
-        });
-    }
+    let default_port = match scheme.as_str() {
+        "http" | transport::H2C => 80,
+        "https" => 443,
+        other => {
+            return Err(format!(
+                "URL {url:?}: unsupported scheme {other} (use http://, https:// or h2c://)"
+            ));
+        }
+    };
     let authority = uri
         .authority()
         .cloned()
@@ -547,7 +595,7 @@ pub fn parse_target_url(url: &str) -> Result<(Scheme, Authority), String> {
         ));
     }
     let authority = if authority.port().is_none() {
-        format!("{}:80", authority.host())
+        format!("{}:{default_port}", authority.host())
             .parse::<Authority>()
             .map_err(|e| format!("invalid URL {url:?}: {e}"))?
     } else {

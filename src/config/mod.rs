@@ -225,6 +225,13 @@ pub fn parse_str(
     let mut errors = Vec::new();
     let mut redactions = Redactions::default();
     redactions.literals(&value, false, &mut String::new());
+    // A key that names a file (`tls.client_key`) holds where a secret is, not the secret: the
+    // path stays readable in errors, which must say which file is wrong.
+    let files: Vec<String> = validate::file_paths(&value)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    redactions.pairs.retain(|(_, _, key)| !files.contains(key));
     interpolate(
         &mut value,
         &mut String::new(),

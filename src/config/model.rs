@@ -268,7 +268,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `"http://host:port"` or `{ url, weight }`.
+    /// `"http://host:port"`, `"https://host:port"`, `"h2c://host:port"` or `{ url, weight }`.
+    /// All targets of one upstream use the same scheme.
     pub targets: Vec<TargetConfig>,
     /// Load-balancing algorithm. Default `round_robin` (smooth weighted).
     #[serde(default)]
@@ -298,6 +299,53 @@ pub struct UpstreamConfig {
     /// How often targets given by host name are resolved again. Default `30s`.
     #[serde(default)]
     pub dns_refresh: Option<DurationStr>,
+    /// The HTTP version spoken to the targets: `http1` (default for `http://` and `https://`
+    /// targets) or `h2` (HTTP/2, over TLS with ALPN for `https://`). `h2c://` targets (HTTP/2
+    /// with prior knowledge, cleartext) imply `h2`.
+    #[serde(default)]
+    pub protocol: Option<UpstreamProtocol>,
+    /// HTTP/2 only: requests in flight on one connection before another connection to the
+    /// same target is opened (the target's own `SETTINGS_MAX_CONCURRENT_STREAMS` also counts).
+    /// Default 100.
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+    /// TLS to `https://` targets: trusted CAs, a client certificate, the name to verify.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `http1` or `h2`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    Http1,
+    H2,
+}
+
+/// TLS settings of an upstream whose targets are `https://`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CA certificates that may sign the targets' certificates. Replaces the
+    /// system's trust store (read with rustls-native-certs), which is the default.
+    #[serde(default)]
+    pub ca: Option<FilePath>,
+    /// PEM certificate chain the gateway presents to the targets (mutual TLS). Needs
+    /// `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<FilePath>,
+    /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub client_key: Option<FilePath>,
+    /// The name sent as SNI and verified in the target's certificate. Default: the host of
+    /// the target's URL (an IP address is verified against the certificate's IP addresses).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any certificate from the targets: no chain or name check (the handshake is
+    /// still authenticated by the target's key). For tests only; `gatehouse check` warns.
+    /// Default `false`.
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -12,7 +12,7 @@ use http::{Request, Uri, Version};
 use crate::body::Body;
 pub use crate::context::{Downstream, Upgrade, ip_value};
 use crate::error::GatewayError;
-pub use crate::hop::remove_hop_by_hop;
+pub use crate::hop::{remove_hop_by_hop, te_is_trailers};
 use crate::runtime::{Cidr, PathAction};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -1,21 +1,21 @@
-//! One try of a request to one target: check out a pooled connection, send in origin form,
-//! wait for the response head (the response timeout starts once the request body is sent),
-//! refuse ambiguous upstream framing, hand the body back streaming, and splice WebSockets.
-//! Called by [`super::send`] once per try.
-
-use std::sync::Arc;
+//! One try of a request to one target: take a connection (HTTP/1.1) or a stream on a shared
+//! connection (HTTP/2) from the pool, send the request (origin form on HTTP/1.1, `:authority`
+//! instead of Host on HTTP/2), wait for the response head (the response timeout starts once
+//! the request body is sent), refuse ambiguous upstream framing, hand the body back streaming,
+//! and splice WebSockets. Called by [`super::send`] once per try.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::context::{Downstream, Upgrade};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, is_unprocessed};
 use crate::observe::metrics::UpstreamOutcome;
 
-use super::pool::UpstreamBody;
+use super::pool::{H2Body, H2Stream, PooledConn, UpstreamBody};
+use super::transport::Protocol;
 use super::{Target, Upstream};
 
 /// How one try ended when it did not produce a response.
@@ -26,6 +26,15 @@ pub enum TryError {
     /// The request was (or may have been) sent.
     Sent(GatewayError),
 }
+
+/// What a request is sent on: its own HTTP/1.1 connection, or a stream of a shared HTTP/2
+/// one. It travels with the response body until that ends.
+enum Conn {
+    H1(PooledConn),
+    H2(H2Stream),
+}
+
+type Exchanged = Result<(Conn, Response<Incoming>), TryError>;
 
 /// Sends one try of the request to `target` and returns the upstream's response head (body
 /// streaming). `upgrade` is taken when the upstream switches protocols.
@@ -41,18 +50,30 @@ pub async fn forward(
         (true, Some(h)) => h.clone(),
         _ => target.host_header.clone(),
     };
-    req.headers_mut().insert(header::HOST, host);
-    if let Some(u) = upgrade.as_ref() {
-        req.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        req.headers_mut().insert(header::UPGRADE, u.proto.clone());
+    let protocol = target.pool.protocol();
+    match protocol {
+        Protocol::Http1 => {
+            req.headers_mut().insert(header::HOST, host);
+            if let Some(u) = upgrade.as_ref() {
+                req.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                req.headers_mut().insert(header::UPGRADE, u.proto.clone());
+            }
+            *req.uri_mut() = super::connector::origin_form(path);
+        }
+        Protocol::Http2 => h2_request(&mut req, target, host, path, down.te_trailers),
     }
-    *req.uri_mut() = crate::upstream::connector::origin_form(path);
 
     let timeout = upstream.timeouts.response;
     let started = std::time::Instant::now();
     let _in_flight = target.live.start();
-    let mut conn = match tokio::time::timeout(timeout, target.pool.checkout()).await {
+    let checkout = async {
+        match protocol {
+            Protocol::Http1 => target.pool.checkout().await.map(Conn::H1),
+            Protocol::Http2 => target.pool.checkout_h2().await.map(Conn::H2),
+        }
+    };
+    let conn = match tokio::time::timeout(timeout, checkout).await {
         Ok(Ok(c)) => c,
         // At the upstream's connection cap: not the target's fault.
         Ok(Err(e @ GatewayError::Overloaded { .. })) => {
@@ -73,56 +94,10 @@ pub async fn forward(
     let remaining = timeout.saturating_sub(started.elapsed());
     let client_body = req.body().pending_client_body().cloned();
     // The exchange owns the connection and hands it back with the response head.
-    // A reused keep-alive connection can be closed by the upstream just as it is taken (its
-    // idle timeout raced our request). A body-less idempotent request that then got no answer
-    // at all is sent again on a fresh connection, as browsers and Go's client do: the
-    // upstream closed without reading it.
-    let again = (conn.reused
-        && http_body::Body::is_end_stream(req.body())
-        && matches!(
-            *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
-        ))
-    .then(|| {
-        (
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().clone(),
-        )
-    });
-    let sent_at = std::time::Instant::now();
     let exchange = async move {
-        match conn.send(req).await {
-            Ok(resp) => Ok((conn, resp)),
-            // At once: a close that raced the request, not an upstream that took the request
-            // and failed later (which is not safe to send again).
-            Err(e)
-                if again.is_some()
-                    && e.error().is_incomplete_message()
-                    && sent_at.elapsed() < std::time::Duration::from_millis(100) =>
-            {
-                drop(conn);
-                let Some((method, uri, headers)) = again else {
-                    return Err(TryError::Sent(GatewayError::Internal("no head".into())));
-                };
-                let mut req = Request::new(Body::empty());
-                *req.method_mut() = method;
-                *req.uri_mut() = uri;
-                *req.headers_mut() = headers;
-                send_fresh(target, req).await
-            }
-            Err(mut e) => match e.take_message() {
-                // Never written (the pooled connection was not usable after all): sending it
-                // on a fresh connection cannot duplicate it. The dead one goes first, so it
-                // does not hold a slot under the connection cap.
-                Some(req) => {
-                    drop(conn);
-                    send_fresh(target, req).await
-                }
-                None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
-                    e.into_error(),
-                )))),
-            },
+        match conn {
+            Conn::H1(c) => exchange_h1(target, c, req).await,
+            Conn::H2(s) => exchange_h2(target, s, req).await,
         }
     };
     let result = match &client_body {
@@ -163,7 +138,7 @@ pub async fn forward(
         .observe_latency(elapsed, std::time::Instant::now());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(u) = upgrade.take() else {
+        let (Some(u), Conn::H1(conn)) = (upgrade.take(), conn) else {
             return Err(TryError::Sent(GatewayError::UpstreamFailed(
                 "upstream switched protocols without being asked".into(),
             )));
@@ -171,7 +146,7 @@ pub async fn forward(
         let up_up = hyper::upgrade::on(&mut resp);
         // The connection must be driven to hand over the upgraded stream; it is never pooled.
         conn.spawn();
-        tokio::spawn(splice(
+        tokio::spawn(super::upgrade::splice(
             u.on,
             up_up,
             down.conn_slot.clone(),
@@ -183,7 +158,8 @@ pub async fn forward(
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     if let Err(why) = check_response_framing(resp.headers_mut()) {
-        // The connection's remaining bytes cannot be trusted: it closes with `conn`.
+        // The connection's remaining bytes cannot be trusted: it closes with `conn` (an
+        // HTTP/2 stream is reset as it drops; the connection's other streams go on).
         drop(conn);
         return Err(TryError::Sent(GatewayError::UpstreamFailed(why.into())));
     }
@@ -196,32 +172,174 @@ pub async fn forward(
     if upstream.rewrite_redirects {
         rewrite_redirects(&mut parts.headers, target, down);
     }
-    let body = UpstreamBody::new(body, conn, target.pool.clone(), target.live.start());
-    Ok(Response::from_parts(parts, Body::Upstream(Box::pin(body))))
+    let body = match conn {
+        Conn::H1(c) => Body::Upstream(Box::pin(UpstreamBody::new(
+            body,
+            c,
+            target.pool.clone(),
+            target.live.start(),
+        ))),
+        Conn::H2(s) => Body::Upstream(Box::pin(H2Body::new(body, s, target.live.start()))),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Shapes a request for HTTP/2: the host goes in `:authority` (RFC 9113 8.3.1), not in a
+/// Host field; `:path` is the origin form; `TE: trailers` is kept when the client sent
+/// exactly that (gRPC needs it; it is the only TE value HTTP/2 allows).
+fn h2_request(
+    req: &mut Request<Body>,
+    target: &Target,
+    host: HeaderValue,
+    path: PathAndQuery,
+    te_trailers: bool,
+) {
+    req.headers_mut().remove(header::HOST);
+    let authority = Authority::try_from(host.as_bytes())
+        .or_else(|_| Authority::try_from(target.host_header.as_bytes()))
+        .unwrap_or_else(|_| target.authority.clone());
+    *req.uri_mut() =
+        super::connector::h2_target(&target.pool.endpoint().transport, authority, path);
+    *req.version_mut() = Version::HTTP_2;
+    if te_trailers {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// One HTTP/1.1 exchange on `conn`, with the two safe ways to send again on a fresh
+/// connection: a request that was never written, and (below) a close that raced the request.
+async fn exchange_h1(target: &Target, mut conn: PooledConn, req: Request<Body>) -> Exchanged {
+    // A reused keep-alive connection can be closed by the upstream just as it is taken (its
+    // idle timeout raced our request). A body-less idempotent request that then got no answer
+    // at all is sent again on a fresh connection, as browsers and Go's client do: the
+    // upstream closed without reading it.
+    let again = (conn.reused
+        && http_body::Body::is_end_stream(req.body())
+        && matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
+        ))
+    .then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
+    let sent_at = std::time::Instant::now();
+    match conn.send(req).await {
+        Ok(resp) => Ok((Conn::H1(conn), resp)),
+        // At once: a close that raced the request, not an upstream that took the request
+        // and failed later (which is not safe to send again).
+        Err(e)
+            if again.is_some()
+                && e.error().is_incomplete_message()
+                && sent_at.elapsed() < std::time::Duration::from_millis(100) =>
+        {
+            drop(conn);
+            let Some((method, uri, headers)) = again else {
+                return Err(TryError::Sent(GatewayError::Internal("no head".into())));
+            };
+            let mut req = Request::new(Body::empty());
+            *req.method_mut() = method;
+            *req.uri_mut() = uri;
+            *req.headers_mut() = headers;
+            send_fresh(target, req).await
+        }
+        Err(mut e) => match e.take_message() {
+            // Never written (the pooled connection was not usable after all): sending it
+            // on a fresh connection cannot duplicate it. The dead one goes first, so it
+            // does not hold a slot under the connection cap.
+            Some(req) => {
+                drop(conn);
+                send_fresh(target, req).await
+            }
+            None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+                e.into_error(),
+            )))),
+        },
+    }
 }
 
 /// Sends `req` on a new connection to `target` (never a pooled one): for a request the
 /// connection it was meant for could not take.
-async fn send_fresh(
-    target: &Target,
-    req: Request<Body>,
-) -> Result<
-    (
-        crate::upstream::pool::PooledConn,
-        Response<hyper::body::Incoming>,
-    ),
-    TryError,
-> {
+async fn send_fresh(target: &Target, req: Request<Body>) -> Exchanged {
     let mut fresh = match target.pool.connect().await {
         Ok(c) => c,
         Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
     };
     match fresh.send(req).await {
-        Ok(resp) => Ok((fresh, resp)),
+        Ok(resp) => Ok((Conn::H1(fresh), resp)),
         Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
             e.into_error(),
         )))),
     }
+}
+
+/// One HTTP/2 exchange on `stream`. A request the target refused unprocessed (a GOAWAY that
+/// did not cover it, REFUSED_STREAM) or that never left (the connection had stopped taking
+/// requests) is sent once more, on another connection; see [`is_unprocessed`].
+async fn exchange_h2(target: &Target, mut stream: H2Stream, req: Request<Body>) -> Exchanged {
+    // A request whose body is already in memory (none, or one kept for retries) can be
+    // rebuilt if the stream is refused; a streamed body cannot.
+    let copy = resend_copy(&req);
+    let mut e = match stream.send(req).await {
+        Ok(resp) => return Ok((Conn::H2(stream), resp)),
+        Err(e) => e,
+    };
+    let (again, e) = match e.take_message() {
+        Some(req) => (Some(req), e.into_error()),
+        None if is_unprocessed(e.error()) => (copy, e.into_error()),
+        None => {
+            return Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+                e.into_error(),
+            ))));
+        }
+    };
+    stream.retire();
+    drop(stream);
+    let Some(req) = again else {
+        // Unprocessed, but its body is gone: `send` may retry it from its replay copy.
+        return Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(e))));
+    };
+    tracing::debug!(target = %target.authority, error = %e, "HTTP/2 request not processed by the target: sending it on another connection");
+    let mut fresh = match target.pool.checkout_h2().await {
+        Ok(s) => s,
+        Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
+    };
+    match fresh.send(req).await {
+        Ok(resp) => Ok((Conn::H2(fresh), resp)),
+        Err(mut e) => {
+            if is_unprocessed(e.error()) {
+                fresh.retire();
+            }
+            match e.take_message() {
+                Some(req) => Err(TryError::NotSent(
+                    GatewayError::UpstreamConnect(Box::new(e.into_error())),
+                    Box::new(req),
+                )),
+                None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
+                    e.into_error(),
+                )))),
+            }
+        }
+    }
+}
+
+/// A copy of `req` to send again, when its body is in memory.
+fn resend_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    let body = match req.body() {
+        Body::Full(Some(b)) => Body::Full(Some(b.clone())),
+        b if http_body::Body::is_end_stream(b) => Body::Empty,
+        Body::Empty | Body::Full(None) | Body::Request { .. } | Body::Upstream(_) => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Waits for the response head of a request whose body the client is still sending. The
@@ -373,106 +491,4 @@ fn check_response_framing(h: &mut HeaderMap) -> Result<(), &'static str> {
         h.insert(header::CONTENT_LENGTH, one);
     }
     Ok(())
-}
-
-/// Copies bytes both ways between an upgraded client connection and upstream connection until
-/// either side closes, or until no byte has moved either way for `idle`. Holds the client
-/// connection's slot until then.
-async fn splice(
-    down: hyper::upgrade::OnUpgrade,
-    up: hyper::upgrade::OnUpgrade,
-    _slot: Option<Arc<dyn Send + Sync>>,
-    idle: std::time::Duration,
-) {
-    let (down, up) = match tokio::join!(down, up) {
-        (Ok(d), Ok(u)) => (d, u),
-        (d, u) => {
-            tracing::debug!(
-                downstream_ok = d.is_ok(),
-                upstream_ok = u.is_ok(),
-                "upgrade failed"
-            );
-            return;
-        }
-    };
-    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut down = Counted::new(TokioIo::new(down), moved.clone());
-    let mut up = Counted::new(TokioIo::new(up), moved.clone());
-    let mut copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
-    // Checked every quarter of `idle`: closed within 1.25 × `idle` of the last byte.
-    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
-    let mut seen = 0;
-    let mut quiet_since = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            r = copy.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upgraded connection ended with an error");
-                }
-                return;
-            }
-            _ = tokio::time::sleep(tick) => {
-                let now = moved.load(std::sync::atomic::Ordering::Relaxed);
-                if now != seen {
-                    seen = now;
-                    quiet_since = tokio::time::Instant::now();
-                } else if quiet_since.elapsed() >= idle {
-                    tracing::debug!(?idle, "upgraded connection idle both ways: closed");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// An upgraded stream that counts the bytes read from it (in either direction's copy).
-struct Counted<T> {
-    inner: T,
-    moved: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<T> Counted<T> {
-    fn new(inner: T, moved: Arc<std::sync::atomic::AtomicU64>) -> Self {
-        Counted { inner, moved }
-    }
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            this.moved
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }

@@ -1,6 +1,7 @@
 //! Active health checks: an HTTP GET to each target of an upstream with `health.active`, at an
 //! interval (with ±10% jitter, so checks of many gateways do not align), on a connection of its
-//! own (never a pooled one, so a check measures a fresh connect too). A target that fails
+//! own (never a pooled one, so a check measures a fresh connect too), made by the same
+//! connector as the pool's: TLS and HTTP/2 when the upstream uses them. A target that fails
 //! `unhealthy_threshold` checks in a row gets no traffic until it passes `healthy_threshold` in
 //! a row. Checker tasks are kept per (upstream, target, settings) across reloads: a reload that
 //! keeps a target keeps its checker and its state.
@@ -15,7 +16,9 @@ use http_body_util::Empty;
 use tokio::task::JoinHandle;
 
 use super::Upstream;
+use super::connector::Endpoint;
 use super::state::TargetLive;
+use super::transport::Protocol;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivePolicy {
@@ -33,13 +36,30 @@ type Key = (Arc<str>, String);
 /// The running checker tasks.
 #[derive(Default)]
 pub struct HealthCheckers {
-    tasks: Mutex<HashMap<Key, (ActivePolicy, JoinHandle<()>)>>,
+    tasks: Mutex<HashMap<Key, Checker>>,
+}
+
+/// A running checker and what it was started with.
+struct Checker {
+    policy: ActivePolicy,
+    /// How the target is reached: a checker started for other TLS or protocol settings is
+    /// replaced.
+    endpoint: Arc<Endpoint>,
+    task: JoinHandle<()>,
+}
+
+/// What one target's checker needs.
+struct Wanted {
+    policy: ActivePolicy,
+    live: Arc<TargetLive>,
+    host: HeaderValue,
+    endpoint: Arc<Endpoint>,
 }
 
 impl HealthCheckers {
     /// Makes the running checkers match the upstreams of the live config.
     pub fn reconcile<'a>(&self, upstreams: impl Iterator<Item = &'a Upstream>) {
-        let mut want: HashMap<Key, (ActivePolicy, Arc<TargetLive>, HeaderValue)> = HashMap::new();
+        let mut want: HashMap<Key, Wanted> = HashMap::new();
         for u in upstreams {
             let Some(policy) = &u.active else {
                 // Checks turned off: a target they had taken out comes back.
@@ -51,33 +71,47 @@ impl HealthCheckers {
             for t in &u.targets {
                 want.insert(
                     (u.name.clone(), t.authority.to_string()),
-                    (policy.clone(), t.live.clone(), t.host_header.clone()),
+                    Wanted {
+                        policy: policy.clone(),
+                        live: t.live.clone(),
+                        host: t.host_header.clone(),
+                        endpoint: t.pool.endpoint().clone(),
+                    },
                 );
             }
         }
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|key, (policy, handle)| {
-            let keep = want.get(key).is_some_and(|(p, _, _)| p == policy);
+        tasks.retain(|key, c| {
+            let keep = want
+                .get(key)
+                .is_some_and(|w| w.policy == c.policy && Arc::ptr_eq(&w.endpoint, &c.endpoint));
             if !keep {
-                handle.abort();
+                c.task.abort();
             }
             keep
         });
-        for (key, (policy, live, host)) in want {
+        for (key, w) in want {
             if tasks.contains_key(&key) {
                 continue;
             }
             if tokio::runtime::Handle::try_current().is_err() {
                 return;
             }
-            let handle = tokio::spawn(check_loop(
+            let task = tokio::spawn(check_loop(
                 key.0.clone(),
-                key.1.clone(),
-                policy.clone(),
-                live,
-                host,
+                w.policy.clone(),
+                w.live,
+                w.host,
+                w.endpoint.clone(),
             ));
-            tasks.insert(key, (policy, handle));
+            tasks.insert(
+                key,
+                Checker {
+                    policy: w.policy,
+                    endpoint: w.endpoint,
+                    task,
+                },
+            );
         }
     }
 }
@@ -85,8 +119,8 @@ impl HealthCheckers {
 impl HealthCheckers {
     pub fn stop_all(&self) {
         if let Ok(mut tasks) = self.tasks.lock() {
-            for (_, (_, h)) in tasks.drain() {
-                h.abort();
+            for (_, c) in tasks.drain() {
+                c.task.abort();
             }
         }
     }
@@ -95,8 +129,8 @@ impl HealthCheckers {
 impl Drop for HealthCheckers {
     fn drop(&mut self) {
         if let Ok(tasks) = self.tasks.lock() {
-            for (_, h) in tasks.values() {
-                h.abort();
+            for c in tasks.values() {
+                c.task.abort();
             }
         }
     }
@@ -104,15 +138,16 @@ impl Drop for HealthCheckers {
 
 async fn check_loop(
     upstream: Arc<str>,
-    authority: String,
     policy: ActivePolicy,
     live: Arc<TargetLive>,
     host: HeaderValue,
+    endpoint: Arc<Endpoint>,
 ) {
+    let authority = endpoint.authority.as_str();
     loop {
         let jitter = policy.interval.as_secs_f64() * (0.9 + 0.2 * fastrand::f64());
         tokio::time::sleep(Duration::from_secs_f64(jitter)).await;
-        let result = probe(&authority, &host, &policy).await;
+        let result = probe(&endpoint, &host, &policy).await;
         let ok = result.is_ok();
         if let Some(healthy) =
             live.record_probe(ok, policy.healthy_threshold, policy.unhealthy_threshold)
@@ -127,26 +162,46 @@ async fn check_loop(
 }
 
 /// One check: connect, `GET path`, and an expected status, all within `timeout`.
-async fn probe(authority: &str, host: &HeaderValue, p: &ActivePolicy) -> Result<(), String> {
+async fn probe(endpoint: &Endpoint, host: &HeaderValue, p: &ActivePolicy) -> Result<(), String> {
     let attempt = async {
-        // The same connector as the pool's (bounded here by the check's own timeout).
-        let (mut send, conn) = super::connector::http1::<Empty<Bytes>>(authority, p.timeout)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let driver = tokio::spawn(conn);
         let path = http::uri::PathAndQuery::try_from(p.path.as_str()).map_err(|e| e.to_string())?;
-        let req = Request::get(super::connector::origin_form(path))
-            .header(http::header::HOST, host.clone())
+        let req = Request::get(super::connector::origin_form(path.clone()))
             .header(http::header::USER_AGENT, "gatehouse-health-check")
-            .header(http::header::CONNECTION, "close")
-            .body(Empty::new())
+            .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"));
-        driver.abort();
-        let status = resp?.status().as_u16();
+        // The same connector as the pool's (bounded here by the check's own timeout).
+        let status = match endpoint.protocol() {
+            Protocol::Http1 => {
+                let (mut send, conn) = endpoint
+                    .http1(p.timeout)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let driver = tokio::spawn(conn);
+                let mut req = req;
+                req.headers_mut().insert(http::header::HOST, host.clone());
+                req.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                let resp = send.send_request(req).await;
+                driver.abort();
+                resp.map_err(|e| format!("request: {e}"))?.status()
+            }
+            Protocol::Http2 => {
+                let (mut send, conn) = endpoint
+                    .http2(p.timeout)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let driver = tokio::spawn(conn);
+                let authority = http::uri::Authority::try_from(host.as_bytes())
+                    .map_err(|e| format!("host {host:?}: {e}"))?;
+                let (mut parts, body) = req.into_parts();
+                parts.uri = super::connector::h2_target(&endpoint.transport, authority, path);
+                parts.version = http::Version::HTTP_2;
+                let resp = send.send_request(Request::from_parts(parts, body)).await;
+                driver.abort();
+                resp.map_err(|e| format!("request: {e}"))?.status()
+            }
+        }
+        .as_u16();
         if (p.expected.0..=p.expected.1).contains(&status) {
             Ok(())
         } else {

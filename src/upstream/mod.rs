@@ -13,9 +13,11 @@ pub mod health;
 pub mod pool;
 pub mod retry;
 pub mod send;
+pub mod state;
+pub mod transport;
+mod upgrade;
 
 pub use send::{Call, send};
-pub mod state;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -20,6 +20,7 @@ use crate::observe::metrics::Metrics;
 use super::exchange::TryError;
 
 use super::pool::UpstreamSlot;
+use super::transport::Protocol;
 use super::{Target, Upstream};
 
 /// What one call needs besides the request: where it goes, on whose behalf, and what to count.
@@ -55,6 +56,18 @@ pub async fn send(
             return Err(e);
         }
     };
+    // An HTTP/2 connection cannot carry an HTTP/1.1 upgrade, and RFC 8441 WebSockets over
+    // HTTP/2 are not implemented: refused before any target is tried, so no target's health
+    // pays for it. Logged by the gateway with this reason.
+    if upgrade.is_some() && upstream.pool.transport().protocol == Protocol::Http2 {
+        return Err(GatewayError::UpstreamFailed(
+            format!(
+                "upstream {} speaks HTTP/2 (protocol: h2): a WebSocket upgrade cannot be forwarded to it",
+                upstream.name
+            )
+            .into(),
+        ));
+    }
     let retry = &upstream.retry;
     retry.budget.deposit();
     // Keep a copy to resend only if a retry on status, timeout or reset could use it.
