@@ -146,6 +146,12 @@ async fn grpc_upstream() -> std::net::SocketAddr {
     reporter
         .set_service_status("users", ServingStatus::Serving)
         .await;
+    reporter
+        .set_service_status("stable", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("down", ServingStatus::NotServing)
+        .await;
     tokio::spawn(async move {
         // Flip `users` every 100 ms, for the streaming Watch.
         let mut up = true;
@@ -338,4 +344,36 @@ async fn the_gateways_own_errors_are_grpc_statuses() {
         .await
         .expect_err("no route");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+}
+
+/// Active health checks with the gRPC health protocol: a target whose service is NOT_SERVING
+/// goes out of rotation, one that is SERVING stays in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_follow_the_serving_status() {
+    let up = grpc_upstream().await;
+    let yaml = |service: &str| {
+        format!(
+            "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  grpc:\n    targets: [\"h2c://{up}\"]\n    health:\n      active: {{ grpc: {{ service: {service} }}, interval: 150ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: grpc\n"
+        )
+    };
+    for (service, want_down) in [("down", true), ("stable", false)] {
+        let gw = TestGateway::start(&yaml(service)).await;
+        // Three check intervals.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let rt = gw.gw.runtime.load();
+        let down = rt.upstreams["grpc"].targets[0].live.is_down();
+        assert_eq!(down, want_down, "service {service}");
+    }
+    // A gRPC check on an HTTP/1.1 upstream is a config error.
+    let bad = "listen: \"127.0.0.1:0\"\nupstreams:\n  u:\n    targets: [\"http://127.0.0.1:1\"]\n    health: { active: { grpc: {} } }\nroutes:\n  - match: { path_prefix: / }\n    upstream: u\n";
+    let cfg = gatehouse::config::parse_str(bad, &|_| None).expect("parses");
+    let errors = gatehouse::compile::compile(&cfg, &gatehouse::State::default())
+        .err()
+        .expect("refused");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "upstreams.u.health.active.grpc"),
+        "{errors:?}"
+    );
 }

@@ -165,6 +165,16 @@ pub(super) fn compile_upstream(
     if errors.len() > before {
         return None;
     }
+    if let (Some(Some(a)), Some(t)) = (&active, &transport)
+        && a.grpc_service.is_some()
+        && t.protocol != upstream::transport::Protocol::Http2
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.health.active.grpc"),
+            "gRPC health checks need an HTTP/2 upstream (h2c:// targets, or protocol: h2)",
+        ));
+        return None;
+    }
     let (Some(balancer), Some(passive), Some(retry), Some(active), Some(transport)) =
         (balancer, passive, retry, active, transport)
     else {
@@ -277,6 +287,8 @@ pub(super) fn compile_upstream(
 
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 
+const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
+
 fn compile_active(
     u: &UpstreamConfig,
     path: &str,
@@ -287,12 +299,32 @@ fn compile_active(
     };
     let p = format!("{path}.health.active");
     let before = errors.len();
-    if !a.path.starts_with('/') || http::uri::PathAndQuery::try_from(a.path.as_str()).is_err() {
-        errors.push(ConfigError::new(
-            format!("{p}.path"),
-            format!("invalid path {:?} (e.g. \"/healthz\")", a.path),
-        ));
-    }
+    let check_path = match (&a.path, &a.grpc) {
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::new(
+                p.clone(),
+                "use either `path` (an HTTP GET) or `grpc` (the gRPC health protocol), not both",
+            ));
+            String::new()
+        }
+        (None, None) => {
+            errors.push(ConfigError::new(
+                format!("{p}.path"),
+                "needs a `path` to GET (e.g. \"/healthz\"), or `grpc: {}` for gRPC targets",
+            ));
+            String::new()
+        }
+        (None, Some(_)) => GRPC_HEALTH_PATH.to_owned(),
+        (Some(path), None) => {
+            if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+                errors.push(ConfigError::new(
+                    format!("{p}.path"),
+                    format!("invalid path {path:?} (e.g. \"/healthz\")"),
+                ));
+            }
+            path.clone()
+        }
+    };
     let interval = a.interval.map_or(Duration::from_secs(5), |d| d.0);
     let timeout = a.timeout.map_or(Duration::from_secs(2), |d| d.0);
     if interval < Duration::from_millis(100) {
@@ -340,7 +372,11 @@ fn compile_active(
     let healthy_threshold = a.healthy_threshold.unwrap_or(2).max(1);
     let unhealthy_threshold = a.unhealthy_threshold.unwrap_or(3).max(1);
     (errors.len() == before).then_some(Some(ActivePolicy {
-        path: a.path.clone(),
+        path: check_path,
+        grpc_service: a
+            .grpc
+            .as_ref()
+            .map(|g| g.service.clone().unwrap_or_default()),
         interval,
         timeout,
         healthy_threshold,

@@ -378,8 +378,14 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthConfig {
-    /// Path to GET, e.g. `/healthz`.
-    pub path: String,
+    /// Path to GET, e.g. `/healthz`. Needed unless `grpc` is set.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Check with the gRPC health-checking protocol (`grpc.health.v1.Health/Check`) instead of
+    /// a GET: healthy when the target answers SERVING for `service` (default `""`, the server
+    /// as a whole). HTTP/2 upstreams only.
+    #[serde(default)]
+    pub grpc: Option<GrpcHealthConfig>,
     /// Default `5s`.
     #[serde(default)]
     pub interval: Option<DurationStr>,
@@ -395,6 +401,14 @@ pub struct ActiveHealthConfig {
     /// Statuses that count as healthy, e.g. `200-399` (default) or `200`.
     #[serde(default)]
     pub expected_status: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthConfig {
+    /// The service name to ask about; `""` (default) asks about the server.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 /// Outlier detection from live traffic.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request};
-use http_body_util::Empty;
+use http_body_util::Full;
 use tokio::task::JoinHandle;
 
 use super::Upstream;
@@ -23,6 +23,9 @@ use super::transport::Protocol;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivePolicy {
     pub path: String,
+    /// Check with the gRPC health protocol, about this service (`""`: the server), at
+    /// `path` = `/grpc.health.v1.Health/Check`.
+    pub grpc_service: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_threshold: u32,
@@ -161,16 +164,80 @@ async fn check_loop(
     }
 }
 
+/// A `grpc.health.v1.HealthCheckRequest { service }`, framed: a 5-byte gRPC message prefix,
+/// then field 1 (a string) in protobuf.
+fn grpc_check_request(service: &str) -> Bytes {
+    let s = service.as_bytes();
+    let mut msg = Vec::with_capacity(s.len() + 6);
+    if !s.is_empty() {
+        msg.push(0x0a); // field 1, length-delimited
+        let mut n = s.len();
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(s);
+    }
+    let mut framed = Vec::with_capacity(msg.len() + 5);
+    framed.push(0); // not compressed
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    Bytes::from(framed)
+}
+
+/// Reads a gRPC health answer whole: healthy (reported as HTTP 200) when `grpc-status` is 0
+/// and the `HealthCheckResponse` says SERVING (field 1 = 1).
+async fn grpc_verdict(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<http::StatusCode, String> {
+    use http_body_util::BodyExt;
+    if resp.status() != http::StatusCode::OK {
+        return Ok(resp.status());
+    }
+    let (parts, body) = resp.into_parts();
+    let collected = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the gRPC answer: {e}"))?;
+    let trailers = collected.trailers().cloned();
+    let bytes = collected.to_bytes();
+    let grpc_status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("missing")
+        .to_owned();
+    if grpc_status != "0" {
+        return Err(format!("grpc-status {grpc_status}"));
+    }
+    // One message: 5-byte prefix, then `status` (field 1, varint): 08 01 = SERVING.
+    let msg = bytes.get(5..).unwrap_or_default();
+    match msg {
+        [0x08, 0x01, ..] => Ok(http::StatusCode::OK),
+        [0x08, s, ..] => Err(format!("gRPC health status {s} (not SERVING)")),
+        _ => Err("gRPC health status UNKNOWN".to_owned()),
+    }
+}
+
 /// One check: connect, `GET path`, and an expected status, all within `timeout`.
 async fn probe(endpoint: &Endpoint, host: &HeaderValue, p: &ActivePolicy) -> Result<(), String> {
     let attempt = async {
         let path = http::uri::PathAndQuery::try_from(p.path.as_str()).map_err(|e| e.to_string())?;
-        let req = Request::get(super::connector::origin_form(path.clone()))
-            .header(http::header::USER_AGENT, "gatehouse-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+        let req = match &p.grpc_service {
+            None => Request::get(super::connector::origin_form(path.clone()))
+                .header(http::header::USER_AGENT, "gatehouse-health-check")
+                .body(Full::new(Bytes::new())),
+            Some(service) => Request::post(super::connector::origin_form(path.clone()))
+                .header(http::header::USER_AGENT, "gatehouse-health-check")
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers")
+                .body(Full::new(grpc_check_request(service))),
+        }
+        .map_err(|e| e.to_string())?;
         // The same connector as the pool's (bounded here by the check's own timeout).
-        let status = match endpoint.protocol() {
+        let resp = match endpoint.protocol() {
             Protocol::Http1 => {
                 let (mut send, conn) = endpoint
                     .http1(p.timeout)
@@ -182,8 +249,13 @@ async fn probe(endpoint: &Endpoint, host: &HeaderValue, p: &ActivePolicy) -> Res
                 req.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                 let resp = send.send_request(req).await;
+                let resp = match (&p.grpc_service, resp) {
+                    (Some(_), Ok(r)) => grpc_verdict(r).await,
+                    (None, r) => r.map(|r| r.status()).map_err(|e| format!("request: {e}")),
+                    (_, Err(e)) => Err(format!("request: {e}")),
+                };
                 driver.abort();
-                resp.map_err(|e| format!("request: {e}"))?.status()
+                resp?
             }
             Protocol::Http2 => {
                 let (mut send, conn) = endpoint
@@ -197,11 +269,16 @@ async fn probe(endpoint: &Endpoint, host: &HeaderValue, p: &ActivePolicy) -> Res
                 parts.uri = super::connector::h2_target(&endpoint.transport, authority, path);
                 parts.version = http::Version::HTTP_2;
                 let resp = send.send_request(Request::from_parts(parts, body)).await;
+                let resp = match (&p.grpc_service, resp) {
+                    (Some(_), Ok(r)) => grpc_verdict(r).await,
+                    (None, r) => r.map(|r| r.status()).map_err(|e| format!("request: {e}")),
+                    (_, Err(e)) => Err(format!("request: {e}")),
+                };
                 driver.abort();
-                resp.map_err(|e| format!("request: {e}"))?.status()
+                resp?
             }
-        }
-        .as_u16();
+        };
+        let status = resp.as_u16();
         if (p.expected.0..=p.expected.1).contains(&status) {
             Ok(())
         } else {
