@@ -7,6 +7,7 @@
 #   nginx      real upstream for the forwarding tests (tests/real_upstreams.rs)
 #   python3    real upstream (http.server) for the forwarding tests
 #   strace     to see the flags the gateway creates config write-back files with
+#   curl       a real TLS and HTTP/2 client for the TLS tests (SNI, ALPN, client certificates)
 #   procps     `kill`, to signal the gateway binary
 #   coreutils  `timeout`, to bound the browser
 # Nothing is started here: each test starts its own servers on ephemeral loopback ports.
@@ -26,6 +27,8 @@ command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
   sudo=""
