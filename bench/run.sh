@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Gatehouse vs nginx vs HAProxy: plain HTTP/1.1 reverse-proxy throughput on loopback.
+# Gatehouse vs nginx vs HAProxy on loopback: plain HTTP/1.1 reverse-proxy throughput (default),
+# and with --mode also HTTPS keep-alive, full TLS handshakes per second and HTTP/2 over TLS.
 #
-#   bash bench/run.sh [--proxies "nginx haproxy gatehouse"] [--duration 10s] [--connections 50]
-#                     [--baseline PATH] [--rounds N]
+#   bash bench/run.sh [--mode http|https|handshake|h2|all] [--proxies "nginx haproxy gatehouse"]
+#                     [--duration 10s] [--connections 50] [--baseline PATH] [--rounds N]
 #
-# Environment: DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
+# Environment: MODE (http; a list such as "https h2" runs several; all = http https handshake
+# h2), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
 # GATEHOUSE_BIN (skip the cargo build and use this binary), WARMUP (2s),
 # BASELINE_BIN (another gatehouse binary, e.g. of the previous commit: adds the proxy
 # "gatehouse-base", run exactly like "gatehouse"), ROUNDS (1; N > 1 measures the whole list
 # N times, interleaved, and reports medians), PROXY_CPU / LOAD_CPU (default: first /
 # second CPU this process may run on), KEEP_TMP=1 (keep the temp dir with configs, logs
-# and raw wrk output). See bench/README.md. The table goes to stdout, progress to stderr.
+# and raw load-generator output), H2_STREAMS (10: h2load -m), HS_CLIENTS (2: parallel
+# openssl s_time processes in the handshake mode). See bench/README.md. The tables go to
+# stdout, progress to stderr.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,16 +28,21 @@ ROUNDS="${ROUNDS:-1}"
 BASELINE_BIN="${BASELINE_BIN:-}"
 WRK_THREADS="${WRK_THREADS:-1}"
 KEEP_TMP="${KEEP_TMP:-0}"
+MODE="${MODE:-http}"
+H2_STREAMS="${H2_STREAMS:-10}"
+HS_CLIENTS="${HS_CLIENTS:-2}"
 CARGO_LOCK="/tmp/cargo.lock"
 CARGO_LOCK_WAIT="${CARGO_LOCK_WAIT:-1800}" # seconds to wait for the shared cargo lock
 START_TIMEOUT_S=10
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($# > 0)); do
     case "$1" in
+        --mode) MODE="${2:?--mode needs a value}"; shift 2 ;;
+        --mode=*) MODE="${1#*=}"; shift ;;
         --proxies) PROXIES="${2:?--proxies needs a value}"; shift 2 ;;
         --proxies=*) PROXIES="${1#*=}"; shift ;;
         --duration) DURATION="${2:?--duration needs a value}"; shift 2 ;;
@@ -67,6 +76,32 @@ for p in "${PROXY_LIST[@]}"; do
 done
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: CONNECTIONS must be a positive integer" >&2; exit 2; }
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: ROUNDS must be a positive integer" >&2; exit 2; }
+[[ "$H2_STREAMS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: H2_STREAMS must be a positive integer" >&2; exit 2; }
+[[ "$HS_CLIENTS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: HS_CLIENTS must be a positive integer" >&2; exit 2; }
+
+# Modes, in the order given ("all" = every mode), each once.
+read -r -a mode_args <<<"${MODE//,/ }"
+((${#mode_args[@]} > 0)) || { echo "run.sh: MODE is empty" >&2; exit 2; }
+MODE_LIST=()
+for m in "${mode_args[@]}"; do
+    case "$m" in
+        all) expanded=(http https handshake h2) ;;
+        http | https | handshake | h2) expanded=("$m") ;;
+        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 all)" >&2; exit 2 ;;
+    esac
+    for e in "${expanded[@]}"; do
+        dup=0
+        for x in "${MODE_LIST[@]}"; do [[ "$x" == "$e" ]] && dup=1; done
+        ((dup)) || MODE_LIST+=("$e")
+    done
+done
+wants_mode() {
+    local x
+    for x in "${MODE_LIST[@]}"; do [[ "$x" == "$1" ]] && return 0; done
+    return 1
+}
+HAS_TLS=0 # any mode that needs the certificate
+if wants_mode https || wants_mode handshake || wants_mode h2; then HAS_TLS=1; fi
 
 wants() {
     local x
@@ -112,8 +147,12 @@ ensure_tools() {
     local missing=() pkgs=() t
     # command -> Debian package
     local -A pkg_of=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [curl]=curl
-        [taskset]=util-linux [python3]=python3 [flock]=util-linux)
-    local need=(nginx wrk curl taskset python3)
+        [taskset]=util-linux [python3]=python3 [flock]=util-linux [openssl]=openssl
+        [h2load]=nghttp2-client [ps]=procps)
+    local need=(nginx curl taskset python3)
+    if wants_mode http || wants_mode https; then need+=(wrk); fi
+    ((HAS_TLS)) && need+=(openssl ps)
+    wants_mode h2 && need+=(h2load)
     wants haproxy && need+=(haproxy)
     wants gatehouse && [[ -z "${GATEHOUSE_BIN:-}" ]] && need+=(flock)
     for t in "${need[@]}"; do
@@ -280,6 +319,37 @@ PY
 NGINX_E=()
 if "$NGINX" -h 2>&1 | grep -qE '^ *-e '; then NGINX_E=(-e); fi
 
+# TLS modes: one self-signed ECDSA P-256 certificate for every proxy, so that all of them do
+# the same crypto. HAProxy wants certificate and key in one file.
+CERT=""
+KEY=""
+CERT_KEY=""
+TLS_UPSTREAM_KEEPALIVE=64
+NGINX_HTTP2_ON=0 # nginx >= 1.25.1: "http2 on;" instead of "listen ... http2"
+if ((HAS_TLS)); then
+    mkdir -p "$WORK/tls"
+    CERT="$WORK/tls/cert.pem"
+    KEY="$WORK/tls/key.pem"
+    CERT_KEY="$WORK/tls/cert+key.pem"
+    cert_cmd=(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes
+        -keyout "$KEY" -out "$CERT" -days 7 -subj /CN=localhost
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1")
+    record "${cert_cmd[@]}"
+    "${cert_cmd[@]}" >"$WORK/tls/openssl-req.log" 2>&1 ||
+        die "could not make the test certificate: $(tail -n 3 "$WORK/tls/openssl-req.log")"
+    cat "$CERT" "$KEY" >"$CERT_KEY"
+    # h2: CONNECTIONS x H2_STREAMS requests in flight, each needing an upstream connection;
+    # nginx closes the ones beyond its idle "keepalive" cache after each response.
+    if ((CONNECTIONS * H2_STREAMS > TLS_UPSTREAM_KEEPALIVE)); then
+        TLS_UPSTREAM_KEEPALIVE=$((CONNECTIONS * H2_STREAMS))
+    fi
+    nginx_ver="$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9][0-9.]*\).*|\1|p')"
+    if [[ -n "$nginx_ver" && "$(printf '%s\n' 1.25.1 "$nginx_ver" | sort -V | head -n 1)" == 1.25.1 ]]; then
+        NGINX_HTTP2_ON=1
+    fi
+fi
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+
 nginx_common() { # $1 = instance dir
     cat <<EOF
 worker_processes 1;
@@ -309,10 +379,12 @@ start_bg() {
     log "started $name (pid $LAST_PID, cpu $cpu)"
 }
 
-# wait_ready NAME PID PORT LOGFILE : bounded wait until http://127.0.0.1:PORT/ answers
-# On failure WAIT_REASON says why.
+# wait_ready NAME PID PORT LOGFILE [TLS] : bounded wait until http://127.0.0.1:PORT/ answers
+# (https://, with the test certificate as CA, when TLS is 1). On failure WAIT_REASON says why.
 wait_ready() {
-    local name="$1" pid="$2" port="$3" logf="$4" i
+    local name="$1" pid="$2" port="$3" logf="$4" tls="${5:-0}" i
+    local probe=(curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/")
+    if ((tls)); then probe=(curl -s -o /dev/null --max-time 1 --cacert "$CERT" "https://127.0.0.1:$port/"); fi
     WAIT_REASON=""
     for ((i = 0; i < START_TIMEOUT_S * 10; i++)); do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -323,7 +395,7 @@ wait_ready() {
             tail -n 20 "$logf" | sed 's/^/    /' >&2
             return 1
         fi
-        if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
+        if "${probe[@]}"; then
             return 0
         fi
         sleep 0.1
@@ -341,6 +413,36 @@ ms() {
         f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : (u == "h") ? 3600000 : -1
         if (f < 0 || n == "") { print "?"; exit }
         printf "%.3f", n * f
+    }'
+}
+
+# cpu_ticks PID : utime + stime (clock ticks) of PID and all its descendants (nginx: master
+# and worker), from /proc/PID/stat; threads are included in their process's figures.
+cpu_ticks() {
+    local p total=0 st f
+    for p in $(ps -e -o pid= -o ppid= | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END {
+            keep[root] = 1; grew = 1
+            while (grew) { grew = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grew = 1 } }
+            for (p in keep) print p
+        }'); do
+        st="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+        read -r -a f <<<"${st##*) }" # fields from 3 (state) on: utime is field 14, stime 15
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# seconds DURATION : wrk/h2load-style duration ("8s", "1m", "500ms", "10") -> whole seconds
+# (at least 1), for openssl s_time -time
+seconds() {
+    awk -v v="$1" 'BEGIN {
+        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+        f = (u == "" || u == "s") ? 1 : (u == "ms") ? 0.001 : (u == "m") ? 60 : (u == "h") ? 3600 : -1
+        if (f < 0 || n == "") { print "?"; exit }
+        s = int(n * f + 0.5); if (s < 1) s = 1
+        print s
     }'
 }
 
@@ -379,10 +481,31 @@ EXPECTED_BODY="$(curl -s --max-time 5 "http://127.0.0.1:$BACKEND_PORT/")"
 log "backend ready on 127.0.0.1:$BACKEND_PORT"
 
 # ---------------------------------------------------------------- proxies
-# start_proxy NAME : writes config, starts pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT PROXY_LOG
+# start_proxy NAME MODE : writes config, starts pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT
+# PROXY_LOG PROXY_DIR. Plain HTTP (mode http) lives in $WORK/NAME; the TLS modes share one
+# config per proxy in $WORK/tls/NAME (a TLS listener that also offers h2 via ALPN).
 start_proxy() {
-    local name="$1" dir="$WORK/$1"
+    local name="$1" mode="${2:-http}" dir="$WORK/$1" tls=0
+    if [[ "$mode" != http ]]; then
+        tls=1
+        dir="$WORK/tls/$1"
+    fi
+    PROXY_DIR="$dir"
     mkdir -p "$dir/tmp"
+    # Variable parts of the configs; empty for plain HTTP, so that its configs stay as they were.
+    local nginx_listen="" nginx_ssl="" keepalive=64 haproxy_bind="" haproxy_global=""
+    if ((tls)); then
+        keepalive=$TLS_UPSTREAM_KEEPALIVE
+        nginx_listen=" ssl http2"
+        nginx_ssl=$'\n'"        ssl_certificate $CERT;"$'\n'"        ssl_certificate_key $KEY;"
+        nginx_ssl+=$'\n'"        ssl_protocols TLSv1.2 TLSv1.3;"
+        if ((NGINX_HTTP2_ON)); then
+            nginx_listen=" ssl"
+            nginx_ssl+=$'\n'"        http2 on;"
+        fi
+        haproxy_bind=" ssl crt $CERT_KEY alpn h2,http/1.1"
+        haproxy_global=$'\n'"    ssl-default-bind-options ssl-min-ver TLSv1.2"
+    fi
     case "$name" in
         nginx)
             PROXY_PORT=$NGINX_PORT
@@ -397,11 +520,11 @@ http {
 $(nginx_temp_paths "$dir")
     upstream backend {
         server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
+        keepalive $keepalive;
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_PORT$nginx_listen;$nginx_ssl
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -426,7 +549,7 @@ EOF
 global
     nbthread 1
     maxconn $maxconn
-    pidfile $dir/haproxy.pid
+    pidfile $dir/haproxy.pid$haproxy_global
 
 defaults
     mode http
@@ -437,7 +560,7 @@ defaults
     timeout http-keep-alive 60s
 
 frontend fe
-    bind 127.0.0.1:$HAPROXY_PORT
+    bind 127.0.0.1:$HAPROXY_PORT$haproxy_bind
     default_backend be
 
 backend be
@@ -455,8 +578,16 @@ EOF
                 PROXY_PORT=$BASELINE_PORT
             fi
             PROXY_LOG="$dir/gatehouse.log"
+            local listen="listen: \"127.0.0.1:$PROXY_PORT\""
+            if ((tls)); then
+                listen="listen:
+  - addr: \"127.0.0.1:$PROXY_PORT\"
+    tls:
+      certificates:
+        - { cert: \"$CERT\", key: \"$KEY\" }"
+            fi
             cat >"$dir/gatehouse.yaml" <<EOF
-listen: "127.0.0.1:$PROXY_PORT"
+$listen
 workers: 1
 access_log: off
 upstreams:
@@ -472,12 +603,67 @@ EOF
     PROXY_PID=$LAST_PID
 }
 
-# run_wrk OUTFILE DURATION PORT
+# run_wrk OUTFILE DURATION PORT [SCHEME] : wrk against SCHEME://127.0.0.1:PORT/ (http by default)
 run_wrk() {
-    local out="$1" dur="$2" port="$3"
-    local cmd=(taskset -c "$LOAD_CPU" wrk "-t$WRK_THREADS" "-c$CONNECTIONS" "-d$dur" --latency "http://127.0.0.1:$port/")
+    local out="$1" dur="$2" port="$3" scheme="${4:-http}"
+    local cmd=(taskset -c "$LOAD_CPU" wrk "-t$WRK_THREADS" "-c$CONNECTIONS" "-d$dur" --latency "$scheme://127.0.0.1:$port/")
     record "${cmd[@]}"
     "${cmd[@]}" >"$out" 2>&1
+}
+
+# run_h2load OUTFILE DURATION PORT : h2load over TLS (ALPN h2), CONNECTIONS x H2_STREAMS
+run_h2load() {
+    local out="$1" dur="$2" port="$3"
+    local cmd=(taskset -c "$LOAD_CPU" h2load -t1 "-c$CONNECTIONS" "-m$H2_STREAMS" -D "$dur" "https://127.0.0.1:$port/")
+    record "${cmd[@]}"
+    "${cmd[@]}" >"$out" 2>&1
+}
+
+# record_text TEXT : a comment line in the "commands used" section (round 1 only)
+record_text() {
+    ((ROUND == 1)) || return 0
+    CMDS+=("# $1")
+}
+
+# run_handshakes OUTFILE DURATION PORT : HS_CLIENTS `openssl s_time -new` processes in
+# parallel, all pinned to LOAD_CPU. Each loops for DURATION (whole seconds): new TCP
+# connection, full handshake (never resumed: -new), no request, close. Their outputs go to
+# OUTFILE.cN; OUTFILE gets one line per client and "total: CONNECTIONS RATE", RATE being the
+# sum over the clients of connections / their own wall-clock time. Returns 1 if a client
+# failed (s_time stops at the first connection or handshake error).
+run_handshakes() {
+    local out="$1" secs port="$3" i p st t0 t1 c failed=0
+    secs="$(seconds "$2")"
+    local cmd=(taskset -c "$LOAD_CPU" openssl s_time -connect "127.0.0.1:$port" -new -time "$secs")
+    local pids=()
+    for ((i = 1; i <= HS_CLIENTS; i++)); do record "${cmd[@]}"; done
+    if ((HS_CLIENTS > 1)); then record_text "(the $HS_CLIENTS openssl s_time commands above run in parallel)"; fi
+    for ((i = 1; i <= HS_CLIENTS; i++)); do
+        (
+            t0=$EPOCHREALTIME
+            st=0
+            "${cmd[@]}" >"$out.c$i" 2>&1 || st=$?
+            echo "$t0 $EPOCHREALTIME $st" >"$out.t$i"
+        ) &
+        pids+=("$!")
+    done
+    for p in "${pids[@]}"; do wait "$p" || true; done
+    : >"$out"
+    for ((i = 1; i <= HS_CLIENTS; i++)); do
+        read -r t0 t1 st <"$out.t$i" || { t0=0 t1=0 st="?"; }
+        c="$(awk '/ connections in [0-9]+ real seconds/ {print $1}' "$out.c$i")"
+        if [[ "$st" != 0 || -z "$c" ]] || grep -q ERROR "$out.c$i"; then
+            failed=1
+            tr -d '*' <"$out.c$i" | grep -v '^ *$' | tail -n 5 | sed "s/^/    client $i: /" >&2
+        fi
+        awk -v i="$i" -v c="${c:-?}" -v a="$t0" -v b="$t1" -v st="$st" \
+            'BEGIN { printf "client %s: %s connections in %.3f s, exit %s\n", i, c, b - a, st }' >>"$out"
+    done
+    awk '/^client / && $3 ~ /^[0-9]+$/ && $6 > 0 { n += $3; r += $3 / $6 }
+        END { printf "total: %d %.1f\n", n, r }' "$out" >>"$out.sum"
+    cat "$out.sum" >>"$out"
+    rm -f "$out.sum"
+    return "$failed"
 }
 
 # median VALUE... : median of the numeric arguments (others, e.g. "-" or "?", are ignored);
@@ -498,88 +684,208 @@ median() {
     }' "$@"
 }
 
-# add_note NAME TEXT : append to the proxy's note (prefixed with the round when ROUNDS > 1)
+# add_note KEY TEXT : append to the note of KEY ("MODE:NAME"; prefixed with the round when
+# ROUNDS > 1)
 add_note() {
     local name="$1" text="$2"
     if ((ROUNDS > 1)); then text="round $ROUND: $text"; fi
     NOTE[$name]="${NOTE[$name]:+${NOTE[$name]}; }$text"
 }
 
-# measure NAME : one round for one proxy: start it, check it, warm up, measure, stop it.
-# Appends this round's req/s, p50 and p99 ("-" if there is no figure) to RPS_R/P50_R/P99_R.
+# measure NAME MODE : one round for one proxy in one mode: start it, check it, warm up,
+# measure, stop it. Appends this round's figures ("-" if there is none) to the per-round
+# lists, keyed "MODE:NAME": RPS_R (req/s, or handshakes/s), P50_R/P99_R (wrk), MEAN_R
+# (h2load's mean time per request), CPU_R (proxy CPU µs per request or handshake) and
+# BUSY_R (proxy CPU use in % of its core), the last three only in the TLS modes.
 measure() {
-    local name="$1" sfx="" out body errs rnote="" rps="" p50="-" p99="-"
+    local name="$1" mode="$2" key="$2:$1" sfx="" out body errs rnote="" tls=0 tag=""
+    local rps="" p50="-" p99="-" mean="-" cpu="-" busy="-" count="" ticks0 ticks1 t0 t1 proto
+    local curl_cmd url
+    if [[ "$mode" != http ]]; then
+        tls=1
+        tag=" [$mode]"
+    fi
     if ((ROUNDS > 1)); then
         sfx="-r$ROUND"
-        log "---- $name (round $ROUND/$ROUNDS) ----"
+        log "---- $name$tag (round $ROUND/$ROUNDS) ----"
     else
-        log "---- $name ----"
+        log "---- $name$tag ----"
     fi
-    start_proxy "$name"
-    if ! wait_ready "$name" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG"; then
-        add_note "$name" "failed to start: $WAIT_REASON, skipped (its log tail is on stderr)"
+    start_proxy "$name" "$mode"
+    if ! wait_ready "$name" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG" "$tls"; then
+        add_note "$key" "failed to start: $WAIT_REASON, skipped (its log tail is on stderr)"
         FAILED=1
         stop_pid "$PROXY_PID"
     else
-        record curl -s "http://127.0.0.1:$PROXY_PORT/"
-        body="$(curl -s --max-time 5 "http://127.0.0.1:$PROXY_PORT/" || true)"
+        url="http://127.0.0.1:$PROXY_PORT/"
+        curl_cmd=(curl -s)
+        if ((tls)); then
+            url="https://127.0.0.1:$PROXY_PORT/"
+            curl_cmd=(curl -s --cacert "$CERT")
+            case "$mode" in
+                https) curl_cmd+=(--http1.1) ;; # what wrk speaks (it sends no ALPN)
+                h2) curl_cmd+=(--http2) ;;
+            esac
+        fi
+        record "${curl_cmd[@]}" "$url"
+        body="$("${curl_cmd[@]}" --max-time 5 "$url" || true)"
+        proto=""
+        if [[ "$mode" == h2 && "$body" == "$EXPECTED_BODY" ]]; then
+            proto="$("${curl_cmd[@]}" --max-time 5 -o /dev/null -w '%{http_version}' "$url" || true)"
+        fi
         if [[ "$body" != "$EXPECTED_BODY" ]]; then
             log "$name returned body '$body', expected '$EXPECTED_BODY'"
-            add_note "$name" "wrong response body, skipped"
+            add_note "$key" "wrong response body, skipped"
+            FAILED=1
+            stop_pid "$PROXY_PID"
+        elif [[ "$mode" == h2 && "$proto" != 2 ]]; then
+            log "$name answered over HTTP/$proto, not HTTP/2 (ALPN h2)"
+            add_note "$key" "no HTTP/2 over TLS (curl --http2 got HTTP/$proto), skipped"
             FAILED=1
             stop_pid "$PROXY_PID"
         else
+            if ((tls)) && [[ -z "${TLS_INFO[$name]:-}" ]]; then tls_probe "$name" "$PROXY_PORT"; fi
             log "$name ok on 127.0.0.1:$PROXY_PORT; warm-up $WARMUP"
-            run_wrk "$WORK/$name/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
-            log "$name: measuring $DURATION, $CONNECTIONS connections"
-            out="$WORK/$name/wrk$sfx.txt"
-            if ! run_wrk "$out" "$DURATION" "$PROXY_PORT"; then
-                sed 's/^/    /' "$out" >&2
-                add_note "$name" "wrk failed"
+            if ((tls)); then
+                out="$PROXY_DIR/$mode$sfx.txt"
+                bench_run "$mode" "$PROXY_DIR/$mode-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
+            else
+                out="$WORK/$name/wrk$sfx.txt"
+                run_wrk "$WORK/$name/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
+            fi
+            log "$name: measuring $DURATION, $(load_desc "$mode")"
+            ticks0=0
+            if ((tls)); then ticks0="$(cpu_ticks "$PROXY_PID")"; fi
+            t0=$EPOCHREALTIME
+            if ! bench_run "$mode" "$out" "$DURATION" "$PROXY_PORT"; then
+                show_output "$mode" "$out"
+                add_note "$key" "$(tool_of "$mode") failed"
                 FAILED=1
                 stop_pid "$PROXY_PID"
             else
-                sed 's/^/    /' "$out" >&2
+                t1=$EPOCHREALTIME
+                ticks1=0
+                if ((tls)); then ticks1="$(cpu_ticks "$PROXY_PID")"; fi
+                show_output "$mode" "$out"
                 if ! kill -0 "$PROXY_PID" 2>/dev/null; then
                     rnote="proxy died during the run"
                     FAILED=1
                 fi
-                rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
-                p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
-                p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
-                errs="$(grep -E '^ *(Socket errors|Non-2xx or 3xx responses):' "$out" | sed 's/^ *//' | paste -sd';' - || true)"
+                case "$mode" in
+                    http | https)
+                        rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
+                        p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
+                        p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
+                        count="$(awk '/ requests in / {print $1; exit}' "$out")"
+                        errs="$(grep -E '^ *(Socket errors|Non-2xx or 3xx responses):' "$out" | sed 's/^ *//' | paste -sd';' - || true)"
+                        ;;
+                    h2)
+                        rps="$(awk '/^finished in/ {print $4; exit}' "$out")"
+                        mean="$(ms "$(awk '/^time for request:/ {print $6; exit}' "$out")")"
+                        count="$(awk '/^requests:/ {print $8; exit}' "$out")"
+                        errs="$(awk '/^requests:/ && ($10 + $12 + $14) > 0 { printf "%s failed, %s errored, %s timeout", $10, $12, $14 }
+                            /^status codes:/ && ($5 + $7 + $9) > 0 { printf "%s%s 3xx, %s 4xx, %s 5xx", (x++ ? "; " : ""), $5, $7, $9 }' "$out")"
+                        if [[ -z "${H2_INFO[$name]:-}" ]]; then
+                            H2_INFO[$name]="$(awk -F': *' '/^Cipher:/ { c = $2 } /^Server Temp Key:/ { k = $2 }
+                                /^Application protocol:/ { a = $2 }
+                                END { printf "%s, key exchange %s, ALPN %s", c ? c : "?", k ? k : "?", a ? a : "?" }' "$out")"
+                        fi
+                        if ! grep -q '^Application protocol: h2$' "$out"; then
+                            rnote="h2load did not negotiate h2 ($(grep '^Application protocol:' "$out" || echo 'no ALPN line'))"
+                            FAILED=1
+                            rps=""
+                        fi
+                        ;;
+                    handshake)
+                        rps="$(awk '/^total:/ {print $3}' "$out")"
+                        count="$(awk '/^total:/ {print $2}' "$out")"
+                        errs=""
+                        ;;
+                esac
                 if [[ -n "$errs" ]]; then
-                    rnote="${rnote:+$rnote; }wrk reported: $errs"
+                    rnote="${rnote:+$rnote; }$(tool_of "$mode") reported: $errs"
                 fi
                 if [[ -z "$rps" ]]; then
-                    rnote="could not parse wrk output"
+                    if [[ -z "$rnote" ]]; then rnote="could not parse $(tool_of "$mode") output"; fi
                     FAILED=1
+                elif ((tls)); then
+                    read -r cpu busy < <(awk -v d="$((ticks1 - ticks0))" -v hz="$CLK_TCK" -v n="$count" -v a="$t0" -v b="$t1" 'BEGIN {
+                        s = d / hz
+                        c = (n > 0) ? sprintf("%.1f", s / n * 1e6) : "-"
+                        u = (b > a) ? sprintf("%.0f", 100 * s / (b - a)) : "-"
+                        print c, u }')
+                    log "$name: proxy CPU $busy% of its core, $cpu µs per $([[ "$mode" == handshake ]] && echo handshake || echo request)"
                 fi
-                if [[ -n "$rnote" ]]; then add_note "$name" "$rnote"; fi
+                if [[ -n "$rnote" ]]; then add_note "$key" "$rnote"; fi
                 stop_pid "$PROXY_PID"
             fi
         fi
     fi
-    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-"; fi
-    RPS_R[$name]="${RPS_R[$name]:+${RPS_R[$name]} }$rps"
-    P50_R[$name]="${P50_R[$name]:+${P50_R[$name]} }$p50"
-    P99_R[$name]="${P99_R[$name]:+${P99_R[$name]} }$p99"
+    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-" mean="-" cpu="-" busy="-"; fi
+    RPS_R[$key]="${RPS_R[$key]:+${RPS_R[$key]} }$rps"
+    P50_R[$key]="${P50_R[$key]:+${P50_R[$key]} }$p50"
+    P99_R[$key]="${P99_R[$key]:+${P99_R[$key]} }$p99"
+    MEAN_R[$key]="${MEAN_R[$key]:+${MEAN_R[$key]} }$mean"
+    CPU_R[$key]="${CPU_R[$key]:+${CPU_R[$key]} }$cpu"
+    BUSY_R[$key]="${BUSY_R[$key]:+${BUSY_R[$key]} }$busy"
 }
 
-declare -A RPS P50 P99 NOTE RPS_R P50_R P99_R
+# bench_run MODE OUTFILE DURATION PORT : the load generator of MODE
+bench_run() {
+    case "$1" in
+        http) run_wrk "$2" "$3" "$4" ;;
+        https) run_wrk "$2" "$3" "$4" https ;;
+        h2) run_h2load "$2" "$3" "$4" ;;
+        handshake) run_handshakes "$2" "$3" "$4" ;;
+    esac
+}
+tool_of() {
+    case "$1" in
+        http | https) echo wrk ;;
+        h2) echo h2load ;;
+        handshake) echo "openssl s_time" ;;
+    esac
+}
+load_desc() {
+    case "$1" in
+        http | https) echo "$CONNECTIONS connections" ;;
+        h2) echo "$CONNECTIONS connections x $H2_STREAMS streams" ;;
+        handshake) echo "$HS_CLIENTS parallel openssl s_time -new" ;;
+    esac
+}
+# show_output MODE OUTFILE : the load generator's output on stderr (for s_time, OUTFILE is the
+# summary; its raw output, one '*' per connection, stays in OUTFILE.cN)
+show_output() {
+    sed 's/^/    /' "$2" >&2
+}
+
+# tls_probe NAME PORT : protocol, cipher suite and key exchange the proxy negotiates with
+# OpenSSL's defaults (what wrk and openssl s_time use), for the report
+tls_probe() {
+    local name="$1" port="$2" o
+    record openssl s_client -connect "127.0.0.1:$port" -brief
+    o="$(timeout 10 openssl s_client -connect "127.0.0.1:$port" -brief </dev/null 2>&1 || true)"
+    TLS_INFO[$name]="$(awk -F': *' '
+        /^Protocol version:/ { p = $2 } /^Ciphersuite:/ { c = $2 } /^Server Temp Key:/ { k = $2 }
+        /^Signature type:/ { s = $2 }
+        END { printf "%s, %s, key exchange %s, signature %s", p ? p : "?", c ? c : "?", k ? k : "?", s ? s : "?" }' <<<"$o")"
+}
+
+declare -A RPS P50 P99 MEAN CPU BUSY NOTE RPS_R P50_R P99_R MEAN_R CPU_R BUSY_R TLS_INFO H2_INFO
 FAILED=0
-# Proxies that cannot run at all (no gatehouse build, bad BASELINE_BIN) are noted once.
+# Proxies that cannot run at all (no gatehouse build, bad BASELINE_BIN) are noted once per mode.
 RUN_LIST=()
 for name in "${PROXY_LIST[@]}"; do
     reason="$(skip_reason "$name")"
     if [[ -n "$reason" ]]; then
-        NOTE[$name]="$reason"
+        for mode in "${MODE_LIST[@]}"; do NOTE[$mode:$name]="$reason"; done
     else
         RUN_LIST+=("$name")
     fi
 done
-# Rounds are interleaved: every round measures the whole list, each proxy freshly started
-# (and warmed up); even rounds go in reverse order so that no proxy always runs first.
+# Rounds are interleaved: every round measures the whole list in every mode, each proxy
+# freshly started (and warmed up) for each measurement; even rounds go in reverse order so
+# that no proxy always runs first.
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     if ((${#RUN_LIST[@]} == 0)); then break; fi
     order=("${RUN_LIST[@]}")
@@ -588,17 +894,28 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         for ((i = ${#RUN_LIST[@]} - 1; i >= 0; i--)); do order+=("${RUN_LIST[i]}"); done
     fi
     if ((ROUNDS > 1)); then log "==== round $ROUND/$ROUNDS: ${order[*]} ===="; fi
-    for name in "${order[@]}"; do measure "$name"; done
+    for mode in "${MODE_LIST[@]}"; do
+        for name in "${order[@]}"; do measure "$name" "$mode"; done
+    done
 done
-for name in "${RUN_LIST[@]}"; do
-    read -r -a vals <<<"${RPS_R[$name]:-}"
-    RPS[$name]="$(median "${vals[@]}")"
-    read -r -a vals <<<"${P50_R[$name]:-}"
-    P50[$name]="$(median "${vals[@]}")"
-    [[ -n "${P50[$name]}" ]] || P50[$name]="?"
-    read -r -a vals <<<"${P99_R[$name]:-}"
-    P99[$name]="$(median "${vals[@]}")"
-    [[ -n "${P99[$name]}" ]] || P99[$name]="?"
+# med_of LIST : median of a per-round list, "?" when no round has a figure
+med_of() {
+    local vals m
+    read -r -a vals <<<"${1:-}"
+    m="$(median "${vals[@]}")"
+    echo "${m:-?}"
+}
+for mode in "${MODE_LIST[@]}"; do
+    for name in "${RUN_LIST[@]}"; do
+        key="$mode:$name"
+        read -r -a vals <<<"${RPS_R[$key]:-}"
+        RPS[$key]="$(median "${vals[@]}")"
+        P50[$key]="$(med_of "${P50_R[$key]:-}")"
+        P99[$key]="$(med_of "${P99_R[$key]:-}")"
+        MEAN[$key]="$(med_of "${MEAN_R[$key]:-}")"
+        CPU[$key]="$(med_of "${CPU_R[$key]:-}")"
+        BUSY[$key]="$(med_of "${BUSY_R[$key]:-}")"
+    done
 done
 
 # ---------------------------------------------------------------- report
@@ -615,9 +932,7 @@ if [[ -n "$BASELINE" ]]; then
 fi
 CPU_MODEL="$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
 
-echo "## Reverse-proxy benchmark (HTTP/1.1, loopback)"
-echo
-# per_round NAME : "51234 / 50876 / -" (one figure per round, "-" where it failed)
+# per_round KEY : "51234 / 50876 / -" (one figure per round, "-" where it failed)
 per_round() {
     local v out=() vals
     read -r -a vals <<<"${RPS_R[$1]:-}"
@@ -634,49 +949,154 @@ ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN {
         if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
 }
-
-if ((ROUNDS > 1)); then
-    echo "Medians over $ROUNDS interleaved rounds; the last column lists each round."
+# rounds_measured KEY : in how many rounds KEY has a figure
+rounds_measured() {
+    local v n=0 vals
+    read -r -a vals <<<"${RPS_R[$1]:-}"
+    for v in "${vals[@]}"; do [[ "$v" == - ]] || n=$((n + 1)); done
+    echo "$n"
+}
+# base_line MODE UNIT [OP] : "gatehouse vs gatehouse-base: ..." under the table of MODE
+base_line() {
+    local mode="$1" unit="$2" op="${3:-}" g="$1:gatehouse" b="$1:gatehouse-base" n_cur n_base n_rounds
+    wants gatehouse && wants gatehouse-base || return 0
     echo
-fi
-echo "| proxy | req/s | p50 (ms) | p99 (ms) | ratio vs nginx | req/s per round |"
-echo "|---|---:|---:|---:|---:|---|"
-for name in "${PROXY_LIST[@]}"; do
-    rps="${RPS[$name]:-}"
-    if [[ -z "$rps" ]]; then
-        echo "| $name | skipped | - | - | - | $(per_round "$name") |"
-        continue
-    fi
-    nginx_ratio="n/a"
-    if [[ -n "${RPS[nginx]:-}" ]]; then
-        nginx_ratio="$(ratio "$rps" "${RPS[nginx]}")"
-    fi
-    printf '| %s | %.0f | %s | %s | %s | %s |\n' "$name" "$rps" "${P50[$name]}" "${P99[$name]}" "$nginx_ratio" "$(per_round "$name")"
-done
-if wants gatehouse && wants gatehouse-base; then
-    echo
-    if [[ -n "${RPS[gatehouse]:-}" && -n "${RPS[gatehouse-base]:-}" ]]; then
-        read -r -a vals <<<"${RPS_R[gatehouse]}"
-        n_cur=0
-        for v in "${vals[@]}"; do [[ "$v" == - ]] || n_cur=$((n_cur + 1)); done
-        read -r -a vals <<<"${RPS_R[gatehouse-base]}"
-        n_base=0
-        for v in "${vals[@]}"; do [[ "$v" == - ]] || n_base=$((n_base + 1)); done
-        n_rounds="$n_cur"
-        if ((n_cur != n_base)); then n_rounds="$n_cur and $n_base"; fi
-        printf 'gatehouse vs gatehouse-base: %sx req/s (median of %s rounds), p99 %sx\n' \
-            "$(ratio "${RPS[gatehouse]}" "${RPS[gatehouse-base]}")" "$n_rounds" \
-            "$(ratio "${P99[gatehouse]}" "${P99[gatehouse-base]}")"
-    else
+    if [[ -z "${RPS[$g]:-}" || -z "${RPS[$b]:-}" ]]; then
         echo "gatehouse vs gatehouse-base: n/a (not both measured)"
+        return 0
     fi
-fi
-NOTES_SHOWN=0
-for name in "${PROXY_LIST[@]}"; do
-    if [[ -n "${NOTE[$name]:-}" ]]; then
-        if ((NOTES_SHOWN == 0)); then echo; NOTES_SHOWN=1; fi
-        echo "- $name: ${NOTE[$name]}"
+    n_cur="$(rounds_measured "$g")"
+    n_base="$(rounds_measured "$b")"
+    n_rounds="$n_cur"
+    if ((n_cur != n_base)); then n_rounds="$n_cur and $n_base"; fi
+    if [[ "$mode" == http ]]; then
+        printf 'gatehouse vs gatehouse-base: %sx req/s (median of %s rounds), p99 %sx\n' \
+            "$(ratio "${RPS[$g]}" "${RPS[$b]}")" "$n_rounds" "$(ratio "${P99[$g]}" "${P99[$b]}")"
+    else
+        printf 'gatehouse vs gatehouse-base: %sx %s (median of %s rounds), proxy CPU per %s %sx\n' \
+            "$(ratio "${RPS[$g]}" "${RPS[$b]}")" "$unit" "$n_rounds" "$op" \
+            "$(ratio "${CPU[$g]}" "${CPU[$b]}")"
     fi
+}
+# notes MODE : the notes of MODE's proxies, under its table
+notes() {
+    local name shown=0
+    for name in "${PROXY_LIST[@]}"; do
+        if [[ -n "${NOTE[$1:$name]:-}" ]]; then
+            if ((shown == 0)); then echo; shown=1; fi
+            echo "- $name: ${NOTE[$1:$name]}"
+        fi
+    done
+}
+
+report_http() {
+    local name key rps nginx_ratio
+    echo "## Reverse-proxy benchmark (HTTP/1.1, loopback)"
+    echo
+    if ((ROUNDS > 1)); then
+        echo "Medians over $ROUNDS interleaved rounds; the last column lists each round."
+        echo
+    fi
+    echo "| proxy | req/s | p50 (ms) | p99 (ms) | ratio vs nginx | req/s per round |"
+    echo "|---|---:|---:|---:|---:|---|"
+    for name in "${PROXY_LIST[@]}"; do
+        key="http:$name"
+        rps="${RPS[$key]:-}"
+        if [[ -z "$rps" ]]; then
+            echo "| $name | skipped | - | - | - | $(per_round "$key") |"
+            continue
+        fi
+        nginx_ratio="n/a"
+        if [[ -n "${RPS[http:nginx]:-}" ]]; then
+            nginx_ratio="$(ratio "$rps" "${RPS[http:nginx]}")"
+        fi
+        printf '| %s | %.0f | %s | %s | %s | %s |\n' "$name" "$rps" "${P50[$key]}" "${P99[$key]}" "$nginx_ratio" "$(per_round "$key")"
+    done
+    base_line http "req/s"
+    notes http
+}
+
+# report_tls MODE : the table of one TLS mode. Besides the measured rate it shows the proxy's
+# CPU use and CPU time per request (or handshake): when the load generator, not the proxy, is
+# the limit (proxy CPU well below 100%), the rates alone compare the load generators, and
+# the CPU-time ratio is the one to read.
+report_tls() {
+    local mode="$1" title unit op lat_head name key rps lat n="nginx" r_rate r_cpu busy cpu
+    case "$mode" in
+        https)
+            title="HTTPS keep-alive (HTTP/1.1 over TLS, loopback)"
+            unit="req/s"
+            op="request"
+            lat_head="p50 / p99 (ms)"
+            ;;
+        handshake)
+            title="Full TLS handshakes (a new connection each, no resumption, loopback)"
+            unit="handshakes/s"
+            op="handshake"
+            lat_head=""
+            ;;
+        h2)
+            title="HTTP/2 over TLS (h2load, ALPN h2, loopback)"
+            unit="req/s"
+            op="request"
+            lat_head="mean (ms)"
+            ;;
+    esac
+    echo "## $title"
+    echo
+    if ((ROUNDS > 1)); then
+        echo "Medians over $ROUNDS interleaved rounds; the last column lists each round."
+        echo
+    fi
+    local head="| proxy | $unit |" sep="|---|---:|"
+    if [[ -n "$lat_head" ]]; then head+=" $lat_head |"; sep+="---:|"; fi
+    head+=" proxy CPU | CPU µs per $op | ratio vs nginx | ratio vs nginx, per CPU second | $unit per round |"
+    sep+="---:|---:|---:|---:|---|"
+    echo "$head"
+    echo "$sep"
+    for name in "${PROXY_LIST[@]}"; do
+        key="$mode:$name"
+        rps="${RPS[$key]:-}"
+        lat=""
+        if [[ -z "$rps" ]]; then
+            if [[ -n "$lat_head" ]]; then lat=" - |"; fi
+            echo "| $name | skipped |$lat - | - | - | - | $(per_round "$key") |"
+            continue
+        fi
+        case "$mode" in
+            https) lat=" ${P50[$key]} / ${P99[$key]} |" ;;
+            h2) lat=" ${MEAN[$key]} |" ;;
+        esac
+        r_rate="n/a"
+        r_cpu="n/a"
+        if [[ -n "${RPS[$mode:$n]:-}" ]]; then
+            r_rate="$(ratio "$rps" "${RPS[$mode:$n]}")"
+            # per CPU second: nginx's CPU per request / this proxy's = the ratio of the rates
+            # each would reach with its core saturated
+            r_cpu="$(ratio "${CPU[$mode:$n]}" "${CPU[$key]}")"
+        fi
+        busy="${BUSY[$key]}"
+        [[ "$busy" == "?" ]] || busy="$(printf '%.0f%%' "$busy")"
+        cpu="${CPU[$key]}"
+        [[ "$cpu" == "?" ]] || cpu="$(printf '%.1f' "$cpu")"
+        printf '| %s | %.0f |%s %s | %s | %s | %s | %s |\n' "$name" "$rps" "$lat" "$busy" "$cpu" \
+            "$r_rate" "$r_cpu" "$(per_round "$key")"
+    done
+    echo
+    echo "proxy CPU: its user + system time (all its processes and threads, from /proc/PID/stat)"
+    echo "during the measured run, in % of its one core; CPU µs: that time divided by the ${op}s"
+    echo "served. ratio vs nginx: measured rates. per CPU second: nginx's CPU µs / this proxy's, the"
+    echo "ratio of what each would serve with its core saturated; read this one when proxy CPU is well"
+    echo "below 100% (then the load generator was the limit and the measured rates mostly compare it)."
+    base_line "$mode" "$unit" "$op"
+    notes "$mode"
+}
+
+first=1
+for mode in "${MODE_LIST[@]}"; do
+    ((first)) || echo
+    first=0
+    if [[ "$mode" == http ]]; then report_http; else report_tls "$mode"; fi
 done
 
 echo
@@ -686,14 +1106,35 @@ echo "- nproc: $(nproc)"
 echo "- CPU: ${CPU_MODEL:-unknown}"
 echo "- kernel: $(uname -sr)"
 echo "- CPU busy before start: ${CPU_BUSY_START}% (all CPUs, 1 s sample; should be near 0)"
-echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
-echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body"
-if ((ROUNDS > 1)); then
-    echo "- rounds: $ROUNDS, interleaved (each round runs every proxy once, freshly started and warmed up; even rounds in reverse order); figures are medians"
+if ((HAS_TLS)); then
+    echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + the load generator (wrk, h2load or openssl s_time) on CPU $LOAD_CPU"
+else
+    echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
+fi
+if wants_mode http; then
+    echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body"
+fi
+if wants_mode https; then
+    echo "- https: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up) over TLS, keep-alive HTTP/1.1 (wrk sends no ALPN), GET / -> 6-byte body"
+fi
+if wants_mode handshake; then
+    echo "- handshake: $HS_CLIENTS x openssl s_time -new -time $(seconds "$DURATION") in parallel (after a $(seconds "$WARMUP") s warm-up): each iteration a new TCP connection and a full handshake (s_time -new never resumes), no request, then close"
+fi
+if wants_mode h2; then
+    echo "- h2: h2load -t1 -c$CONNECTIONS -m$H2_STREAMS -D $DURATION (after a $WARMUP warm-up), ALPN h2, GET / -> 6-byte body"
+fi
+if ((HAS_TLS)); then
+    echo "- TLS: one self-signed ECDSA P-256 certificate and key for every proxy; TLSv1.2 and TLSv1.3 allowed; session resumption at each server's defaults (the clients never resume); nginx upstream keepalive $TLS_UPSTREAM_KEEPALIVE in the TLS modes (h2 has CONNECTIONS x H2_STREAMS requests in flight)"
+    for name in "${PROXY_LIST[@]}"; do
+        if [[ -n "${TLS_INFO[$name]:-}" ]]; then echo "- negotiated by $name with OpenSSL's client defaults (openssl s_client): ${TLS_INFO[$name]}"; fi
+        if [[ -n "${H2_INFO[$name]:-}" ]]; then echo "- negotiated by $name with h2load: ${H2_INFO[$name]}"; fi
+    done
 fi
 echo "- nginx: $(version_of "$NGINX" -v)"
 if wants haproxy; then echo "- haproxy: $(version_of "$HAPROXY" -v)"; fi
-echo "- wrk: $(version_of wrk -v)"
+if wants_mode http || wants_mode https; then echo "- wrk: $(version_of wrk -v)"; fi
+if wants_mode h2; then echo "- h2load: $(version_of h2load --version)"; fi
+if ((HAS_TLS)); then echo "- openssl: $(version_of openssl version)"; fi
 if wants gatehouse; then echo "- gatehouse: $GH_VERSION"; fi
 if wants gatehouse-base; then echo "- gatehouse-base: $BASE_VERSION (BASELINE_BIN=${BASELINE:-$BASELINE_BIN})"; fi
 
@@ -711,7 +1152,8 @@ echo '```'
 echo
 echo "### Configs (ports are picked at run time)"
 for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/gatehouse/gatehouse.yaml" \
-    "$WORK/gatehouse-base/gatehouse.yaml"; do
+    "$WORK/gatehouse-base/gatehouse.yaml" "$WORK/tls/nginx/nginx.conf" "$WORK/tls/haproxy/haproxy.cfg" \
+    "$WORK/tls/gatehouse/gatehouse.yaml" "$WORK/tls/gatehouse-base/gatehouse.yaml"; do
     [[ -f "$f" ]] || continue
     echo
     echo "\`${f#"$WORK"/}\`:"
