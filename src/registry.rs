@@ -80,6 +80,13 @@ impl Claims {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// Takes in what another part of the same compile claimed (the policies').
+    pub fn absorb(&mut self, other: Claims) {
+        for (k, v) in other.items {
+            self.items.entry(k).or_insert(v);
+        }
+    }
 }
 
 #[cfg(test)]

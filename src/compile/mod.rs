@@ -63,12 +63,24 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         }
     }
 
+    let consumers = Arc::new(policy::consumers::Consumers::compile(
+        &cfg.consumers,
+        &mut errors,
+    ));
+    let policy_claims = std::sync::Mutex::new(Claims::default());
+    let policy_warnings = std::sync::Mutex::new(Vec::new());
+    let pcx = policy::PolicyCx {
+        consumers: &consumers,
+        registry: &state.registry,
+        claims: &policy_claims,
+        warnings: &policy_warnings,
+    };
     // Named policies compile once and are shared by every route that uses them.
     let mut named: BTreeMap<&str, Vec<Arc<dyn Policy>>> = BTreeMap::new();
     for (name, p) in &cfg.policies {
         named.insert(
             name.as_str(),
-            policy::compile_set(p, &format!("policies.{name}"), &mut errors),
+            policy::compile_set(p, &pcx, &format!("policies.{name}"), &mut errors),
         );
     }
     let known_policies = || {
@@ -104,7 +116,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
     let inline =
         |set: &PolicySetConfig, path: &str, source: &str, errors: &mut Vec<ConfigError>| {
             let source: Arc<str> = source.into();
-            policy::compile_set(set, path, errors)
+            policy::compile_set(set, &pcx, path, errors)
                 .into_iter()
                 .map(move |p| Bound {
                     policy: p,
@@ -276,6 +288,8 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         ));
     }
 
+    claims.absorb(policy_claims.into_inner().unwrap_or_default());
+    warnings.extend(policy_warnings.into_inner().unwrap_or_default());
     if !errors.is_empty() {
         return Err(cfg.redactions.scrub_all(errors));
     }

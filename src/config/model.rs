@@ -39,6 +39,9 @@ pub struct Config {
     /// The admin API, metrics and dashboard, on a listener of their own. Absent = off.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Who may call: identities with groups and credentials, for `auth` policies.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
     /// Not a key: what error messages about this config must hide (filled by `parse_str`).
     #[serde(skip)]
     #[schemars(skip)]
@@ -520,6 +523,18 @@ pub struct UpstreamTimeoutsConfig {
 pub struct PolicySetConfig {
     #[serde(default)]
     pub headers: Option<HeadersPolicyConfig>,
+    /// Authentication and access by consumer, group or claim.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// IP allow and deny lists.
+    #[serde(default)]
+    pub ip_rules: Option<IpRulesConfig>,
+    /// Cross-origin resource sharing.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Delegate the decision to an external HTTP service.
+    #[serde(default)]
+    pub forward_auth: Option<ForwardAuthConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -530,6 +545,18 @@ pub struct GlobalConfig {
     pub uses: Vec<String>,
     #[serde(default)]
     pub headers: Option<HeadersPolicyConfig>,
+    /// Authentication and access by consumer, group or claim.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// IP allow and deny lists.
+    #[serde(default)]
+    pub ip_rules: Option<IpRulesConfig>,
+    /// Cross-origin resource sharing.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Delegate the decision to an external HTTP service.
+    #[serde(default)]
+    pub forward_auth: Option<ForwardAuthConfig>,
 }
 
 impl GlobalConfig {
@@ -537,6 +564,10 @@ impl GlobalConfig {
     pub fn inline_policies(&self) -> PolicySetConfig {
         PolicySetConfig {
             headers: self.headers.clone(),
+            auth: self.auth.clone(),
+            ip_rules: self.ip_rules.clone(),
+            cors: self.cors.clone(),
+            forward_auth: self.forward_auth.clone(),
         }
     }
 }
@@ -602,6 +633,18 @@ pub struct RouteConfig {
     /// Inline `headers` policy.
     #[serde(default)]
     pub headers: Option<HeadersPolicyConfig>,
+    /// Authentication and access by consumer, group or claim.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// IP allow and deny lists.
+    #[serde(default)]
+    pub ip_rules: Option<IpRulesConfig>,
+    /// Cross-origin resource sharing.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Delegate the decision to an external HTTP service.
+    #[serde(default)]
+    pub forward_auth: Option<ForwardAuthConfig>,
 }
 
 impl RouteConfig {
@@ -609,6 +652,10 @@ impl RouteConfig {
     pub fn inline_policies(&self) -> PolicySetConfig {
         PolicySetConfig {
             headers: self.headers.clone(),
+            auth: self.auth.clone(),
+            ip_rules: self.ip_rules.clone(),
+            cors: self.cors.clone(),
+            forward_auth: self.forward_auth.clone(),
         }
     }
 }
@@ -660,4 +707,218 @@ pub struct MatchConfig {
     /// Headers that must be present with exactly these values.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// One consumer: an identity, its groups, and the credentials that prove it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Unique; sent upstream as the consumer id.
+    pub id: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub basic_auth: Option<BasicCredentialConfig>,
+    /// API keys, stored as `sha256:<64 hex digits>` (`gatehouse hash-password --api-key`).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// A verified mutual-TLS client certificate identifies this consumer when it matches.
+    #[serde(default)]
+    pub client_cert: Option<ClientCertMatchConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredentialConfig {
+    pub username: String,
+    /// An argon2id PHC string (`$argon2id$v=19$...`) or a bcrypt hash (`$2b$`, `$2y$`), as
+    /// `gatehouse hash-password` prints. Never the password itself.
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// `sha256:<64 hex digits>` of the key.
+    pub hash: String,
+}
+
+/// Which client certificate is this consumer: every field given must match.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertMatchConfig {
+    /// The subject's common name.
+    #[serde(default)]
+    pub cn: Option<String>,
+    /// A DNS subject alternative name.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// A URI subject alternative name (e.g. a SPIFFE id).
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
+/// `auth:` — who may pass.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted credentials, any of: `basic`, `api_key`, `jwt`, `mtls`.
+    pub methods: Vec<String>,
+    /// Let requests without credentials through (as no consumer). Wrong credentials are
+    /// still refused. Default `false`.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Only these consumers may pass (by id). Default: any authenticated caller.
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// Only members of one of these groups may pass (a JWT's groups claim counts).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub basic: Option<BasicAuthConfig>,
+    #[serde(default)]
+    pub api_key: Option<ApiKeyAuthConfig>,
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// Headers that tell the upstream who called. Client-sent copies are always removed.
+    #[serde(default)]
+    pub identity_headers: Option<IdentityHeadersConfig>,
+    /// Forward the credential (Authorization, the API key) to the upstream. Default `false`:
+    /// it is removed.
+    #[serde(default)]
+    pub keep_credentials: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// The realm in the `WWW-Authenticate` challenge. Default `gatehouse`.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// More users from an htpasswd file (bcrypt `$2y$` and argon2 entries), re-read when it
+    /// changes. Each user is a consumer with that id.
+    #[serde(default)]
+    pub htpasswd: Option<FilePath>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuthConfig {
+    /// Header carrying the key. Default `x-api-key`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Query parameter carrying the key (also accepted when set).
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HMAC secret (HS256/384/512).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A PEM public key file (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub public_key: Option<FilePath>,
+    /// Where to fetch the key set (JWKS); refreshed periodically and on an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again. Default `10m`.
+    #[serde(default)]
+    pub jwks_refresh: Option<DurationStr>,
+    /// Accepted algorithms. Default: those of the key kind given (HS256 for a secret, RS256
+    /// and ES256 for keys).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (one must match).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf`. Default `60s`.
+    #[serde(default)]
+    pub leeway: Option<DurationStr>,
+    /// Claims that must be present with these values (a string, or one of a list).
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, String>,
+    /// Scopes that must all be in the `scope` (space-separated) or `scp` claim.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The claim naming the consumer. Default `sub`.
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
+    /// The claim listing the caller's groups. Default `groups`.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Claims sent upstream as headers: `{ email: x-user-email }`.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersConfig {
+    /// Default `x-consumer-id`.
+    #[serde(default)]
+    pub consumer_id: Option<String>,
+    /// Comma-separated groups. Default `x-consumer-groups`.
+    #[serde(default)]
+    pub groups: Option<String>,
+}
+
+/// `ip_rules:` — by client address (see `server.trusted_proxies` for who says what it is).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpRulesConfig {
+    /// Only these addresses or CIDR blocks may pass (empty: any, unless denied).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// These may not, even when allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// `cors:` — answers preflights itself; adds the CORS headers to every answer.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), patterns (`https://*.example.com`), or `*`.
+    pub origins: Vec<String>,
+    /// Default: GET, HEAD, POST.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers a preflight may ask for. Default: whatever it asks for.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Response headers the browser may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and credentials (never with `*` origins).
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long a browser may cache a preflight.
+    #[serde(default)]
+    pub max_age: Option<DurationStr>,
+}
+
+/// `forward_auth:` — ask another service (Traefik ForwardAuth, nginx `auth_request`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// `http://` or `https://` URL of the decision service.
+    pub url: String,
+    /// Request headers sent to it. Default: authorization, cookie.
+    #[serde(default)]
+    pub request_headers: Vec<String>,
+    /// Headers of its 2xx answer copied onto the upstream request.
+    #[serde(default)]
+    pub response_headers: Vec<String>,
+    /// Default `2s`; a slow or failing service means 503 (fail closed).
+    #[serde(default)]
+    pub timeout: Option<DurationStr>,
+    /// Cache allow decisions this long, keyed by the forwarded headers. Default: off.
+    #[serde(default)]
+    pub cache: Option<DurationStr>,
 }

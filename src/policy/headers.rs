@@ -11,6 +11,7 @@ use crate::config::model::{HeaderOpsConfig, HeadersPolicyConfig, PolicySetConfig
 /// The `headers` key of a policy set, for [`super::KINDS`].
 pub fn compile(
     set: &PolicySetConfig,
+    _cx: &super::PolicyCx<'_>,
     path: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<std::sync::Arc<dyn Policy>> {

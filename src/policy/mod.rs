@@ -12,6 +12,7 @@
 //!
 //! Adding a kind: one file here, and one line in [`KINDS`].
 
+pub mod consumers;
 pub mod headers;
 
 use std::future::Future;
@@ -110,7 +111,17 @@ pub struct Bound {
 
 /// Compiles one kind out of a policy set, if the set configures it; `path` is the set's key
 /// path, for errors.
-pub type CompileFn = fn(&PolicySetConfig, &str, &mut Vec<ConfigError>) -> Option<Arc<dyn Policy>>;
+pub type CompileFn =
+    fn(&PolicySetConfig, &PolicyCx<'_>, &str, &mut Vec<ConfigError>) -> Option<Arc<dyn Policy>>;
+
+/// What a policy may need at compile time besides its own config: the consumers, the live
+/// state (to claim long-lived resources such as a JWKS cache), and where to put warnings.
+pub struct PolicyCx<'a> {
+    pub consumers: &'a Arc<consumers::Consumers>,
+    pub registry: &'a crate::registry::Registry,
+    pub claims: &'a std::sync::Mutex<crate::registry::Claims>,
+    pub warnings: &'a std::sync::Mutex<Vec<ConfigError>>,
+}
 
 /// One registered policy kind: its config key and how it compiles from a policy set.
 pub struct Kind {
@@ -128,12 +139,13 @@ pub const KINDS: &[Kind] = &[Kind {
 /// Compiles the kinds a policy set configures (`path` is its key path, e.g. `policies.cors`).
 pub fn compile_set(
     set: &PolicySetConfig,
+    cx: &PolicyCx<'_>,
     path: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Arc<dyn Policy>> {
     KINDS
         .iter()
-        .filter_map(|k| (k.compile)(set, path, errors))
+        .filter_map(|k| (k.compile)(set, cx, path, errors))
         .collect()
 }
 
@@ -300,7 +312,14 @@ mod tests {
     fn headers_policy(yaml_set: &str) -> Arc<dyn Policy> {
         let cfg: PolicySetConfig = serde_json::from_str(yaml_set).unwrap();
         let mut errors = Vec::new();
-        let p = compile_set(&cfg, "test", &mut errors);
+        let registry = crate::registry::Registry::default();
+        let cx = PolicyCx {
+            consumers: &Arc::default(),
+            registry: &registry,
+            claims: &Default::default(),
+            warnings: &Default::default(),
+        };
+        let p = compile_set(&cfg, &cx, "test", &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         p.into_iter().next().unwrap()
     }
