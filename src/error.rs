@@ -32,6 +32,19 @@ pub enum GatewayError {
     Overloaded { retry_after: u64 },
     #[error("internal error: {0}")]
     Internal(String),
+    /// No credential, or a wrong one: 401 with a `WWW-Authenticate` challenge per accepted
+    /// method. `why` goes to the log, never to the client.
+    #[error("authentication failed: {why}")]
+    Unauthorized {
+        challenges: Vec<HeaderValue>,
+        why: &'static str,
+    },
+    /// Authenticated, but not one of the consumers or groups the route admits.
+    #[error("not allowed: {0}")]
+    NotAllowed(&'static str),
+    /// Too many failed authentication attempts from this client address.
+    #[error("too many failed authentication attempts")]
+    LockedOut { retry_after: u64 },
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -74,6 +87,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::NotAllowed(_) => StatusCode::FORBIDDEN,
+            GatewayError::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -91,6 +107,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Overloaded { .. } => "upstream_overloaded",
             GatewayError::Internal(_) => "internal_error",
+            GatewayError::Unauthorized { .. } => "unauthorized",
+            GatewayError::NotAllowed(_) => "forbidden",
+            GatewayError::LockedOut { .. } => "too_many_failed_attempts",
         }
     }
 
@@ -98,7 +117,10 @@ impl GatewayError {
     /// other errors, which may carry internal detail).
     pub fn reason(&self) -> Option<&'static str> {
         match self {
-            GatewayError::BadRequest(why) | GatewayError::NotImplemented(why) => Some(why),
+            GatewayError::BadRequest(why)
+            | GatewayError::NotImplemented(why)
+            | GatewayError::NotAllowed(why)
+            | GatewayError::Unauthorized { why, .. } => Some(why),
             _ => None,
         }
     }
@@ -119,7 +141,10 @@ impl GatewayError {
             | GatewayError::NotImplemented(_)
             | GatewayError::ClientTimeout(_)
             | GatewayError::BodyTooLarge { .. }
-            | GatewayError::Internal(_) => Retry::Never,
+            | GatewayError::Internal(_)
+            | GatewayError::Unauthorized { .. }
+            | GatewayError::NotAllowed(_)
+            | GatewayError::LockedOut { .. } => Retry::Never,
         }
     }
 
@@ -153,7 +178,10 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::NotImplemented(_)
             | GatewayError::ClientTimeout(_)
-            | GatewayError::BodyTooLarge { .. } => Fault::Client,
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::Unauthorized { .. }
+            | GatewayError::NotAllowed(_)
+            | GatewayError::LockedOut { .. } => Fault::Client,
             GatewayError::NoTarget { .. }
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamFailed(_)
@@ -191,6 +219,11 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => {
                 "the upstream is at its configured limit; retry later".to_owned()
             }
+            GatewayError::Unauthorized { .. } => "authentication required".to_owned(),
+            GatewayError::NotAllowed(_) => "not allowed".to_owned(),
+            GatewayError::LockedOut { .. } => {
+                "too many failed authentication attempts; retry later".to_owned()
+            }
         }
     }
 
@@ -201,11 +234,23 @@ impl GatewayError {
             &self.public_message(),
             request_id,
         );
-        if let GatewayError::Overloaded { retry_after } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        }
+        self.add_headers(resp.headers_mut());
         resp
+    }
+
+    /// The headers an error's answer carries in every shape (JSON or gRPC).
+    fn add_headers(self, h: &mut http::HeaderMap) {
+        match self {
+            GatewayError::Overloaded { retry_after } | GatewayError::LockedOut { retry_after } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            GatewayError::Unauthorized { challenges, .. } => {
+                for c in challenges {
+                    h.append(header::WWW_AUTHENTICATE, c);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -223,6 +268,9 @@ impl GatewayError {
             | GatewayError::UpstreamFailed(_)
             | GatewayError::Overloaded { .. } => 14, // UNAVAILABLE
             GatewayError::Internal(_) => 13,                               // INTERNAL
+            GatewayError::Unauthorized { .. } => 16,                       // UNAUTHENTICATED
+            GatewayError::NotAllowed(_) => 7,                              // PERMISSION_DENIED
+            GatewayError::LockedOut { .. } => 8,                           // RESOURCE_EXHAUSTED
         }
     }
 
@@ -241,9 +289,7 @@ impl GatewayError {
         if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
             h.insert("grpc-message", v);
         }
-        if let GatewayError::Overloaded { retry_after } = self {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        }
+        self.add_headers(h);
         resp
     }
 }

@@ -48,6 +48,13 @@ enum Command {
     },
     /// Print the JSON Schema of the config file (for editors).
     Schema,
+    /// Read a password from stdin (one line) and print its argon2id hash, for
+    /// `consumers[].basic_auth.password_hash`. With `--api-key`, read an API key and print its
+    /// `sha256:` digest, for `consumers[].api_keys[].hash`.
+    HashPassword {
+        #[arg(long)]
+        api_key: bool,
+    },
     /// Run the gateway on a built-in config in front of built-in demo services.
     Demo {
         /// Where the gateway listens.
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::HashPassword { api_key } => hash_password(api_key),
         Command::Schema => {
             let schema = schemars::schema_for!(gatehouse::config::Config);
             match serde_json::to_string_pretty(&schema) {
@@ -305,6 +313,44 @@ fn demo(listen: &str, https: &str) -> ExitCode {
     // Keep the service runtime alive until the gateway stops.
     drop(Arc::new(services));
     code
+}
+
+/// `gatehouse hash-password`: the secret comes from stdin (a prompt on stderr when it is a
+/// terminal), never from the command line, where `ps` and shell history would keep it.
+fn hash_password(api_key: bool) -> ExitCode {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let _ = write!(
+            std::io::stderr(),
+            "{} (input is shown): ",
+            if api_key { "API key" } else { "Password" }
+        );
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    if let Err(e) = stdin.lock().read_line(&mut line) {
+        return fail(&format!("cannot read stdin: {e}"));
+    }
+    let secret = line.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return fail("empty input: nothing to hash");
+    }
+    if api_key {
+        println!(
+            "{}",
+            gatehouse::policy::consumers::key_digest(secret.as_bytes())
+        );
+        return ExitCode::SUCCESS;
+    }
+    use argon2::PasswordHasher;
+    match argon2::Argon2::default().hash_password(secret.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("cannot hash: {e}")),
+    }
 }
 
 /// Removes a temporary directory when dropped.

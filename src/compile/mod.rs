@@ -72,6 +72,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
     let pcx = policy::PolicyCx {
         consumers: &consumers,
         registry: &state.registry,
+        metrics: &state.metrics,
         claims: &policy_claims,
         warnings: &policy_warnings,
     };

@@ -1,4 +1,4 @@
-//! What makes the running config reload by itself: host-name targets re-resolved, TLS files
+//! What makes the running config reload by itself: host-name targets re-resolved, TLS and htpasswd files
 //! changed on disk, the config file changed on disk.
 
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ impl Control {
         });
     }
 
-    /// Re-reads the config's TLS files (certificates, keys, CA bundles) when they change on
+    /// Re-reads the config's TLS files (certificates, keys, CA bundles) and htpasswd files when they change on
     /// disk, as cert-manager and certbot rewrite them in place: every [`CERT_POLL`], each
     /// file's size and modification time are compared with the last look, and a change
     /// recompiles the running config. A certificate caught half-written fails that reload (the
@@ -80,7 +80,7 @@ impl Control {
                 });
                 seen = Some(now);
                 if changed {
-                    tracing::info!("TLS files changed on disk: reloading");
+                    tracing::info!("TLS or htpasswd files changed on disk: reloading");
                     let _ = c.reapply_current("certificate_change").await;
                 }
             }
@@ -140,11 +140,11 @@ impl Control {
     }
 }
 
-/// The TLS files a runtime read: certificates, keys, CA bundles.
+/// The files a runtime read that change under it: certificates, keys, CA bundles, htpasswd.
 fn tls_files(rt: &Runtime) -> Vec<String> {
     rt.file_paths
         .iter()
-        .filter(|(key, _)| key.contains(".tls."))
+        .filter(|(key, _)| key.contains(".tls.") || key.ends_with(".htpasswd"))
         .map(|(_, p)| p.clone())
         .collect()
 }

@@ -86,6 +86,13 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    route: Name,
+    method: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -127,6 +134,7 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    auth: Family<AuthLabels, Counter>,
     config_info: Family<ConfigLabels, Gauge>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
     targets: Mutex<HashMap<TargetKey, Arc<TargetStats>>>,
@@ -237,6 +245,12 @@ impl Metrics {
         // Both series exist from the start, so a rate() over them is defined.
         let _ = reloads.get_or_create(&ResultLabels { result: "success" });
         let _ = reloads.get_or_create(&ResultLabels { result: "failure" });
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "gatehouse_auth",
+            "Authentication decisions, by route, method (basic, api_key, jwt, mtls, none) and result (success, failure, anonymous, forbidden, locked_out)",
+            auth.clone(),
+        );
         let config_info = Family::<ConfigLabels, Gauge>::default();
         registry.register(
             "gatehouse_config_info",
@@ -271,6 +285,7 @@ impl Metrics {
             connections,
             rejected,
             reloads,
+            auth,
             config_info,
             routes: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
@@ -396,6 +411,17 @@ impl Metrics {
                 target: Name(target.clone()),
             })
             .set(i64::from(healthy));
+    }
+
+    /// One authentication decision on `route` (empty when no route matched).
+    pub fn auth(&self, route: Option<&Arc<str>>, method: &'static str, result: &'static str) {
+        self.auth
+            .get_or_create(&AuthLabels {
+                route: Name(route.cloned().unwrap_or_else(|| Arc::from(""))),
+                method,
+                result,
+            })
+            .inc();
     }
 
     /// A client connection or request refused before routing.

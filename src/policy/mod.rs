@@ -12,8 +12,11 @@
 //!
 //! Adding a kind: one file here, and one line in [`KINDS`].
 
+pub mod auth;
 pub mod consumers;
 pub mod headers;
+pub mod htpasswd;
+pub mod jwt;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -119,6 +122,7 @@ pub type CompileFn =
 pub struct PolicyCx<'a> {
     pub consumers: &'a Arc<consumers::Consumers>,
     pub registry: &'a crate::registry::Registry,
+    pub metrics: &'a Arc<crate::observe::metrics::Metrics>,
     pub claims: &'a std::sync::Mutex<crate::registry::Claims>,
     pub warnings: &'a std::sync::Mutex<Vec<ConfigError>>,
 }
@@ -131,10 +135,16 @@ pub struct Kind {
 
 /// Every policy kind. A new kind adds its file and one line here (and its key to
 /// `PolicySetConfig`).
-pub const KINDS: &[Kind] = &[Kind {
-    key: "headers",
-    compile: headers::compile,
-}];
+pub const KINDS: &[Kind] = &[
+    Kind {
+        key: "headers",
+        compile: headers::compile,
+    },
+    Kind {
+        key: "auth",
+        compile: auth::compile,
+    },
+];
 
 /// Compiles the kinds a policy set configures (`path` is its key path, e.g. `policies.cors`).
 pub fn compile_set(
@@ -316,6 +326,7 @@ mod tests {
         let cx = PolicyCx {
             consumers: &Arc::default(),
             registry: &registry,
+            metrics: &Arc::default(),
             claims: &Default::default(),
             warnings: &Default::default(),
         };

@@ -1,0 +1,678 @@
+//! `auth`: who may pass. Finds the caller by the first accepted method whose credential the
+//! request carries (basic, API key, JWT, client certificate), then checks the route's
+//! consumers and groups. Sets the consumer in the request context (rate limits and logs read
+//! it), tells the upstream who called in identity headers (client-sent copies always removed),
+//! and strips the credential unless the route keeps it.
+//!
+//! Passwords are verified on the blocking pool, a few at a time, and a success is remembered
+//! for a minute under a keyed hash of the credential, so the hot path costs one hash. Unknown
+//! users are checked against a decoy hash, so they take as long as known ones. Failed attempts
+//! are counted per client address: too many lock that address out for a while.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::{HeaderName, HeaderValue, Request, header};
+
+use super::consumers::{Consumers, PasswordHash, decoy_hash};
+use super::htpasswd::Htpasswd;
+use super::{Flow, Phase, Policy, PolicyCx, RequestCtx, Step};
+use crate::body::Body;
+use crate::config::ConfigError;
+use crate::config::model::{AuthConfig, PolicySetConfig};
+use crate::context::Consumer;
+use crate::error::GatewayError;
+use crate::observe::metrics::Metrics;
+
+/// Failed attempts from one address within [`FAIL_WINDOW`] that lock it out.
+const MAX_FAILURES: u32 = 10;
+const FAIL_WINDOW: Duration = Duration::from_secs(60);
+const LOCKOUT: Duration = Duration::from_secs(60);
+/// How long a verified password is remembered.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Entries kept in the verified-password cache and the failure table, at most.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Basic,
+    ApiKey,
+    Jwt,
+    Mtls,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Basic => "basic",
+            Method::ApiKey => "api_key",
+            Method::Jwt => "jwt",
+            Method::Mtls => "mtls",
+        }
+    }
+}
+
+pub struct AuthPolicy {
+    methods: Vec<Method>,
+    anonymous: bool,
+    consumers: Arc<Consumers>,
+    allow_consumers: Vec<String>,
+    allow_groups: Vec<String>,
+    realm: String,
+    htpasswd: Option<Arc<Htpasswd>>,
+    key_header: HeaderName,
+    key_query: Option<String>,
+    jwt: Option<super::jwt::Jwt>,
+    id_header: HeaderName,
+    groups_header: HeaderName,
+    keep_credentials: bool,
+    challenges: Vec<HeaderValue>,
+    metrics: Arc<Metrics>,
+}
+
+/// The `auth` key of a policy set, for [`super::KINDS`].
+pub fn compile(
+    set: &PolicySetConfig,
+    cx: &PolicyCx<'_>,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<dyn Policy>> {
+    let a = set.auth.as_ref()?;
+    let p = format!("{path}.auth");
+    AuthPolicy::compile(a, cx, &p, errors).map(|a| Arc::new(a) as Arc<dyn Policy>)
+}
+
+impl AuthPolicy {
+    fn compile(
+        a: &AuthConfig,
+        cx: &PolicyCx<'_>,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<AuthPolicy> {
+        let before = errors.len();
+        let mut methods = Vec::new();
+        for (i, m) in a.methods.iter().enumerate() {
+            let m = match m.as_str() {
+                "basic" => Method::Basic,
+                "api_key" => Method::ApiKey,
+                "jwt" => Method::Jwt,
+                "mtls" => Method::Mtls,
+                other => {
+                    errors.push(ConfigError::new(
+                        format!("{path}.methods[{i}]"),
+                        format!("unknown method {other:?} (expected basic, api_key, jwt or mtls)"),
+                    ));
+                    continue;
+                }
+            };
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+        if a.methods.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{path}.methods"),
+                "list at least one of basic, api_key, jwt, mtls",
+            ));
+        }
+        if methods.contains(&Method::Jwt) != a.jwt.is_some() {
+            errors.push(ConfigError::new(
+                format!("{path}.jwt"),
+                if a.jwt.is_some() {
+                    "is set, but `methods` does not list jwt"
+                } else {
+                    "method jwt needs a `jwt:` block (secret, public_key or jwks_url)"
+                },
+            ));
+        }
+        for (i, id) in a.consumers.iter().enumerate() {
+            if cx.consumers.get(id).is_none() {
+                errors.push(ConfigError::new(
+                    format!("{path}.consumers[{i}]"),
+                    format!("no consumer with id {id:?}"),
+                ));
+            }
+        }
+        let htpasswd = a
+            .basic
+            .as_ref()
+            .and_then(|b| b.htpasswd.as_ref())
+            .and_then(|f| match Htpasswd::load(&f.0) {
+                Ok(h) => Some(Arc::new(h)),
+                Err(e) => {
+                    errors.push(ConfigError::new(format!("{path}.basic.htpasswd"), e));
+                    None
+                }
+            });
+        let header =
+            |k: &str, v: Option<&String>, d: &'static str, errors: &mut Vec<ConfigError>| match v {
+                None => HeaderName::from_static(d),
+                Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or_else(|_| {
+                    errors.push(ConfigError::new(
+                        format!("{path}.{k}"),
+                        format!("invalid header name {h:?}"),
+                    ));
+                    HeaderName::from_static(d)
+                }),
+            };
+        let key_header = header(
+            "api_key.header",
+            a.api_key.as_ref().and_then(|k| k.header.as_ref()),
+            "x-api-key",
+            errors,
+        );
+        let ids = a.identity_headers.as_ref();
+        let id_header = header(
+            "identity_headers.consumer_id",
+            ids.and_then(|i| i.consumer_id.as_ref()),
+            "x-consumer-id",
+            errors,
+        );
+        let groups_header = header(
+            "identity_headers.groups",
+            ids.and_then(|i| i.groups.as_ref()),
+            "x-consumer-groups",
+            errors,
+        );
+        let jwt = match &a.jwt {
+            Some(j) => super::jwt::Jwt::compile(j, cx, &format!("{path}.jwt"), errors),
+            None => None,
+        };
+        if errors.len() > before {
+            return None;
+        }
+        let realm = a
+            .basic
+            .as_ref()
+            .and_then(|b| b.realm.clone())
+            .unwrap_or_else(|| "gatehouse".to_owned());
+        let realm = realm.replace(['"', '\\'], "");
+        let challenges = methods
+            .iter()
+            .filter_map(|m| {
+                let c = match m {
+                    Method::Basic => format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
+                    Method::Jwt => format!("Bearer realm=\"{realm}\""),
+                    Method::ApiKey => format!("ApiKey realm=\"{realm}\", header=\"{key_header}\""),
+                    Method::Mtls => return None,
+                };
+                HeaderValue::from_str(&c).ok()
+            })
+            .collect();
+        Some(AuthPolicy {
+            methods,
+            anonymous: a.anonymous,
+            consumers: cx.consumers.clone(),
+            allow_consumers: a.consumers.clone(),
+            allow_groups: a.groups.clone(),
+            realm,
+            htpasswd,
+            key_header,
+            key_query: a.api_key.as_ref().and_then(|k| k.query.clone()),
+            jwt,
+            id_header,
+            groups_header,
+            keep_credentials: a.keep_credentials,
+            challenges,
+            metrics: cx.metrics.clone(),
+        })
+    }
+
+    fn unauthorized(&self, why: &'static str) -> GatewayError {
+        GatewayError::Unauthorized {
+            challenges: self.challenges.clone(),
+            why,
+        }
+    }
+
+    /// The request's credential for `m`, if it carries one.
+    fn credential(&self, m: Method, req: &Request<Body>, cx: &RequestCtx) -> Option<Credential> {
+        match m {
+            Method::Basic => {
+                let v = authorization(req, "basic")?;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(v.trim())
+                    .ok()
+                    .and_then(|d| String::from_utf8(d).ok());
+                Some(match decoded.as_deref().and_then(|d| d.split_once(':')) {
+                    Some((u, p)) => Credential::Basic(u.to_owned(), p.to_owned()),
+                    None => Credential::Malformed,
+                })
+            }
+            Method::Jwt => {
+                authorization(req, "bearer").map(|t| Credential::Bearer(t.trim().to_owned()))
+            }
+            Method::ApiKey => {
+                if let Some(v) = req.headers().get(&self.key_header) {
+                    return Some(Credential::ApiKey(v.as_bytes().to_vec()));
+                }
+                let q = self.key_query.as_deref()?;
+                query_param(req.uri().query()?, q).map(|v| Credential::ApiKey(v.into_bytes()))
+            }
+            Method::Mtls => cx.client_cert.as_ref().map(|_| Credential::Cert),
+        }
+    }
+
+    /// The first accepted method whose credential the request carries, read out of the
+    /// request (so nothing borrowed from it is held while a password is checked).
+    fn find_credential(
+        &self,
+        req: &Request<Body>,
+        cx: &RequestCtx,
+    ) -> Option<(Method, Credential)> {
+        for &m in &self.methods {
+            match self.credential(m, req, cx) {
+                // A verified certificate that names no consumer is not this method's
+                // credential: other methods may still identify the caller.
+                Some(Credential::Cert) => {
+                    if let Some(c) = cx
+                        .client_cert
+                        .as_ref()
+                        .and_then(|c| self.consumers.by_cert(c))
+                    {
+                        return Some((m, Credential::Known(c.clone())));
+                    }
+                }
+                Some(c) => return Some((m, c)),
+                None => {}
+            }
+        }
+        None
+    }
+
+    async fn authenticate(
+        &self,
+        m: Method,
+        cred: Credential,
+    ) -> Result<(Arc<Consumer>, Vec<(HeaderName, HeaderValue)>), &'static str> {
+        match cred {
+            Credential::Malformed => Err("malformed credentials"),
+            Credential::Basic(user, pass) => {
+                self.basic(&user, &pass).await.map(|c| (c, Vec::new()))
+            }
+            Credential::ApiKey(key) => self
+                .consumers
+                .api_key(&key)
+                .cloned()
+                .map(|c| (c, Vec::new()))
+                .ok_or("unknown API key"),
+            Credential::Bearer(token) => self.bearer(&token).await,
+            Credential::Known(c) => Ok((c, Vec::new())),
+            Credential::Cert => {
+                let _ = m;
+                Err("no consumer for this certificate")
+            }
+        }
+    }
+
+    async fn bearer(
+        &self,
+        token: &str,
+    ) -> Result<(Arc<Consumer>, Vec<(HeaderName, HeaderValue)>), &'static str> {
+        let Some(jwt) = &self.jwt else {
+            return Err("no JWT settings");
+        };
+        let claims = jwt.verify(token).await.map_err(|e| e.reason())?;
+        let forwarded = jwt.forward_headers(&claims);
+        let mut consumer = jwt.consumer(claims).ok_or("the token names no consumer")?;
+        // A consumer configured under the same id adds its groups.
+        if let Some(known) = self.consumers.get(&consumer.id) {
+            for g in &known.groups {
+                if !consumer.groups.contains(g) {
+                    consumer.groups.push(g.clone());
+                }
+            }
+        }
+        Ok((Arc::new(consumer), forwarded))
+    }
+
+    async fn basic(&self, user: &str, pass: &str) -> Result<Arc<Consumer>, &'static str> {
+        let found: Option<(Arc<Consumer>, PasswordHash)> = self
+            .consumers
+            .basic(user)
+            .cloned()
+            .or_else(|| self.htpasswd.as_ref().and_then(|h| h.user(user)));
+        let key = verified_key(user, pass);
+        if let Some((c, _)) = &found
+            && verified().lookup(&key, &c.id)
+        {
+            return Ok(c.clone());
+        }
+        let (hash, known) = match &found {
+            Some((_, h)) => (h.clone(), true),
+            None => (decoy_hash().clone(), false),
+        };
+        let password = pass.as_bytes().to_vec();
+        let ok = verify_blocking(hash, password).await;
+        match found {
+            Some((c, _)) if ok && known => {
+                verified().insert(key, c.id.clone());
+                Ok(c)
+            }
+            _ => Err("wrong username or password"),
+        }
+    }
+
+    fn allowed(&self, c: &Consumer) -> bool {
+        (self.allow_consumers.is_empty() || self.allow_consumers.iter().any(|id| **id == *c.id))
+            && (self.allow_groups.is_empty()
+                || c.groups
+                    .iter()
+                    .any(|g| self.allow_groups.iter().any(|a| **a == **g)))
+    }
+
+    fn strip_credentials(&self, m: Method, req: &mut Request<Body>) {
+        if self.keep_credentials {
+            return;
+        }
+        match m {
+            Method::Basic | Method::Jwt => {
+                req.headers_mut().remove(header::AUTHORIZATION);
+            }
+            Method::ApiKey => {
+                req.headers_mut().remove(&self.key_header);
+                if let Some(q) = &self.key_query
+                    && let Some(new) = without_query_param(req.uri(), q)
+                {
+                    *req.uri_mut() = new;
+                }
+            }
+            Method::Mtls => {}
+        }
+    }
+
+    async fn run(
+        &self,
+        req: &mut Request<Body>,
+        cx: &mut RequestCtx,
+    ) -> Result<Flow, GatewayError> {
+        // Only the gateway says who called.
+        req.headers_mut().remove(&self.id_header);
+        req.headers_mut().remove(&self.groups_header);
+        if let Some(j) = &self.jwt {
+            for h in j.forwarded_header_names() {
+                req.headers_mut().remove(h);
+            }
+        }
+        let route = cx.route.clone();
+        let ip = cx.client_ip;
+        if let Some(retry_after) = failures().locked(ip) {
+            self.metrics.auth(route.as_ref(), "none", "locked_out");
+            return Err(GatewayError::LockedOut { retry_after });
+        }
+        let found = self.find_credential(req, cx);
+        let (method, consumer, extra) = match found {
+            Some((m, cred)) => match self.authenticate(m, cred).await {
+                Ok((c, extra)) => (m, c, extra),
+                Err(why) => {
+                    failures().record(ip);
+                    self.metrics.auth(route.as_ref(), m.name(), "failure");
+                    tracing::info!(client = %ip, method = m.name(), reason = why, "authentication failed");
+                    return Err(self.unauthorized(why));
+                }
+            },
+            None => {
+                if self.anonymous && self.allow_consumers.is_empty() && self.allow_groups.is_empty()
+                {
+                    self.metrics.auth(route.as_ref(), "none", "anonymous");
+                    return Ok(Flow::Continue);
+                }
+                self.metrics.auth(route.as_ref(), "none", "failure");
+                return Err(self.unauthorized("no credentials"));
+            }
+        };
+        if !self.allowed(&consumer) {
+            self.metrics
+                .auth(route.as_ref(), method.name(), "forbidden");
+            return Err(GatewayError::NotAllowed(
+                "consumer not admitted by this route",
+            ));
+        }
+        self.metrics.auth(route.as_ref(), method.name(), "success");
+        self.strip_credentials(method, req);
+        if let Ok(v) = HeaderValue::from_str(&consumer.id) {
+            req.headers_mut().insert(self.id_header.clone(), v);
+        }
+        if !consumer.groups.is_empty() {
+            let joined = consumer
+                .groups
+                .iter()
+                .map(|g| &**g)
+                .collect::<Vec<_>>()
+                .join(",");
+            if let Ok(v) = HeaderValue::from_str(&joined) {
+                req.headers_mut().insert(self.groups_header.clone(), v);
+            }
+        }
+        for (k, v) in extra {
+            req.headers_mut().insert(k, v);
+        }
+        cx.consumer = Some(consumer);
+        Ok(Flow::Continue)
+    }
+}
+
+enum Credential {
+    Basic(String, String),
+    ApiKey(Vec<u8>),
+    Bearer(String),
+    Cert,
+    /// Already identified (a client certificate).
+    Known(Arc<Consumer>),
+    Malformed,
+}
+
+impl Policy for AuthPolicy {
+    fn kind(&self) -> &'static str {
+        "auth"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authentication
+    }
+
+    fn on_request<'a>(
+        &'a self,
+        req: &'a mut Request<Body>,
+        cx: &'a mut RequestCtx,
+    ) -> Step<'a, Flow> {
+        Step::Wait(Box::pin(self.run(req, cx)))
+    }
+}
+
+impl std::fmt::Debug for AuthPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthPolicy")
+            .field("methods", &self.methods)
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `Authorization` value after `scheme ` (case-insensitive), if that is its scheme.
+fn authorization<'r>(req: &'r Request<Body>, scheme: &str) -> Option<&'r str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (s, rest) = v.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then_some(rest)
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URI without every `name=...` pair of its query.
+fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
+    let q = uri.query()?;
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .collect();
+    let pq = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = pq.parse().ok();
+    http::Uri::from_parts(parts).ok()
+}
+
+/// Runs a password check on the blocking pool, a bounded number at a time (a flood of wrong
+/// passwords cannot take every blocking thread).
+async fn verify_blocking(hash: PasswordHash, password: Vec<u8>) -> bool {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(n.max(2))
+    });
+    let Ok(_permit) = slots.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || hash.verify(&password))
+        .await
+        .unwrap_or(false)
+}
+
+/// A keyed hash of a credential: the cache key of a verified password. The key is random per
+/// process, so the cache holds nothing an attacker could test passwords against.
+fn verified_key(user: &str, pass: &str) -> [u8; 32] {
+    use sha2::Digest;
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    let secret = SECRET.get_or_init(|| {
+        let mut s = [0u8; 32];
+        for b in &mut s {
+            *b = fastrand::u8(..);
+        }
+        s
+    });
+    let mut h = sha2::Sha256::new();
+    h.update(secret);
+    h.update(user.as_bytes());
+    h.update([0u8]);
+    h.update(pass.as_bytes());
+    h.finalize().into()
+}
+
+#[derive(Default)]
+struct Verified(Mutex<HashMap<[u8; 32], (Arc<str>, Instant)>>);
+
+impl Verified {
+    fn lookup(&self, key: &[u8; 32], id: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .is_some_and(|(who, at)| **who == *id && at.elapsed() < VERIFIED_TTL)
+    }
+
+    fn insert(&self, key: [u8; 32], id: Arc<str>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, (_, at)| at.elapsed() < VERIFIED_TTL);
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(key, (id, Instant::now()));
+    }
+}
+
+fn verified() -> &'static Verified {
+    static V: OnceLock<Verified> = OnceLock::new();
+    V.get_or_init(Verified::default)
+}
+
+/// Failed attempts per client address.
+#[derive(Default)]
+struct Failures(Mutex<HashMap<IpAddr, (u32, Instant, Option<Instant>)>>);
+
+impl Failures {
+    /// Seconds left of a lockout, if `ip` is locked out.
+    fn locked(&self, ip: IpAddr) -> Option<u64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let until = map.get(&ip)?.2?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(left.as_secs().max(1))
+    }
+
+    fn record(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, (_, since, until)| {
+                now.duration_since(*since) < FAIL_WINDOW || until.is_some_and(|u| u > now)
+            });
+        }
+        let e = map.entry(ip).or_insert((0, now, None));
+        if now.duration_since(e.1) >= FAIL_WINDOW {
+            *e = (0, now, None);
+        }
+        e.0 += 1;
+        if e.0 >= MAX_FAILURES {
+            e.2 = Some(now + LOCKOUT);
+            e.0 = 0;
+            e.1 = now;
+            tracing::warn!(client = %ip, seconds = LOCKOUT.as_secs(), "too many failed authentication attempts: locked out");
+        }
+    }
+}
+
+fn failures() -> &'static Failures {
+    static F: OnceLock<Failures> = OnceLock::new();
+    F.get_or_init(Failures::default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_keys_are_read_and_removed() {
+        assert_eq!(
+            query_param("a=1&api_key=k%20y&b=2", "api_key").as_deref(),
+            Some("k y")
+        );
+        let u: http::Uri = "/x?a=1&api_key=secret&b=2".parse().unwrap();
+        assert_eq!(without_query_param(&u, "api_key").unwrap(), "/x?a=1&b=2");
+        let u: http::Uri = "/x?api_key=secret".parse().unwrap();
+        assert_eq!(without_query_param(&u, "api_key").unwrap(), "/x");
+    }
+
+    #[test]
+    fn lockout_after_repeated_failures() {
+        let f = Failures::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..MAX_FAILURES - 1 {
+            f.record(ip);
+        }
+        assert!(f.locked(ip).is_none());
+        f.record(ip);
+        assert!(f.locked(ip).is_some_and(|s| s >= 1));
+        assert!(f.locked("192.0.2.8".parse().unwrap()).is_none());
+    }
+}
