@@ -465,6 +465,15 @@ impl RawResponse {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// Every value of `name`, in order.
+    pub fn headers_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .collect()
+    }
+
     pub fn count(&self, name: &str) -> usize {
         self.headers
             .iter()
