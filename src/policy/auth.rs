@@ -581,7 +581,10 @@ fn verified_key(user: &str, pass: &str) -> [u8; 32] {
 }
 
 #[derive(Default)]
-struct Verified(Mutex<HashMap<[u8; 32], (Arc<str>, Instant)>>);
+struct Verified(Mutex<HashMap<[u8; 32], VerifiedEntry>>);
+
+/// Who a credential verified as, and when.
+type VerifiedEntry = (Arc<str>, Instant);
 
 impl Verified {
     fn lookup(&self, key: &[u8; 32], id: &str) -> bool {
@@ -609,7 +612,10 @@ fn verified() -> &'static Verified {
 
 /// Failed attempts per client address.
 #[derive(Default)]
-struct Failures(Mutex<HashMap<IpAddr, (u32, Instant, Option<Instant>)>>);
+struct Failures(Mutex<HashMap<IpAddr, FailureEntry>>);
+
+/// Failures in the current window, when the window started, and the end of a lockout.
+type FailureEntry = (u32, Instant, Option<Instant>);
 
 impl Failures {
     /// Seconds left of a lockout, if `ip` is locked out.
