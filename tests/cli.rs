@@ -897,3 +897,40 @@ async fn the_demo_removes_its_config_on_exit() {
         path.display()
     );
 }
+
+/// `hash-password` reads the secret from stdin (never argv) and prints what the config stores.
+#[test]
+fn hash_password_prints_hashes_the_config_accepts() {
+    use std::io::Write;
+    let run = |args: &[&str], input: &str| {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let (code, phc) = run(&["hash-password"], "correct horse\n");
+    assert_eq!(code, Some(0));
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    let h = gatehouse::policy::consumers::PasswordHash::parse(&phc).unwrap();
+    assert!(h.verify(b"correct horse"));
+    assert!(!h.verify(b"correct horse\n"));
+    let (code, digest) = run(&["hash-password", "--api-key"], "k-42\n");
+    assert_eq!(code, Some(0));
+    assert_eq!(digest, gatehouse::policy::consumers::key_digest(b"k-42"));
+    let (code, _) = run(&["hash-password"], "\n");
+    assert_eq!(code, Some(1), "empty input is refused");
+}

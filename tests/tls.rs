@@ -518,3 +518,65 @@ async fn sessions_resume_across_a_reload() {
         "the ticket keys survive the reload"
     );
 }
+
+/// A verified client certificate identifies a consumer (`auth.methods: [mtls]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_identifies_a_consumer() {
+    let up = TestUpstream::echo("u").await;
+    let ca = Ca::new("server CA");
+    let clients = Ca::new("clients CA");
+    let dir = Dir::new();
+    let pair = write_pair(&dir, "server", &ca.server(&["api.example.com"]));
+    let clients_pem = dir.write("clients.pem", &clients.pem);
+    let yaml = format!(
+        "listen:\n  - addr: \"127.0.0.1:0\"\n    tls:\n      certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n      client_auth: {{ ca: \"{clients_pem}\", required: false }}\naccess_log: off\nconsumers:\n  - {{ id: svc-billing, groups: [services], client_cert: {{ cn: billing }} }}\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n    auth: {{ methods: [mtls], groups: [services] }}\n",
+        pair.0,
+        pair.1,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let billing = clients.client("billing", "billing.internal");
+    let other = clients.client("reports", "reports.internal");
+    let dir2 = Dir::new();
+    let (bc, bk) = write_pair(&dir2, "billing", &billing);
+    let (oc, ok_) = write_pair(&dir2, "other", &other);
+    let ca_path = dir2.write("ca.pem", &ca.pem);
+    let port = gw.addr.port();
+    let resolve = format!("api.example.com:{port}:127.0.0.1");
+    let url = format!("https://api.example.com:{port}/");
+    let (ok, out, err) = curl(&[
+        "--resolve",
+        &resolve,
+        "--cacert",
+        &ca_path,
+        "--cert",
+        &bc,
+        "--key",
+        &bk,
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("echo json");
+    assert_eq!(
+        v["headers"]["x-consumer-id"],
+        serde_json::json!(["svc-billing"])
+    );
+    // A valid certificate that names no consumer, and no certificate at all: 401.
+    for extra in [vec!["--cert", oc.as_str(), "--key", ok_.as_str()], vec![]] {
+        let mut args = vec![
+            "--resolve",
+            resolve.as_str(),
+            "--cacert",
+            ca_path.as_str(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        args.extend(extra);
+        args.push(url.as_str());
+        let (ok, code, err) = curl(&args);
+        assert!(ok, "{err}");
+        assert_eq!(code, "401");
+    }
+}
