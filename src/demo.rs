@@ -35,6 +35,7 @@ pub async fn start_demo_service(
                         "path": req.uri().path_and_query().map(|p| p.as_str()),
                         "host": req.headers().get("host").and_then(|v| v.to_str().ok()),
                         "x_forwarded_for": req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+                        "x_consumer_id": req.headers().get("x-consumer-id").and_then(|v| v.to_str().ok()),
                         "x_request_id": req.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
                     });
                     async move {
@@ -106,16 +107,32 @@ pub fn demo_config(
             "listen:\n  - addr: \"{listen}\"\n  - addr: \"{addr}\"\n    tls:\n      certificates: [{{ cert: \"{cert}\", key: \"{key}\" }}]\n      hsts: {{ max_age: 300 }}"
         ),
     };
+    // The demo user's password is `demo`; only its hash goes into the config.
+    let demo_hash = {
+        use argon2::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(b"demo")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    };
     format!(
         r#"{listen}
 access_log: {{ format: text }}
 admin: {{ addr: "127.0.0.1:0" }}
+consumers:
+  - id: demo
+    groups: [admins]
+    basic_auth: {{ username: demo, password_hash: "{demo_hash}" }}
 upstreams:
   users:
     targets:
 {targets}  orders:
     targets: ["http://{orders}"]
 routes:
+  - name: admin
+    match: {{ path_prefix: /admin }}
+    upstream: users
+    auth: {{ methods: [basic], groups: [admins] }}
   - name: users
     match: {{ path_prefix: /users }}
     upstream: users
@@ -169,6 +186,11 @@ Gatehouse demo is running on http://{addr}  (Ctrl-C to stop)
 
   # strip_prefix: /api/orders/7 reaches the orders service as /7, with a response header added
   curl -si http://{addr}/api/orders/7
+
+  # a protected route: 401 with a Basic challenge, then the demo user (password `demo`);
+  # the service sees who called in x-consumer-id, not the password
+  curl -si http://{addr}/admin
+  curl -s -u demo:demo http://{addr}/admin
 
   # no route: a JSON 404 with the request id
   curl -si http://{addr}/nope

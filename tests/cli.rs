@@ -718,6 +718,15 @@ async fn the_demo_serves_what_its_banner_promises() {
     let by_id = get(&format!("{base}/users/42")).await.json();
     let orders = get(&format!("{base}/api/orders/7")).await;
     let missing = get(&format!("{base}/nope")).await;
+    let locked = get(&format!("{base}/admin")).await;
+    let admin = common::send(
+        &common::client(),
+        common::get_req(&format!("{base}/admin"))
+            .header("authorization", "Basic ZGVtbzpkZW1v")
+            .body(common::full(""))
+            .unwrap(),
+    )
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(
@@ -729,6 +738,13 @@ async fn the_demo_serves_what_its_banner_promises() {
     assert_eq!(orders.json()["path"], "/7");
     assert_eq!(orders.header("x-served-by"), Some("gatehouse-demo"));
     assert_eq!(missing.status, 404);
+    assert_eq!(locked.status, 401);
+    assert!(
+        locked
+            .header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Basic"))
+    );
+    assert_eq!(admin.status, 200);
 }
 
 /// The admin address the binary logged (`admin API listening addr=...`), waited for (5 s).
