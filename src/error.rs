@@ -30,6 +30,13 @@ pub enum GatewayError {
     UpstreamTimeout(Duration),
     #[error("upstream is at its configured limit; retry later")]
     Overloaded { retry_after: u64 },
+    /// An access policy refused the request (an IP rule, a CORS preflight it does not allow).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The service a `forward_auth` policy asks could not be reached or did not answer in
+    /// time: the request is refused (fail closed).
+    #[error("the authentication service is unavailable")]
+    AuthUnavailable(#[source] BoxError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,6 +80,8 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +99,8 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Overloaded { .. } => "upstream_overloaded",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::AuthUnavailable(_) => "auth_unavailable",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -98,7 +109,9 @@ impl GatewayError {
     /// other errors, which may carry internal detail).
     pub fn reason(&self) -> Option<&'static str> {
         match self {
-            GatewayError::BadRequest(why) | GatewayError::NotImplemented(why) => Some(why),
+            GatewayError::BadRequest(why)
+            | GatewayError::NotImplemented(why)
+            | GatewayError::Forbidden(why) => Some(why),
             _ => None,
         }
     }
@@ -119,6 +132,8 @@ impl GatewayError {
             | GatewayError::NotImplemented(_)
             | GatewayError::ClientTimeout(_)
             | GatewayError::BodyTooLarge { .. }
+            | GatewayError::Forbidden(_)
+            | GatewayError::AuthUnavailable(_)
             | GatewayError::Internal(_) => Retry::Never,
         }
     }
@@ -133,7 +148,9 @@ impl GatewayError {
             Fault::Internal => true,
             Fault::Upstream => matches!(
                 self,
-                GatewayError::UpstreamConnect(_) | GatewayError::UpstreamFailed(_)
+                GatewayError::UpstreamConnect(_)
+                    | GatewayError::UpstreamFailed(_)
+                    | GatewayError::AuthUnavailable(_)
             ),
         }
     }
@@ -153,8 +170,10 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::NotImplemented(_)
             | GatewayError::ClientTimeout(_)
-            | GatewayError::BodyTooLarge { .. } => Fault::Client,
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::Forbidden(_) => Fault::Client,
             GatewayError::NoTarget { .. }
+            | GatewayError::AuthUnavailable(_)
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTimeout(_)
@@ -191,6 +210,11 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => {
                 "the upstream is at its configured limit; retry later".to_owned()
             }
+            // Which rule refused is for the log: telling the client helps it probe the rules.
+            GatewayError::Forbidden(_) => "access to this resource is forbidden".to_owned(),
+            GatewayError::AuthUnavailable(_) => {
+                "the authentication service is unavailable; retry later".to_owned()
+            }
         }
     }
 
@@ -218,10 +242,12 @@ impl GatewayError {
             GatewayError::ClientTimeout(_) => 1,                           // CANCELLED
             GatewayError::BodyTooLarge { .. } => 8,                        // RESOURCE_EXHAUSTED
             GatewayError::UpstreamTimeout(_) => 4,                         // DEADLINE_EXCEEDED
+            GatewayError::Forbidden(_) => 7,                               // PERMISSION_DENIED
             GatewayError::NoTarget { .. }
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamFailed(_)
-            | GatewayError::Overloaded { .. } => 14, // UNAVAILABLE
+            | GatewayError::Overloaded { .. }
+            | GatewayError::AuthUnavailable(_) => 14, // UNAVAILABLE
             GatewayError::Internal(_) => 13,                               // INTERNAL
         }
     }
@@ -373,6 +399,8 @@ mod tests {
                 503,
                 "upstream_overloaded",
             ),
+            (GatewayError::Forbidden("ip_rules"), 403, "forbidden"),
+            (GatewayError::AuthUnavailable(io()), 503, "auth_unavailable"),
             (
                 GatewayError::Internal("secret detail".into()),
                 500,
