@@ -628,3 +628,50 @@ async fn forward_auth_config_errors_have_key_paths() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_cors_covers_denials_and_unmatched_requests() {
+    let up = TestUpstream::echo("u").await;
+    let auth = auth_service(Duration::ZERO).await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "global: { cors: { origins: [\"https://app.example.com\"], credentials: true } }",
+        &auth_routes(&auth.server.url()),
+    ))
+    .await;
+    let origin = "Origin: https://app.example.com";
+    // A 401 from forward_auth (a later phase, another policy set).
+    let r = call(&gw, "GET", "/api/items", &[origin]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"gatehouse\"")
+    );
+    // Preflights are answered before authentication: they carry no credentials.
+    let pre = call(
+        &gw,
+        "OPTIONS",
+        "/api/items",
+        &[origin, "Access-Control-Request-Method: POST"],
+    )
+    .await;
+    assert_eq!(pre.status, 204);
+    // The gateway's 404 for a request no route matches.
+    let r = call(&gw, "GET", "/nowhere", &[origin]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        auth.server.hits(),
+        1,
+        "the preflight did not ask the auth service"
+    );
+    assert_eq!(up.hits(), 0);
+}
