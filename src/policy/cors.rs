@@ -185,8 +185,7 @@ impl Cors {
         }
         let origin = origin?;
         let lower = origin.to_str().ok()?.to_ascii_lowercase();
-        let ok = self.exact.iter().any(|e| *e == lower)
-            || self.patterns.iter().any(|p| p.matches(&lower));
+        let ok = self.exact.contains(&lower) || self.patterns.iter().any(|p| p.matches(&lower));
         ok.then(|| origin.clone())
     }
 

@@ -10,10 +10,10 @@ use http::Request;
 
 use super::{Flow, Phase, Policy, PolicyCx, RequestCtx, Step};
 use crate::body::Body;
+use crate::cidr::Cidr;
 use crate::config::ConfigError;
 use crate::config::model::{IpRulesConfig, PolicySetConfig};
 use crate::error::GatewayError;
-use crate::runtime::Cidr;
 
 /// The `ip_rules` key of a policy set, for [`super::KINDS`].
 pub fn compile(
