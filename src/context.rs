@@ -72,6 +72,8 @@ pub struct RequestCtx {
     pub client_cert: Option<Arc<ClientCert>>,
     /// A gRPC call: the gateway's own errors are gRPC statuses, not JSON.
     pub grpc: bool,
+    /// The client connection's scheme, `http` or `https` (for `X-Forwarded-Proto`).
+    pub proto: &'static str,
     slots: Vec<(usize, Box<dyn Any + Send>)>,
     /// The position, in the chain, of the policy being called: its slot key.
     current: usize,
@@ -88,6 +90,7 @@ impl RequestCtx {
             consumer: None,
             client_cert: None,
             grpc: false,
+            proto: "http",
             slots: Vec::new(),
             current: 0,
         }

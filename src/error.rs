@@ -30,6 +30,13 @@ pub enum GatewayError {
     UpstreamTimeout(Duration),
     #[error("upstream is at its configured limit; retry later")]
     Overloaded { retry_after: u64 },
+    /// An access policy refused the request (an IP rule, a CORS preflight it does not allow).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The service a `forward_auth` policy asks could not be reached or did not answer in
+    /// time: the request is refused (fail closed).
+    #[error("the authentication service is unavailable")]
+    AuthUnavailable(#[source] BoxError),
     #[error("internal error: {0}")]
     Internal(String),
     /// No credential, or a wrong one: 401 with a `WWW-Authenticate` challenge per accepted
@@ -39,9 +46,6 @@ pub enum GatewayError {
         challenges: Vec<HeaderValue>,
         why: &'static str,
     },
-    /// Authenticated, but not one of the consumers or groups the route admits.
-    #[error("not allowed: {0}")]
-    NotAllowed(&'static str),
     /// Too many failed authentication attempts from this client address.
     #[error("too many failed authentication attempts")]
     LockedOut { retry_after: u64 },
@@ -86,9 +90,10 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            GatewayError::NotAllowed(_) => StatusCode::FORBIDDEN,
             GatewayError::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -106,9 +111,10 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Overloaded { .. } => "upstream_overloaded",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::AuthUnavailable(_) => "auth_unavailable",
             GatewayError::Internal(_) => "internal_error",
             GatewayError::Unauthorized { .. } => "unauthorized",
-            GatewayError::NotAllowed(_) => "forbidden",
             GatewayError::LockedOut { .. } => "too_many_failed_attempts",
         }
     }
@@ -119,7 +125,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(why)
             | GatewayError::NotImplemented(why)
-            | GatewayError::NotAllowed(why)
+            | GatewayError::Forbidden(why)
             | GatewayError::Unauthorized { why, .. } => Some(why),
             _ => None,
         }
@@ -143,8 +149,9 @@ impl GatewayError {
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::Internal(_)
             | GatewayError::Unauthorized { .. }
-            | GatewayError::NotAllowed(_)
-            | GatewayError::LockedOut { .. } => Retry::Never,
+            | GatewayError::LockedOut { .. }
+            | GatewayError::Forbidden(_)
+            | GatewayError::AuthUnavailable(_) => Retry::Never,
         }
     }
 
@@ -158,7 +165,9 @@ impl GatewayError {
             Fault::Internal => true,
             Fault::Upstream => matches!(
                 self,
-                GatewayError::UpstreamConnect(_) | GatewayError::UpstreamFailed(_)
+                GatewayError::UpstreamConnect(_)
+                    | GatewayError::UpstreamFailed(_)
+                    | GatewayError::AuthUnavailable(_)
             ),
         }
     }
@@ -180,9 +189,10 @@ impl GatewayError {
             | GatewayError::ClientTimeout(_)
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::Unauthorized { .. }
-            | GatewayError::NotAllowed(_)
-            | GatewayError::LockedOut { .. } => Fault::Client,
+            | GatewayError::LockedOut { .. }
+            | GatewayError::Forbidden(_) => Fault::Client,
             GatewayError::NoTarget { .. }
+            | GatewayError::AuthUnavailable(_)
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTimeout(_)
@@ -220,9 +230,13 @@ impl GatewayError {
                 "the upstream is at its configured limit; retry later".to_owned()
             }
             GatewayError::Unauthorized { .. } => "authentication required".to_owned(),
-            GatewayError::NotAllowed(_) => "not allowed".to_owned(),
             GatewayError::LockedOut { .. } => {
                 "too many failed authentication attempts; retry later".to_owned()
+            }
+            // Which rule refused is for the log: telling the client helps it probe the rules.
+            GatewayError::Forbidden(_) => "access to this resource is forbidden".to_owned(),
+            GatewayError::AuthUnavailable(_) => {
+                "the authentication service is unavailable; retry later".to_owned()
             }
         }
     }
@@ -263,13 +277,14 @@ impl GatewayError {
             GatewayError::ClientTimeout(_) => 1,                           // CANCELLED
             GatewayError::BodyTooLarge { .. } => 8,                        // RESOURCE_EXHAUSTED
             GatewayError::UpstreamTimeout(_) => 4,                         // DEADLINE_EXCEEDED
+            GatewayError::Forbidden(_) => 7,                               // PERMISSION_DENIED
             GatewayError::NoTarget { .. }
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamFailed(_)
-            | GatewayError::Overloaded { .. } => 14, // UNAVAILABLE
+            | GatewayError::Overloaded { .. }
+            | GatewayError::AuthUnavailable(_) => 14, // UNAVAILABLE
             GatewayError::Internal(_) => 13,                               // INTERNAL
             GatewayError::Unauthorized { .. } => 16,                       // UNAUTHENTICATED
-            GatewayError::NotAllowed(_) => 7,                              // PERMISSION_DENIED
             GatewayError::LockedOut { .. } => 8,                           // RESOURCE_EXHAUSTED
         }
     }
@@ -419,6 +434,8 @@ mod tests {
                 503,
                 "upstream_overloaded",
             ),
+            (GatewayError::Forbidden("ip_rules"), 403, "forbidden"),
+            (GatewayError::AuthUnavailable(io()), 503, "auth_unavailable"),
             (
                 GatewayError::Internal("secret detail".into()),
                 500,

@@ -159,6 +159,7 @@ async fn route_and_forward(
     let mut cx = RequestCtx::new(request_id.clone(), conn.client_addr, client_ip);
     cx.client_cert = conn.client_cert.clone();
     cx.grpc = crate::error::is_grpc(req.headers());
+    cx.proto = conn.proto;
     let body_timeout = rt.server.request_body_timeout;
     let Some(found) = found else {
         // No route: the global policies still run (an IP rule refuses, a rate limit counts

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cidr;
 pub mod compile;
 pub mod config;
 pub mod context;

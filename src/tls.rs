@@ -46,3 +46,26 @@ pub fn load_roots(path: &str) -> Result<rustls::RootCertStore, String> {
     }
     Ok(roots)
 }
+
+/// The system's trust store, read once per process (rustls-native-certs: the distribution's
+/// bundle, or `SSL_CERT_FILE` / `SSL_CERT_DIR`). Certificates it cannot parse are skipped.
+pub fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "reading the system trust store");
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let (_, skipped) = roots.add_parsable_certificates(found.certs);
+            if skipped > 0 {
+                tracing::debug!(
+                    skipped,
+                    "system CA certificates rustls cannot use were skipped"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}

@@ -427,7 +427,7 @@ impl AuthPolicy {
         if !self.allowed(&consumer) {
             self.metrics
                 .auth(route.as_ref(), method.name(), "forbidden");
-            return Err(GatewayError::NotAllowed(
+            return Err(GatewayError::Forbidden(
                 "consumer not admitted by this route",
             ));
         }

@@ -98,7 +98,7 @@ impl HeaderOps {
 }
 
 /// Headers whose meaning is the connection's, not the application's.
-fn is_managed(n: &HeaderName) -> bool {
+pub(super) fn is_managed(n: &HeaderName) -> bool {
     matches!(
         n.as_str(),
         "connection"

@@ -14,8 +14,11 @@
 
 pub mod auth;
 pub mod consumers;
+pub mod cors;
+pub mod forward_auth;
 pub mod headers;
 pub mod htpasswd;
+pub mod ip_rules;
 pub mod jwt;
 
 use std::future::Future;
@@ -87,6 +90,14 @@ pub trait Policy: Send + Sync {
 
     fn phase(&self) -> Phase;
 
+    /// Runs before the other policies of its phase, whatever the source order. For CORS: its
+    /// response hook needs the `Origin` its request hook read, so it must see the request even
+    /// when an IP rule of the same phase then refuses it (the 403 carries CORS headers, and the
+    /// browser lets the page read it).
+    fn first_in_phase(&self) -> bool {
+        false
+    }
+
     fn on_request<'a>(
         &'a self,
         req: &'a mut Request<Body>,
@@ -144,6 +155,18 @@ pub const KINDS: &[Kind] = &[
         key: "auth",
         compile: auth::compile,
     },
+    Kind {
+        key: "ip_rules",
+        compile: ip_rules::compile,
+    },
+    Kind {
+        key: "cors",
+        compile: cors::compile,
+    },
+    Kind {
+        key: "forward_auth",
+        compile: forward_auth::compile,
+    },
 ];
 
 /// Compiles the kinds a policy set configures (`path` is its key path, e.g. `policies.cors`).
@@ -166,10 +189,10 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Orders `bound` (given in source order) by phase; the sort is stable, so source order
-    /// breaks ties.
+    /// Orders `bound` (given in source order) by phase, [`Policy::first_in_phase`] ones first
+    /// within it; the sort is stable, so source order breaks ties.
     pub fn new(mut bound: Vec<Bound>) -> Chain {
-        bound.sort_by_key(|b| b.policy.phase());
+        bound.sort_by_key(|b| (b.policy.phase(), !b.policy.first_in_phase()));
         Chain { items: bound }
     }
 

@@ -3,7 +3,7 @@
 //! [`Transport`] (its rustls client config built here, once per upstream, from PEM files read
 //! with [`crate::tls`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use http::uri::Scheme;
 use rustls::RootCertStore;
@@ -137,7 +137,7 @@ fn compile_tls(
             }
         }
         (None, false) => {
-            let roots = system_roots();
+            let roots = crate::tls::system_roots();
             if roots.is_empty() {
                 warnings.push(ConfigError::new(
                     path,
@@ -234,27 +234,4 @@ fn ca_roots(file: &str) -> Result<(RootCertStore, Vec<Vec<u8>>), String> {
             .map_err(|e| format!("{file}: not a usable CA certificate ({e})"))?;
     }
     Ok((roots, der))
-}
-
-/// The system's trust store, read once per process (rustls-native-certs: the distribution's
-/// bundle, or `SSL_CERT_FILE` / `SSL_CERT_DIR`). Certificates it cannot parse are skipped.
-fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "reading the system trust store");
-            }
-            let mut roots = RootCertStore::empty();
-            let (_, skipped) = roots.add_parsable_certificates(found.certs);
-            if skipped > 0 {
-                tracing::debug!(
-                    skipped,
-                    "system CA certificates rustls cannot use were skipped"
-                );
-            }
-            Arc::new(roots)
-        })
-        .clone()
 }
