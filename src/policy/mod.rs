@@ -14,6 +14,7 @@
 
 pub mod consumers;
 pub mod headers;
+pub mod jwt;
 
 use std::future::Future;
 use std::pin::Pin;
