@@ -73,7 +73,8 @@ const RSA_ALGS: &[Algorithm] = &[
     Algorithm::PS384,
     Algorithm::PS512,
 ];
-const ALG_NAMES: &str = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+const ALG_NAMES: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
 /// Why a token was refused. `Display` is a short reason, safe for the log and for a
 /// `WWW-Authenticate` `error_description`: it never contains the token.
@@ -335,7 +336,10 @@ impl Jwt {
         }
         for (i, a) in cfg.audiences.iter().enumerate() {
             if a.is_empty() {
-                errors.push(ConfigError::new(format!("{path}.audiences[{i}]"), "is empty"));
+                errors.push(ConfigError::new(
+                    format!("{path}.audiences[{i}]"),
+                    "is empty",
+                ));
             }
         }
         let leeway = cfg.leeway.map_or(DEFAULT_LEEWAY, |d| d.0);
@@ -505,7 +509,9 @@ impl Jwt {
     fn check_claims(&self, claims: &JwtClaims) -> Result<(), JwtError> {
         for (name, want) in &self.required_claims {
             let ok = claim(claims, name).is_some_and(|v| match v {
-                Value::Array(items) => items.iter().any(|i| scalar_text(i).as_deref() == Some(want)),
+                Value::Array(items) => items
+                    .iter()
+                    .any(|i| scalar_text(i).as_deref() == Some(want)),
                 v => scalar_text(v).as_deref() == Some(want),
             });
             if !ok {
@@ -627,13 +633,12 @@ fn is_reserved(h: &HeaderName) -> bool {
 /// key is looked at; so is `crit` (extensions this verifier does not implement).
 fn header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
-    let bytes = URL_SAFE_NO_PAD
-        .decode(h)
-        .map_err(|_| JwtError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwtError::Malformed)?;
     let Ok(Value::Object(hdr)) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(JwtError::Malformed);
     };
@@ -682,9 +687,10 @@ fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> JwtError {
         K::InvalidIssuer => JwtError::WrongIssuer,
         K::InvalidAudience => JwtError::WrongAudience,
         K::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
-        K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
-            JwtError::AlgorithmNotAllowed
-        }
+        K::InvalidAlgorithm
+        | K::MissingAlgorithm
+        | K::InvalidAlgorithmName
+        | K::UnsupportedAlgorithm => JwtError::AlgorithmNotAllowed,
         _ => JwtError::Malformed,
     }
 }
@@ -772,19 +778,12 @@ impl JwksTarget {
         } else {
             let name = ServerName::try_from(bare.to_owned())
                 .map_err(|_| format!("{host:?} is not a DNS name or an IP address"))?;
-            let client = TlsClient::new(
-                Trust::Roots(system_roots()),
-                None,
-                Protocol::Http1,
-                [0; 32],
-            )
-            .map_err(|e| format!("cannot make a TLS client ({e})"))?;
+            let client =
+                TlsClient::new(Trust::Roots(system_roots()), None, Protocol::Http1, [0; 32])
+                    .map_err(|e| format!("cannot make a TLS client ({e})"))?;
             (Some(client), Some(name))
         };
-        let path = uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         Ok(JwksTarget {
             endpoint: Endpoint {
                 authority: format!("{host}:{port}"),
@@ -848,7 +847,10 @@ impl KeySet {
             None => Vec::new(),
         };
         if !named.is_empty() {
-            let fit: Vec<&Key> = named.into_iter().filter(|k| k.algs.contains(&alg)).collect();
+            let fit: Vec<&Key> = named
+                .into_iter()
+                .filter(|k| k.algs.contains(&alg))
+                .collect();
             return if fit.is_empty() {
                 Err(JwtError::AlgorithmNotAllowed)
             } else {
@@ -927,9 +929,13 @@ impl JwksCache {
                     match serde_json::from_value::<Jwk>(v) {
                         Ok(jwk) => match key_from_jwk(&jwk) {
                             Ok(k) => keys.push(k),
-                            Err(why) => tracing::debug!(url = %self.url, kid = ?jwk.common.key_id, why, "JWKS key skipped"),
+                            Err(why) => {
+                                tracing::debug!(url = %self.url, kid = ?jwk.common.key_id, why, "JWKS key skipped")
+                            }
                         },
-                        Err(e) => tracing::debug!(url = %self.url, error = %e, "JWKS key skipped: not a JWK"),
+                        Err(e) => {
+                            tracing::debug!(url = %self.url, error = %e, "JWKS key skipped: not a JWK")
+                        }
                     }
                 }
                 tracing::info!(url = %self.url, keys = keys.len(), skipped = total - keys.len(), "JWKS fetched");
@@ -1049,4 +1055,805 @@ fn key_from_jwk(jwk: &Jwk) -> Result<Key, &'static str> {
         algs,
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real keys (HMAC secrets; RSA, EC and Ed25519 pairs made by rcgen on aws-lc-rs), real
+    //! signatures (jsonwebtoken::encode), and a real JWKS server on a loopback port.
+    use super::*;
+    use crate::policy::consumers::Consumers;
+    use crate::registry::{Claims, Registry};
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    /// What a policy compiles with.
+    #[derive(Default)]
+    struct Cx {
+        registry: Registry,
+        claims: Mutex<Claims>,
+        warnings: Mutex<Vec<ConfigError>>,
+        consumers: Arc<Consumers>,
+    }
+
+    impl Cx {
+        fn compile(&self, cfg: Value) -> Result<Jwt, Vec<ConfigError>> {
+            let cfg: JwtConfig = serde_json::from_value(cfg).unwrap();
+            let cx = PolicyCx {
+                consumers: &self.consumers,
+                registry: &self.registry,
+                claims: &self.claims,
+                warnings: &self.warnings,
+            };
+            let mut errors = Vec::new();
+            match Jwt::compile(&cfg, &cx, "auth.jwt", &mut errors) {
+                Some(j) if errors.is_empty() => Ok(j),
+                Some(_) => panic!("compiled with errors: {errors:?}"),
+                None => {
+                    assert!(!errors.is_empty(), "refused without an error");
+                    Err(errors)
+                }
+            }
+        }
+
+        fn warnings(&self) -> String {
+            let w = self.warnings.lock().unwrap();
+            w.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+
+    fn compile(cfg: Value) -> Jwt {
+        match Cx::default().compile(cfg) {
+            Ok(j) => j,
+            Err(e) => panic!("refused: {e:?}"),
+        }
+    }
+
+    /// The config errors, one a line.
+    fn refused(cfg: Value) -> String {
+        match Cx::default().compile(cfg) {
+            Ok(_) => panic!("compiled"),
+            Err(e) => e
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&h, claims, key).unwrap()
+    }
+
+    fn hs(claims: &Value) -> String {
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            None,
+            claims,
+        )
+    }
+
+    fn claims() -> Value {
+        json!({ "sub": "alice", "iat": now(), "exp": now() + 300 })
+    }
+
+    fn with(extra: Value) -> Value {
+        let mut c = claims();
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    }
+
+    /// A hand-made compact token (for headers no library would write).
+    fn raw(header: &Value, claims: &Value, sig: &str) -> String {
+        let enc = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        format!("{}.{}.{sig}", enc(header), enc(claims))
+    }
+
+    struct Pair {
+        enc: EncodingKey,
+        public_pem: String,
+        alg: Algorithm,
+    }
+
+    impl Pair {
+        fn generate(alg: Algorithm) -> Pair {
+            let (sig, enc): (_, fn(&[u8]) -> _) = match alg {
+                Algorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, EncodingKey::from_ec_pem),
+                Algorithm::ES384 => (&rcgen::PKCS_ECDSA_P384_SHA384, EncodingKey::from_ec_pem),
+                Algorithm::RS256 => (&rcgen::PKCS_RSA_SHA256, EncodingKey::from_rsa_pem),
+                Algorithm::EdDSA => (&rcgen::PKCS_ED25519, EncodingKey::from_ed_pem),
+                _ => unreachable!(),
+            };
+            let kp = rcgen::KeyPair::generate_for(sig).unwrap();
+            Pair {
+                enc: enc(kp.serialize_pem().as_bytes()).unwrap(),
+                public_pem: kp.public_key_pem(),
+                alg,
+            }
+        }
+
+        fn sign(&self, kid: Option<&str>, claims: &Value) -> String {
+            sign(self.alg, &self.enc, kid, claims)
+        }
+
+        fn jwk(&self, kid: &str) -> Value {
+            let mut jwk = Jwk::from_encoding_key(&self.enc, self.alg).unwrap();
+            jwk.common.key_id = Some(kid.into());
+            serde_json::to_value(jwk).unwrap()
+        }
+
+        fn file(&self) -> String {
+            temp_file(&self.public_pem)
+        }
+    }
+
+    fn temp_file(contents: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "gatehouse-jwt-{}-{}.pem",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&p, contents).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    #[tokio::test]
+    async fn hs256_accepted_with_its_claims() {
+        let jwt = compile(json!({ "secret": SECRET }));
+        let c = jwt.verify(&hs(&claims())).await.unwrap();
+        assert_eq!(c["sub"], "alice");
+        // Another secret: a bad signature.
+        let other = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"another secret, just as long as the first one"),
+            None,
+            &claims(),
+        );
+        assert_eq!(jwt.verify(&other).await, Err(JwtError::BadSignature));
+        // HS384 is not in the (default) list.
+        let hs384 = sign(
+            Algorithm::HS384,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            None,
+            &claims(),
+        );
+        assert_eq!(jwt.verify(&hs384).await, Err(JwtError::AlgorithmNotAllowed));
+        let both = compile(json!({ "secret": SECRET, "algorithms": ["HS256", "HS384"] }));
+        assert!(both.verify(&hs384).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn public_keys_of_each_kind_verify_their_tokens() {
+        for alg in [
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::RS256,
+            Algorithm::EdDSA,
+        ] {
+            let pair = Pair::generate(alg);
+            let jwt = compile(json!({ "public_key": pair.file() }));
+            let c = jwt.verify(&pair.sign(None, &claims())).await;
+            assert_eq!(c.map(|c| c["sub"].clone()), Ok(json!("alice")), "{alg:?}");
+            // The same kind, another key.
+            let other = Pair::generate(alg);
+            assert_eq!(
+                jwt.verify(&other.sign(None, &claims())).await,
+                Err(JwtError::BadSignature),
+                "{alg:?}"
+            );
+        }
+        // RSA takes PS256 when listed, and only then.
+        let rsa = Pair::generate(Algorithm::RS256);
+        let ps = sign(Algorithm::PS256, &rsa.enc, None, &claims());
+        let file = rsa.file();
+        assert_eq!(
+            compile(json!({ "public_key": file })).verify(&ps).await,
+            Err(JwtError::AlgorithmNotAllowed)
+        );
+        assert!(
+            compile(json!({ "public_key": file, "algorithms": ["RS256", "PS256"] }))
+                .verify(&ps)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn time_claims() {
+        let jwt = compile(json!({ "secret": SECRET }));
+        let t = now();
+        assert_eq!(
+            jwt.verify(&hs(&with(json!({ "exp": t - 120 })))).await,
+            Err(JwtError::Expired)
+        );
+        assert!(
+            jwt.verify(&hs(&with(json!({ "exp": t - 30 }))))
+                .await
+                .is_ok(),
+            "within the default leeway"
+        );
+        assert_eq!(
+            jwt.verify(&hs(&with(json!({ "nbf": t + 300 })))).await,
+            Err(JwtError::NotYetValid)
+        );
+        assert!(
+            jwt.verify(&hs(&with(json!({ "nbf": t + 30 }))))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            jwt.verify(&hs(&with(json!({ "exp": null })))).await,
+            Err(JwtError::MissingClaim("exp".into()))
+        );
+        let strict = compile(json!({ "secret": SECRET, "leeway": "1s" }));
+        assert_eq!(
+            strict.verify(&hs(&with(json!({ "exp": t - 30 })))).await,
+            Err(JwtError::Expired)
+        );
+    }
+
+    #[tokio::test]
+    async fn tampering_is_a_bad_signature() {
+        let jwt = compile(json!({ "secret": SECRET }));
+        let token = hs(&claims());
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&with(json!({ "sub": "mallory" }))).unwrap());
+        let payload = format!("{}.{forged}.{}", parts[0], parts[2]);
+        assert_eq!(jwt.verify(&payload).await, Err(JwtError::BadSignature));
+
+        let mut sig: Vec<char> = parts[2].chars().collect();
+        let i = sig.len() / 2;
+        sig[i] = if sig[i] == 'A' { 'B' } else { 'A' };
+        let sig: String = sig.into_iter().collect();
+        let signature = format!("{}.{}.{sig}", parts[0], parts[1]);
+        assert_eq!(jwt.verify(&signature).await, Err(JwtError::BadSignature));
+
+        let es = Pair::generate(Algorithm::ES256);
+        let jwt = compile(json!({ "public_key": es.file() }));
+        let token = es.sign(None, &claims());
+        let parts: Vec<&str> = token.split('.').collect();
+        let payload = format!("{}.{forged}.{}", parts[0], parts[2]);
+        assert_eq!(jwt.verify(&payload).await, Err(JwtError::BadSignature));
+    }
+
+    #[tokio::test]
+    async fn unsigned_and_malformed_tokens() {
+        let jwt = compile(json!({ "secret": SECRET }));
+        for none in ["none", "None", "NONE"] {
+            let t = raw(&json!({ "alg": none, "typ": "JWT" }), &claims(), "");
+            assert_eq!(jwt.verify(&t).await, Err(JwtError::AlgorithmNotAllowed));
+        }
+        let t = raw(&json!({ "alg": "HS1024" }), &claims(), "c2ln");
+        assert_eq!(jwt.verify(&t).await, Err(JwtError::AlgorithmNotAllowed));
+        // A critical extension this verifier does not know.
+        let t = raw(
+            &json!({ "alg": "HS256", "crit": ["b64"], "b64": false }),
+            &claims(),
+            "c2ln",
+        );
+        assert_eq!(jwt.verify(&t).await, Err(JwtError::Malformed));
+        let t = raw(&json!({ "alg": "HS256", "kid": 7 }), &claims(), "c2ln");
+        assert_eq!(jwt.verify(&t).await, Err(JwtError::Malformed));
+        assert_eq!(jwt.verify("").await, Err(JwtError::Missing));
+        for bad in [
+            "abc",
+            "a.b",
+            "a.b.c.d",
+            "!!!.b.c",
+            "e30.e30.",
+            &"a".repeat(MAX_TOKEN_BYTES + 1),
+        ] {
+            assert_eq!(jwt.verify(bad).await, Err(JwtError::Malformed), "{bad:.20}");
+        }
+        // A signed token whose payload is not a JSON object.
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &json!([1, 2]), &key).unwrap();
+        assert_eq!(jwt.verify(&t).await, Err(JwtError::Malformed));
+    }
+
+    #[tokio::test]
+    async fn algorithm_confusion_is_refused() {
+        for alg in [Algorithm::RS256, Algorithm::ES256] {
+            let pair = Pair::generate(alg);
+            let file = pair.file();
+            // An HS256 token "signed" with the public key's bytes as the HMAC secret.
+            let forged = sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(pair.public_pem.as_bytes()),
+                None,
+                &claims(),
+            );
+            let jwt = compile(json!({ "public_key": file }));
+            assert_eq!(
+                jwt.verify(&forged).await,
+                Err(JwtError::AlgorithmNotAllowed)
+            );
+            // And a config that would allow it does not compile.
+            let e = refused(json!({ "public_key": file, "algorithms": ["RS256", "HS256"] }));
+            assert!(e.contains("auth.jwt.algorithms[1]"), "{e}");
+            assert!(e.contains("algorithm confusion"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn issuer_and_audience() {
+        let jwt = compile(json!({
+            "secret": SECRET,
+            "issuer": "https://idp.example",
+            "audiences": ["api", "web"],
+        }));
+        let ok = json!({ "iss": "https://idp.example", "aud": "api" });
+        assert!(jwt.verify(&hs(&with(ok))).await.is_ok());
+        let list = json!({ "iss": "https://idp.example", "aud": ["other", "web"] });
+        assert!(jwt.verify(&hs(&with(list))).await.is_ok());
+        let cases = [
+            (
+                json!({ "iss": "https://evil.example", "aud": "api" }),
+                JwtError::WrongIssuer,
+            ),
+            (
+                json!({ "iss": "https://idp.example", "aud": "billing" }),
+                JwtError::WrongAudience,
+            ),
+            (
+                json!({ "iss": "https://idp.example", "aud": ["billing"] }),
+                JwtError::WrongAudience,
+            ),
+            (
+                json!({ "aud": "api" }),
+                JwtError::MissingClaim("iss".into()),
+            ),
+            (
+                json!({ "iss": "https://idp.example" }),
+                JwtError::MissingClaim("aud".into()),
+            ),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(
+                jwt.verify(&hs(&with(extra.clone()))).await,
+                Err(want),
+                "{extra}"
+            );
+        }
+        // Nothing configured: any `aud` and `iss` pass.
+        let open = compile(json!({ "secret": SECRET }));
+        let any = json!({ "iss": "x", "aud": ["y"] });
+        assert!(open.verify(&hs(&with(any))).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn required_claims_and_scopes() {
+        let jwt = compile(json!({
+            "secret": SECRET,
+            "required_claims": { "role": "admin", "tenant": "7", "org.tier": "gold" },
+            "scopes": ["read", "write"],
+        }));
+        let good = json!({ "role": "admin", "tenant": 7, "org": { "tier": "gold" }, "scope": "read write extra" });
+        assert!(jwt.verify(&hs(&with(good))).await.is_ok());
+        let listed = json!({ "role": ["user", "admin"], "tenant": "7", "org.tier": "gold", "scp": ["write", "read"] });
+        assert!(jwt.verify(&hs(&with(listed))).await.is_ok());
+        let scp_string =
+            json!({ "role": "admin", "tenant": "7", "org.tier": "gold", "scp": "write read" });
+        assert!(jwt.verify(&hs(&with(scp_string))).await.is_ok());
+        let cases = [
+            (
+                json!({ "role": "user", "tenant": "7", "org.tier": "gold", "scope": "read write" }),
+                JwtError::MissingClaim("role".into()),
+            ),
+            (
+                json!({ "role": "admin", "org.tier": "gold", "scope": "read write" }),
+                JwtError::MissingClaim("tenant".into()),
+            ),
+            (
+                json!({ "role": "admin", "tenant": "7", "org": { "tier": "silver" }, "scope": "read write" }),
+                JwtError::MissingClaim("org.tier".into()),
+            ),
+            (
+                json!({ "role": "admin", "tenant": "7", "org.tier": "gold", "scope": "read" }),
+                JwtError::MissingScope("write".into()),
+            ),
+            (
+                json!({ "role": "admin", "tenant": "7", "org.tier": "gold" }),
+                JwtError::MissingScope("read".into()),
+            ),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(
+                jwt.verify(&hs(&with(extra.clone()))).await,
+                Err(want),
+                "{extra}"
+            );
+        }
+        assert_eq!(
+            JwtError::MissingScope("write".into()).bearer_error(),
+            Some("insufficient_scope")
+        );
+        assert_eq!(JwtError::Expired.bearer_error(), Some("invalid_token"));
+    }
+
+    #[test]
+    fn consumer_and_forwarded_headers() {
+        let jwt = compile(json!({
+            "secret": SECRET,
+            "forward_claims": { "email": "x-user-email", "roles": "x-user-roles", "level": "x-level", "admin": "x-admin", "evil": "x-evil", "org.name": "x-org", "absent": "x-absent" },
+        }));
+        let c = with(json!({
+            "email": "alice@example.com",
+            "roles": ["a", "b", 3],
+            "level": 4,
+            "admin": true,
+            "evil": "x\r\nSet-Cookie: y",
+            "org": { "name": "Example" },
+            "groups": ["ops", "", "dev"],
+        }));
+        let c = c.as_object().unwrap().clone();
+        let mut h: Vec<(String, String)> = jwt
+            .forward_headers(&c)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        h.sort();
+        assert_eq!(
+            h,
+            [
+                ("x-admin", "true"),
+                ("x-level", "4"),
+                ("x-org", "Example"),
+                ("x-user-email", "alice@example.com"),
+                ("x-user-roles", "a,b,3"),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        let mut names: Vec<&str> = jwt.forwarded_header_names().map(|h| h.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "x-absent",
+                "x-admin",
+                "x-evil",
+                "x-level",
+                "x-org",
+                "x-user-email",
+                "x-user-roles"
+            ]
+        );
+
+        let who = jwt.consumer(c).unwrap();
+        assert_eq!(&*who.id, "alice");
+        assert_eq!(who.groups, [Arc::from("ops"), Arc::from("dev")]);
+        assert_eq!(who.claims["email"], "alice@example.com");
+
+        let custom = compile(
+            json!({ "secret": SECRET, "consumer_claim": "client_id", "groups_claim": "realm_access.roles" }),
+        );
+        let c = json!({ "client_id": 42, "realm_access": { "roles": "a, b c" } });
+        let who = custom.consumer(c.as_object().unwrap().clone()).unwrap();
+        assert_eq!(&*who.id, "42");
+        assert_eq!(who.groups, [Arc::from("a"), Arc::from("b"), Arc::from("c")]);
+        let string_groups = json!({ "sub": "bob", "groups": "x,y" });
+        let who = jwt
+            .consumer(string_groups.as_object().unwrap().clone())
+            .unwrap();
+        assert_eq!(who.groups, [Arc::from("x"), Arc::from("y")]);
+        assert!(
+            jwt.consumer(json!({ "sub": "" }).as_object().unwrap().clone())
+                .is_none()
+        );
+        assert!(jwt.consumer(Map::new()).is_none());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = refused(json!({}));
+        assert!(e.starts_with("auth.jwt: needs a key source"), "{e}");
+        let e = refused(json!({ "secret": SECRET, "jwks_url": "https://idp.example/jwks" }));
+        assert!(e.contains("auth.jwt.jwks_url: give one key source"), "{e}");
+        let e = refused(json!({ "public_key": "/nonexistent/key.pem" }));
+        assert!(
+            e.contains("auth.jwt.public_key: cannot read /nonexistent/key.pem"),
+            "{e}"
+        );
+        let e = refused(json!({ "secret": SECRET, "algorithms": ["none", "HS256", "XS256"] }));
+        assert!(e.contains("auth.jwt.algorithms[0]: `none`"), "{e}");
+        assert!(
+            e.contains("auth.jwt.algorithms[2]: unknown algorithm \"XS256\""),
+            "{e}"
+        );
+        let e = refused(json!({ "secret": SECRET, "algorithms": ["RS256"] }));
+        assert!(
+            e.contains("auth.jwt.algorithms[0]: RS256 needs a public key"),
+            "{e}"
+        );
+        let e = refused(json!({ "jwks_url": "https://idp.example/jwks", "algorithms": ["HS256"] }));
+        assert!(e.contains("auth.jwt.algorithms[0]"), "{e}");
+        let e = refused(json!({ "jwks_url": "ftp://idp.example/jwks" }));
+        assert!(e.contains("auth.jwt.jwks_url"), "{e}");
+        let e = refused(json!({ "secret": SECRET, "jwks_refresh": "5m" }));
+        assert!(e.contains("auth.jwt.jwks_refresh: applies only"), "{e}");
+        let e = refused(
+            json!({ "secret": SECRET, "forward_claims": { "a": "bad header", "b": "host" } }),
+        );
+        assert!(
+            e.contains("auth.jwt.forward_claims.a: invalid header name"),
+            "{e}"
+        );
+        assert!(e.contains("auth.jwt.forward_claims.b"), "{e}");
+
+        let es = Pair::generate(Algorithm::ES256);
+        let e = refused(json!({ "public_key": es.file(), "algorithms": ["ES384"] }));
+        assert!(e.contains("use ES256"), "{e}");
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let private = temp_file(&kp.serialize_pem());
+        let e = refused(json!({ "public_key": private }));
+        assert!(e.contains(&format!("{private} holds a private key")), "{e}");
+        let junk = temp_file("not a key");
+        let e = refused(json!({ "public_key": junk }));
+        assert!(e.contains(&format!("{junk}: no PEM public key")), "{e}");
+
+        // Warnings: a short secret, a plain-http JWKS elsewhere than loopback.
+        let cx = Cx::default();
+        assert!(cx.compile(json!({ "secret": "short" })).is_ok());
+        assert!(
+            cx.compile(json!({ "jwks_url": "http://idp.example/jwks" }))
+                .is_ok()
+        );
+        assert!(
+            cx.compile(json!({ "jwks_url": "http://127.0.0.1:1/jwks" }))
+                .is_ok()
+        );
+        let w = cx.warnings();
+        assert!(
+            w.contains("auth.jwt.secret: is shorter than 32 bytes"),
+            "{w}"
+        );
+        assert!(w.contains("auth.jwt.jwks_url: is plain http"), "{w}");
+        assert_eq!(w.lines().count(), 2, "{w}");
+    }
+
+    /// A JWKS server on a loopback port: serves `body`, counts requests, can be stopped.
+    struct JwksServer {
+        url: String,
+        body: Arc<Mutex<String>>,
+        hits: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl JwksServer {
+        async fn start(keys: &[Value]) -> JwksServer {
+            use http_body_util::Full;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!(
+                "http://{}/.well-known/jwks.json",
+                listener.local_addr().unwrap()
+            );
+            let body = Arc::new(Mutex::new(json!({ "keys": keys }).to_string()));
+            let hits = Arc::new(AtomicUsize::new(0));
+            let (b, n) = (body.clone(), hits.clone());
+            let task = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (b, n) = (b.clone(), n.clone());
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |req: Request<hyper::body::Incoming>| {
+                                assert_eq!(req.uri().path(), "/.well-known/jwks.json");
+                                n.fetch_add(1, Ordering::SeqCst);
+                                let body = b.lock().unwrap().clone();
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(
+                                        http::Response::builder()
+                                            .header("content-type", "application/json")
+                                            .body(Full::new(Bytes::from(body)))
+                                            .unwrap(),
+                                    )
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+            JwksServer {
+                url,
+                body,
+                hits,
+                task,
+            }
+        }
+
+        fn serve(&self, keys: &[Value]) {
+            *self.body.lock().unwrap() = json!({ "keys": keys }).to_string();
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+
+        async fn stop(self) {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+    }
+
+    #[tokio::test]
+    async fn jwks_rotation_and_the_unknown_kid_rate_limit() {
+        let a = Pair::generate(Algorithm::ES256);
+        let b = Pair::generate(Algorithm::RS256);
+        let server = JwksServer::start(&[a.jwk("a")]).await;
+        let cx = Cx::default();
+        let mut jwt = cx
+            .compile(json!({ "jwks_url": server.url, "algorithms": ["ES256", "RS256"] }))
+            .unwrap();
+        let window = Duration::from_millis(1500);
+        jwt.min_refetch = window;
+        assert_eq!(server.hits(), 0, "compiling fetches nothing");
+
+        let token_a = a.sign(Some("a"), &claims());
+        assert_eq!(jwt.verify(&token_a).await.unwrap()["sub"], "alice");
+        assert_eq!(server.hits(), 1);
+        assert!(jwt.verify(&token_a).await.is_ok());
+        assert_eq!(server.hits(), 1, "cached");
+
+        // Unknown kids within the window: refused, no fetch.
+        for i in 0..20 {
+            let t = a.sign(Some(&format!("x{i}")), &claims());
+            assert_eq!(jwt.verify(&t).await, Err(JwtError::UnknownKey));
+        }
+        assert_eq!(server.hits(), 1, "rate-limited");
+
+        // Rotation: the IdP now publishes B only.
+        server.serve(&[b.jwk("b")]);
+        let token_b = b.sign(Some("b"), &claims());
+        tokio::time::sleep(window + Duration::from_millis(100)).await;
+        assert_eq!(jwt.verify(&token_b).await.unwrap()["sub"], "alice");
+        assert_eq!(server.hits(), 2, "one refetch for the new kid");
+        assert_eq!(jwt.verify(&token_a).await, Err(JwtError::UnknownKey));
+        assert_eq!(server.hits(), 2);
+
+        // Many unknown kids at once, after the window: exactly one fetch, and all wait for it.
+        tokio::time::sleep(window + Duration::from_millis(100)).await;
+        let jwt = Arc::new(jwt);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let (jwt, t) = (jwt.clone(), b.sign(Some(&format!("y{i}")), &claims()));
+            set.spawn(async move { jwt.verify(&t).await });
+        }
+        while let Some(r) = set.join_next().await {
+            assert_eq!(r.unwrap(), Err(JwtError::UnknownKey));
+        }
+        assert_eq!(server.hits(), 3);
+        assert!(jwt.verify(&token_b).await.is_ok());
+
+        // The cache belongs to the URL and survives a reload.
+        let mut claims_now = cx.claims.lock().unwrap();
+        cx.registry.adopt(&claims_now);
+        *claims_now = Claims::default();
+        drop(claims_now);
+        let reloaded = cx
+            .compile(json!({ "jwks_url": server.url, "algorithms": ["RS256"] }))
+            .unwrap();
+        assert!(reloaded.verify(&token_b).await.is_ok());
+        assert_eq!(server.hits(), 3, "the reloaded config uses the cached keys");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn jwks_background_refresh_and_last_good_keys() {
+        let a = Pair::generate(Algorithm::ES256);
+        let b = Pair::generate(Algorithm::ES256);
+        let server = JwksServer::start(&[a.jwk("a")]).await;
+        let mut jwt = compile(json!({ "jwks_url": server.url, "jwks_refresh": "1s" }));
+        jwt.min_refetch = Duration::from_millis(200);
+        let token_a = a.sign(Some("a"), &claims());
+        let token_b = b.sign(Some("b"), &claims());
+        assert!(jwt.verify(&token_a).await.is_ok());
+        assert_eq!(server.hits(), 1);
+
+        // Past `jwks_refresh`: the current keys answer and a refresh runs behind.
+        server.serve(&[a.jwk("a"), b.jwk("b")]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(jwt.verify(&token_a).await.is_ok());
+        wait_for(|| server.hits() == 2).await;
+        let keys = match &jwt.source {
+            Source::Jwks(c) => c.current().unwrap(),
+            Source::Static(_) => unreachable!(),
+        };
+        assert_eq!(keys.keys.len(), 2, "refreshed in the background");
+        assert!(jwt.verify(&token_b).await.is_ok());
+        assert_eq!(server.hits(), 2);
+
+        // The IdP goes away: the last good keys still verify.
+        server.stop().await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(jwt.verify(&token_a).await.is_ok(), "stale keys serve");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(jwt.verify(&token_b).await.is_ok());
+        let unknown = b.sign(Some("c"), &claims());
+        assert_eq!(jwt.verify(&unknown).await, Err(JwtError::UnknownKey));
+        assert!(
+            jwt.verify(&token_a).await.is_ok(),
+            "a failed refetch keeps the keys"
+        );
+    }
+
+    async fn wait_for(cond: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("condition not met within 2 s");
+    }
+
+    #[tokio::test]
+    async fn jwks_key_rules() {
+        let rsa = Pair::generate(Algorithm::RS256);
+        let ec = Pair::generate(Algorithm::ES256);
+        // `rsa` published for RS256 only; an `oct` key (never used from a JWKS); a key for
+        // encryption; `ec` without kid.
+        let mut ec_nokid = ec.jwk("unused");
+        ec_nokid.as_object_mut().unwrap().remove("kid");
+        let mut enc = rsa.jwk("enc");
+        enc["use"] = json!("enc");
+        let server = JwksServer::start(&[
+            rsa.jwk("r"),
+            json!({ "kty": "oct", "kid": "h", "k": URL_SAFE_NO_PAD.encode(SECRET) }),
+            enc,
+            ec_nokid,
+            json!({ "kty": "EC", "crv": "secp256k1", "kid": "k", "x": "AA", "y": "AA" }),
+        ])
+        .await;
+        let jwt =
+            compile(json!({ "jwks_url": server.url, "algorithms": ["RS256", "PS256", "ES256"] }));
+        assert!(jwt.verify(&rsa.sign(Some("r"), &claims())).await.is_ok());
+        // The JWK says RS256: a PS256 token with its kid is refused.
+        let ps = sign(Algorithm::PS256, &rsa.enc, Some("r"), &claims());
+        assert_eq!(jwt.verify(&ps).await, Err(JwtError::AlgorithmNotAllowed));
+        // No kid: the key without one is tried.
+        assert!(jwt.verify(&ec.sign(None, &claims())).await.is_ok());
+        // The encryption key is not a signing key.
+        let t = rsa.sign(Some("enc"), &claims());
+        assert_eq!(
+            jwt.verify(&t).await,
+            Err(JwtError::UnknownKey),
+            "skipped; the kid-less key is for ES256"
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn jwks_unreachable_from_the_start() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        drop(listener);
+        let jwt = compile(json!({ "jwks_url": url }));
+        let a = Pair::generate(Algorithm::ES256);
+        let t = a.sign(Some("a"), &claims());
+        assert_eq!(jwt.verify(&t).await, Err(JwtError::KeysUnavailable));
+        assert_eq!(JwtError::KeysUnavailable.bearer_error(), None);
+    }
 }
