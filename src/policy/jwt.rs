@@ -1748,10 +1748,11 @@ mod tests {
         assert!(jwt.verify(&token_b).await.is_ok());
 
         // The cache belongs to the URL and survives a reload.
-        let mut claims_now = cx.claims.lock().unwrap();
-        cx.registry.adopt(&claims_now);
-        *claims_now = Claims::default();
-        drop(claims_now);
+        {
+            let mut live = cx.claims.lock().unwrap();
+            cx.registry.adopt(&live);
+            *live = Claims::default();
+        }
         let reloaded = cx
             .compile(json!({ "jwks_url": server.url, "algorithms": ["RS256"] }))
             .unwrap();
