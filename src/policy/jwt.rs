@@ -1847,6 +1847,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn jwks_over_the_size_cap_is_not_taken() {
+        let a = Pair::generate(Algorithm::ES256);
+        let padding = json!({ "kty": "oct", "k": "A".repeat(MAX_JWKS_BYTES) });
+        let server = JwksServer::start(&[a.jwk("a"), padding]).await;
+        let jwt = compile(json!({ "jwks_url": server.url }));
+        let t = a.sign(Some("a"), &claims());
+        assert_eq!(jwt.verify(&t).await, Err(JwtError::KeysUnavailable));
+        assert_eq!(server.hits(), 1);
+        server.stop().await;
+    }
+
+    #[tokio::test]
     async fn jwks_unreachable_from_the_start() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/jwks", listener.local_addr().unwrap());
