@@ -337,3 +337,130 @@ async fn config_errors_name_the_key_and_never_the_secret() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(!text.contains("plain-key"), "{text}");
 }
+
+fn jwt_token(secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// JWT on a route, end to end: the consumer and chosen claims reach the upstream, spoofed
+/// copies do not, and a bad token gets a Bearer challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_tokens_end_to_end() {
+    let up = TestUpstream::echo("u").await;
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let auth = format!(
+        "{{ methods: [jwt], groups: [staff], jwt: {{ secret: \"{secret}\", algorithms: [HS256], issuer: \"https://id.test/\", audiences: [api], forward_claims: {{ email: x-user-email }} }} }}"
+    );
+    let gw = TestGateway::start(&config(&up.url(), "  []\n", &auth)).await;
+    let ip = "198.51.100.20";
+    let good = jwt_token(
+        secret,
+        serde_json::json!({"sub": "carol", "groups": ["staff"], "email": "carol@example.com", "iss": "https://id.test/", "aud": "api", "exp": now() + 300}),
+    );
+    let r = call(
+        &gw,
+        ip,
+        "/j",
+        &[
+            ("authorization", &format!("Bearer {good}")),
+            ("x-user-email", "admin@example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["headers"]["x-consumer-id"], serde_json::json!(["carol"]));
+    assert_eq!(
+        v["headers"]["x-user-email"],
+        serde_json::json!(["carol@example.com"])
+    );
+    assert!(v["headers"].get("authorization").is_none());
+
+    for (why, claims) in [
+        (
+            "expired",
+            serde_json::json!({"sub": "carol", "groups": ["staff"], "iss": "https://id.test/", "aud": "api", "exp": now() - 3600}),
+        ),
+        (
+            "wrong issuer",
+            serde_json::json!({"sub": "carol", "groups": ["staff"], "iss": "https://evil.test/", "aud": "api", "exp": now() + 300}),
+        ),
+        (
+            "wrong audience",
+            serde_json::json!({"sub": "carol", "groups": ["staff"], "iss": "https://id.test/", "aud": "other", "exp": now() + 300}),
+        ),
+    ] {
+        let t = jwt_token(secret, claims);
+        let r = call(&gw, ip, "/j", &[("authorization", &format!("Bearer {t}"))]).await;
+        assert_eq!(r.status, 401, "{why}");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|c| c.starts_with("Bearer")),
+            "{why}"
+        );
+    }
+    let forged = jwt_token(
+        "another-secret-another-secret-another",
+        serde_json::json!({"sub": "carol", "groups": ["staff"], "iss": "https://id.test/", "aud": "api", "exp": now() + 300}),
+    );
+    let r = call(
+        &gw,
+        "198.51.100.21",
+        "/j",
+        &[("authorization", &format!("Bearer {forged}"))],
+    )
+    .await;
+    assert_eq!(r.status, 401, "forged signature");
+    let outsider = jwt_token(
+        secret,
+        serde_json::json!({"sub": "dan", "groups": ["guests"], "iss": "https://id.test/", "aud": "api", "exp": now() + 300}),
+    );
+    let r = call(
+        &gw,
+        "198.51.100.21",
+        "/j",
+        &[("authorization", &format!("Bearer {outsider}"))],
+    )
+    .await;
+    assert_eq!(r.status, 403, "valid token, wrong group");
+}
+
+/// CORS headers are on the 401 a browser gets, so its script can read the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_headers_on_a_401() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nconsumers:\n{}upstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n    cors: {{ origins: [\"https://app.example.com\"] }}\n    auth: {{ methods: [basic] }}\n",
+        consumers(),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("GET /x HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\n\r\n")
+        .await;
+    let r = c.response().await.response();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    // The preflight is answered by the gateway, without credentials and without the upstream.
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("OPTIONS /x HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: GET\r\n\r\n")
+        .await;
+    let r = c.response().await.response();
+    assert!(r.status == 204 || r.status == 200, "{}", r.status);
+    assert_eq!(up.hits(), 0);
+}

@@ -315,7 +315,7 @@ impl AuthPolicy {
         let Some(jwt) = &self.jwt else {
             return Err("no JWT settings");
         };
-        let claims = jwt.verify(token).await.map_err(|e| e.reason())?;
+        let claims = jwt.verify(token).await.map_err(|e| jwt_why(&e))?;
         let forwarded = jwt.forward_headers(&claims);
         let mut consumer = jwt.consumer(claims).ok_or("the token names no consumer")?;
         // A consumer configured under the same id adds its groups.
@@ -407,6 +407,10 @@ impl AuthPolicy {
         let (method, consumer, extra) = match found {
             Some((m, cred)) => match self.authenticate(m, cred).await {
                 Ok((c, extra)) => (m, c, extra),
+                Err(KEYS_UNAVAILABLE) => {
+                    self.metrics.auth(route.as_ref(), m.name(), "unavailable");
+                    return Err(GatewayError::AuthUnavailable(KEYS_UNAVAILABLE.into()));
+                }
                 Err(why) => {
                     failures().record(ip);
                     self.metrics.auth(route.as_ref(), m.name(), "failure");
@@ -454,6 +458,28 @@ impl AuthPolicy {
         Ok(Flow::Continue)
     }
 }
+
+/// What a failed JWT check says in the log (the token never appears).
+fn jwt_why(e: &super::jwt::JwtError) -> &'static str {
+    use super::jwt::JwtError as E;
+    match e {
+        E::Missing => "empty bearer token",
+        E::Malformed => "malformed token",
+        E::BadSignature => "bad token signature",
+        E::Expired => "token expired",
+        E::NotYetValid => "token not valid yet",
+        E::WrongIssuer => "wrong token issuer",
+        E::WrongAudience => "wrong token audience",
+        E::AlgorithmNotAllowed => "token algorithm not allowed",
+        E::UnknownKey => "unknown token key",
+        E::MissingClaim(_) => "a required claim is missing",
+        E::MissingScope(_) => "a required scope is missing",
+        E::KeysUnavailable => KEYS_UNAVAILABLE,
+    }
+}
+
+/// The JWKS could not be fetched: not the caller's fault, answered 503.
+const KEYS_UNAVAILABLE: &str = "the JWT keys could not be fetched";
 
 enum Credential {
     Basic(String, String),
