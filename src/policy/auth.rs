@@ -228,6 +228,23 @@ impl AuthPolicy {
         }
     }
 
+    /// The challenges for a bearer token that was presented and refused.
+    fn invalid_token(&self, why: &'static str) -> GatewayError {
+        let bearer = HeaderValue::from_str(&format!(
+            "Bearer realm=\"{}\", error=\"invalid_token\"",
+            self.realm
+        ));
+        let challenges = self
+            .challenges
+            .iter()
+            .map(|c| match &bearer {
+                Ok(b) if c.as_bytes().starts_with(b"Bearer ") => b.clone(),
+                _ => c.clone(),
+            })
+            .collect();
+        GatewayError::Unauthorized { challenges, why }
+    }
+
     /// The request's credential for `m`, if it carries one.
     fn credential(&self, m: Method, req: &Request<Body>, cx: &RequestCtx) -> Option<Credential> {
         match m {
@@ -415,6 +432,10 @@ impl AuthPolicy {
                     failures().record(ip);
                     self.metrics.auth(route.as_ref(), m.name(), "failure");
                     tracing::info!(client = %ip, method = m.name(), reason = why, "authentication failed");
+                    if m == Method::Jwt {
+                        // RFC 6750 3.1: a presented token that failed says so.
+                        return Err(self.invalid_token(why));
+                    }
                     return Err(self.unauthorized(why));
                 }
             },
