@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Gatehouse vs nginx vs HAProxy on loopback: plain HTTP/1.1 reverse-proxy throughput (default),
-# and with --mode also HTTPS keep-alive, full TLS handshakes per second and HTTP/2 over TLS.
+# and with --mode also HTTPS keep-alive, full TLS handshakes per second, HTTP/2 over TLS, and
+# (auth) Gatehouse alone with basic auth and with JWT (RS256) against the same route unguarded.
 #
-#   bash bench/run.sh [--mode http|https|handshake|h2|all] [--proxies "nginx haproxy gatehouse"]
+#   bash bench/run.sh [--mode http|https|handshake|h2|auth|all] [--proxies "nginx haproxy gatehouse"]
 #                     [--duration 10s] [--connections 50] [--baseline PATH] [--rounds N]
 #
 # Environment: MODE (http; a list such as "https h2" runs several; all = http https handshake
-# h2), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
+# h2, without auth), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
 # GATEHOUSE_BIN (skip the cargo build and use this binary), WARMUP (2s),
 # BASELINE_BIN (another gatehouse binary, e.g. of the previous commit: adds the proxy
 # "gatehouse-base", run exactly like "gatehouse"), ROUNDS (1; N > 1 measures the whole list
@@ -36,7 +37,7 @@ CARGO_LOCK_WAIT="${CARGO_LOCK_WAIT:-1800}" # seconds to wait for the shared carg
 START_TIMEOUT_S=10
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($# > 0)); do
@@ -86,8 +87,8 @@ MODE_LIST=()
 for m in "${mode_args[@]}"; do
     case "$m" in
         all) expanded=(http https handshake h2) ;;
-        http | https | handshake | h2) expanded=("$m") ;;
-        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 all)" >&2; exit 2 ;;
+        http | https | handshake | h2 | auth) expanded=("$m") ;;
+        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth all)" >&2; exit 2 ;;
     esac
     for e in "${expanded[@]}"; do
         dup=0
@@ -108,6 +109,22 @@ wants() {
     for x in "${PROXY_LIST[@]}"; do [[ "$x" == "$1" ]] && return 0; done
     return 1
 }
+
+# Mode auth measures Gatehouse against itself (variants none, basic, jwt), not a proxy list.
+# When it is the only mode, PROXIES and BASELINE_BIN do not apply: only gatehouse is built
+# (or taken from GATEHOUSE_BIN) and started. Next to other modes it needs gatehouse in PROXIES.
+AUTH_VARIANTS=(none basic jwt)
+AUTH_ONLY=0
+if wants_mode auth; then
+    if ((${#MODE_LIST[@]} == 1)); then
+        AUTH_ONLY=1
+        PROXY_LIST=(gatehouse)
+        BASELINE_BIN=""
+    elif ! wants gatehouse; then
+        echo "run.sh: mode 'auth' measures gatehouse: PROXIES must include gatehouse when other modes run too" >&2
+        exit 2
+    fi
+fi
 
 # With BASELINE_BIN, "gatehouse-base" joins the list right after "gatehouse" (at the end
 # if "gatehouse" is not listed), unless the user placed it explicitly.
@@ -141,6 +158,11 @@ record() {
     s="$(printf '%q ' "$@")"
     CMDS+=("${s% }")
 }
+# record_text TEXT : a comment line in the "commands used" section (round 1 only)
+record_text() {
+    ((ROUND == 1)) || return 0
+    CMDS+=("# $1")
+}
 
 # ---------------------------------------------------------------- dependencies
 ensure_tools() {
@@ -150,8 +172,8 @@ ensure_tools() {
         [taskset]=util-linux [python3]=python3 [flock]=util-linux [openssl]=openssl
         [h2load]=nghttp2-client [ps]=procps)
     local need=(nginx curl taskset python3)
-    if wants_mode http || wants_mode https; then need+=(wrk); fi
-    ((HAS_TLS)) && need+=(openssl ps)
+    if wants_mode http || wants_mode https || wants_mode auth; then need+=(wrk); fi
+    if ((HAS_TLS)) || wants_mode auth; then need+=(openssl ps); fi
     wants_mode h2 && need+=(h2load)
     wants haproxy && need+=(haproxy)
     wants gatehouse && [[ -z "${GATEHOUSE_BIN:-}" ]] && need+=(flock)
@@ -349,6 +371,55 @@ if ((HAS_TLS)); then
     fi
 fi
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+
+# Mode auth: a consumer "bench" with a fixed password and its argon2id hash (from the binary
+# under test: `gatehouse hash-password`), and an RSA 2048 key pair for RS256. The token itself
+# is minted afresh for each jwt measurement (exp = now + 1 h), so long runs never send an
+# expired one. These are throw-away benchmark credentials.
+AUTH_STATUS="" # empty = usable; otherwise why the auth variants are not measured
+AUTH_USER=bench
+AUTH_PASSWORD=bench-password
+AUTH_HASH=""
+AUTH_BASIC="" # base64 of user:password
+AUTH_PARAMS="" # the hash's argon2 parameters, for the report
+JWT_LEN="" # length of the token, for the report
+JWT_KEY=""
+JWT_PUB=""
+JWT_HEADER='{"alg":"RS256","typ":"JWT"}'
+AUTH_HDR=() # the credential header wrk and the checks send (none: nothing)
+AUTH_BAD=() # a wrong credential of the same kind, which must be refused
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+# jwt_payload EXP [SUB] : the token's claims
+jwt_payload() { printf '{"sub":"%s","exp":%d}' "${2:-bench}" "$1"; }
+# mint_jwt : an RS256 token for sub "bench" that expires in an hour, signed with JWT_KEY
+mint_jwt() {
+    local h p sig
+    h="$(printf '%s' "$JWT_HEADER" | b64url)"
+    p="$(jwt_payload "$((EPOCHSECONDS + 3600))" | b64url)"
+    sig="$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$JWT_KEY" -binary | b64url)" || return 1
+    [[ -n "$sig" ]] || return 1
+    printf '%s.%s.%s' "$h" "$p" "$sig"
+}
+if wants_mode auth && [[ -n "$GATEHOUSE" ]]; then
+    mkdir -p "$WORK/auth"
+    JWT_KEY="$WORK/auth/jwt-key.pem"
+    JWT_PUB="$WORK/auth/jwt-pub.pem"
+    key_cmd=(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$JWT_KEY")
+    pub_cmd=(openssl rsa -in "$JWT_KEY" -pubout -out "$JWT_PUB")
+    record "${key_cmd[@]}"
+    record "${pub_cmd[@]}"
+    { "${key_cmd[@]}" && "${pub_cmd[@]}"; } >"$WORK/auth/openssl.log" 2>&1 ||
+        die "could not make the RSA key pair for JWT: $(tail -n 3 "$WORK/auth/openssl.log")"
+    record_text "JWT: base64url('$JWT_HEADER') . base64url('$(jwt_payload 0 | sed 's/0}$/NOW+3600}/')') . base64url(openssl dgst -sha256 -sign $JWT_KEY -binary of the first two), no padding; minted afresh for each jwt measurement"
+    record_text "printf '%s\\n' $AUTH_PASSWORD | $GATEHOUSE hash-password"
+    AUTH_HASH="$(printf '%s\n' "$AUTH_PASSWORD" | timeout 30 "$GATEHOUSE" hash-password 2>"$WORK/auth/hash-password.log" || true)"
+    if [[ "$AUTH_HASH" != "\$argon2id\$"* ]]; then
+        AUTH_STATUS="gatehouse hash-password gave no argon2id hash ($(tail -n 1 "$WORK/auth/hash-password.log")), not measured"
+        log "auth: $AUTH_STATUS"
+    fi
+    AUTH_BASIC="$(printf '%s:%s' "$AUTH_USER" "$AUTH_PASSWORD" | openssl base64 -A)"
+    AUTH_PARAMS="$(cut -d'$' -f4 <<<"$AUTH_HASH")" # m=…,t=…,p=…
+fi
 
 nginx_common() { # $1 = instance dir
     cat <<EOF
@@ -603,10 +674,89 @@ EOF
     PROXY_PID=$LAST_PID
 }
 
-# run_wrk OUTFILE DURATION PORT [SCHEME] : wrk against SCHEME://127.0.0.1:PORT/ (http by default)
+# start_auth VARIANT : mode auth: writes the config of VARIANT (none, basic or jwt) and starts
+# gatehouse with it, pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT PROXY_LOG PROXY_DIR and the
+# credentials AUTH_HDR (right) and AUTH_BAD (wrong). none is the config of mode http.
+start_auth() {
+    local v="$1" dir="$WORK/auth/$1" consumers="" auth="" token bad
+    PROXY_DIR="$dir"
+    PROXY_PORT=$GATEHOUSE_PORT
+    PROXY_LOG="$dir/gatehouse.log"
+    mkdir -p "$dir"
+    AUTH_HDR=()
+    AUTH_BAD=()
+    case "$v" in
+        basic)
+            consumers="consumers:
+  - id: $AUTH_USER
+    basic_auth: { username: $AUTH_USER, password_hash: \"$AUTH_HASH\" }
+"
+            auth=$'\n'"    auth: { methods: [basic] }"
+            AUTH_HDR=("Authorization: Basic $AUTH_BASIC")
+            AUTH_BAD=("Authorization: Basic $(printf '%s:%s' "$AUTH_USER" wrong-password | openssl base64 -A)")
+            ;;
+        jwt)
+            auth=$'\n'"    auth: { methods: [jwt], jwt: { public_key: \"$JWT_PUB\", algorithms: [RS256] } }"
+            token="$(mint_jwt)" || die "could not sign the JWT with $JWT_KEY"
+            AUTH_HDR=("Authorization: Bearer $token")
+            JWT_LEN=${#token}
+            # the same signature over other claims (sub "intruder"): must fail verification
+            bad="$(jwt_payload "$((EPOCHSECONDS + 3600))" intruder | b64url)"
+            AUTH_BAD=("Authorization: Bearer ${token%%.*}.$bad.${token##*.}")
+            ;;
+    esac
+    cat >"$dir/gatehouse.yaml" <<EOF
+listen: "127.0.0.1:$PROXY_PORT"
+workers: 1
+access_log: off
+${consumers}upstreams:
+  backend:
+    targets: ["http://127.0.0.1:$BACKEND_PORT"]
+routes:
+  - match: { path_prefix: "/" }
+    upstream: backend$auth
+EOF
+    start_bg "gatehouse[auth:$v]" "$PROXY_CPU" "$PROXY_LOG" "$GATEHOUSE" run --config "$dir/gatehouse.yaml"
+    PROXY_PID=$LAST_PID
+}
+
+# auth_check VARIANT PORT : with its credential (AUTH_HDR; none: no header) the variant must
+# answer 200 with the backend's body; basic and jwt must answer 401 without a credential and
+# with a wrong one (AUTH_BAD). On failure CHECK_REASON says why.
+auth_check() {
+    local v="$1" url="http://127.0.0.1:$2/" code body h
+    local with=(curl -s -o "$PROXY_DIR/check-body.txt" -w '%{http_code}')
+    for h in "${AUTH_HDR[@]}"; do with+=(-H "$h"); done
+    CHECK_REASON=""
+    record "${with[@]}" "$url"
+    code="$("${with[@]}" --max-time 5 "$url" || true)"
+    body="$(cat "$PROXY_DIR/check-body.txt" 2>/dev/null || true)"
+    if [[ "$code" != 200 || "$body" != "$EXPECTED_BODY" ]]; then
+        CHECK_REASON="$([[ "$v" == none ]] && echo "without a credential" || echo "with the right credential"): HTTP $code, body '$body' (expected 200, '$EXPECTED_BODY')"
+        return 1
+    fi
+    [[ "$v" != none ]] || return 0
+    record curl -s -o /dev/null -w '%{http_code}' "$url"
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)"
+    if [[ "$code" != 401 ]]; then
+        CHECK_REASON="without a credential: HTTP $code (expected 401)"
+        return 1
+    fi
+    record curl -s -o /dev/null -w '%{http_code}' -H "${AUTH_BAD[0]}" "$url"
+    code="$(curl -s -o /dev/null -w '%{http_code}' -H "${AUTH_BAD[0]}" --max-time 5 "$url" || true)"
+    if [[ "$code" != 401 ]]; then
+        CHECK_REASON="with a wrong credential: HTTP $code (expected 401)"
+        return 1
+    fi
+}
+
+# run_wrk OUTFILE DURATION PORT [SCHEME [HEADER...]] : wrk against SCHEME://127.0.0.1:PORT/
+# (http by default), sending each HEADER ("Name: value") with every request
 run_wrk() {
-    local out="$1" dur="$2" port="$3" scheme="${4:-http}"
-    local cmd=(taskset -c "$LOAD_CPU" wrk "-t$WRK_THREADS" "-c$CONNECTIONS" "-d$dur" --latency "$scheme://127.0.0.1:$port/")
+    local out="$1" dur="$2" port="$3" scheme="${4:-http}" h
+    local cmd=(taskset -c "$LOAD_CPU" wrk "-t$WRK_THREADS" "-c$CONNECTIONS" "-d$dur" --latency)
+    for h in "${@:5}"; do cmd+=(-H "$h"); done
+    cmd+=("$scheme://127.0.0.1:$port/")
     record "${cmd[@]}"
     "${cmd[@]}" >"$out" 2>&1
 }
@@ -617,12 +767,6 @@ run_h2load() {
     local cmd=(taskset -c "$LOAD_CPU" h2load -t1 "-c$CONNECTIONS" "-m$H2_STREAMS" -D "$dur" "https://127.0.0.1:$port/")
     record "${cmd[@]}"
     "${cmd[@]}" >"$out" 2>&1
-}
-
-# record_text TEXT : a comment line in the "commands used" section (round 1 only)
-record_text() {
-    ((ROUND == 1)) || return 0
-    CMDS+=("# $1")
 }
 
 # run_handshakes OUTFILE DURATION PORT : HS_CLIENTS `openssl s_time -new` processes in
@@ -692,27 +836,32 @@ add_note() {
     NOTE[$name]="${NOTE[$name]:+${NOTE[$name]}; }$text"
 }
 
-# measure NAME MODE : one round for one proxy in one mode: start it, check it, warm up,
-# measure, stop it. Appends this round's figures ("-" if there is none) to the per-round
-# lists, keyed "MODE:NAME": RPS_R (req/s, or handshakes/s), P50_R/P99_R (wrk), MEAN_R
-# (h2load's mean time per request), CPU_R (proxy CPU µs per request or handshake) and
-# BUSY_R (proxy CPU use in % of its core), the last three only in the TLS modes.
+# measure NAME MODE : one round for one proxy in one mode (in mode auth: for one variant of
+# gatehouse, NAME = none, basic or jwt): start it, check it, warm up, measure, stop it. Appends
+# this round's figures ("-" if there is none) to the per-round lists, keyed "MODE:NAME": RPS_R
+# (req/s, or handshakes/s), P50_R/P99_R (wrk), MEAN_R (h2load's mean time per request), CPU_R
+# (proxy CPU µs per request or handshake) and BUSY_R (proxy CPU use in % of its core), the
+# last three only in the TLS modes and auth.
 measure() {
-    local name="$1" mode="$2" key="$2:$1" sfx="" out body errs rnote="" tls=0 tag=""
+    local name="$1" mode="$2" key="$2:$1" sfx="" out body errs rnote="" tls=0 tag="" acct=0
     local rps="" p50="-" p99="-" mean="-" cpu="-" busy="-" count="" ticks0 ticks1 t0 t1 proto
-    local curl_cmd url
-    if [[ "$mode" != http ]]; then
+    local curl_cmd url label="$1"
+    if [[ "$mode" == auth ]]; then
+        acct=1
+        label="gatehouse[auth:$name]"
+    elif [[ "$mode" != http ]]; then
         tls=1
+        acct=1
         tag=" [$mode]"
     fi
     if ((ROUNDS > 1)); then
         sfx="-r$ROUND"
-        log "---- $name$tag (round $ROUND/$ROUNDS) ----"
+        log "---- $label$tag (round $ROUND/$ROUNDS) ----"
     else
-        log "---- $name$tag ----"
+        log "---- $label$tag ----"
     fi
-    start_proxy "$name" "$mode"
-    if ! wait_ready "$name" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG" "$tls"; then
+    if [[ "$mode" == auth ]]; then start_auth "$name"; else start_proxy "$name" "$mode"; fi
+    if ! wait_ready "$label" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG" "$tls"; then
         add_note "$key" "failed to start: $WAIT_REASON, skipped (its log tail is on stderr)"
         FAILED=1
         stop_pid "$PROXY_PID"
@@ -727,13 +876,21 @@ measure() {
                 h2) curl_cmd+=(--http2) ;;
             esac
         fi
-        record "${curl_cmd[@]}" "$url"
-        body="$("${curl_cmd[@]}" --max-time 5 "$url" || true)"
+        body="$EXPECTED_BODY" # mode auth: auth_check below looks at body and status
+        if [[ "$mode" != auth ]]; then
+            record "${curl_cmd[@]}" "$url"
+            body="$("${curl_cmd[@]}" --max-time 5 "$url" || true)"
+        fi
         proto=""
         if [[ "$mode" == h2 && "$body" == "$EXPECTED_BODY" ]]; then
             proto="$("${curl_cmd[@]}" --max-time 5 -o /dev/null -w '%{http_version}' "$url" || true)"
         fi
-        if [[ "$body" != "$EXPECTED_BODY" ]]; then
+        if [[ "$mode" == auth ]] && ! auth_check "$name" "$PROXY_PORT"; then
+            log "$label: $CHECK_REASON"
+            add_note "$key" "check failed ($CHECK_REASON), skipped"
+            FAILED=1
+            stop_pid "$PROXY_PID"
+        elif [[ "$body" != "$EXPECTED_BODY" ]]; then
             log "$name returned body '$body', expected '$EXPECTED_BODY'"
             add_note "$key" "wrong response body, skipped"
             FAILED=1
@@ -745,17 +902,20 @@ measure() {
             stop_pid "$PROXY_PID"
         else
             if ((tls)) && [[ -z "${TLS_INFO[$name]:-}" ]]; then tls_probe "$name" "$PROXY_PORT"; fi
-            log "$name ok on 127.0.0.1:$PROXY_PORT; warm-up $WARMUP"
+            log "$label ok on 127.0.0.1:$PROXY_PORT; warm-up $WARMUP"
             if ((tls)); then
                 out="$PROXY_DIR/$mode$sfx.txt"
                 bench_run "$mode" "$PROXY_DIR/$mode-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
+            elif [[ "$mode" == auth ]]; then
+                out="$PROXY_DIR/wrk$sfx.txt"
+                bench_run auth "$PROXY_DIR/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
             else
                 out="$WORK/$name/wrk$sfx.txt"
                 run_wrk "$WORK/$name/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
             fi
-            log "$name: measuring $DURATION, $(load_desc "$mode")"
+            log "$label: measuring $DURATION, $(load_desc "$mode")"
             ticks0=0
-            if ((tls)); then ticks0="$(cpu_ticks "$PROXY_PID")"; fi
+            if ((acct)); then ticks0="$(cpu_ticks "$PROXY_PID")"; fi
             t0=$EPOCHREALTIME
             if ! bench_run "$mode" "$out" "$DURATION" "$PROXY_PORT"; then
                 show_output "$mode" "$out"
@@ -765,14 +925,14 @@ measure() {
             else
                 t1=$EPOCHREALTIME
                 ticks1=0
-                if ((tls)); then ticks1="$(cpu_ticks "$PROXY_PID")"; fi
+                if ((acct)); then ticks1="$(cpu_ticks "$PROXY_PID")"; fi
                 show_output "$mode" "$out"
                 if ! kill -0 "$PROXY_PID" 2>/dev/null; then
                     rnote="proxy died during the run"
                     FAILED=1
                 fi
                 case "$mode" in
-                    http | https)
+                    http | https | auth)
                         rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
                         p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
                         p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
@@ -805,16 +965,21 @@ measure() {
                 if [[ -n "$errs" ]]; then
                     rnote="${rnote:+$rnote; }$(tool_of "$mode") reported: $errs"
                 fi
+                # A 401 is cheaper than a verified request: a run with any is no measurement.
+                if [[ "$mode" == auth && "$errs" == *Non-2xx* ]]; then
+                    rnote+=" (figure discarded: every request must pass auth)"
+                    rps=""
+                fi
                 if [[ -z "$rps" ]]; then
                     if [[ -z "$rnote" ]]; then rnote="could not parse $(tool_of "$mode") output"; fi
                     FAILED=1
-                elif ((tls)); then
+                elif ((acct)); then
                     read -r cpu busy < <(awk -v d="$((ticks1 - ticks0))" -v hz="$CLK_TCK" -v n="$count" -v a="$t0" -v b="$t1" 'BEGIN {
                         s = d / hz
                         c = (n > 0) ? sprintf("%.1f", s / n * 1e6) : "-"
                         u = (b > a) ? sprintf("%.0f", 100 * s / (b - a)) : "-"
                         print c, u }')
-                    log "$name: proxy CPU $busy% of its core, $cpu µs per $([[ "$mode" == handshake ]] && echo handshake || echo request)"
+                    log "$label: proxy CPU $busy% of its core, $cpu µs per $([[ "$mode" == handshake ]] && echo handshake || echo request)"
                 fi
                 if [[ -n "$rnote" ]]; then add_note "$key" "$rnote"; fi
                 stop_pid "$PROXY_PID"
@@ -835,20 +1000,21 @@ bench_run() {
     case "$1" in
         http) run_wrk "$2" "$3" "$4" ;;
         https) run_wrk "$2" "$3" "$4" https ;;
+        auth) run_wrk "$2" "$3" "$4" http "${AUTH_HDR[@]}" ;;
         h2) run_h2load "$2" "$3" "$4" ;;
         handshake) run_handshakes "$2" "$3" "$4" ;;
     esac
 }
 tool_of() {
     case "$1" in
-        http | https) echo wrk ;;
+        http | https | auth) echo wrk ;;
         h2) echo h2load ;;
         handshake) echo "openssl s_time" ;;
     esac
 }
 load_desc() {
     case "$1" in
-        http | https) echo "$CONNECTIONS connections" ;;
+        http | https | auth) echo "$CONNECTIONS connections" ;;
         h2) echo "$CONNECTIONS connections x $H2_STREAMS streams" ;;
         handshake) echo "$HS_CLIENTS parallel openssl s_time -new" ;;
     esac
@@ -883,18 +1049,43 @@ for name in "${PROXY_LIST[@]}"; do
         RUN_LIST+=("$name")
     fi
 done
+# Mode auth runs when gatehouse can (and its credentials were made); otherwise its variants
+# carry the reason. A gatehouse that could not be built is a clean skip, as in other modes.
+AUTH_RUN=0
+if wants_mode auth; then
+    reason="$(skip_reason gatehouse)"
+    if [[ -z "$reason" && -n "$AUTH_STATUS" ]]; then
+        reason="$AUTH_STATUS"
+        FAILED=1
+    fi
+    if [[ -n "$reason" ]]; then
+        for v in "${AUTH_VARIANTS[@]}"; do NOTE[auth:$v]="$reason"; done
+    else
+        AUTH_RUN=1
+    fi
+fi
+# names_of MODE : what MODE measures: the proxies, or (auth) the gatehouse variants
+names_of() {
+    if [[ "$1" == auth ]]; then
+        ((AUTH_RUN)) && echo "${AUTH_VARIANTS[*]}"
+    else
+        echo "${RUN_LIST[*]}"
+    fi
+    return 0
+}
 # Rounds are interleaved: every round measures the whole list in every mode, each proxy
 # freshly started (and warmed up) for each measurement; even rounds go in reverse order so
 # that no proxy always runs first.
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     if ((${#RUN_LIST[@]} == 0)); then break; fi
-    order=("${RUN_LIST[@]}")
-    if ((ROUND % 2 == 0)); then
-        order=()
-        for ((i = ${#RUN_LIST[@]} - 1; i >= 0; i--)); do order+=("${RUN_LIST[i]}"); done
-    fi
-    if ((ROUNDS > 1)); then log "==== round $ROUND/$ROUNDS: ${order[*]} ===="; fi
     for mode in "${MODE_LIST[@]}"; do
+        read -r -a names <<<"$(names_of "$mode")"
+        order=("${names[@]}")
+        if ((ROUND % 2 == 0)); then
+            order=()
+            for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[i]}"); done
+        fi
+        if ((ROUNDS > 1 && ${#order[@]} > 0)); then log "==== round $ROUND/$ROUNDS, $mode: ${order[*]} ===="; fi
         for name in "${order[@]}"; do measure "$name" "$mode"; done
     done
 done
@@ -906,7 +1097,8 @@ med_of() {
     echo "${m:-?}"
 }
 for mode in "${MODE_LIST[@]}"; do
-    for name in "${RUN_LIST[@]}"; do
+    read -r -a names <<<"$(names_of "$mode")"
+    for name in "${names[@]}"; do
         key="$mode:$name"
         read -r -a vals <<<"${RPS_R[$key]:-}"
         RPS[$key]="$(median "${vals[@]}")"
@@ -1092,11 +1284,90 @@ report_tls() {
     notes "$mode"
 }
 
+# per_round_ratio KEY BASE : "0.93 / 0.95 / -", KEY's figure over BASE's in each round
+per_round_ratio() {
+    local a b i out=() joined
+    read -r -a a <<<"${RPS_R[$1]:-}"
+    read -r -a b <<<"${RPS_R[$2]:-}"
+    for ((i = 0; i < ${#a[@]}; i++)); do
+        out+=("$(ratio "${a[i]}" "${b[i]:--}" | sed 's|^n/a$|-|')")
+    done
+    if ((${#out[@]} == 0)); then echo "-"; return 0; fi
+    local IFS=/
+    joined="${out[*]}"
+    echo "${joined//\// / }"
+}
+
+# report_auth : Gatehouse with basic auth and with JWT against the same route without auth
+report_auth() {
+    local v key rps n="auth:none" r_rate r_cpu busy cpu verdict="" r
+    echo "## Authentication cost (Gatehouse alone, HTTP/1.1, loopback)"
+    echo
+    echo "The same route, one Gatehouse process per variant: \`none\` (no auth, as in mode http),"
+    echo "\`basic\` (\`auth: { methods: [basic] }\`, a consumer with an argon2id hash; every request"
+    echo "carries the right password) and \`jwt\` (\`auth: { methods: [jwt] }\`, RS256 against an RSA 2048"
+    echo "public key; every request carries the same valid token). Target: req/s >= 0.9 of \`none\`."
+    echo
+    if ((ROUNDS > 1)); then
+        echo "Medians over $ROUNDS interleaved rounds; the last two columns list each round."
+        echo
+    fi
+    echo "| variant | req/s | p50 (ms) | p99 (ms) | proxy CPU | CPU µs per request | ratio vs none | ratio vs none, per CPU second | ratio vs none per round | req/s per round |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    for v in "${AUTH_VARIANTS[@]}"; do
+        key="auth:$v"
+        rps="${RPS[$key]:-}"
+        if [[ -z "$rps" ]]; then
+            echo "| $v | skipped | - | - | - | - | - | - | - | $(per_round "$key") |"
+            continue
+        fi
+        r_rate="n/a"
+        r_cpu="n/a"
+        if [[ -n "${RPS[$n]:-}" ]]; then
+            r_rate="$(ratio "$rps" "${RPS[$n]}")"
+            r_cpu="$(ratio "${CPU[$n]}" "${CPU[$key]}")"
+        fi
+        busy="${BUSY[$key]}"
+        [[ "$busy" == "?" ]] || busy="$(printf '%.0f%%' "$busy")"
+        cpu="${CPU[$key]}"
+        [[ "$cpu" == "?" ]] || cpu="$(printf '%.1f' "$cpu")"
+        printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$v" "$rps" "${P50[$key]}" "${P99[$key]}" \
+            "$busy" "$cpu" "$r_rate" "$r_cpu" "$(per_round_ratio "$key" "$n")" "$(per_round "$key")"
+        if [[ "$v" != none ]]; then
+            r="$(awk -v x="$r_rate" 'BEGIN { if (x == "n/a") print "n/a"; else if (x + 0 >= 0.9) print "met"; else print "not met" }')"
+            verdict+="${verdict:+, }$v $r_rate ($r)"
+        fi
+    done
+    echo
+    if [[ -n "$verdict" ]]; then
+        echo "Target req/s >= 0.90x none (ratio of the medians): $verdict."
+        echo
+    fi
+    echo "\`basic\` measures the cached path: a verified password is remembered for 60 s, so argon2id"
+    echo "runs once per process (in the start-up check, before the warm-up); each measured request"
+    echo "hashes user and password with SHA-256 (keyed) and looks that up. \`jwt\` has no token cache:"
+    echo "every request decodes the token and verifies its RS256 signature and claims. Both remove"
+    echo "\`Authorization\` and add the consumer header before forwarding; \`none\` gets no credential"
+    echo "header at all. proxy CPU and CPU µs per request are measured as in the TLS modes"
+    echo "(/proc/PID/stat, all threads); per CPU second: none's CPU µs per request / the variant's."
+    local shown=0
+    for v in "${AUTH_VARIANTS[@]}" gatehouse; do
+        if [[ -n "${NOTE[auth:$v]:-}" ]]; then
+            if ((shown == 0)); then echo; shown=1; fi
+            echo "- $v: ${NOTE[auth:$v]}"
+        fi
+    done
+}
+
 first=1
 for mode in "${MODE_LIST[@]}"; do
     ((first)) || echo
     first=0
-    if [[ "$mode" == http ]]; then report_http; else report_tls "$mode"; fi
+    case "$mode" in
+        http) report_http ;;
+        auth) report_auth ;;
+        *) report_tls "$mode" ;;
+    esac
 done
 
 echo
@@ -1106,7 +1377,9 @@ echo "- nproc: $(nproc)"
 echo "- CPU: ${CPU_MODEL:-unknown}"
 echo "- kernel: $(uname -sr)"
 echo "- CPU busy before start: ${CPU_BUSY_START}% (all CPUs, 1 s sample; should be near 0)"
-if ((HAS_TLS)); then
+if ((AUTH_ONLY)); then
+    echo "- pinning: gatehouse on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
+elif ((HAS_TLS)); then
     echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + the load generator (wrk, h2load or openssl s_time) on CPU $LOAD_CPU"
 else
     echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
@@ -1120,6 +1393,9 @@ fi
 if wants_mode handshake; then
     echo "- handshake: $HS_CLIENTS x openssl s_time -new -time $(seconds "$DURATION") in parallel (after a $(seconds "$WARMUP") s warm-up): each iteration a new TCP connection and a full handshake (s_time -new never resumes), no request, then close"
 fi
+if wants_mode auth; then
+    echo "- auth: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body; none sends no credential; basic sends \`Authorization: Basic\` (user $AUTH_USER; hash from \`gatehouse hash-password\`, argon2id ${AUTH_PARAMS:-?}); jwt sends \`Authorization: Bearer\` with an RS256 token of ${JWT_LEN:-?} characters (header $JWT_HEADER, payload $(jwt_payload 0 | sed 's/0}$/now+3600}/'), RSA 2048 key from openssl genpkey)"
+fi
 if wants_mode h2; then
     echo "- h2: h2load -t1 -c$CONNECTIONS -m$H2_STREAMS -D $DURATION (after a $WARMUP warm-up), ALPN h2, GET / -> 6-byte body"
 fi
@@ -1132,9 +1408,9 @@ if ((HAS_TLS)); then
 fi
 echo "- nginx: $(version_of "$NGINX" -v)"
 if wants haproxy; then echo "- haproxy: $(version_of "$HAPROXY" -v)"; fi
-if wants_mode http || wants_mode https; then echo "- wrk: $(version_of wrk -v)"; fi
+if wants_mode http || wants_mode https || wants_mode auth; then echo "- wrk: $(version_of wrk -v)"; fi
 if wants_mode h2; then echo "- h2load: $(version_of h2load --version)"; fi
-if ((HAS_TLS)); then echo "- openssl: $(version_of openssl version)"; fi
+if ((HAS_TLS)) || wants_mode auth; then echo "- openssl: $(version_of openssl version)"; fi
 if wants gatehouse; then echo "- gatehouse: $GH_VERSION"; fi
 if wants gatehouse-base; then echo "- gatehouse-base: $BASE_VERSION (BASELINE_BIN=${BASELINE:-$BASELINE_BIN})"; fi
 
@@ -1153,7 +1429,8 @@ echo
 echo "### Configs (ports are picked at run time)"
 for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/gatehouse/gatehouse.yaml" \
     "$WORK/gatehouse-base/gatehouse.yaml" "$WORK/tls/nginx/nginx.conf" "$WORK/tls/haproxy/haproxy.cfg" \
-    "$WORK/tls/gatehouse/gatehouse.yaml" "$WORK/tls/gatehouse-base/gatehouse.yaml"; do
+    "$WORK/tls/gatehouse/gatehouse.yaml" "$WORK/tls/gatehouse-base/gatehouse.yaml" \
+    "$WORK/auth/none/gatehouse.yaml" "$WORK/auth/basic/gatehouse.yaml" "$WORK/auth/jwt/gatehouse.yaml"; do
     [[ -f "$f" ]] || continue
     echo
     echo "\`${f#"$WORK"/}\`:"
