@@ -136,6 +136,55 @@ pub struct Jwt {
     refresh: Duration,
     /// The unknown-`kid` rate limit (a field so tests can shorten it).
     min_refetch: Duration,
+    /// Tokens that verified recently, so a client sending the same token again costs one
+    /// hash instead of a signature check.
+    verified: TokenCache,
+}
+
+/// How long a verified token is remembered, at most (never past its `exp`).
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Tokens remembered at most.
+const VERIFIED_MAX: usize = 10_000;
+
+/// Verified tokens by SHA-256 of the compact form, with their claims and how long the entry
+/// holds. Only successes are kept: a refused token is checked again each time.
+#[derive(Default)]
+struct TokenCache(Mutex<std::collections::HashMap<[u8; 32], CachedToken>>);
+
+/// A verified token's claims, until when the entry holds, and the key set it was verified
+/// with (`None`: a configured key). A new key set (rotation) makes every entry stale, so a
+/// token signed with a removed key is refused at once.
+type CachedToken = (Arc<JwtClaims>, Instant, Option<Instant>);
+
+impl TokenCache {
+    fn get(&self, key: &[u8; 32], keys: Option<Instant>) -> Option<Arc<JwtClaims>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(_, until, k)| Instant::now() < *until && *k == keys)
+            .map(|(c, _, _)| c.clone())
+    }
+
+    fn put(&self, key: [u8; 32], claims: Arc<JwtClaims>, keys: Option<Instant>) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+            return;
+        };
+        let left = Duration::from_secs(exp.saturating_sub(now_unix)).min(VERIFIED_TTL);
+        if left.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_MAX {
+            map.retain(|_, (_, until, _)| now < *until);
+            if map.len() >= VERIFIED_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, (claims, now + left, keys));
+    }
 }
 
 enum Source {
@@ -434,6 +483,7 @@ impl Jwt {
             forward,
             refresh,
             min_refetch: MIN_REFETCH,
+            verified: TokenCache::default(),
         })
     }
 
@@ -445,6 +495,23 @@ impl Jwt {
         }
         if token.len() > MAX_TOKEN_BYTES {
             return Err(JwtError::Malformed);
+        }
+        let digest: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::digest(token.as_bytes()).into()
+        };
+        // The key set in use: a cached verification holds only for the same one.
+        let keys = match &self.source {
+            Source::Static(_) => None,
+            Source::Jwks(cache) => cache.current().map(|set| {
+                if set.fetched.elapsed() >= self.refresh {
+                    cache.refresh_in_background(self.min_refetch);
+                }
+                set.fetched
+            }),
+        };
+        if let Some(claims) = self.verified.get(&digest, keys) {
+            return Ok((*claims).clone());
         }
         let (alg, kid) = header(token)?;
         let validation = self
@@ -465,6 +532,11 @@ impl Jwt {
             Source::Jwks(cache) => self.verify_jwks(cache, token, alg, kid, validation).await?,
         };
         self.check_claims(&claims)?;
+        let keys = match &self.source {
+            Source::Static(_) => None,
+            Source::Jwks(cache) => cache.current().map(|set| set.fetched),
+        };
+        self.verified.put(digest, Arc::new(claims.clone()), keys);
         Ok(claims)
     }
 
