@@ -49,6 +49,9 @@ pub enum GatewayError {
     /// Too many failed authentication attempts from this client address.
     #[error("too many failed authentication attempts")]
     LockedOut { retry_after: u64 },
+    /// Over a `rate_limit`.
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -94,7 +97,9 @@ impl GatewayError {
             GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            GatewayError::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::LockedOut { .. } | GatewayError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -116,6 +121,7 @@ impl GatewayError {
             GatewayError::Internal(_) => "internal_error",
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::LockedOut { .. } => "too_many_failed_attempts",
+            GatewayError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -150,6 +156,7 @@ impl GatewayError {
             | GatewayError::Internal(_)
             | GatewayError::Unauthorized { .. }
             | GatewayError::LockedOut { .. }
+            | GatewayError::RateLimited { .. }
             | GatewayError::Forbidden(_)
             | GatewayError::AuthUnavailable(_) => Retry::Never,
         }
@@ -190,6 +197,7 @@ impl GatewayError {
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::Unauthorized { .. }
             | GatewayError::LockedOut { .. }
+            | GatewayError::RateLimited { .. }
             | GatewayError::Forbidden(_) => Fault::Client,
             GatewayError::NoTarget { .. }
             | GatewayError::AuthUnavailable(_)
@@ -233,6 +241,7 @@ impl GatewayError {
             GatewayError::LockedOut { .. } => {
                 "too many failed authentication attempts; retry later".to_owned()
             }
+            GatewayError::RateLimited { .. } => "too many requests; retry later".to_owned(),
             // Which rule refused is for the log: telling the client helps it probe the rules.
             GatewayError::Forbidden(_) => "access to this resource is forbidden".to_owned(),
             GatewayError::AuthUnavailable(_) => {
@@ -255,7 +264,9 @@ impl GatewayError {
     /// The headers an error's answer carries in every shape (JSON or gRPC).
     fn add_headers(self, h: &mut http::HeaderMap) {
         match self {
-            GatewayError::Overloaded { retry_after } | GatewayError::LockedOut { retry_after } => {
+            GatewayError::Overloaded { retry_after }
+            | GatewayError::LockedOut { retry_after }
+            | GatewayError::RateLimited { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             GatewayError::Unauthorized { challenges, .. } => {
@@ -285,7 +296,7 @@ impl GatewayError {
             | GatewayError::AuthUnavailable(_) => 14, // UNAVAILABLE
             GatewayError::Internal(_) => 13,                               // INTERNAL
             GatewayError::Unauthorized { .. } => 16,                       // UNAUTHENTICATED
-            GatewayError::LockedOut { .. } => 8,                           // RESOURCE_EXHAUSTED
+            GatewayError::LockedOut { .. } | GatewayError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
         }
     }
 

@@ -24,6 +24,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 

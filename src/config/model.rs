@@ -535,6 +535,9 @@ pub struct PolicySetConfig {
     /// Delegate the decision to an external HTTP service.
     #[serde(default)]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Requests per key and period; beyond it, 429.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -557,6 +560,9 @@ pub struct GlobalConfig {
     /// Delegate the decision to an external HTTP service.
     #[serde(default)]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Requests per key and period; beyond it, 429.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl GlobalConfig {
@@ -568,6 +574,7 @@ impl GlobalConfig {
             ip_rules: self.ip_rules.clone(),
             cors: self.cors.clone(),
             forward_auth: self.forward_auth.clone(),
+            rate_limit: self.rate_limit.clone(),
         }
     }
 }
@@ -645,6 +652,9 @@ pub struct RouteConfig {
     /// Delegate the decision to an external HTTP service.
     #[serde(default)]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Requests per key and period; beyond it, 429.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl RouteConfig {
@@ -656,6 +666,7 @@ impl RouteConfig {
             ip_rules: self.ip_rules.clone(),
             cors: self.cors.clone(),
             forward_auth: self.forward_auth.clone(),
+            rate_limit: self.rate_limit.clone(),
         }
     }
 }
@@ -921,4 +932,26 @@ pub struct ForwardAuthConfig {
     /// Cache allow decisions this long, keyed by the forwarded headers. Default: off.
     #[serde(default)]
     pub cache: Option<DurationStr>,
+}
+
+/// `rate_limit: { key: client_ip, limit: 100/s, burst: 20 }`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// What is counted: `client_ip` (default), `consumer`, `header:NAME`, or a list of these
+    /// (counted together, e.g. `[consumer, header:x-tenant]`).
+    #[serde(default)]
+    pub key: Option<RateKeyConfig>,
+    /// `N/s`, `N/min`, `N/h` (or `N/sec`, `N/minute`, `N/hour`).
+    pub limit: String,
+    /// Requests allowed at once above the steady rate. Default: 0 (a request every 1/N).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RateKeyConfig {
+    One(String),
+    Many(Vec<String>),
 }

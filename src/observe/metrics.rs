@@ -86,6 +86,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    route: Name,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     route: Name,
     method: &'static str,
@@ -135,6 +141,7 @@ pub struct Metrics {
     rejected: Family<ReasonLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
+    rate_limits: Family<RateLimitLabels, Counter>,
     config_info: Family<ConfigLabels, Gauge>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
     targets: Mutex<HashMap<TargetKey, Arc<TargetStats>>>,
@@ -251,6 +258,12 @@ impl Metrics {
             "Authentication decisions, by route, method (basic, api_key, jwt, mtls, none) and result (success, failure, anonymous, forbidden, locked_out)",
             auth.clone(),
         );
+        let rate_limits = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "gatehouse_rate_limit",
+            "Requests counted by a rate limit, by route and result (allowed, limited)",
+            rate_limits.clone(),
+        );
         let config_info = Family::<ConfigLabels, Gauge>::default();
         registry.register(
             "gatehouse_config_info",
@@ -286,6 +299,7 @@ impl Metrics {
             rejected,
             reloads,
             auth,
+            rate_limits,
             config_info,
             routes: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
@@ -411,6 +425,16 @@ impl Metrics {
                 target: Name(target.clone()),
             })
             .set(i64::from(healthy));
+    }
+
+    /// One rate-limit decision on `route` (empty when no route matched).
+    pub fn rate_limit(&self, route: Option<&Arc<str>>, allowed: bool) {
+        self.rate_limits
+            .get_or_create(&RateLimitLabels {
+                route: Name(route.cloned().unwrap_or_else(|| Arc::from(""))),
+                result: if allowed { "allowed" } else { "limited" },
+            })
+            .inc();
     }
 
     /// One authentication decision on `route` (empty when no route matched).

@@ -20,6 +20,7 @@ pub mod headers;
 pub mod htpasswd;
 pub mod ip_rules;
 pub mod jwt;
+pub mod rate_limit;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -166,6 +167,10 @@ pub const KINDS: &[Kind] = &[
     Kind {
         key: "forward_auth",
         compile: forward_auth::compile,
+    },
+    Kind {
+        key: "rate_limit",
+        compile: rate_limit::compile,
     },
 ];
 
