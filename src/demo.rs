@@ -133,6 +133,10 @@ routes:
     match: {{ path_prefix: /admin }}
     upstream: users
     auth: {{ methods: [basic], groups: [admins] }}
+  - name: limited
+    match: {{ path_prefix: /limited }}
+    upstream: users
+    rate_limit: {{ key: client_ip, limit: 2/s, burst: 3 }}
   - name: users
     match: {{ path_prefix: /users }}
     upstream: users
@@ -191,6 +195,9 @@ Gatehouse demo is running on http://{addr}  (Ctrl-C to stop)
   # the service sees who called in x-consumer-id, not the password
   curl -si http://{addr}/admin
   curl -s -u demo:demo http://{addr}/admin
+
+  # a rate limit (2/s, burst 3): the first four pass, then 429 with Retry-After
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' http://{addr}/limited; done; echo
 
   # no route: a JSON 404 with the request id
   curl -si http://{addr}/nope

@@ -719,6 +719,10 @@ async fn the_demo_serves_what_its_banner_promises() {
     let orders = get(&format!("{base}/api/orders/7")).await;
     let missing = get(&format!("{base}/nope")).await;
     let locked = get(&format!("{base}/admin")).await;
+    let mut limited = Vec::new();
+    for _ in 0..6 {
+        limited.push(get(&format!("{base}/limited")).await.status.as_u16());
+    }
     let admin = common::send(
         &common::client(),
         common::get_req(&format!("{base}/admin"))
@@ -745,6 +749,8 @@ async fn the_demo_serves_what_its_banner_promises() {
             .is_some_and(|c| c.starts_with("Basic"))
     );
     assert_eq!(admin.status, 200);
+    assert_eq!(&limited[..4], [200, 200, 200, 200], "{limited:?}");
+    assert!(limited[4..].contains(&429), "{limited:?}");
 }
 
 /// The admin address the binary logged (`admin API listening addr=...`), waited for (5 s).
