@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Gatehouse vs nginx vs HAProxy on loopback: plain HTTP/1.1 reverse-proxy throughput (default),
 # and with --mode also HTTPS keep-alive, full TLS handshakes per second, HTTP/2 over TLS, and
-# (auth) Gatehouse alone with basic auth and with JWT (RS256) against the same route unguarded.
+# (auth) Gatehouse alone with basic auth and with JWT (RS256) against the same route unguarded,
+# and (ratelimit) Gatehouse alone with an in-memory rate limit that is never reached.
 #
-#   bash bench/run.sh [--mode http|https|handshake|h2|auth|all] [--proxies "nginx haproxy gatehouse"]
+#   bash bench/run.sh [--mode http|https|handshake|h2|auth|ratelimit|all] [--proxies "nginx haproxy gatehouse"]
 #                     [--duration 10s] [--connections 50] [--baseline PATH] [--rounds N]
 #
 # Environment: MODE (http; a list such as "https h2" runs several; all = http https handshake
-# h2, without auth), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
+# h2, without auth and ratelimit), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
 # GATEHOUSE_BIN (skip the cargo build and use this binary), WARMUP (2s),
 # BASELINE_BIN (another gatehouse binary, e.g. of the previous commit: adds the proxy
 # "gatehouse-base", run exactly like "gatehouse"), ROUNDS (1; N > 1 measures the whole list
@@ -37,7 +38,7 @@ CARGO_LOCK_WAIT="${CARGO_LOCK_WAIT:-1800}" # seconds to wait for the shared carg
 START_TIMEOUT_S=10
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($# > 0)); do
@@ -87,8 +88,8 @@ MODE_LIST=()
 for m in "${mode_args[@]}"; do
     case "$m" in
         all) expanded=(http https handshake h2) ;;
-        http | https | handshake | h2 | auth) expanded=("$m") ;;
-        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth all)" >&2; exit 2 ;;
+        http | https | handshake | h2 | auth | ratelimit) expanded=("$m") ;;
+        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth ratelimit all)" >&2; exit 2 ;;
     esac
     for e in "${expanded[@]}"; do
         dup=0
@@ -110,20 +111,25 @@ wants() {
     return 1
 }
 
-# Mode auth measures Gatehouse against itself (variants none, basic, jwt), not a proxy list.
-# When it is the only mode, PROXIES and BASELINE_BIN do not apply: only gatehouse is built
-# (or taken from GATEHOUSE_BIN) and started. Next to other modes it needs gatehouse in PROXIES.
+# Modes auth and ratelimit measure Gatehouse against itself (variants of one route: none,
+# basic, jwt; none, limited, limited_by_header), not a proxy list. When they are the only
+# modes, PROXIES and BASELINE_BIN do not apply: only gatehouse is built (or taken from
+# GATEHOUSE_BIN) and started. Next to other modes they need gatehouse in PROXIES.
 AUTH_VARIANTS=(none basic jwt)
-AUTH_ONLY=0
-if wants_mode auth; then
-    if ((${#MODE_LIST[@]} == 1)); then
-        AUTH_ONLY=1
-        PROXY_LIST=(gatehouse)
-        BASELINE_BIN=""
-    elif ! wants gatehouse; then
-        echo "run.sh: mode 'auth' measures gatehouse: PROXIES must include gatehouse when other modes run too" >&2
-        exit 2
-    fi
+RL_VARIANTS=(none limited limited_by_header)
+is_variant_mode() { [[ "$1" == auth || "$1" == ratelimit ]]; }
+GH_ONLY=1 # every mode is a gatehouse-only one
+for m in "${MODE_LIST[@]}"; do is_variant_mode "$m" || GH_ONLY=0; done
+if ((GH_ONLY)); then
+    PROXY_LIST=(gatehouse)
+    BASELINE_BIN=""
+else
+    for m in auth ratelimit; do
+        if wants_mode "$m" && ! wants gatehouse; then
+            echo "run.sh: mode '$m' measures gatehouse: PROXIES must include gatehouse when other modes run too" >&2
+            exit 2
+        fi
+    done
 fi
 
 # With BASELINE_BIN, "gatehouse-base" joins the list right after "gatehouse" (at the end
@@ -172,8 +178,9 @@ ensure_tools() {
         [taskset]=util-linux [python3]=python3 [flock]=util-linux [openssl]=openssl
         [h2load]=nghttp2-client [ps]=procps)
     local need=(nginx curl taskset python3)
-    if wants_mode http || wants_mode https || wants_mode auth; then need+=(wrk); fi
-    if ((HAS_TLS)) || wants_mode auth; then need+=(openssl ps); fi
+    if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit; then need+=(wrk); fi
+    if ((HAS_TLS)) || wants_mode auth; then need+=(openssl); fi
+    if ((HAS_TLS)) || wants_mode auth || wants_mode ratelimit; then need+=(ps); fi
     wants_mode h2 && need+=(h2load)
     wants haproxy && need+=(haproxy)
     wants gatehouse && [[ -z "${GATEHOUSE_BIN:-}" ]] && need+=(flock)
@@ -420,6 +427,20 @@ if wants_mode auth && [[ -n "$GATEHOUSE" ]]; then
     AUTH_BASIC="$(printf '%s:%s' "$AUTH_USER" "$AUTH_PASSWORD" | openssl base64 -A)"
     AUTH_PARAMS="$(cut -d'$' -f4 <<<"$AUTH_HASH")" # m=…,t=…,p=…
 fi
+
+# Mode ratelimit: a limit far above anything wrk reaches (100 M/s, burst 1 M), so every measured
+# request goes through the limiter (GCRA in the memory store) and passes. limited counts by
+# client IP (one key: 127.0.0.1), limited_by_header by the header x-tenant, which wrk sends.
+RL_LIMIT_N=100000000
+RL_POLICY="limit: $RL_LIMIT_N/s, burst: 1000000"
+RL_TENANT_HEADER="x-tenant"
+RL_TENANT=t1
+RL_HDR=() # the header wrk and the checks send (only limited_by_header: x-tenant)
+# The limit check (not measured): a route limited to 2/min with burst 1 lets 2 requests through
+# at once; the 3rd must get 429 with Retry-After.
+RL_CHECK_POLICY="key: client_ip, limit: 2/min, burst: 1"
+RL_CHECK_RESULT="" # what the 3 check requests got, for the report
+RL_CHECK_REASON="" # why the check failed
 
 nginx_common() { # $1 = instance dir
     cat <<EOF
@@ -750,6 +771,163 @@ auth_check() {
     fi
 }
 
+# start_variant MODE VARIANT : mode auth or ratelimit: starts gatehouse with VARIANT's config
+start_variant() {
+    case "$1" in
+        auth) start_auth "$2" ;;
+        ratelimit) start_ratelimit "$2" ;;
+    esac
+}
+# variant_check MODE VARIANT PORT : the checks of VARIANT before it is measured
+variant_check() {
+    case "$1" in
+        auth) auth_check "$2" "$3" ;;
+        ratelimit) rl_check "$2" "$3" ;;
+    esac
+}
+
+# start_ratelimit VARIANT : mode ratelimit: writes the config of VARIANT (none, limited or
+# limited_by_header) and starts gatehouse with it, pinned to PROXY_CPU; sets PROXY_PID
+# PROXY_PORT PROXY_LOG PROXY_DIR and RL_HDR. none is the config of mode http.
+start_ratelimit() {
+    local v="$1" dir="$WORK/ratelimit/$1" rl=""
+    PROXY_DIR="$dir"
+    PROXY_PORT=$GATEHOUSE_PORT
+    PROXY_LOG="$dir/gatehouse.log"
+    mkdir -p "$dir"
+    RL_HDR=()
+    case "$v" in
+        limited)
+            rl=$'\n'"    rate_limit: { key: client_ip, $RL_POLICY }"
+            ;;
+        limited_by_header)
+            rl=$'\n'"    rate_limit: { key: \"header:$RL_TENANT_HEADER\", $RL_POLICY }"
+            RL_HDR=("$RL_TENANT_HEADER: $RL_TENANT")
+            ;;
+    esac
+    cat >"$dir/gatehouse.yaml" <<EOF
+listen: "127.0.0.1:$PROXY_PORT"
+workers: 1
+access_log: off
+upstreams:
+  backend:
+    targets: ["http://127.0.0.1:$BACKEND_PORT"]
+routes:
+  - match: { path_prefix: "/" }
+    upstream: backend$rl
+EOF
+    start_bg "gatehouse[ratelimit:$v]" "$PROXY_CPU" "$PROXY_LOG" "$GATEHOUSE" run --config "$dir/gatehouse.yaml"
+    PROXY_PID=$LAST_PID
+}
+
+# hdr_value NAME : the value of response header NAME (any case) in the `curl -D -` output on
+# stdin, empty if absent
+hdr_value() {
+    tr -d '\r' | awk -v n="$1" 'BEGIN { n = tolower(n) }
+        { i = index($0, ":"); if (i > 1 && tolower(substr($0, 1, i - 1)) == n) {
+            v = substr($0, i + 1); sub(/^[ \t]+/, "", v); print v; exit } }'
+}
+# status_of : the status code in the `curl -D -` output on stdin (the last status line)
+status_of() {
+    tr -d '\r' | awk '/^HTTP\// { c = $2 } END { print c }'
+}
+
+# rl_check VARIANT PORT : with RL_HDR (limited_by_header: x-tenant) the variant must answer
+# 200 with the backend's body; limited and limited_by_header must carry RateLimit-Limit with
+# the configured limit (the request went through the limiter), none must not. limited_by_header
+# must not count a request without x-tenant (no RateLimit-Limit). On failure CHECK_REASON says why.
+rl_check() {
+    local v="$1" url="http://127.0.0.1:$2/" hdrs code body lim h
+    local cmd=(curl -s -D - -o "$PROXY_DIR/check-body.txt")
+    for h in "${RL_HDR[@]}"; do cmd+=(-H "$h"); done
+    CHECK_REASON=""
+    record "${cmd[@]}" "$url"
+    hdrs="$("${cmd[@]}" --max-time 5 "$url" || true)"
+    code="$(status_of <<<"$hdrs")"
+    body="$(cat "$PROXY_DIR/check-body.txt" 2>/dev/null || true)"
+    lim="$(hdr_value ratelimit-limit <<<"$hdrs")"
+    if [[ "$code" != 200 || "$body" != "$EXPECTED_BODY" ]]; then
+        CHECK_REASON="HTTP ${code:-none}, body '$body' (expected 200, '$EXPECTED_BODY')"
+        return 1
+    fi
+    if [[ "$v" == none ]]; then
+        if [[ -n "$lim" ]]; then
+            CHECK_REASON="RateLimit-Limit: $lim on the route without rate_limit"
+            return 1
+        fi
+        return 0
+    fi
+    if [[ "$lim" != "$RL_LIMIT_N" ]]; then
+        CHECK_REASON="RateLimit-Limit: '${lim}' (expected $RL_LIMIT_N: the request was not counted)"
+        return 1
+    fi
+    [[ "$v" == limited_by_header ]] || return 0
+    record curl -s -D - -o /dev/null "$url"
+    hdrs="$(curl -s -D - -o /dev/null --max-time 5 "$url" || true)"
+    code="$(status_of <<<"$hdrs")"
+    lim="$(hdr_value ratelimit-limit <<<"$hdrs")"
+    if [[ "$code" != 200 || -n "$lim" ]]; then
+        CHECK_REASON="without $RL_TENANT_HEADER: HTTP ${code:-none}, RateLimit-Limit '$lim' (expected 200 and no RateLimit-Limit: not counted)"
+        return 1
+    fi
+}
+
+# rl_limit_check : mode ratelimit, once before the measurements, not measured: a short-lived
+# gatehouse whose route /limited allows 2/min with burst 1 (2 requests at once, then one every
+# 30 s; / stays unlimited, for the readiness probe). Three quick requests to /limited must get
+# 200, 200 and 429 with Retry-After. Sets RL_CHECK_RESULT; on failure RL_CHECK_REASON.
+rl_limit_check() {
+    local dir="$WORK/ratelimit/check" url="http://127.0.0.1:$GATEHOUSE_PORT/limited" pid i hdrs
+    local codes=() ra="" lim1="" rem=""
+    mkdir -p "$dir"
+    cat >"$dir/gatehouse.yaml" <<EOF
+listen: "127.0.0.1:$GATEHOUSE_PORT"
+workers: 1
+access_log: off
+upstreams:
+  backend:
+    targets: ["http://127.0.0.1:$BACKEND_PORT"]
+routes:
+  - match: { path_prefix: "/" }
+    upstream: backend
+  - match: { path_prefix: "/limited" }
+    upstream: backend
+    rate_limit: { $RL_CHECK_POLICY }
+EOF
+    start_bg "gatehouse[ratelimit:check]" "$PROXY_CPU" "$dir/gatehouse.log" "$GATEHOUSE" run --config "$dir/gatehouse.yaml"
+    pid=$LAST_PID
+    RL_CHECK_REASON=""
+    if ! wait_ready "gatehouse[ratelimit:check]" "$pid" "$GATEHOUSE_PORT" "$dir/gatehouse.log"; then
+        RL_CHECK_REASON="failed to start: $WAIT_REASON"
+        stop_pid "$pid"
+        return 1
+    fi
+    record curl -s -D - -o /dev/null "$url"
+    record_text "(the same 3 times in a row)"
+    for i in 1 2 3; do
+        hdrs="$(curl -s -D - -o /dev/null --max-time 5 "$url" || true)"
+        codes+=("$(status_of <<<"$hdrs")")
+        case "$i" in
+            1) lim1="$(hdr_value ratelimit-limit <<<"$hdrs")" ;;
+            3)
+                ra="$(hdr_value retry-after <<<"$hdrs")"
+                rem="$(hdr_value ratelimit-remaining <<<"$hdrs")"
+                ;;
+        esac
+    done
+    stop_pid "$pid"
+    RL_CHECK_RESULT="${codes[0]:-none}, ${codes[1]:-none}, ${codes[2]:-none}; the 3rd had Retry-After: ${ra:-none}"
+    RL_CHECK_RESULT+=" and RateLimit-Remaining: ${rem:-none}, the 1st had RateLimit-Limit: ${lim1:-none}"
+    if [[ "${codes[*]}" != "200 200 429" ]]; then
+        RL_CHECK_REASON="3 requests got ${codes[*]} (expected 200 200 429)"
+    elif ! [[ "$ra" =~ ^[1-9][0-9]*$ ]]; then
+        RL_CHECK_REASON="the 429 has no valid Retry-After ('$ra')"
+    elif [[ "$lim1" != 2 ]]; then
+        RL_CHECK_REASON="RateLimit-Limit on the 1st answer: '$lim1' (expected 2)"
+    fi
+    [[ -z "$RL_CHECK_REASON" ]]
+}
+
 # run_wrk OUTFILE DURATION PORT [SCHEME [HEADER...]] : wrk against SCHEME://127.0.0.1:PORT/
 # (http by default), sending each HEADER ("Name: value") with every request
 run_wrk() {
@@ -836,19 +1014,19 @@ add_note() {
     NOTE[$name]="${NOTE[$name]:+${NOTE[$name]}; }$text"
 }
 
-# measure NAME MODE : one round for one proxy in one mode (in mode auth: for one variant of
-# gatehouse, NAME = none, basic or jwt): start it, check it, warm up, measure, stop it. Appends
+# measure NAME MODE : one round for one proxy in one mode (in modes auth and ratelimit: for one
+# variant of gatehouse, NAME = none, basic or jwt; none, limited or limited_by_header): start it, check it, warm up, measure, stop it. Appends
 # this round's figures ("-" if there is none) to the per-round lists, keyed "MODE:NAME": RPS_R
 # (req/s, or handshakes/s), P50_R/P99_R (wrk), MEAN_R (h2load's mean time per request), CPU_R
 # (proxy CPU µs per request or handshake) and BUSY_R (proxy CPU use in % of its core), the
-# last three only in the TLS modes and auth.
+# last three only in the TLS modes, auth and ratelimit.
 measure() {
     local name="$1" mode="$2" key="$2:$1" sfx="" out body errs rnote="" tls=0 tag="" acct=0
     local rps="" p50="-" p99="-" mean="-" cpu="-" busy="-" count="" ticks0 ticks1 t0 t1 proto
     local curl_cmd url label="$1"
-    if [[ "$mode" == auth ]]; then
+    if is_variant_mode "$mode"; then
         acct=1
-        label="gatehouse[auth:$name]"
+        label="gatehouse[$mode:$name]"
     elif [[ "$mode" != http ]]; then
         tls=1
         acct=1
@@ -860,7 +1038,7 @@ measure() {
     else
         log "---- $label$tag ----"
     fi
-    if [[ "$mode" == auth ]]; then start_auth "$name"; else start_proxy "$name" "$mode"; fi
+    if is_variant_mode "$mode"; then start_variant "$mode" "$name"; else start_proxy "$name" "$mode"; fi
     if ! wait_ready "$label" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG" "$tls"; then
         add_note "$key" "failed to start: $WAIT_REASON, skipped (its log tail is on stderr)"
         FAILED=1
@@ -876,8 +1054,8 @@ measure() {
                 h2) curl_cmd+=(--http2) ;;
             esac
         fi
-        body="$EXPECTED_BODY" # mode auth: auth_check below looks at body and status
-        if [[ "$mode" != auth ]]; then
+        body="$EXPECTED_BODY" # modes auth, ratelimit: variant_check below looks at body and status
+        if ! is_variant_mode "$mode"; then
             record "${curl_cmd[@]}" "$url"
             body="$("${curl_cmd[@]}" --max-time 5 "$url" || true)"
         fi
@@ -885,7 +1063,7 @@ measure() {
         if [[ "$mode" == h2 && "$body" == "$EXPECTED_BODY" ]]; then
             proto="$("${curl_cmd[@]}" --max-time 5 -o /dev/null -w '%{http_version}' "$url" || true)"
         fi
-        if [[ "$mode" == auth ]] && ! auth_check "$name" "$PROXY_PORT"; then
+        if is_variant_mode "$mode" && ! variant_check "$mode" "$name" "$PROXY_PORT"; then
             log "$label: $CHECK_REASON"
             add_note "$key" "check failed ($CHECK_REASON), skipped"
             FAILED=1
@@ -906,9 +1084,9 @@ measure() {
             if ((tls)); then
                 out="$PROXY_DIR/$mode$sfx.txt"
                 bench_run "$mode" "$PROXY_DIR/$mode-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
-            elif [[ "$mode" == auth ]]; then
+            elif is_variant_mode "$mode"; then
                 out="$PROXY_DIR/wrk$sfx.txt"
-                bench_run auth "$PROXY_DIR/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
+                bench_run "$mode" "$PROXY_DIR/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
             else
                 out="$WORK/$name/wrk$sfx.txt"
                 run_wrk "$WORK/$name/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
@@ -932,7 +1110,7 @@ measure() {
                     FAILED=1
                 fi
                 case "$mode" in
-                    http | https | auth)
+                    http | https | auth | ratelimit)
                         rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
                         p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
                         p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
@@ -965,9 +1143,14 @@ measure() {
                 if [[ -n "$errs" ]]; then
                     rnote="${rnote:+$rnote; }$(tool_of "$mode") reported: $errs"
                 fi
-                # A 401 is cheaper than a verified request: a run with any is no measurement.
-                if [[ "$mode" == auth && "$errs" == *Non-2xx* ]]; then
-                    rnote+=" (figure discarded: every request must pass auth)"
+                # A 401 (429) is cheaper than a verified (counted and forwarded) request: a run
+                # with any is no measurement.
+                if is_variant_mode "$mode" && [[ "$errs" == *Non-2xx* ]]; then
+                    if [[ "$mode" == auth ]]; then
+                        rnote+=" (figure discarded: every request must pass auth)"
+                    else
+                        rnote+=" (figure discarded: every request must pass the rate limit)"
+                    fi
                     rps=""
                 fi
                 if [[ -z "$rps" ]]; then
@@ -1001,20 +1184,21 @@ bench_run() {
         http) run_wrk "$2" "$3" "$4" ;;
         https) run_wrk "$2" "$3" "$4" https ;;
         auth) run_wrk "$2" "$3" "$4" http "${AUTH_HDR[@]}" ;;
+        ratelimit) run_wrk "$2" "$3" "$4" http "${RL_HDR[@]}" ;;
         h2) run_h2load "$2" "$3" "$4" ;;
         handshake) run_handshakes "$2" "$3" "$4" ;;
     esac
 }
 tool_of() {
     case "$1" in
-        http | https | auth) echo wrk ;;
+        http | https | auth | ratelimit) echo wrk ;;
         h2) echo h2load ;;
         handshake) echo "openssl s_time" ;;
     esac
 }
 load_desc() {
     case "$1" in
-        http | https | auth) echo "$CONNECTIONS connections" ;;
+        http | https | auth | ratelimit) echo "$CONNECTIONS connections" ;;
         h2) echo "$CONNECTIONS connections x $H2_STREAMS streams" ;;
         handshake) echo "$HS_CLIENTS parallel openssl s_time -new" ;;
     esac
@@ -1064,10 +1248,33 @@ if wants_mode auth; then
         AUTH_RUN=1
     fi
 fi
-# names_of MODE : what MODE measures: the proxies, or (auth) the gatehouse variants
+# Mode ratelimit runs when gatehouse can and its limit check passes (a limiter that does not
+# limit would make the figures meaningless); otherwise its variants carry the reason.
+RL_RUN=0
+if wants_mode ratelimit; then
+    reason="$(skip_reason gatehouse)"
+    if [[ -z "$reason" ]]; then
+        log "---- gatehouse[ratelimit:check]: $RL_CHECK_POLICY on /limited, 3 requests (not measured) ----"
+        if rl_limit_check; then
+            log "ratelimit check ok: $RL_CHECK_RESULT"
+        else
+            reason="limit check failed ($RL_CHECK_REASON), not measured"
+            log "ratelimit: $reason"
+            FAILED=1
+        fi
+    fi
+    if [[ -n "$reason" ]]; then
+        for v in "${RL_VARIANTS[@]}"; do NOTE[ratelimit:$v]="$reason"; done
+    else
+        RL_RUN=1
+    fi
+fi
+# names_of MODE : what MODE measures: the proxies, or (auth, ratelimit) the gatehouse variants
 names_of() {
     if [[ "$1" == auth ]]; then
         ((AUTH_RUN)) && echo "${AUTH_VARIANTS[*]}"
+    elif [[ "$1" == ratelimit ]]; then
+        ((RL_RUN)) && echo "${RL_VARIANTS[*]}"
     else
         echo "${RUN_LIST[*]}"
     fi
@@ -1298,24 +1505,19 @@ per_round_ratio() {
     echo "${joined//\// / }"
 }
 
-# report_auth : Gatehouse with basic auth and with JWT against the same route without auth
-report_auth() {
-    local v key rps n="auth:none" r_rate r_cpu busy cpu verdict="" r
-    echo "## Authentication cost (Gatehouse alone, HTTP/1.1, loopback)"
-    echo
-    echo "The same route, one Gatehouse process per variant: \`none\` (no auth, as in mode http),"
-    echo "\`basic\` (\`auth: { methods: [basic] }\`, a consumer with an argon2id hash; every request"
-    echo "carries the right password) and \`jwt\` (\`auth: { methods: [jwt] }\`, RS256 against an RSA 2048"
-    echo "public key; every request carries the same valid token). Target: req/s >= 0.9 of \`none\`."
-    echo
+# variant_table MODE VARIANT... : modes auth and ratelimit: the table of the variants, each
+# against the first one (none), and the verdict on the target (req/s >= 0.9x none)
+variant_table() {
+    local mode="$1" v key rps n="$1:none" r_rate r_cpu busy cpu verdict="" r
+    shift
     if ((ROUNDS > 1)); then
         echo "Medians over $ROUNDS interleaved rounds; the last two columns list each round."
         echo
     fi
     echo "| variant | req/s | p50 (ms) | p99 (ms) | proxy CPU | CPU µs per request | ratio vs none | ratio vs none, per CPU second | ratio vs none per round | req/s per round |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
-    for v in "${AUTH_VARIANTS[@]}"; do
-        key="auth:$v"
+    for v in "$@"; do
+        key="$mode:$v"
         rps="${RPS[$key]:-}"
         if [[ -z "$rps" ]]; then
             echo "| $v | skipped | - | - | - | - | - | - | - | $(per_round "$key") |"
@@ -1343,20 +1545,67 @@ report_auth() {
         echo "Target req/s >= 0.90x none (ratio of the medians): $verdict."
         echo
     fi
+}
+# variant_notes MODE VARIANT... : the notes of the variants (and of gatehouse), under the table
+variant_notes() {
+    local mode="$1" v shown=0
+    shift
+    for v in "$@" gatehouse; do
+        if [[ -n "${NOTE[$mode:$v]:-}" ]]; then
+            if ((shown == 0)); then echo; shown=1; fi
+            echo "- $v: ${NOTE[$mode:$v]}"
+        fi
+    done
+}
+
+# report_auth : Gatehouse with basic auth and with JWT against the same route without auth
+report_auth() {
+    echo "## Authentication cost (Gatehouse alone, HTTP/1.1, loopback)"
+    echo
+    echo "The same route, one Gatehouse process per variant: \`none\` (no auth, as in mode http),"
+    echo "\`basic\` (\`auth: { methods: [basic] }\`, a consumer with an argon2id hash; every request"
+    echo "carries the right password) and \`jwt\` (\`auth: { methods: [jwt] }\`, RS256 against an RSA 2048"
+    echo "public key; every request carries the same valid token). Target: req/s >= 0.9 of \`none\`."
+    echo
+    variant_table auth "${AUTH_VARIANTS[@]}"
     echo "\`basic\` measures the cached path: a verified password is remembered for 60 s, so argon2id"
     echo "runs once per process (in the start-up check, before the warm-up); each measured request"
-    echo "hashes user and password with SHA-256 (keyed) and looks that up. \`jwt\` has no token cache:"
-    echo "every request decodes the token and verifies its RS256 signature and claims. Both remove"
+    echo "hashes user and password with SHA-256 (keyed) and looks that up. \`jwt\` verifies the token"
+    echo "once (RS256 signature and claims) and then finds it in the verified-token cache (SHA-256 of"
+    echo "the token, at most 60 s), as a client repeating its token does. Both remove"
     echo "\`Authorization\` and add the consumer header before forwarding; \`none\` gets no credential"
     echo "header at all. proxy CPU and CPU µs per request are measured as in the TLS modes"
     echo "(/proc/PID/stat, all threads); per CPU second: none's CPU µs per request / the variant's."
-    local shown=0
-    for v in "${AUTH_VARIANTS[@]}" gatehouse; do
-        if [[ -n "${NOTE[auth:$v]:-}" ]]; then
-            if ((shown == 0)); then echo; shown=1; fi
-            echo "- $v: ${NOTE[auth:$v]}"
-        fi
-    done
+    variant_notes auth "${AUTH_VARIANTS[@]}"
+}
+
+# report_ratelimit : Gatehouse with an in-memory rate limit that is never reached against the
+# same route without one
+report_ratelimit() {
+    echo "## Rate-limit cost (Gatehouse alone, memory store, HTTP/1.1, loopback)"
+    echo
+    echo "The same route, one Gatehouse process per variant: \`none\` (no rate_limit, as in mode http),"
+    echo "\`limited\` (\`rate_limit: { key: client_ip, $RL_POLICY }\`) and \`limited_by_header\`"
+    echo "(\`rate_limit: { key: \"header:$RL_TENANT_HEADER\", $RL_POLICY }\`, every request carries"
+    echo "\`$RL_TENANT_HEADER: $RL_TENANT\`). The limit is never reached: every request is counted (GCRA in the"
+    echo "memory store) and passes. Target: req/s >= 0.9 of \`none\`."
+    echo
+    variant_table ratelimit "${RL_VARIANTS[@]}"
+    if [[ -n "$RL_CHECK_RESULT" ]]; then
+        local verdict="Passed."
+        [[ -z "$RL_CHECK_REASON" ]] || verdict="FAILED: $RL_CHECK_REASON; the variants were not measured."
+        echo "Limit check (not measured, before the measurements): a separate Gatehouse, route \`/limited\`"
+        echo "with \`rate_limit: { $RL_CHECK_POLICY }\`; 3 requests in a row got $RL_CHECK_RESULT."
+        echo "$verdict"
+        echo
+    fi
+    echo "Each limited request builds its key (the route's policy id + client IP or the header value),"
+    echo "runs GCRA on it in the memory store and adds \`RateLimit-Limit\`, \`-Remaining\` and \`-Reset\` to"
+    echo "the answer; \`none\` does none of this. All requests share one key (127.0.0.1, or $RL_TENANT), so the"
+    echo "figures say nothing about many keys (map growth, expiry). proxy CPU and CPU µs per request are"
+    echo "measured as in the TLS modes (/proc/PID/stat, all threads); per CPU second: none's CPU µs per"
+    echo "request / the variant's."
+    variant_notes ratelimit "${RL_VARIANTS[@]}"
 }
 
 first=1
@@ -1366,6 +1615,7 @@ for mode in "${MODE_LIST[@]}"; do
     case "$mode" in
         http) report_http ;;
         auth) report_auth ;;
+        ratelimit) report_ratelimit ;;
         *) report_tls "$mode" ;;
     esac
 done
@@ -1377,7 +1627,7 @@ echo "- nproc: $(nproc)"
 echo "- CPU: ${CPU_MODEL:-unknown}"
 echo "- kernel: $(uname -sr)"
 echo "- CPU busy before start: ${CPU_BUSY_START}% (all CPUs, 1 s sample; should be near 0)"
-if ((AUTH_ONLY)); then
+if ((GH_ONLY)); then
     echo "- pinning: gatehouse on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
 elif ((HAS_TLS)); then
     echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + the load generator (wrk, h2load or openssl s_time) on CPU $LOAD_CPU"
@@ -1396,6 +1646,9 @@ fi
 if wants_mode auth; then
     echo "- auth: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body; none sends no credential; basic sends \`Authorization: Basic\` (user $AUTH_USER; hash from \`gatehouse hash-password\`, argon2id ${AUTH_PARAMS:-?}); jwt sends \`Authorization: Bearer\` with an RS256 token of ${JWT_LEN:-?} characters (header $JWT_HEADER, payload $(jwt_payload 0 | sed 's/0}$/now+3600}/'), RSA 2048 key from openssl genpkey)"
 fi
+if wants_mode ratelimit; then
+    echo "- ratelimit: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body; none and limited send no extra header; limited_by_header sends \`$RL_TENANT_HEADER: $RL_TENANT\`; limit check before the measurements: 3 x curl to a route with \`rate_limit: { $RL_CHECK_POLICY }\` (${RL_CHECK_RESULT:-not run})"
+fi
 if wants_mode h2; then
     echo "- h2: h2load -t1 -c$CONNECTIONS -m$H2_STREAMS -D $DURATION (after a $WARMUP warm-up), ALPN h2, GET / -> 6-byte body"
 fi
@@ -1408,7 +1661,7 @@ if ((HAS_TLS)); then
 fi
 echo "- nginx: $(version_of "$NGINX" -v)"
 if wants haproxy; then echo "- haproxy: $(version_of "$HAPROXY" -v)"; fi
-if wants_mode http || wants_mode https || wants_mode auth; then echo "- wrk: $(version_of wrk -v)"; fi
+if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit; then echo "- wrk: $(version_of wrk -v)"; fi
 if wants_mode h2; then echo "- h2load: $(version_of h2load --version)"; fi
 if ((HAS_TLS)) || wants_mode auth; then echo "- openssl: $(version_of openssl version)"; fi
 if wants gatehouse; then echo "- gatehouse: $GH_VERSION"; fi
@@ -1430,7 +1683,9 @@ echo "### Configs (ports are picked at run time)"
 for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/gatehouse/gatehouse.yaml" \
     "$WORK/gatehouse-base/gatehouse.yaml" "$WORK/tls/nginx/nginx.conf" "$WORK/tls/haproxy/haproxy.cfg" \
     "$WORK/tls/gatehouse/gatehouse.yaml" "$WORK/tls/gatehouse-base/gatehouse.yaml" \
-    "$WORK/auth/none/gatehouse.yaml" "$WORK/auth/basic/gatehouse.yaml" "$WORK/auth/jwt/gatehouse.yaml"; do
+    "$WORK/auth/none/gatehouse.yaml" "$WORK/auth/basic/gatehouse.yaml" "$WORK/auth/jwt/gatehouse.yaml" \
+    "$WORK/ratelimit/none/gatehouse.yaml" "$WORK/ratelimit/limited/gatehouse.yaml" \
+    "$WORK/ratelimit/limited_by_header/gatehouse.yaml" "$WORK/ratelimit/check/gatehouse.yaml"; do
     [[ -f "$f" ]] || continue
     echo
     echo "\`${f#"$WORK"/}\`:"

@@ -33,21 +33,19 @@ pub struct ClientCert {
 
 impl ClientCert {
     /// The value forwarded upstream, in the shape of Envoy's `x-forwarded-client-cert`:
-    /// `Subject="CN=alice,O=Example";DNS=alice.example.com;URI=spiffe://example/alice`.
+    /// `Subject="CN=alice,O=Example";DNS="alice.example.com";URI="spiffe://example/alice"`.
     pub fn forward_value(&self) -> Option<HeaderValue> {
         let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let mut v = format!("Subject=\"{}\"", quote(&self.subject));
-        for d in &self.dns {
-            v.push_str(";DNS=");
-            v.push_str(d);
-        }
-        for u in &self.uris {
-            v.push_str(";URI=");
-            v.push_str(u);
-        }
-        for e in &self.emails {
-            v.push_str(";Email=");
-            v.push_str(e);
+        // Every value quoted, so a name holding `;` or `,` cannot add fields.
+        for (field, values) in [
+            ("DNS", &self.dns),
+            ("URI", &self.uris),
+            ("Email", &self.emails),
+        ] {
+            for x in values {
+                v.push_str(&format!(";{field}=\"{}\"", quote(x)));
+            }
         }
         HeaderValue::from_str(&v).ok()
     }

@@ -137,8 +137,12 @@ async fn route_and_forward(
         return Err(GatewayError::BadRequest(why));
     }
     let client_host = client_host(&req)?;
+    // The exemption is judged on the normalised path: `/.well-known/acme-challenge/../x`
+    // is `/x`, and redirected.
     if let Some((port, status)) = conn.redirect_https
-        && !req.uri().path().starts_with("/.well-known/acme-challenge/")
+        && !router::normalize_ext(req.uri().path())
+            .0
+            .starts_with("/.well-known/acme-challenge/")
     {
         return https_redirect(client_host.as_ref(), port, status, req.uri());
     }
@@ -204,12 +208,16 @@ async fn route_and_forward(
     if !rt.server.allow_underscores_in_headers {
         proxy::remove_underscored(req.headers_mut());
     }
-    if let Some(name) = &conn.forward_identity {
-        // Only the gateway says who the client's certificate names.
+    // Only the gateway says who a client certificate names: every listener's identity header
+    // is removed from every request (routes are shared by all listeners), then this
+    // connection's verified identity, if any, is written.
+    for name in &rt.client_cert_headers {
         req.headers_mut().remove(name);
-        if let Some(v) = conn.client_cert.as_ref().and_then(|c| c.forward_value()) {
-            req.headers_mut().insert(name.clone(), v);
-        }
+    }
+    if let Some(name) = &conn.forward_identity
+        && let Some(v) = conn.client_cert.as_ref().and_then(|c| c.forward_value())
+    {
+        req.headers_mut().insert(name.clone(), v);
     }
 
     // Everything after routing answers through one place, so the route's response-phase

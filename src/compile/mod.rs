@@ -320,6 +320,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         Some(AccessLogSetting::Config(c)) => Some(c.clone()),
     };
 
+    let listeners_for_headers = listeners.clone();
     Ok(Runtime {
         listeners,
         admin,
@@ -333,6 +334,17 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         warnings: cfg.redactions.scrub_all(warnings),
         file_paths: cfg.file_paths(),
         claims,
+        client_cert_headers: {
+            let mut names: Vec<http::HeaderName> = Vec::new();
+            for l in &listeners_for_headers {
+                if let Some(n) = l.tls.as_ref().and_then(|t| t.forward_identity.clone())
+                    && !names.contains(&n)
+                {
+                    names.push(n);
+                }
+            }
+            names
+        },
     })
 }
 

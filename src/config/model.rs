@@ -144,7 +144,7 @@ pub struct ClientAuthConfig {
     #[serde(default)]
     pub required: Option<bool>,
     /// Forward the verified client certificate's identity upstream in this header
-    /// (`Subject="CN=alice,O=Example";DNS=alice.example.com;URI=spiffe://...`). A copy the
+    /// (`Subject="CN=alice,O=Example";DNS="alice.example.com";URI="spiffe://..."`). A copy the
     /// client sent is always removed first.
     #[serde(default)]
     pub forward_header: Option<String>,

@@ -352,9 +352,13 @@ impl AuthPolicy {
             .basic(user)
             .cloned()
             .or_else(|| self.htpasswd.as_ref().and_then(|h| h.user(user)));
-        let key = verified_key(user, pass);
-        if let Some((c, _)) = &found
-            && verified().lookup(&key, &c.id)
+        // Keyed by the stored hash too: the same username and password never count for
+        // another user table (another route's htpasswd), nor after the password changed.
+        let key = found
+            .as_ref()
+            .map(|(_, h)| verified_key(user, pass, h.stored()));
+        if let (Some((c, _)), Some(key)) = (&found, &key)
+            && verified().lookup(key, &c.id)
         {
             return Ok(c.clone());
         }
@@ -363,9 +367,9 @@ impl AuthPolicy {
             None => (decoy_hash().clone(), false),
         };
         let password = pass.as_bytes().to_vec();
-        let ok = verify_blocking(hash, password).await;
-        match found {
-            Some((c, _)) if ok && known => {
+        let ok = verify_blocking(hash, password).await.ok_or(BUSY)?;
+        match (found, key) {
+            (Some((c, _)), Some(key)) if ok && known => {
                 verified().insert(key, c.id.clone());
                 Ok(c)
             }
@@ -416,20 +420,28 @@ impl AuthPolicy {
         }
         let route = cx.route.clone();
         let ip = cx.client_ip;
-        if let Some(retry_after) = failures().locked(ip) {
-            self.metrics.auth(route.as_ref(), "none", "locked_out");
+        let found = self.find_credential(req, cx);
+        // Only guessable secrets (passwords, API keys) are throttled: a locked-out address
+        // still gets in with a valid token or client certificate.
+        let guessable = |m: Method| matches!(m, Method::Basic | Method::ApiKey);
+        if let Some((m, _)) = &found
+            && guessable(*m)
+            && let Some(retry_after) = failures().locked(ip)
+        {
+            self.metrics.auth(route.as_ref(), m.name(), "locked_out");
             return Err(GatewayError::LockedOut { retry_after });
         }
-        let found = self.find_credential(req, cx);
         let (method, consumer, extra) = match found {
             Some((m, cred)) => match self.authenticate(m, cred).await {
                 Ok((c, extra)) => (m, c, extra),
-                Err(KEYS_UNAVAILABLE) => {
+                Err(why @ (KEYS_UNAVAILABLE | BUSY)) => {
                     self.metrics.auth(route.as_ref(), m.name(), "unavailable");
-                    return Err(GatewayError::AuthUnavailable(KEYS_UNAVAILABLE.into()));
+                    return Err(GatewayError::AuthUnavailable(why.into()));
                 }
                 Err(why) => {
-                    failures().record(ip);
+                    if guessable(m) {
+                        failures().record(ip);
+                    }
                     self.metrics.auth(route.as_ref(), m.name(), "failure");
                     tracing::info!(client = %ip, method = m.name(), reason = why, "authentication failed");
                     if m == Method::Jwt {
@@ -591,25 +603,35 @@ fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
-/// Runs a password check on the blocking pool, a bounded number at a time (a flood of wrong
-/// passwords cannot take every blocking thread).
-async fn verify_blocking(hash: PasswordHash, password: Vec<u8>) -> bool {
+/// Why a password could not be checked: every verification slot stayed busy.
+const BUSY: &str = "password checks are saturated";
+
+/// Runs a password check on the blocking pool, at most half the cores' worth at a time, so a
+/// flood of wrong passwords cannot take every core (or every blocking thread) from the
+/// gateway. `None` when no slot frees up within [`VERIFY_WAIT`]: answered 503, not 401.
+async fn verify_blocking(hash: PasswordHash, password: Vec<u8>) -> Option<bool> {
     static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
     let slots = SLOTS.get_or_init(|| {
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(n.max(2))
+        tokio::sync::Semaphore::new((n / 2).max(1))
     });
-    let Ok(_permit) = slots.acquire().await else {
-        return false;
-    };
-    tokio::task::spawn_blocking(move || hash.verify(&password))
+    let permit = tokio::time::timeout(VERIFY_WAIT, slots.acquire())
         .await
-        .unwrap_or(false)
+        .ok()?
+        .ok()?;
+    let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+        .await
+        .unwrap_or(false);
+    drop(permit);
+    Some(ok)
 }
+
+/// How long a password check waits for a slot.
+const VERIFY_WAIT: Duration = Duration::from_secs(5);
 
 /// A keyed hash of a credential: the cache key of a verified password. The key is random per
 /// process, so the cache holds nothing an attacker could test passwords against.
-fn verified_key(user: &str, pass: &str) -> [u8; 32] {
+fn verified_key(user: &str, pass: &str, stored: &str) -> [u8; 32] {
     use sha2::Digest;
     static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
     let secret = SECRET.get_or_init(|| {
@@ -621,9 +643,10 @@ fn verified_key(user: &str, pass: &str) -> [u8; 32] {
     });
     let mut h = sha2::Sha256::new();
     h.update(secret);
-    h.update(user.as_bytes());
-    h.update([0u8]);
-    h.update(pass.as_bytes());
+    for part in [stored.as_bytes(), user.as_bytes(), pass.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
     h.finalize().into()
 }
 
@@ -667,6 +690,7 @@ type FailureEntry = (u32, Instant, Option<Instant>);
 impl Failures {
     /// Seconds left of a lockout, if `ip` is locked out.
     fn locked(&self, ip: IpAddr) -> Option<u64> {
+        let ip = bucket(ip);
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let until = map.get(&ip)?.2?;
         let left = until.checked_duration_since(Instant::now())?;
@@ -674,12 +698,18 @@ impl Failures {
     }
 
     fn record(&self, ip: IpAddr) {
+        let ip = bucket(ip);
         let now = Instant::now();
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_ENTRIES {
+        if map.len() >= MAX_ENTRIES && !map.contains_key(&ip) {
             map.retain(|_, (_, since, until)| {
                 now.duration_since(*since) < FAIL_WINDOW || until.is_some_and(|u| u > now)
             });
+            if map.len() >= MAX_ENTRIES {
+                // Full of live entries: this failure goes uncounted rather than the table
+                // growing without bound.
+                return;
+            }
         }
         let e = map.entry(ip).or_insert((0, now, None));
         if now.duration_since(e.1) >= FAIL_WINDOW {
@@ -692,6 +722,18 @@ impl Failures {
             e.1 = now;
             tracing::warn!(client = %ip, seconds = LOCKOUT.as_secs(), "too many failed authentication attempts: locked out");
         }
+    }
+}
+
+/// The address failures are counted under: an IPv4 address, or an IPv6 /64 (one client
+/// usually holds a whole /64, so counting single addresses would let it rotate freely).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let masked = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(masked.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -714,6 +756,31 @@ mod tests {
         assert_eq!(without_query_param(&u, "api_key").unwrap(), "/x?a=1&b=2");
         let u: http::Uri = "/x?api_key=secret".parse().unwrap();
         assert_eq!(without_query_param(&u, "api_key").unwrap(), "/x");
+    }
+
+    #[test]
+    fn a_verified_password_counts_only_for_the_hash_it_matched() {
+        // The same username and password against another user table (another route's
+        // htpasswd) or a changed password is another cache key.
+        let a = verified_key("admin", "pw", "$argon2id$v=19$a");
+        assert_ne!(a, verified_key("admin", "pw", "$argon2id$v=19$b"));
+        assert_eq!(a, verified_key("admin", "pw", "$argon2id$v=19$a"));
+        // Length prefixes: the boundary between the parts cannot move.
+        assert_ne!(
+            verified_key("ad", "minpw", "h"),
+            verified_key("admin", "pw", "h")
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket(a), bucket(b));
+        assert_ne!(bucket(a), bucket(c));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(bucket(v4), v4);
     }
 
     #[test]

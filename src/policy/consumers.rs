@@ -38,6 +38,13 @@ impl PasswordHash {
         Err("is not a password hash: store an argon2id hash (from `gatehouse hash-password`) or a bcrypt one, never the password".into())
     }
 
+    /// The stored hash as written (part of the verified-credential cache key).
+    pub fn stored(&self) -> &str {
+        match self {
+            PasswordHash::Argon2(s) | PasswordHash::Bcrypt(s) => s,
+        }
+    }
+
     /// Checks `password` against the hash. Slow on purpose (tens of ms): call it on the
     /// blocking pool.
     pub fn verify(&self, password: &[u8]) -> bool {

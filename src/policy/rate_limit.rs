@@ -2,7 +2,8 @@
 //! IP (as resolved through `server.trusted_proxies`), consumer (set by `auth`, which runs in an
 //! earlier phase), a header, or several of these together. A limited request gets 429 with
 //! `Retry-After`; every answer on the route carries `RateLimit-Limit`, `RateLimit-Remaining` and
-//! `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers, the widely deployed form).
+//! `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers, the widely deployed form). A
+//! request that lacks a key part (no consumer, no such header) is counted by its address.
 
 use std::sync::Arc;
 
@@ -140,19 +141,43 @@ impl RateLimitPolicy {
         })
     }
 
-    /// The request's key, or `None` when a part is missing (no consumer, no such header):
-    /// such requests are not counted by this policy.
+    /// The request's key. A part the request lacks (no consumer, no such header) is
+    /// counted by client address instead, as Kong does: leaving it out would let anonymous
+    /// requests, or ones that omit the header, through uncounted.
     fn key(&self, req: &Request<Body>, cx: &RequestCtx) -> Option<Vec<u8>> {
         let mut k = Vec::with_capacity(self.id.len() + 48);
         k.extend_from_slice(self.id.as_bytes());
+        let ip = || cx.client_ip.to_canonical().to_string();
         for p in &self.parts {
-            k.push(0);
+            // A tag per part and per fallback, so "consumer x" never shares a key with
+            // "address x"; values are length-prefixed.
             match p {
                 KeyPart::ClientIp => {
-                    k.extend_from_slice(cx.client_ip.to_canonical().to_string().as_bytes())
+                    k.extend_from_slice(b"\0ip=");
+                    k.extend_from_slice(ip().as_bytes());
                 }
-                KeyPart::Consumer => k.extend_from_slice(cx.consumer.as_ref()?.id.as_bytes()),
-                KeyPart::Header(h) => k.extend_from_slice(req.headers().get(h)?.as_bytes()),
+                KeyPart::Consumer => match cx.consumer.as_ref() {
+                    Some(c) => {
+                        k.extend_from_slice(b"\0consumer=");
+                        k.extend_from_slice(&(c.id.len() as u32).to_le_bytes());
+                        k.extend_from_slice(c.id.as_bytes());
+                    }
+                    None => {
+                        k.extend_from_slice(b"\0consumer-missing,ip=");
+                        k.extend_from_slice(ip().as_bytes());
+                    }
+                },
+                KeyPart::Header(h) => match req.headers().get(h) {
+                    Some(v) => {
+                        k.extend_from_slice(b"\0header=");
+                        k.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        k.extend_from_slice(v.as_bytes());
+                    }
+                    None => {
+                        k.extend_from_slice(b"\0header-missing,ip=");
+                        k.extend_from_slice(ip().as_bytes());
+                    }
+                },
             }
         }
         Some(k)

@@ -43,6 +43,9 @@ pub struct Runtime {
     /// health): the live ones it keeps and the new ones it makes. [`crate::State::adopt`]
     /// makes them the live set when this config goes live.
     pub claims: Claims,
+    /// Every listener's `client_auth.forward_header`: removed from every request, whichever
+    /// listener it came in on.
+    pub client_cert_headers: Vec<http::HeaderName>,
 }
 
 /// One proxy listener: its address, and what it does besides plain HTTP.
