@@ -520,23 +520,24 @@ impl Jwt {
             .find(|(a, _)| *a == alg)
             .map(|(_, v)| v)
             .ok_or(JwtError::AlgorithmNotAllowed)?;
-        let claims = match &self.source {
+        // `used`: the key set the signature was checked with (a refresh may land meanwhile; the
+        // cache entry must name the set that actually verified it).
+        let (claims, used) = match &self.source {
             Source::Static(key) => {
                 // Never reached with a config that compiled, kept as the last line against
                 // algorithm confusion.
                 if !key.algs.contains(&alg) || key.key.family() != alg.family() {
                     return Err(JwtError::AlgorithmNotAllowed);
                 }
-                try_keys(token, &[key], validation)?
+                (try_keys(token, &[key], validation)?, None)
             }
-            Source::Jwks(cache) => self.verify_jwks(cache, token, alg, kid, validation).await?,
+            Source::Jwks(cache) => {
+                let (c, fetched) = self.verify_jwks(cache, token, alg, kid, validation).await?;
+                (c, Some(fetched))
+            }
         };
         self.check_claims(&claims)?;
-        let keys = match &self.source {
-            Source::Static(_) => None,
-            Source::Jwks(cache) => cache.current().map(|set| set.fetched),
-        };
-        self.verified.put(digest, Arc::new(claims.clone()), keys);
+        self.verified.put(digest, Arc::new(claims.clone()), used);
         Ok(claims)
     }
 
@@ -547,7 +548,7 @@ impl Jwt {
         alg: Algorithm,
         kid: Option<String>,
         validation: &Validation,
-    ) -> Result<JwtClaims, JwtError> {
+    ) -> Result<(JwtClaims, Instant), JwtError> {
         let mut set = match cache.current() {
             Some(set) => {
                 if set.fetched.elapsed() >= self.refresh {
@@ -565,7 +566,7 @@ impl Jwt {
         let mut refetched = false;
         loop {
             match set.candidates(kid.as_deref(), alg) {
-                Ok(keys) => return try_keys(token, &keys, validation),
+                Ok(keys) => return try_keys(token, &keys, validation).map(|c| (c, set.fetched)),
                 Err(JwtError::UnknownKey) if !refetched => {
                     refetched = true;
                     cache.refresh_within(self.min_refetch).await;
