@@ -8,6 +8,7 @@
 #   python3    real upstream (http.server) for the forwarding tests
 #   strace     to see the flags the gateway creates config write-back files with
 #   curl       a real TLS and HTTP/2 client for the TLS tests (SNI, ALPN, client certificates)
+#   redis-server  the shared store for the rate-limit tests (started on an ephemeral port)
 #   procps     `kill`, to signal the gateway binary
 #   coreutils  `timeout`, to bound the browser
 # Nothing is started here: each test starts its own servers on ephemeral loopback ports.
@@ -28,6 +29,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"

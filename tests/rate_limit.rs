@@ -137,3 +137,51 @@ async fn bad_limits_are_config_errors() {
         assert!(errors.iter().any(|e| e.path == key), "{key}: {errors:?}");
     }
 }
+
+/// Two gateway instances sharing one Redis enforce one budget: with a limit of 10, twenty
+/// requests spread over both let exactly ten through. Then Redis dies: requests keep being
+/// served (decided locally), none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_budget_through_redis() {
+    let mut redis = common::servers::Redis::start();
+    let up = TestUpstream::echo("u").await;
+    let yaml = route_config(
+        &up.url(),
+        "    rate_limit: { key: client_ip, limit: 10/min, burst: 9 }\n",
+        &format!(
+            "store: {{ redis: {{ url: \"{}\", timeout: 200ms }} }}\n",
+            redis.url()
+        ),
+    );
+    let a = TestGateway::start(&yaml).await;
+    let b = TestGateway::start(&yaml).await;
+    let mut passed = 0;
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = call(gw, &[]).await;
+        assert!(r.status == 200 || r.status == 429, "{}", r.status);
+        if r.status == 200 {
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, 10, "one budget across both instances");
+
+    // Redis goes away: the gateway keeps serving, deciding locally.
+    redis.kill();
+    let c = TestGateway::start(&route_config(
+        &up.url(),
+        "    rate_limit: { key: client_ip, limit: 1000/s, burst: 100 }\n",
+        &format!(
+            "store: {{ redis: {{ url: \"{}\", timeout: 100ms }} }}\n",
+            redis.url()
+        ),
+    ))
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            call(&c, &[]).await.status,
+            200,
+            "fail-open to the local limits"
+        );
+    }
+}

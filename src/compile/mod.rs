@@ -67,12 +67,14 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         &cfg.consumers,
         &mut errors,
     ));
+    let store = compile_store(cfg.store.as_ref(), state, &mut claims, &mut errors);
     let policy_claims = std::sync::Mutex::new(Claims::default());
     let policy_warnings = std::sync::Mutex::new(Vec::new());
     let pcx = policy::PolicyCx {
         consumers: &consumers,
         registry: &state.registry,
         metrics: &state.metrics,
+        store: &store,
         claims: &policy_claims,
         warnings: &policy_warnings,
     };
@@ -365,4 +367,48 @@ pub fn file_path_changes(
             )
         })
         .collect()
+}
+
+/// `store:`: the memory store, or a Redis one, claimed from the registry so the counters (or
+/// the connection) outlive reloads while the settings stay.
+fn compile_store(
+    cfg: Option<&StoreConfig>,
+    state: &State,
+    claims: &mut Claims,
+    errors: &mut Vec<ConfigError>,
+) -> Arc<crate::store::Store> {
+    use crate::store::Store;
+    let Some(r) = cfg.and_then(|s| s.redis.as_ref()) else {
+        return claims.claim(
+            &state.registry,
+            "store",
+            |s: &Store| matches!(s, Store::Memory(_)),
+            Store::default,
+        );
+    };
+    let timeout = r
+        .timeout
+        .map_or(std::time::Duration::from_millis(50), |d| d.0);
+    if timeout.is_zero() {
+        errors.push(ConfigError::new(
+            "store.redis.timeout",
+            "must be more than 0",
+        ));
+    }
+    let name = format!("redis|{}|{timeout:?}", r.url);
+    match crate::store::redis::RedisStore::new(&r.url, timeout) {
+        Ok(_) => claims.claim(
+            &state.registry,
+            &name,
+            |s: &Store| matches!(s, Store::Redis(_)),
+            || match crate::store::redis::RedisStore::new(&r.url, timeout) {
+                Ok(s) => Store::Redis(Box::new(s)),
+                Err(_) => Store::default(),
+            },
+        ),
+        Err(e) => {
+            errors.push(ConfigError::new("store.redis.url", e));
+            Arc::new(Store::default())
+        }
+    }
 }

@@ -39,6 +39,10 @@ pub struct Config {
     /// The admin API, metrics and dashboard, on a listener of their own. Absent = off.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Where rate-limit counters live. Absent: in this process's memory. `{ redis: { url } }`:
+    /// in Redis, shared by every gateway instance that names it.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
     /// Who may call: identities with groups and credentials, for `auth` policies.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
@@ -954,4 +958,22 @@ pub struct RateLimitConfig {
 pub enum RateKeyConfig {
     One(String),
     Many(Vec<String>),
+}
+
+/// `store: { redis: { url: "redis://127.0.0.1:6379/0", timeout: 50ms } }`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub redis: Option<RedisStoreConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreConfig {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// Longest wait for one Redis call; past it, the local fallback decides. Default `50ms`.
+    #[serde(default)]
+    pub timeout: Option<DurationStr>,
 }

@@ -1163,6 +1163,7 @@ mod tests {
                 consumers: &self.consumers,
                 registry: &self.registry,
                 metrics: &Arc::default(),
+                store: &Arc::default(),
                 claims: &self.claims,
                 warnings: &self.warnings,
             };

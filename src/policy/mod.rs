@@ -135,6 +135,8 @@ pub struct PolicyCx<'a> {
     pub consumers: &'a Arc<consumers::Consumers>,
     pub registry: &'a crate::registry::Registry,
     pub metrics: &'a Arc<crate::observe::metrics::Metrics>,
+    /// Where rate limits keep their counters (`store:`), kept across reloads.
+    pub store: &'a Arc<crate::store::Store>,
     pub claims: &'a std::sync::Mutex<crate::registry::Claims>,
     pub warnings: &'a std::sync::Mutex<Vec<ConfigError>>,
 }
@@ -355,6 +357,7 @@ mod tests {
             consumers: &Arc::default(),
             registry: &registry,
             metrics: &Arc::default(),
+            store: &Arc::default(),
             claims: &Default::default(),
             warnings: &Default::default(),
         };

@@ -127,10 +127,7 @@ impl RateLimitPolicy {
             period,
             burst: c.burst.unwrap_or(0),
         };
-        let store = {
-            let mut claims = cx.claims.lock().unwrap_or_else(|e| e.into_inner());
-            claims.claim(cx.registry, "store", |_: &Store| true, Store::default)
-        };
+        let store = cx.store.clone();
         Some(RateLimitPolicy {
             id: format!("{path}|{}|{:?}|{:?}", c.limit, rate, parts),
             parts,
@@ -184,6 +181,20 @@ impl RateLimitPolicy {
     }
 }
 
+impl RateLimitPolicy {
+    fn decide(&self, d: Decision, cx: &mut RequestCtx) -> Result<Flow, GatewayError> {
+        cx.put(d);
+        self.metrics.rate_limit(cx.route.as_ref(), d.allowed);
+        if d.allowed {
+            return Ok(Flow::Continue);
+        }
+        let secs = d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0);
+        Err(GatewayError::RateLimited {
+            retry_after: secs.max(1),
+        })
+    }
+}
+
 impl Policy for RateLimitPolicy {
     fn kind(&self) -> &'static str {
         "rate_limit"
@@ -201,17 +212,14 @@ impl Policy for RateLimitPolicy {
         let Some(key) = self.key(req, cx) else {
             return Step::Done(Ok(Flow::Continue));
         };
-        let d = self.store.rate_limit(&key, self.rate);
-        cx.put(d);
-        if d.allowed {
-            self.metrics.rate_limit(cx.route.as_ref(), true);
-            return Step::Done(Ok(Flow::Continue));
+        // Memory answers at once (no allocation for a future); Redis is waited for.
+        match self.store.rate_limit_now(&key, self.rate) {
+            Some(d) => Step::Done(self.decide(d, cx)),
+            None => Step::Wait(Box::pin(async move {
+                let d = self.store.rate_limit(&key, self.rate).await;
+                self.decide(d, cx)
+            })),
         }
-        self.metrics.rate_limit(cx.route.as_ref(), false);
-        let secs = d.retry_after.as_secs() + u64::from(d.retry_after.subsec_nanos() > 0);
-        Step::Done(Err(GatewayError::RateLimited {
-            retry_after: secs.max(1),
-        }))
     }
 
     fn on_response<'a>(

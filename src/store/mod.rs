@@ -3,6 +3,7 @@
 //! (every gateway instance sharing one budget). Policies talk to the store, never to Redis.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct Decision {
 /// Where the counters live.
 pub enum Store {
     Memory(memory::MemoryStore),
+    /// Boxed: much larger than the memory store, and one per config.
+    Redis(Box<redis::RedisStore>),
 }
 
 impl Default for Store {
@@ -45,10 +48,27 @@ impl Default for Store {
 }
 
 impl Store {
+    /// Counts one request under `key` at `rate`, when the store answers at once (memory).
+    pub fn rate_limit_now(&self, key: &[u8], rate: Rate) -> Option<Decision> {
+        match self {
+            Store::Memory(m) => Some(m.rate_limit(key, rate, std::time::Instant::now())),
+            Store::Redis(_) => None,
+        }
+    }
+
     /// Counts one request under `key` at `rate`.
-    pub fn rate_limit(&self, key: &[u8], rate: Rate) -> Decision {
+    pub async fn rate_limit(&self, key: &[u8], rate: Rate) -> Decision {
         match self {
             Store::Memory(m) => m.rate_limit(key, rate, std::time::Instant::now()),
+            Store::Redis(r) => r.rate_limit(key, rate).await,
+        }
+    }
+
+    /// What the store is, for logs and the admin API.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
         }
     }
 }
