@@ -139,6 +139,21 @@ async fn basic_auth_admits_the_right_caller_and_tells_the_upstream() {
     assert_eq!(r.status, 200);
     assert!(started.elapsed() < Duration::from_millis(500));
 
+    // Hostile credentials: malformed, oversized, empty; each a 401, and the gateway serves on.
+    let huge = format!("Basic {}", "A".repeat(16_000));
+    for bad in [
+        "Basic !!!",
+        "Basic",
+        "Basic Og==",
+        "Bearer ",
+        "basic YWxpY2U=",
+        huge.as_str(),
+    ] {
+        let r = call(&gw, "198.51.100.9", "/x", &[("authorization", bad)]).await;
+        assert_eq!(r.status, 401, "{bad:.40}");
+    }
+    assert_eq!(up.hits(), 2, "only the two admitted requests reached the upstream");
+
     // Spoofed identity without credentials: refused, never forwarded.
     let r = call(&gw, ip, "/x", &[("x-consumer-id", "alice")]).await;
     assert_eq!(r.status, 401);

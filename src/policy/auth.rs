@@ -269,7 +269,13 @@ impl AuthPolicy {
                 let q = self.key_query.as_deref()?;
                 query_param(req.uri().query()?, q).map(|v| Credential::ApiKey(v.into_bytes()))
             }
-            Method::Mtls => cx.client_cert.as_ref().map(|_| Credential::Cert),
+            // A verified certificate that names no consumer is not this method's credential:
+            // other methods may still identify the caller.
+            Method::Mtls => cx
+                .client_cert
+                .as_ref()
+                .and_then(|c| self.consumers.by_cert(c))
+                .map(|c| Credential::Known(c.clone())),
         }
     }
 
@@ -281,20 +287,8 @@ impl AuthPolicy {
         cx: &RequestCtx,
     ) -> Option<(Method, Credential)> {
         for &m in &self.methods {
-            match self.credential(m, req, cx) {
-                // A verified certificate that names no consumer is not this method's
-                // credential: other methods may still identify the caller.
-                Some(Credential::Cert) => {
-                    if let Some(c) = cx
-                        .client_cert
-                        .as_ref()
-                        .and_then(|c| self.consumers.by_cert(c))
-                    {
-                        return Some((m, Credential::Known(c.clone())));
-                    }
-                }
-                Some(c) => return Some((m, c)),
-                None => {}
+            if let Some(c) = self.credential(m, req, cx) {
+                return Some((m, c));
             }
         }
         None
@@ -302,7 +296,6 @@ impl AuthPolicy {
 
     async fn authenticate(
         &self,
-        m: Method,
         cred: Credential,
     ) -> Result<(Arc<Consumer>, Vec<(HeaderName, HeaderValue)>), &'static str> {
         match cred {
@@ -318,10 +311,6 @@ impl AuthPolicy {
                 .ok_or("unknown API key"),
             Credential::Bearer(token) => self.bearer(&token).await,
             Credential::Known(c) => Ok((c, Vec::new())),
-            Credential::Cert => {
-                let _ = m;
-                Err("no consumer for this certificate")
-            }
         }
     }
 
@@ -432,7 +421,7 @@ impl AuthPolicy {
             return Err(GatewayError::LockedOut { retry_after });
         }
         let (method, consumer, extra) = match found {
-            Some((m, cred)) => match self.authenticate(m, cred).await {
+            Some((m, cred)) => match self.authenticate(cred).await {
                 Ok((c, extra)) => (m, c, extra),
                 Err(why @ (KEYS_UNAVAILABLE | BUSY)) => {
                     self.metrics.auth(route.as_ref(), m.name(), "unavailable");
@@ -518,7 +507,6 @@ enum Credential {
     Basic(String, String),
     ApiKey(Vec<u8>),
     Bearer(String),
-    Cert,
     /// Already identified (a client certificate).
     Known(Arc<Consumer>),
     Malformed,

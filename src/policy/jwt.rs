@@ -23,7 +23,7 @@
 //!   hold the token.
 
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -34,7 +34,6 @@ use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
 use serde_json::{Map, Value};
 
@@ -851,9 +850,13 @@ impl JwksTarget {
         } else {
             let name = ServerName::try_from(bare.to_owned())
                 .map_err(|_| format!("{host:?} is not a DNS name or an IP address"))?;
-            let client =
-                TlsClient::new(Trust::Roots(system_roots()), None, Protocol::Http1, [0; 32])
-                    .map_err(|e| format!("cannot make a TLS client ({e})"))?;
+            let client = TlsClient::new(
+                Trust::Roots(crate::tls::system_roots()),
+                None,
+                Protocol::Http1,
+                [0; 32],
+            )
+            .map_err(|e| format!("cannot make a TLS client ({e})"))?;
             (Some(client), Some(name))
         };
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -874,19 +877,6 @@ impl JwksTarget {
             loopback,
         })
     }
-}
-
-/// The system's trust store, read once per process, for `https://` JWKS URLs.
-fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = RootCertStore::empty();
-            roots.add_parsable_certificates(found.certs);
-            Arc::new(roots)
-        })
-        .clone()
 }
 
 /// The keys of one JWKS URL, shared by every config naming it and kept across reloads (a

@@ -141,17 +141,21 @@ impl RateLimitPolicy {
     /// The request's key. A part the request lacks (no consumer, no such header) is
     /// counted by client address instead, as Kong does: leaving it out would let anonymous
     /// requests, or ones that omit the header, through uncounted.
-    fn key(&self, req: &Request<Body>, cx: &RequestCtx) -> Option<Vec<u8>> {
+    fn key(&self, req: &Request<Body>, cx: &RequestCtx) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.id.len() + 48);
         k.extend_from_slice(self.id.as_bytes());
-        let ip = || cx.client_ip.to_canonical().to_string();
+        // The address's octets (4 or 16 bytes): no text formatting per request.
+        let ip = || match cx.client_ip.to_canonical() {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
         for p in &self.parts {
             // A tag per part and per fallback, so "consumer x" never shares a key with
             // "address x"; values are length-prefixed.
             match p {
                 KeyPart::ClientIp => {
                     k.extend_from_slice(b"\0ip=");
-                    k.extend_from_slice(ip().as_bytes());
+                    k.extend_from_slice(&ip());
                 }
                 KeyPart::Consumer => match cx.consumer.as_ref() {
                     Some(c) => {
@@ -161,7 +165,7 @@ impl RateLimitPolicy {
                     }
                     None => {
                         k.extend_from_slice(b"\0consumer-missing,ip=");
-                        k.extend_from_slice(ip().as_bytes());
+                        k.extend_from_slice(&ip());
                     }
                 },
                 KeyPart::Header(h) => match req.headers().get(h) {
@@ -172,12 +176,12 @@ impl RateLimitPolicy {
                     }
                     None => {
                         k.extend_from_slice(b"\0header-missing,ip=");
-                        k.extend_from_slice(ip().as_bytes());
+                        k.extend_from_slice(&ip());
                     }
                 },
             }
         }
-        Some(k)
+        k
     }
 }
 
@@ -209,9 +213,7 @@ impl Policy for RateLimitPolicy {
         req: &'a mut Request<Body>,
         cx: &'a mut RequestCtx,
     ) -> Step<'a, Flow> {
-        let Some(key) = self.key(req, cx) else {
-            return Step::Done(Ok(Flow::Continue));
-        };
+        let key = self.key(req, cx);
         // Memory answers at once (no allocation for a future); Redis is waited for.
         match self.store.rate_limit_now(&key, self.rate) {
             Some(d) => Step::Done(self.decide(d, cx)),
