@@ -152,7 +152,11 @@ async fn basic_auth_admits_the_right_caller_and_tells_the_upstream() {
         let r = call(&gw, "198.51.100.9", "/x", &[("authorization", bad)]).await;
         assert_eq!(r.status, 401, "{bad:.40}");
     }
-    assert_eq!(up.hits(), 2, "only the two admitted requests reached the upstream");
+    assert_eq!(
+        up.hits(),
+        2,
+        "only the two admitted requests reached the upstream"
+    );
 
     // Spoofed identity without credentials: refused, never forwarded.
     let r = call(&gw, ip, "/x", &[("x-consumer-id", "alice")]).await;
