@@ -73,7 +73,9 @@ impl RedisStore {
         }
     }
 
-    async fn remote(&self, key: &[u8], rate: Rate) -> Result<Decision, String> {
+    /// The shared connection, made on first use; the cache and the rate limits both use it
+    /// (through any `redis::aio::ConnectionLike` call), and it reconnects by itself.
+    pub(crate) async fn connection(&self) -> Result<ConnectionManager, String> {
         let conn = self
             .conn
             .get_or_try_init(|| async {
@@ -82,7 +84,28 @@ impl RedisStore {
                     .map_err(|e| e.to_string())
             })
             .await?;
-        let mut conn = conn.clone();
+        Ok(conn.clone())
+    }
+
+    /// The longest wait for one call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Counts a failed call and logs the outage once per [`REPORT_EVERY`]; `what` says what
+    /// the gateway does meanwhile.
+    pub(crate) fn report(&self, why: &str, what: &str) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %why, "Redis store unavailable: {what} until it answers again");
+        }
+    }
+
+    async fn remote(&self, key: &[u8], rate: Rate) -> Result<Decision, String> {
+        let mut conn = self.connection().await?;
         let interval = rate.interval().as_micros().max(1) as u64;
         let tolerance = (rate.interval() * rate.burst).as_micros() as u64;
         let mut k = Vec::with_capacity(key.len() * 2 + 16);
@@ -110,14 +133,7 @@ impl RedisStore {
     }
 
     fn fall_back(&self, key: &[u8], rate: Rate, why: &str) -> Decision {
-        self.errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-            *last = Some(Instant::now());
-            tracing::warn!(error = %why, "Redis store unavailable: rate limits are decided locally until it answers again");
-        }
-        drop(last);
+        self.report(why, "rate limits are decided locally");
         self.local.rate_limit(key, rate, Instant::now())
     }
 }
