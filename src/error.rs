@@ -52,6 +52,9 @@ pub enum GatewayError {
     /// Over a `rate_limit`.
     #[error("rate limited")]
     RateLimited { retry_after: u64 },
+    /// A `fail_closed` rate limit whose shared store (Redis) could not decide.
+    #[error("the rate-limit store is unavailable")]
+    RateLimitUnavailable,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,6 +98,7 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::LockedOut { .. } | GatewayError::RateLimited { .. } => {
@@ -118,6 +122,7 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => "upstream_overloaded",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::AuthUnavailable(_) => "auth_unavailable",
+            GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::Internal(_) => "internal_error",
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::LockedOut { .. } => "too_many_failed_attempts",
@@ -158,7 +163,8 @@ impl GatewayError {
             | GatewayError::LockedOut { .. }
             | GatewayError::RateLimited { .. }
             | GatewayError::Forbidden(_)
-            | GatewayError::AuthUnavailable(_) => Retry::Never,
+            | GatewayError::AuthUnavailable(_)
+            | GatewayError::RateLimitUnavailable => Retry::Never,
         }
     }
 
@@ -201,6 +207,7 @@ impl GatewayError {
             | GatewayError::Forbidden(_) => Fault::Client,
             GatewayError::NoTarget { .. }
             | GatewayError::AuthUnavailable(_)
+            | GatewayError::RateLimitUnavailable
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTimeout(_)
@@ -247,6 +254,9 @@ impl GatewayError {
             GatewayError::AuthUnavailable(_) => {
                 "the authentication service is unavailable; retry later".to_owned()
             }
+            GatewayError::RateLimitUnavailable => {
+                "the rate limit cannot be checked right now; retry later".to_owned()
+            }
         }
     }
 
@@ -268,6 +278,10 @@ impl GatewayError {
             | GatewayError::LockedOut { retry_after }
             | GatewayError::RateLimited { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            // The store is tried again within a second (see `store::redis`).
+            GatewayError::RateLimitUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::Unauthorized { challenges, .. } => {
                 for c in challenges {
@@ -293,7 +307,8 @@ impl GatewayError {
             | GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::Overloaded { .. }
-            | GatewayError::AuthUnavailable(_) => 14, // UNAVAILABLE
+            | GatewayError::AuthUnavailable(_)
+            | GatewayError::RateLimitUnavailable => 14, // UNAVAILABLE
             GatewayError::Internal(_) => 13,                               // INTERNAL
             GatewayError::Unauthorized { .. } => 16,                       // UNAUTHENTICATED
             GatewayError::LockedOut { .. } | GatewayError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
@@ -447,6 +462,11 @@ mod tests {
             ),
             (GatewayError::Forbidden("ip_rules"), 403, "forbidden"),
             (GatewayError::AuthUnavailable(io()), 503, "auth_unavailable"),
+            (
+                GatewayError::RateLimitUnavailable,
+                503,
+                "rate_limit_unavailable",
+            ),
             (
                 GatewayError::Internal("secret detail".into()),
                 500,

@@ -154,6 +154,7 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
         },
         (Method::GET, "/metrics") => {
             let rt = c.gw.runtime.load();
+            c.gw.metrics.store_up(rt.store.status().up);
             let now = std::time::Instant::now();
             for u in rt.upstreams.values() {
                 for t in &u.targets {
@@ -334,6 +335,21 @@ fn status(c: &Control) -> Value {
         "config_hash": c.config_hash(),
         "config_file": c.config_path.as_ref().map(|p| p.display().to_string()),
         "last_reload": c.last_reload(),
+        "store": store(c),
+    })
+}
+
+/// The shared store: `kind` (memory, redis, redis_cluster), `up`, `errors` (calls that fell
+/// back since this store was made), `last_error`, `since` (Unix seconds: when `up` last
+/// changed, or the store was made).
+fn store(c: &Control) -> Value {
+    let st = c.gw.runtime.load().store.status();
+    json!({
+        "kind": st.kind,
+        "up": st.up,
+        "errors": st.errors,
+        "last_error": st.last_error,
+        "since": st.since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     })
 }
 

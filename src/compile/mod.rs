@@ -347,6 +347,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
             }
             names
         },
+        store,
     })
 }
 
@@ -369,8 +370,8 @@ pub fn file_path_changes(
         .collect()
 }
 
-/// `store:`: the memory store, or a Redis one, claimed from the registry so the counters (or
-/// the connection) outlive reloads while the settings stay.
+/// `store:`: the memory store, or a Redis one (one node or a cluster), claimed from the
+/// registry so the counters (or the connection) outlive reloads while the settings stay.
 fn compile_store(
     cfg: Option<&StoreConfig>,
     state: &State,
@@ -378,6 +379,7 @@ fn compile_store(
     errors: &mut Vec<ConfigError>,
 ) -> Arc<crate::store::Store> {
     use crate::store::Store;
+    use crate::store::redis::RedisStore;
     let Some(r) = cfg.and_then(|s| s.redis.as_ref()) else {
         return claims.claim(
             &state.registry,
@@ -386,6 +388,62 @@ fn compile_store(
             Store::default,
         );
     };
+    let Some(settings) = redis_settings(r, errors) else {
+        return Arc::new(Store::default());
+    };
+    let counter = state.metrics.store_errors();
+    match RedisStore::new(&settings, counter.clone()) {
+        Ok(_) => {
+            // The name holds every setting (and a digest of the certificates' contents), so a
+            // changed one makes a new store and an unchanged one keeps its connection.
+            let mut name = format!(
+                "redis|{:?}|{}|{:?}",
+                settings.urls, settings.cluster, settings.timeout
+            );
+            if let Some(t) = &settings.tls {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                for part in [
+                    t.root_cert.as_deref(),
+                    t.client_tls.as_ref().map(|c| c.client_cert.as_slice()),
+                    t.client_tls.as_ref().map(|c| c.client_key.as_slice()),
+                ] {
+                    let part = part.unwrap_or_default();
+                    h.update((part.len() as u64).to_le_bytes());
+                    h.update(part);
+                }
+                let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                name.push_str(&format!("|tls:{digest}"));
+            }
+            claims.claim(
+                &state.registry,
+                &name,
+                |s: &Store| matches!(s, Store::Redis(_)),
+                || match RedisStore::new(&settings, counter) {
+                    Ok(s) => Store::Redis(Box::new(s)),
+                    Err(_) => Store::default(),
+                },
+            )
+        }
+        Err(e) => {
+            let key = if settings.cluster {
+                "store.redis.cluster"
+            } else {
+                "store.redis.url"
+            };
+            errors.push(ConfigError::new(key, e));
+            Arc::new(Store::default())
+        }
+    }
+}
+
+/// `store.redis`, checked: `url` or `cluster` (not both), URLs the redis crate reads, one
+/// scheme across a cluster, and `tls` files read and parsed (only with `rediss://`).
+fn redis_settings(
+    r: &RedisStoreConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Option<crate::store::redis::RedisSettings> {
+    let before = errors.len();
     let timeout = r
         .timeout
         .map_or(std::time::Duration::from_millis(50), |d| d.0);
@@ -395,20 +453,166 @@ fn compile_store(
             "must be more than 0",
         ));
     }
-    let name = format!("redis|{}|{timeout:?}", r.url);
-    match crate::store::redis::RedisStore::new(&r.url, timeout) {
-        Ok(_) => claims.claim(
-            &state.registry,
-            &name,
-            |s: &Store| matches!(s, Store::Redis(_)),
-            || match crate::store::redis::RedisStore::new(&r.url, timeout) {
-                Ok(s) => Store::Redis(Box::new(s)),
-                Err(_) => Store::default(),
-            },
-        ),
-        Err(e) => {
-            errors.push(ConfigError::new("store.redis.url", e));
-            Arc::new(Store::default())
+    let (urls, cluster): (Vec<(String, &String)>, bool) = match (&r.url, &r.cluster) {
+        (Some(u), None) => (vec![("store.redis.url".to_owned(), u)], false),
+        (None, Some(list)) => {
+            if list.is_empty() {
+                errors.push(ConfigError::new(
+                    "store.redis.cluster",
+                    "list at least one node URL",
+                ));
+            }
+            let urls = list
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("store.redis.cluster[{i}]"), u))
+                .collect();
+            (urls, true)
+        }
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::new(
+                "store.redis",
+                "set either `url` (one Redis node) or `cluster` (the URLs of a Redis Cluster's nodes), not both",
+            ));
+            return None;
+        }
+        (None, None) => {
+            errors.push(ConfigError::new(
+                "store.redis",
+                "set `url` (one Redis node) or `cluster` (the URLs of a Redis Cluster's nodes)",
+            ));
+            return None;
+        }
+    };
+    let mut schemes = Vec::new();
+    for (key, u) in &urls {
+        match redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+            Ok(info) => {
+                let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+                schemes.push(tls);
+                if cluster && info.redis_settings().db() != 0 {
+                    errors.push(ConfigError::new(
+                        key.clone(),
+                        "a Redis Cluster has only database 0",
+                    ));
+                }
+                if matches!(info.addr(), redis::ConnectionAddr::Unix(_)) && cluster {
+                    errors.push(ConfigError::new(
+                        key.clone(),
+                        "cluster nodes are reached over TCP (redis:// or rediss://)",
+                    ));
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(
+                key.clone(),
+                format!("not a Redis URL ({e}); expected redis://host:port/db or rediss://..."),
+            )),
         }
     }
+    let any_tls = schemes.iter().any(|t| *t);
+    if cluster && any_tls && !schemes.iter().all(|t| *t) {
+        errors.push(ConfigError::new(
+            "store.redis.cluster",
+            "use one scheme for every node: all redis:// or all rediss://",
+        ));
+    }
+    let tls = match &r.tls {
+        None => None,
+        Some(_) if !any_tls && errors.len() == before => {
+            errors.push(ConfigError::new(
+                "store.redis.tls",
+                "TLS settings need a rediss:// URL",
+            ));
+            None
+        }
+        Some(t) => redis_tls(t, errors),
+    };
+    (errors.len() == before).then(|| crate::store::redis::RedisSettings {
+        urls: urls.into_iter().map(|(_, u)| u.clone()).collect(),
+        cluster,
+        timeout,
+        tls,
+    })
+}
+
+/// `store.redis.tls`: the files read and parsed now, so a bad one is a config error.
+fn redis_tls(t: &RedisTlsConfig, errors: &mut Vec<ConfigError>) -> Option<redis::TlsCertificates> {
+    let before = errors.len();
+    let read = |key: &str, path: &crate::config::units::FilePath, errors: &mut Vec<ConfigError>| {
+        match std::fs::read(path.as_str()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("cannot read {}: {e}", path.as_str()),
+                ));
+                None
+            }
+        }
+    };
+    let root_cert = t.ca.as_ref().and_then(|p| {
+        let pem = read("store.redis.tls.ca", p, errors)?;
+        match crate::tls::certs_from_pem(&pem) {
+            Ok(_) => Some(pem),
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    "store.redis.tls.ca",
+                    format!("{}: {e}", p.as_str()),
+                ));
+                None
+            }
+        }
+    });
+    let client_tls = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => {
+            let cert = read("store.redis.tls.cert", c, errors).and_then(|pem| {
+                match crate::tls::certs_from_pem(&pem) {
+                    Ok(_) => Some(pem),
+                    Err(e) => {
+                        errors.push(ConfigError::new(
+                            "store.redis.tls.cert",
+                            format!("{}: {e}", c.as_str()),
+                        ));
+                        None
+                    }
+                }
+            });
+            let key = read("store.redis.tls.key", k, errors).and_then(|pem| {
+                match <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_slice(&pem) {
+                    Ok(_) => Some(pem),
+                    Err(e) => {
+                        errors.push(ConfigError::new(
+                            "store.redis.tls.key",
+                            format!("{}: no usable PEM private key ({e})", k.as_str()),
+                        ));
+                        None
+                    }
+                }
+            });
+            cert.zip(key)
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(ConfigError::new(
+                "store.redis.tls.key",
+                "a client certificate needs its key",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(ConfigError::new(
+                "store.redis.tls.cert",
+                "a client key needs its certificate",
+            ));
+            None
+        }
+    };
+    (errors.len() == before).then_some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }

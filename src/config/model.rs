@@ -951,6 +951,10 @@ pub struct RateLimitConfig {
     /// Requests allowed at once above the steady rate. Default: 0 (a request every 1/N).
     #[serde(default)]
     pub burst: Option<u32>,
+    /// When the shared store (Redis) cannot decide: `false` (default) counts the request in
+    /// this instance's local limits instead; `true` refuses it with 503.
+    #[serde(default)]
+    pub fail_closed: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -960,7 +964,8 @@ pub enum RateKeyConfig {
     Many(Vec<String>),
 }
 
-/// `store: { redis: { url: "redis://127.0.0.1:6379/0", timeout: 50ms } }`
+/// `store: { redis: { url: "redis://127.0.0.1:6379/0", timeout: 50ms } }`, or
+/// `store: { redis: { cluster: ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"] } }`
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -968,12 +973,38 @@ pub struct StoreConfig {
     pub redis: Option<RedisStoreConfig>,
 }
 
+/// One Redis node (`url`) or a Redis Cluster (`cluster`); exactly one of the two.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port/db`.
-    pub url: String,
+    /// `redis://[user:password@]host:port/db`, or `rediss://...` for TLS.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A Redis Cluster: the URLs of some of its nodes (`redis://` or `rediss://`, all alike);
+    /// the rest are found from them.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
     /// Longest wait for one Redis call; past it, the local fallback decides. Default `50ms`.
     #[serde(default)]
     pub timeout: Option<DurationStr>,
+    /// For `rediss://`: a CA to trust instead of the system's, and a client certificate.
+    #[serde(default)]
+    pub tls: Option<RedisTlsConfig>,
+}
+
+/// `tls: { ca: certs/redis-ca.pem }`, and `cert` + `key` when Redis asks for a client
+/// certificate (`tls-auth-clients`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificates that sign the Redis server's certificate, trusted instead of the
+    /// system's store.
+    #[serde(default)]
+    pub ca: Option<FilePath>,
+    /// PEM client certificate (chain), with `key`.
+    #[serde(default)]
+    pub cert: Option<FilePath>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub key: Option<FilePath>,
 }

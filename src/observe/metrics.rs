@@ -142,6 +142,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
     rate_limits: Family<RateLimitLabels, Counter>,
+    store_up: Gauge,
+    store_errors: Counter,
     config_info: Family<ConfigLabels, Gauge>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
     targets: Mutex<HashMap<TargetKey, Arc<TargetStats>>>,
@@ -261,8 +263,21 @@ impl Metrics {
         let rate_limits = Family::<RateLimitLabels, Counter>::default();
         registry.register(
             "gatehouse_rate_limit",
-            "Requests counted by a rate limit, by route and result (allowed, limited)",
+            "Requests counted by a rate limit, by route and result (allowed, limited, unavailable: refused with 503 by a fail_closed limit while the shared store could not decide)",
             rate_limits.clone(),
+        );
+        let store_up = Gauge::default();
+        store_up.set(1);
+        registry.register(
+            "gatehouse_store_up",
+            "1 while the shared store (memory, or Redis) answers; 0 from a failed Redis call until the next one that succeeds",
+            store_up.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "gatehouse_store_errors",
+            "Redis store calls that failed, timed out or were skipped while Redis was down (each one fell back: local rate limits, or 503 where fail_closed)",
+            store_errors.clone(),
         );
         let config_info = Family::<ConfigLabels, Gauge>::default();
         registry.register(
@@ -300,6 +315,8 @@ impl Metrics {
             reloads,
             auth,
             rate_limits,
+            store_up,
+            store_errors,
             config_info,
             routes: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
@@ -435,6 +452,28 @@ impl Metrics {
                 result: if allowed { "allowed" } else { "limited" },
             })
             .inc();
+    }
+
+    /// A rate-limit request refused with 503 because the shared store could not decide and
+    /// the limit is `fail_closed`.
+    pub fn rate_limit_unavailable(&self, route: Option<&Arc<str>>) {
+        self.rate_limits
+            .get_or_create(&RateLimitLabels {
+                route: Name(route.cloned().unwrap_or_else(|| Arc::from(""))),
+                result: "unavailable",
+            })
+            .inc();
+    }
+
+    /// The store's up gauge (set just before each scrape, from the running store).
+    pub fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    /// The counter a Redis store counts its failed calls in (one for the process, whatever
+    /// store each config makes).
+    pub fn store_errors(&self) -> Counter {
+        self.store_errors.clone()
     }
 
     /// One authentication decision on `route` (empty when no route matched).

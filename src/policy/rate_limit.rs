@@ -4,6 +4,8 @@
 //! `Retry-After`; every answer on the route carries `RateLimit-Limit`, `RateLimit-Remaining` and
 //! `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers, the widely deployed form). A
 //! request that lacks a key part (no consumer, no such header) is counted by its address.
+//! When the shared store (Redis) cannot decide, the request is counted in this instance's
+//! local limits (fail open, the default), or refused with 503 (`fail_closed: true`).
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use crate::config::ConfigError;
 use crate::config::model::{PolicySetConfig, RateKeyConfig, RateLimitConfig};
 use crate::error::GatewayError;
 use crate::observe::metrics::Metrics;
-use crate::store::{Decision, Rate, Store};
+use crate::store::{Decision, Rate, Store, Unavailable};
 
 static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -36,6 +38,8 @@ pub struct RateLimitPolicy {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     limit_header: HeaderValue,
+    /// Refuse (503) rather than decide locally when the shared store cannot decide.
+    fail_closed: bool,
 }
 
 /// The `rate_limit` key of a policy set, for [`super::KINDS`].
@@ -135,6 +139,7 @@ impl RateLimitPolicy {
             store,
             metrics: cx.metrics.clone(),
             limit_header: HeaderValue::from(limit),
+            fail_closed: c.fail_closed.unwrap_or(false),
         })
     }
 
@@ -218,7 +223,14 @@ impl Policy for RateLimitPolicy {
         match self.store.rate_limit_now(&key, self.rate) {
             Some(d) => Step::Done(self.decide(d, cx)),
             None => Step::Wait(Box::pin(async move {
-                let d = self.store.rate_limit(&key, self.rate).await;
+                let d = match self.store.rate_limit(&key, self.rate).await {
+                    Ok(d) => d,
+                    Err(Unavailable) if self.fail_closed => {
+                        self.metrics.rate_limit_unavailable(cx.route.as_ref());
+                        return Err(GatewayError::RateLimitUnavailable);
+                    }
+                    Err(Unavailable) => self.store.rate_limit_local(&key, self.rate),
+                };
                 self.decide(d, cx)
             })),
         }

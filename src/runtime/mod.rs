@@ -46,6 +46,8 @@ pub struct Runtime {
     /// Every listener's `client_auth.forward_header`: removed from every request, whichever
     /// listener it came in on.
     pub client_cert_headers: Vec<http::HeaderName>,
+    /// The shared store (`store:`) the policies use, for the admin status and the metrics.
+    pub store: Arc<crate::store::Store>,
 }
 
 /// One proxy listener: its address, and what it does besides plain HTTP.
