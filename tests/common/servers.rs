@@ -254,45 +254,74 @@ impl Drop for Python {
     }
 }
 
-/// A `redis-server` child process on an ephemeral loopback port, with no persistence; killed
-/// on drop.
+/// A `redis-server` on an ephemeral loopback port, no persistence (a restart starts empty).
+/// Optionally TLS only (`start_tls`); [`Redis::restart`] brings it back on the same port.
 pub struct Redis {
     pub port: u16,
-    child: Child,
+    args: Vec<String>,
+    child: Option<Child>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
         // A free port: bind 0, read it, release it (redis-server cannot report a port 0 bind).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ])
+        let port = free_port();
+        Redis::launch(port, vec!["--port".into(), port.to_string()])
+    }
+
+    /// TLS only, on `cert`/`key` (PEM files); clients are verified against `ca` when
+    /// `client_certs` is true.
+    pub fn start_tls(cert: &str, key: &str, ca: &str, client_certs: bool) -> Redis {
+        let port = free_port();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            if client_certs { "yes" } else { "no" },
+        ];
+        Redis::launch(port, args.iter().map(|a| a.to_string()).collect())
+    }
+
+    fn launch(port: u16, mut args: Vec<String>) -> Redis {
+        for a in [
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ] {
+            args.push(a.into());
+        }
+        let mut r = Redis {
+            port,
+            args,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/test.sh installs it)");
-        let r = Redis { port, child };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return r;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("redis-server did not listen on {port}");
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        wait_listening(addr, &mut child, "redis-server");
+        self.child = Some(child);
     }
 
     pub fn url(&self) -> String {
@@ -300,13 +329,133 @@ impl Redis {
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port and settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `n` masters (no replicas) on ephemeral loopback ports, each with its
+/// own bus port, made with `redis-cli --cluster create` and waited for until every node says
+/// `cluster_state:ok`. Killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    nodes: Vec<Child>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        // Every node is in `c` as soon as it runs, so a failure below still kills it.
+        let mut c = RedisCluster {
+            ports: Vec::new(),
+            nodes: Vec::new(),
+            _dir: TempDir::new("redis-cluster"),
+        };
+        let dir = c._dir.0.clone();
+        // Two free ports a node: the bus port is given explicitly, as port + 10000 may not
+        // exist for an ephemeral port.
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        for (port, bus) in &ports {
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &dir.join(format!("nodes-{port}.conf")).to_string_lossy(),
+                    "--dir",
+                    &dir.to_string_lossy(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/test.sh installs it)");
+            wait_listening(([127, 0, 0, 1], *port).into(), &mut child, "redis-server");
+            c.nodes.push(child);
+            c.ports.push(*port);
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for p in &c.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for p in c.ports.clone() {
+            loop {
+                if c.cli(p, &["cluster", "info"]).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster was not ok within 15 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        c
+    }
+
+    /// `redis-cli -p PORT ARGS...`, its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
