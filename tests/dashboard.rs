@@ -101,6 +101,8 @@ async fn dashboard_shows_live_numbers_in_a_real_browser() {
     assert_eq!(text_of(&before, "version"), env!("CARGO_PKG_VERSION"));
     assert_eq!(text_of(&before, "hash"), gw.control.config_hash());
     assert!(before.contains(&up.url()), "the upstream target is listed");
+    assert_eq!(text_of(&before, "store"), "memory");
+    assert_eq!(text_of(&before, "store-state"), "up");
 
     let c = client();
     for _ in 0..25 {

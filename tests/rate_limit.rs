@@ -498,4 +498,19 @@ fn bad_store_settings_are_config_errors() {
             panic!("{store}: {e:?}");
         }
     }
+    // The TLS files are file paths: the admin API may not add or change them.
+    let yaml = route_config(
+        "http://127.0.0.1:1",
+        "",
+        "store: { redis: { url: \"rediss://h:1\", tls: { ca: a.pem, cert: c.pem, key: k.pem } } }\n",
+    );
+    let cfg = gatehouse::config::parse_str(&yaml, &|_| None).expect("parses");
+    let paths = cfg.file_paths();
+    for key in [
+        "store.redis.tls.ca",
+        "store.redis.tls.cert",
+        "store.redis.tls.key",
+    ] {
+        assert!(paths.iter().any(|(k, _)| k == key), "{key}: {paths:?}");
+    }
 }
