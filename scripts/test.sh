@@ -8,7 +8,9 @@
 #   python3    real upstream (http.server) for the forwarding tests
 #   strace     to see the flags the gateway creates config write-back files with
 #   curl       a real TLS and HTTP/2 client for the TLS tests (SNI, ALPN, client certificates)
-#   redis-server  the shared store for the rate-limit tests (started on an ephemeral port)
+#   redis-server  the shared store for the rate-limit tests (started on ephemeral ports: one
+#              node, one over TLS, a 3-master cluster)
+#   redis-tools   `redis-cli --cluster create` for the cluster test (redis-server depends on it)
 #   procps     `kill`, to signal the gateway binary
 #   coreutils  `timeout`, to bound the browser
 # Nothing is started here: each test starts its own servers on ephemeral loopback ports.
@@ -30,6 +32,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
