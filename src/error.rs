@@ -279,7 +279,8 @@ impl GatewayError {
             | GatewayError::RateLimited { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
-            // The store is tried again within a second (see `store::redis`).
+            // A down store is tried again every `timeout` (at least 100 ms, see
+            // `store::redis`): a second is a fair first wait.
             GatewayError::RateLimitUnavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

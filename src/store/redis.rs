@@ -395,7 +395,7 @@ impl Health {
         let down_for = st.down_at.take().map(|t| t.elapsed()).unwrap_or_default();
         tracing::info!(
             down_for = ?down_for,
-            "Redis store answers again: shared rate limits are back"
+            "Redis store answers again: shared state is used again"
         );
     }
 
