@@ -142,6 +142,11 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
     rate_limits: Family<RateLimitLabels, Counter>,
+    cache: Family<RateLimitLabels, Counter>,
+    cache_stored_bytes: Counter,
+    cache_bytes: Gauge,
+    cache_entries: Gauge,
+    cache_evictions: Counter,
     config_info: Family<ConfigLabels, Gauge>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
     targets: Mutex<HashMap<TargetKey, Arc<TargetStats>>>,
@@ -264,6 +269,36 @@ impl Metrics {
             "Requests counted by a rate limit, by route and result (allowed, limited)",
             rate_limits.clone(),
         );
+        let cache = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "gatehouse_cache",
+            "Response-cache lookups, by route and result (hit, stale, collapsed, miss, revalidated, stale_if_error, bypass)",
+            cache.clone(),
+        );
+        let cache_stored_bytes = Counter::default();
+        registry.register(
+            "gatehouse_cache_stored_bytes",
+            "Bytes of answers written to the cache (memory or Redis)",
+            cache_stored_bytes.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "gatehouse_cache_bytes",
+            "Bytes held by the in-memory response cache",
+            cache_bytes.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "gatehouse_cache_entries",
+            "Items held by the in-memory response cache",
+            cache_entries.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "gatehouse_cache_evictions",
+            "Items the in-memory response cache evicted to stay within store.memory.cache_size",
+            cache_evictions.clone(),
+        );
         let config_info = Family::<ConfigLabels, Gauge>::default();
         registry.register(
             "gatehouse_config_info",
@@ -300,6 +335,11 @@ impl Metrics {
             reloads,
             auth,
             rate_limits,
+            cache,
+            cache_stored_bytes,
+            cache_bytes,
+            cache_entries,
+            cache_evictions,
             config_info,
             routes: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
@@ -435,6 +475,33 @@ impl Metrics {
                 result: if allowed { "allowed" } else { "limited" },
             })
             .inc();
+    }
+
+    /// One response-cache lookup on `route`.
+    pub fn cache(&self, route: Option<&Arc<str>>, result: &'static str) {
+        self.cache
+            .get_or_create(&RateLimitLabels {
+                route: Name(route.cloned().unwrap_or_else(|| Arc::from(""))),
+                result,
+            })
+            .inc();
+    }
+
+    /// An answer of `bytes` written to the cache.
+    pub fn cache_stored(&self, bytes: usize) {
+        self.cache_stored_bytes.inc_by(bytes as u64);
+    }
+
+    /// The in-memory cache's size, item count and total evictions (set before each scrape).
+    pub fn cache_memory(&self, bytes: u64, entries: u64, evictions: u64) {
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        let seen = self.cache_evictions.get();
+        if evictions > seen {
+            self.cache_evictions.inc_by(evictions - seen);
+        }
     }
 
     /// One authentication decision on `route` (empty when no route matched).

@@ -46,6 +46,8 @@ pub struct Runtime {
     /// Every listener's `client_auth.forward_header`: removed from every request, whichever
     /// listener it came in on.
     pub client_cert_headers: Vec<http::HeaderName>,
+    /// Where the response cache lives (the admin API purges it, metrics read its size).
+    pub cache: crate::store::cache::Backend,
 }
 
 /// One proxy listener: its address, and what it does besides plain HTTP.

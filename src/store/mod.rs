@@ -2,8 +2,10 @@
 //! One small interface with a memory implementation (this process) and, next, a Redis one
 //! (every gateway instance sharing one budget). Policies talk to the store, never to Redis.
 
+pub mod cache;
 pub mod memory;
 pub mod redis;
+mod redis_cache;
 
 use std::time::Duration;
 
