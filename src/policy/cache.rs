@@ -192,7 +192,13 @@ impl CachePolicy {
     fn key(&self, req: &Request<Body>, cx: &RequestCtx) -> Vec<u8> {
         let mut k = Vec::with_capacity(128);
         for (i, p) in self.parts.iter().enumerate() {
-            if i > 0 && !matches!((&self.parts[i - 1], p), (KeyPart::Host, KeyPart::Path)) {
+            // `host/path?query` reads as a URL; other parts are `|`-separated.
+            if i > 0
+                && !matches!(
+                    (&self.parts[i - 1], p),
+                    (KeyPart::Host, KeyPart::Path) | (KeyPart::Path, KeyPart::Query)
+                )
+            {
                 k.push(b'|');
             }
             match p {
@@ -581,7 +587,8 @@ impl CachePolicy {
                     e.headers.push((n.clone(), v.clone()));
                 }
             }
-            if let Some(f) = self.freshness(&e.headers, &HeaderMap::new()) {
+            let merged: HeaderMap = e.headers.iter().cloned().collect();
+            if let Some(f) = self.freshness(&[], &merged) {
                 e.stored_ms = now;
                 e.initial_age = age_header(resp.headers());
                 e.fresh_for = f.fresh_for;
@@ -669,6 +676,7 @@ impl CachePolicy {
                 }
             }
         }
+        let f = self.freshness(&[], h).ok_or("no-store")?;
         if h.get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
@@ -676,7 +684,6 @@ impl CachePolicy {
         {
             return Err("too-large");
         }
-        let f = self.freshness(&[], h).ok_or("no-store")?;
         let has_validator = h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED);
         if f.fresh_for == 0 && f.swr == 0 && f.sie == 0 && !has_validator {
             return Err("not-fresh");
@@ -767,9 +774,20 @@ impl CachePolicy {
             entry,
             leader: fetch.leader,
         };
+        let expected = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if expected == Some(0) {
+            // Nothing to copy (and an empty body may never be polled).
+            this.finish(Bytes::new());
+            return;
+        }
         let inner = std::mem::replace(resp.body_mut(), Body::empty());
         *resp.body_mut() = Body::Upstream(Box::pin(TeeBody {
             inner,
+            expected,
             buf: BytesMut::new(),
             limit: self.max_object,
             filler: Some(this),
@@ -853,6 +871,9 @@ impl Filler {
 /// The upstream body, passed through frame by frame, with a copy kept for the cache.
 struct TeeBody {
     inner: Body,
+    /// The declared length: the copy is complete when it is reached (the server stops
+    /// polling a body once its length is written, so the end may never be seen).
+    expected: Option<u64>,
     buf: BytesMut,
     limit: u64,
     /// Taken when the copy is stored or abandoned (too large, error, trailers).
@@ -878,6 +899,11 @@ impl http_body::Body for TeeBody {
                             this.buf = BytesMut::new();
                         } else {
                             this.buf.extend_from_slice(d);
+                            if this.expected == Some(this.buf.len() as u64)
+                                && let Some(f) = this.filler.take()
+                            {
+                                f.finish(std::mem::take(&mut this.buf).freeze());
+                            }
                         }
                     }
                 } else {
@@ -887,7 +913,9 @@ impl http_body::Body for TeeBody {
             }
             Poll::Ready(Some(Err(_))) => this.filler = None,
             Poll::Ready(None) => {
-                if let Some(f) = this.filler.take() {
+                if let Some(f) = this.filler.take()
+                    && this.expected.is_none_or(|n| n == this.buf.len() as u64)
+                {
                     f.finish(std::mem::take(&mut this.buf).freeze());
                 }
             }
@@ -897,8 +925,8 @@ impl http_body::Body for TeeBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        // Never claimed early: the end must be polled to store the copy.
-        false
+        // While copying, never claimed early: the end must be polled to store the copy.
+        self.filler.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -248,6 +248,8 @@ impl moka::Expiry<Box<[u8]>, Arc<Stored>> for PerItem {
 }
 
 impl MemoryCache {
+    // moka's weigher is called with `&K`, and K is a `Box<[u8]>`.
+    #[allow(clippy::borrowed_box)]
     pub fn new(max_size: u64) -> MemoryCache {
         let evictions = Arc::new(AtomicU64::new(0));
         let counted = evictions.clone();
