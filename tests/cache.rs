@@ -450,6 +450,46 @@ async fn a_hundred_concurrent_misses_make_one_upstream_request() {
     assert!(collapsed >= 90, "{collapsed} waited for the first");
 }
 
+/// Concurrent requests for an answer that cannot be stored wait for the first one only once,
+/// then go to the upstream together (and later ones do not wait at all): a cached route never
+/// queues a private URL's requests one behind the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_answers_are_not_queued_one_by_one() {
+    let o = Origin::start().await;
+    o.script(
+        "/mine",
+        Script {
+            delay: Duration::from_millis(300),
+            ..cc("private, max-age=60")
+        },
+    );
+    let gw = Arc::new(TestGateway::start(&config(&o.up.url(), "{ ttl: 30s }", "")).await);
+    let t = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move { get(&gw, "/mine", &[]).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    assert_eq!(o.count("/mine"), 20);
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "20 requests of 300 ms took {:?}",
+        t.elapsed()
+    );
+    // Within the pass window, a request does not wait for another at all.
+    let t = std::time::Instant::now();
+    let (a, b) = tokio::join!(get(&gw, "/mine", &[]), get(&gw, "/mine", &[]));
+    assert_eq!((a.status, b.status), (200, 200));
+    assert!(
+        t.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_methods_and_the_admin_api_purge() {
     let o = Origin::start().await;

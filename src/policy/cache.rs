@@ -65,8 +65,9 @@ pub struct CachePolicy {
     max_object: u64,
     allow_authorization: bool,
     coalesce: Duration,
-    /// Keys being filled by a request of this process; waiters subscribe.
-    inflight: Arc<Mutex<HashMap<Vec<u8>, watch::Receiver<()>>>>,
+    /// Keys being filled by a request of this process (waiters subscribe), and keys whose
+    /// last answer could not be stored (requests for them do not wait for one another).
+    inflight: Arc<Mutex<HashMap<Vec<u8>, Fill>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -296,23 +297,56 @@ struct Fetch {
     leader: Option<Leader>,
 }
 
-/// Holds a key's fill: waiters in this process subscribe to `_done` (dropped = done); the
-/// Redis lock, if any, is released on drop.
+/// How long requests for a key whose answer could not be stored (`private`, `Set-Cookie`, an
+/// error) go straight to the upstream instead of waiting for one another.
+const PASS_FOR: Duration = Duration::from_secs(10);
+/// Entries in the fill map past which expired pass marks are swept.
+const SWEEP_AT: usize = 10_000;
+
+enum Fill {
+    /// Being filled: the value turns `true` when the answer is stored; the sender is dropped
+    /// when the fill ends either way.
+    Filling(watch::Receiver<bool>),
+    Pass(std::time::Instant),
+}
+
+/// What a request found in the fill map.
+enum Wait {
+    Fill(watch::Receiver<bool>),
+    Pass,
+}
+
+/// Holds a key's fill: waiters in this process subscribe to `done`; dropping it ends the fill
+/// (stored or not, see [`Leader::stored`]) and releases the Redis lock, if any.
 struct Leader {
     key: Vec<u8>,
-    inflight: Arc<Mutex<HashMap<Vec<u8>, watch::Receiver<()>>>>,
-    _done: watch::Sender<()>,
+    inflight: Arc<Mutex<HashMap<Vec<u8>, Fill>>>,
+    done: watch::Sender<bool>,
     shared: Option<(Backend, u64)>,
+}
+
+impl Leader {
+    /// The answer is in the store: waiters read it there.
+    fn stored(&self) {
+        self.done.send_replace(true);
+    }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
+        let stored = *self.done.borrow();
         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if map
-            .get(&self.key)
-            .is_some_and(|rx| rx.same_channel(&self._done.subscribe()))
+        if let Some(Fill::Filling(rx)) = map.get(&self.key)
+            && rx.same_channel(&self.done.subscribe())
         {
-            map.remove(&self.key);
+            if stored {
+                map.remove(&self.key);
+            } else {
+                map.insert(
+                    std::mem::take(&mut self.key),
+                    Fill::Pass(std::time::Instant::now() + PASS_FOR),
+                );
+            }
         }
         drop(map);
         if let Some((backend, token)) = self.shared.take()
@@ -322,6 +356,16 @@ impl Drop for Leader {
             rt.spawn(async move { backend.unlock(&key, token).await });
         }
     }
+}
+
+/// How another instance's fill ended, for a waiter.
+enum Elsewhere {
+    /// The answer is in the shared cache.
+    Landed,
+    /// The lock is gone and no answer came (not storable there).
+    Ended,
+    /// The wait is over, or the store failed.
+    GaveUp,
 }
 
 /// What a lookup found.
@@ -353,18 +397,28 @@ impl CachePolicy {
         }
     }
 
-    /// Becomes the key's filler in this process, or returns the fill to wait for.
-    fn lead(&self, key: &[u8]) -> Result<Leader, watch::Receiver<()>> {
+    /// Becomes the key's filler in this process, or returns the fill to wait for (or that
+    /// the key's answers are not stored, so there is nothing to wait for).
+    fn lead(&self, key: &[u8]) -> Result<Leader, Wait> {
         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = map.get(key) {
-            return Err(rx.clone());
+        let now = std::time::Instant::now();
+        match map.get(key) {
+            Some(Fill::Filling(rx)) => return Err(Wait::Fill(rx.clone())),
+            Some(Fill::Pass(until)) if *until > now => return Err(Wait::Pass),
+            _ => {}
         }
-        let (tx, rx) = watch::channel(());
-        map.insert(key.to_vec(), rx);
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, f| match f {
+                Fill::Filling(_) => true,
+                Fill::Pass(until) => *until > now,
+            });
+        }
+        let (tx, rx) = watch::channel(false);
+        map.insert(key.to_vec(), Fill::Filling(rx));
         Ok(Leader {
             key: key.to_vec(),
             inflight: self.inflight.clone(),
-            _done: tx,
+            done: tx,
             shared: None,
         })
     }
@@ -434,6 +488,7 @@ impl CachePolicy {
                 );
                 let resp = respond(e, req, head, &status);
                 let Ok(l) = self.lead(&key) else {
+                    // A refresh is running already.
                     cx.put(Slot::Served);
                     return resp;
                 };
@@ -441,6 +496,7 @@ impl CachePolicy {
                     return resp;
                 };
                 *req.method_mut() = Method::GET;
+                *req.body_mut() = Body::empty();
                 req.headers_mut().remove(header::IF_NONE_MATCH);
                 req.headers_mut().remove(header::IF_MODIFIED_SINCE);
                 let revalidating = add_validators(req.headers_mut(), e);
@@ -468,9 +524,12 @@ impl CachePolicy {
                                 // Another instance fills it: read the shared cache until it
                                 // lands, the lock goes, or the wait is over.
                                 collapsed = true;
-                                if !self.wait_elsewhere(&key, req.headers(), deadline).await {
-                                    break (found, varied);
+                                match self.wait_elsewhere(&key, req.headers(), deadline).await {
+                                    Elsewhere::Landed => l.stored(),
+                                    Elsewhere::Ended => {}
+                                    Elsewhere::GaveUp => break (found, varied),
                                 }
+                                // Look again (this process's waiters too).
                                 drop(l);
                                 continue;
                             }
@@ -480,13 +539,14 @@ impl CachePolicy {
                     leader = Some(l);
                     break (found, varied);
                 }
-                Err(mut rx) => {
+                Err(Wait::Pass) => break (found, varied),
+                Err(Wait::Fill(mut rx)) => {
                     collapsed = true;
-                    // `changed` fails once the filler is done (its sender dropped).
-                    if tokio::time::timeout_at(deadline, rx.changed())
-                        .await
-                        .is_err()
-                    {
+                    // Wakes when the answer is stored or the fill ends without storing it.
+                    let woke =
+                        tokio::time::timeout_at(deadline, rx.wait_for(|stored| *stored)).await;
+                    if !matches!(woke, Ok(Ok(_))) {
+                        // Not stored (or too slow): to the upstream, not one by one.
                         break (found, varied);
                     }
                 }
@@ -518,28 +578,27 @@ impl CachePolicy {
         Flow::Continue
     }
 
-    /// Waits for another instance's fill of `key`: true when it landed in the shared cache or
-    /// the lock is gone (look again), false when the wait is over or the store fails.
+    /// Waits for another instance's fill of `key`, reading the shared cache.
     async fn wait_elsewhere(
         &self,
         key: &[u8],
         headers: &HeaderMap,
         deadline: tokio::time::Instant,
-    ) -> bool {
+    ) -> Elsewhere {
         while tokio::time::Instant::now() + POLL < deadline {
             tokio::time::sleep(POLL).await;
             match self.lookup(key, headers).await {
-                Ok((Found::Entry(_, e), _)) if fresh(&e, now_ms()) => return true,
+                Ok((Found::Entry(_, e), _)) if fresh(&e, now_ms()) => return Elsewhere::Landed,
                 Ok(_) => {}
-                Err(_) => return false,
+                Err(_) => return Elsewhere::GaveUp,
             }
             match self.backend.locked(key).await {
                 Ok(true) => {}
-                Ok(false) => return true,
-                Err(_) => return false,
+                Ok(false) => return Elsewhere::Ended,
+                Err(_) => return Elsewhere::GaveUp,
             }
         }
-        false
+        Elsewhere::GaveUp
     }
 
     fn response(&self, resp: &mut Response<Body>, cx: &mut RequestCtx) {
@@ -648,10 +707,6 @@ impl CachePolicy {
 
     /// Whether the answer may be stored, and how (its freshness and key); or why not.
     fn storable(&self, fetch: &Fetch, resp: &Response<Body>) -> Result<Plan, &'static str> {
-        if fetch.leader.is_none() && !self.coalesce.is_zero() {
-            // A waiter that gave up: the filler stores it.
-            return Err("");
-        }
         let h = resp.headers();
         if !self.statuses.contains(&resp.status().as_u16()) {
             return Err("status");
@@ -807,7 +862,11 @@ impl CachePolicy {
             if let Stored::Response(e) = &value {
                 metrics.cache_stored(e.weight());
             }
-            let _ = backend.put(&key, value).await;
+            if backend.put(&key, value).await.is_ok()
+                && let Some(l) = &leader
+            {
+                l.stored();
+            }
             drop(leader);
         });
     }
@@ -858,11 +917,16 @@ impl Filler {
                     .put(&self.primary, Stored::Vary(self.plan.vary.clone()))
                     .await;
             }
-            let _ = self
+            let stored = self
                 .backend
                 .put(&self.plan.key, Stored::Response(self.entry))
                 .await;
             // Waiters look again only now that the answer is in the store.
+            if stored.is_ok()
+                && let Some(l) = &self.leader
+            {
+                l.stored();
+            }
             drop(self.leader);
         });
     }
