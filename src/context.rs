@@ -116,6 +116,29 @@ impl RequestCtx {
             .and_then(|(_, v)| v.downcast_ref())
     }
 
+    /// A context for the same request carried on in the background (a cache refresh): the
+    /// same facts, and only the calling policy's slot, moved out of this one.
+    pub fn fork(&mut self) -> RequestCtx {
+        let at = self.current;
+        let mut slots = Vec::new();
+        if let Some(i) = self.slots.iter().position(|(p, _)| *p == at) {
+            slots.push(self.slots.swap_remove(i));
+        }
+        RequestCtx {
+            request_id: self.request_id.clone(),
+            route: self.route.clone(),
+            params: self.params.clone(),
+            peer: self.peer,
+            client_ip: self.client_ip,
+            consumer: self.consumer.clone(),
+            client_cert: self.client_cert.clone(),
+            grpc: self.grpc,
+            proto: self.proto,
+            slots,
+            current: at,
+        }
+    }
+
     /// Takes the calling policy's `T` out of its slot.
     pub fn take<T: Any + Send>(&mut self) -> Option<T> {
         let i = self

@@ -137,6 +137,10 @@ routes:
     match: {{ path_prefix: /limited }}
     upstream: users
     rate_limit: {{ key: client_ip, limit: 2/s, burst: 3 }}
+  - name: cached
+    match: {{ path_prefix: /cached }}
+    upstream: users
+    cache: {{ ttl: 10s }}
   - name: users
     match: {{ path_prefix: /users }}
     upstream: users
@@ -195,6 +199,10 @@ Gatehouse demo is running on http://{addr}  (Ctrl-C to stop)
   # the service sees who called in x-consumer-id, not the password
   curl -si http://{addr}/admin
   curl -s -u demo:demo http://{addr}/admin
+
+  # a cached route (ttl 10s): the first answer is stored, the next ones come from the cache
+  # (Cache-Status: hit, with Age), so one instance answers them all until it expires
+  for i in 1 2 3; do curl -si http://{addr}/cached | grep -iE '^(cache-status|age)|instance'; done
 
   # a rate limit (2/s, burst 3): the first four pass, then 429 with Retry-After
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' http://{addr}/limited; done; echo

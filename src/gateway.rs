@@ -122,7 +122,7 @@ pub async fn handle(
 
 async fn route_and_forward(
     rt: &Runtime,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     req: Request<Incoming>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
@@ -222,85 +222,198 @@ async fn route_and_forward(
 
     // Everything after routing answers through one place, so the route's response-phase
     // policies run on every answer: the upstream's, a policy's, and the gateway's own errors.
+    let fwd = Forward {
+        conn,
+        client_host,
+        normalized,
+        request_id: request_id.clone(),
+        upgrade_idle: rt.server.upgrade_idle_timeout,
+        body_timeout,
+        te_trailers,
+    };
     let answer: Result<Response<Body>, GatewayError> = async {
-        if let Some(answer) = route.chain.run_request(&mut req, &mut cx).await? {
-            return Ok(answer);
+        match route.chain.run_request_from(0, &mut req, &mut cx).await? {
+            policy::Early::Continue => {}
+            policy::Early::Respond(r) => return Ok(r),
+            policy::Early::Background { resp, next, cx: bg } => {
+                background(&route, req, next, *bg, &fwd, metrics);
+                return Ok(resp);
+            }
         }
-        let upstream = match &route.action {
-            Action::Proxy(u) => u,
-            Action::Respond(r) => return Ok(r.response()),
-            Action::Redirect(r) => return r.response(&cx.params, req.uri().query()),
-        };
-        let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
-        if !trace.continued {
-            // `tracestate` belongs to the trace it came with, which was not continued.
-            req.headers_mut().remove(&trace::TRACESTATE);
-        }
-        if let Some(r) = line.record() {
-            r.trace_id = Some(trace.trace_id().to_owned());
-        }
-        req.headers_mut()
-            .insert(trace::TRACEPARENT.clone(), trace.header);
-        let upstream_path = proxy::upstream_path(
-            &route.path_action,
-            req.uri(),
-            normalized.as_deref(),
-            &cx.params,
-        )?;
-        let down = Downstream {
-            forwarded_for: &conn.forwarded_for,
-            proto: conn.proto,
-            host: client_host.as_ref(),
-            conn_slot: conn.slot.clone(),
-            upgrade_idle: rt.server.upgrade_idle_timeout,
-            port: &conn.port,
-            trusted: conn.trusted,
-            prefix: match &route.path_action {
-                crate::runtime::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
-                _ => None,
-            },
-            te_trailers,
-        };
-        proxy::add_forwarding_headers(&mut req, &down, request_id);
-        let key = match &upstream.balancer {
-            Balancer::Hash { on, .. } => hash_key(on, &req, conn),
-            _ => None,
-        };
-        let call = crate::upstream::Call {
-            path: upstream_path,
-            down: &down,
-            key,
-            retry_non_idempotent: route.retry_non_idempotent,
-            max_body_size: route.max_body_size,
-            body_timeout,
+        forward(
+            &route,
+            req,
+            upgrade,
+            (&cx.params, cx.grpc),
+            &fwd,
             tally,
             metrics,
-        };
-        // A gRPC call's own deadline bounds the wait for the upstream's answer.
-        let deadline = if cx.grpc {
-            req.headers()
-                .get("grpc-timeout")
-                .and_then(|v| grpc_timeout(v.as_bytes()))
-        } else {
-            None
-        };
-        let mut on_target = |t: &crate::upstream::Target| {
-            if let Some(r) = line.record() {
-                r.target = Some(t.authority.clone());
-            }
-        };
-        let sent = crate::upstream::send(upstream, req, upgrade, &call, &mut on_target);
-        let (resp, slot) = match deadline {
-            None => sent.await?,
-            Some(d) => tokio::time::timeout(d, sent)
-                .await
-                .map_err(|_| GatewayError::UpstreamTimeout(d))??,
-        };
-        line.hold(slot);
-        Ok(resp)
+            line,
+        )
+        .await
     }
     .await;
     Ok(answer_through(&route.chain, answer, &mut cx, metrics, line).await)
+}
+
+/// What forwarding needs of the client side, owned, so a background request can carry it.
+struct Forward<'c> {
+    conn: &'c ConnInfo,
+    client_host: Option<HeaderValue>,
+    /// The routed (normalised) path, when normalisation changed it.
+    normalized: Option<String>,
+    request_id: HeaderValue,
+    upgrade_idle: std::time::Duration,
+    body_timeout: std::time::Duration,
+    te_trailers: bool,
+}
+
+/// Carries a request on in the background after a policy answered the client (a cache
+/// refresh): the rest of the chain, the action, the response hooks, and the body read to its
+/// end. Not in the access log (the client's request is); bounded by the route's timeouts.
+fn background(
+    route: &Arc<crate::runtime::Route>,
+    mut req: Request<Body>,
+    next: usize,
+    mut cx: RequestCtx,
+    fwd: &Forward<'_>,
+    metrics: &Arc<Metrics>,
+) {
+    let route = route.clone();
+    let metrics = metrics.clone();
+    let conn = fwd.conn.clone();
+    let client_host = fwd.client_host.clone();
+    let normalized = fwd.normalized.clone();
+    let request_id = fwd.request_id.clone();
+    let (upgrade_idle, body_timeout, te_trailers) =
+        (fwd.upgrade_idle, fwd.body_timeout, fwd.te_trailers);
+    tokio::spawn(async move {
+        let fwd = Forward {
+            conn: &conn,
+            client_host,
+            normalized,
+            request_id,
+            upgrade_idle,
+            body_timeout,
+            te_trailers,
+        };
+        let tally = Arc::new(Tally::default());
+        let mut line = Pending::detached();
+        let answer = async {
+            match route
+                .chain
+                .run_request_from(next, &mut req, &mut cx)
+                .await?
+            {
+                policy::Early::Continue => {}
+                policy::Early::Respond(r) | policy::Early::Background { resp: r, .. } => {
+                    return Ok(r);
+                }
+            }
+            forward(
+                &route,
+                req,
+                None,
+                (&cx.params, cx.grpc),
+                &fwd,
+                &tally,
+                &metrics,
+                &mut line,
+            )
+            .await
+        }
+        .await;
+        let resp = answer_through(&route.chain, answer, &mut cx, &metrics, &mut line).await;
+        crate::policy::cache::drain(resp.into_body()).await;
+    });
+}
+
+/// The route's action for a request the policies let through: forward it upstream (or answer
+/// it, or redirect it).
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    route: &crate::runtime::Route,
+    mut req: Request<Body>,
+    upgrade: Option<crate::context::Upgrade>,
+    (params, grpc): (&[(String, String)], bool),
+    fwd: &Forward<'_>,
+    tally: &Arc<Tally>,
+    metrics: &Metrics,
+    line: &mut Pending,
+) -> Result<Response<Body>, GatewayError> {
+    let conn = fwd.conn;
+    let upstream = match &route.action {
+        Action::Proxy(u) => u,
+        Action::Respond(r) => return Ok(r.response()),
+        Action::Redirect(r) => return r.response(params, req.uri().query()),
+    };
+    let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
+    if !trace.continued {
+        // `tracestate` belongs to the trace it came with, which was not continued.
+        req.headers_mut().remove(&trace::TRACESTATE);
+    }
+    if let Some(r) = line.record() {
+        r.trace_id = Some(trace.trace_id().to_owned());
+    }
+    req.headers_mut()
+        .insert(trace::TRACEPARENT.clone(), trace.header);
+    let upstream_path = proxy::upstream_path(
+        &route.path_action,
+        req.uri(),
+        fwd.normalized.as_deref(),
+        params,
+    )?;
+    let down = Downstream {
+        forwarded_for: &conn.forwarded_for,
+        proto: conn.proto,
+        host: fwd.client_host.as_ref(),
+        conn_slot: conn.slot.clone(),
+        upgrade_idle: fwd.upgrade_idle,
+        port: &conn.port,
+        trusted: conn.trusted,
+        prefix: match &route.path_action {
+            crate::runtime::PathAction::StripPrefix(p) if p != "/" => Some(p.as_str()),
+            _ => None,
+        },
+        te_trailers: fwd.te_trailers,
+    };
+    proxy::add_forwarding_headers(&mut req, &down, &fwd.request_id);
+    let key = match &upstream.balancer {
+        Balancer::Hash { on, .. } => hash_key(on, &req, conn),
+        _ => None,
+    };
+    let call = crate::upstream::Call {
+        path: upstream_path,
+        down: &down,
+        key,
+        retry_non_idempotent: route.retry_non_idempotent,
+        max_body_size: route.max_body_size,
+        body_timeout: fwd.body_timeout,
+        tally,
+        metrics,
+    };
+    // A gRPC call's own deadline bounds the wait for the upstream's answer.
+    let deadline = if grpc {
+        req.headers()
+            .get("grpc-timeout")
+            .and_then(|v| grpc_timeout(v.as_bytes()))
+    } else {
+        None
+    };
+    let mut on_target = |t: &crate::upstream::Target| {
+        if let Some(r) = line.record() {
+            r.target = Some(t.authority.clone());
+        }
+    };
+    let sent = crate::upstream::send(upstream, req, upgrade, &call, &mut on_target);
+    let (resp, slot) = match deadline {
+        None => sent.await?,
+        Some(d) => tokio::time::timeout(d, sent)
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout(d))??,
+    };
+    line.hold(slot);
+    Ok(resp)
 }
 
 /// The answer a request gets once routing is done: the action's, a policy's, or the error's,

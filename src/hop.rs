@@ -49,7 +49,7 @@ pub fn te_is_trailers(h: &HeaderMap) -> bool {
     matches!((te.next(), te.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
+pub fn is_hop_by_hop(n: &HeaderName) -> bool {
     n == header::CONNECTION
         || n == header::TE
         || n == header::TRAILER

@@ -719,6 +719,10 @@ async fn the_demo_serves_what_its_banner_promises() {
     let orders = get(&format!("{base}/api/orders/7")).await;
     let missing = get(&format!("{base}/nope")).await;
     let locked = get(&format!("{base}/admin")).await;
+    let mut cached = Vec::new();
+    for _ in 0..3 {
+        cached.push(get(&format!("{base}/cached")).await);
+    }
     let mut limited = Vec::new();
     for _ in 0..6 {
         limited.push(get(&format!("{base}/limited")).await.status.as_u16());
@@ -751,6 +755,20 @@ async fn the_demo_serves_what_its_banner_promises() {
     assert_eq!(admin.status, 200);
     assert_eq!(&limited[..4], [200, 200, 200, 200], "{limited:?}");
     assert!(limited[4..].contains(&429), "{limited:?}");
+    assert_eq!(
+        cached[0].header("cache-status"),
+        Some("Gatehouse; fwd=miss; stored")
+    );
+    for c in &cached[1..] {
+        assert!(
+            c.header("cache-status")
+                .is_some_and(|s| s.starts_with("Gatehouse; hit")),
+            "{:?}",
+            c.header("cache-status")
+        );
+        assert_eq!(c.json()["instance"], cached[0].json()["instance"]);
+        assert!(c.header("age").is_some());
+    }
 }
 
 /// The admin address the binary logged (`admin API listening addr=...`), waited for (5 s).

@@ -145,6 +145,10 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
                 Err(e) => apply_error(&e),
             },
         },
+        (Method::POST, "/cache/purge") => match body_text(req).await {
+            Err(r) => r,
+            Ok(text) => purge(c, &text).await,
+        },
         (Method::POST, "/reload") => match c.reload_file("admin").await {
             Ok(changed) => json_resp(
                 StatusCode::OK,
@@ -163,6 +167,13 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
                         .target_health(&u.name, &Arc::from(t.authority.as_str()), healthy);
                 }
             }
+            if let crate::store::cache::Backend::Memory(m) = &rt.cache {
+                c.gw.metrics.cache_memory(
+                    m.size(),
+                    m.entries(),
+                    m.evictions.load(Ordering::Relaxed),
+                );
+            }
             let mut r = Response::new(Full::new(Bytes::from(c.gw.metrics.encode())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -175,7 +186,7 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
         (
             _,
             "/status" | "/routes" | "/upstreams" | "/stats" | "/config" | "/config/validate"
-            | "/reload" | "/metrics" | "/dashboard",
+            | "/reload" | "/metrics" | "/dashboard" | "/cache/purge",
         ) => json_resp(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"error": "method_not_allowed"}),
@@ -183,6 +194,45 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
         _ => json_resp(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found", "message": "see docs/admin-api.yaml"}),
+        ),
+    }
+}
+
+/// `POST /cache/purge` with `{"key": "..."}` (one stored answer, by the key its route's
+/// `cache.key` makes, e.g. `example.com/items?a=1`) or `{"prefix": "..."}` (every key that
+/// starts with it; `""` empties the cache).
+async fn purge(c: &Control, text: &str) -> Resp {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Purge {
+        key: Option<String>,
+        prefix: Option<String>,
+    }
+    let bad = |m: String| {
+        json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "bad_request", "message": m}),
+        )
+    };
+    let p: Purge = match serde_json::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"key\": \"...\"}} or {{\"prefix\": \"...\"}}: {e}"
+            ));
+        }
+    };
+    let cache = c.gw.runtime.load().cache.clone();
+    let result = match (p.key, p.prefix) {
+        (Some(k), None) => cache.remove(k.as_bytes()).await.map(usize::from),
+        (None, Some(p)) => cache.purge_prefix(p.as_bytes()).await,
+        _ => return bad("give exactly one of `key` and `prefix`".into()),
+    };
+    match result {
+        Ok(n) => json_resp(StatusCode::OK, &json!({ "purged": n })),
+        Err(_) => json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "store_unavailable", "message": "the cache store did not answer"}),
         ),
     }
 }

@@ -68,6 +68,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         &mut errors,
     ));
     let store = compile_store(cfg.store.as_ref(), state, &mut claims, &mut errors);
+    let cache = compile_cache(cfg.store.as_ref(), &store, state, &mut claims, &mut errors);
     let policy_claims = std::sync::Mutex::new(Claims::default());
     let policy_warnings = std::sync::Mutex::new(Vec::new());
     let pcx = policy::PolicyCx {
@@ -75,6 +76,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         registry: &state.registry,
         metrics: &state.metrics,
         store: &store,
+        cache: &cache,
         claims: &policy_claims,
         warnings: &policy_warnings,
     };
@@ -336,6 +338,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         warnings: cfg.redactions.scrub_all(warnings),
         file_paths: cfg.file_paths(),
         claims,
+        cache,
         client_cert_headers: {
             let mut names: Vec<http::HeaderName> = Vec::new();
             for l in &listeners_for_headers {
@@ -368,6 +371,43 @@ pub fn file_path_changes(
             )
         })
         .collect()
+}
+
+/// Where the response cache lives: in the Redis store when there is one, else in a memory
+/// cache of `store.memory.cache_size`, claimed so its answers outlive reloads.
+fn compile_cache(
+    cfg: Option<&StoreConfig>,
+    store: &Arc<crate::store::Store>,
+    state: &State,
+    claims: &mut Claims,
+    errors: &mut Vec<ConfigError>,
+) -> crate::store::cache::Backend {
+    use crate::store::cache::{Backend, MemoryCache};
+    let memory = cfg.and_then(|s| s.memory.as_ref());
+    if let (Some(_), Some(_)) = (memory, cfg.and_then(|s| s.redis.as_ref())) {
+        errors.push(ConfigError::new(
+            "store.memory",
+            "set either `memory` or `redis`, not both (with Redis, the cache lives in Redis)",
+        ));
+    }
+    if matches!(**store, crate::store::Store::Redis(_)) {
+        return Backend::Redis(store.clone());
+    }
+    let size = memory
+        .and_then(|m| m.cache_size)
+        .map_or(64 * 1024 * 1024, |s| s.0);
+    if size < 1024 {
+        errors.push(ConfigError::new(
+            "store.memory.cache_size",
+            "must be at least 1KiB",
+        ));
+    }
+    Backend::Memory(claims.claim(
+        &state.registry,
+        &format!("cache|memory|{size}"),
+        |_: &MemoryCache| true,
+        || MemoryCache::new(size),
+    ))
 }
 
 /// `store:`: the memory store, or a Redis one (one node or a cluster), claimed from the

@@ -542,6 +542,9 @@ pub struct PolicySetConfig {
     /// Requests per key and period; beyond it, 429.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Response cache (RFC 9111), in the store.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -579,6 +582,7 @@ impl GlobalConfig {
             cors: self.cors.clone(),
             forward_auth: self.forward_auth.clone(),
             rate_limit: self.rate_limit.clone(),
+            cache: None,
         }
     }
 }
@@ -659,6 +663,9 @@ pub struct RouteConfig {
     /// Requests per key and period; beyond it, 429.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Response cache (RFC 9111), in the store.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
 }
 
 impl RouteConfig {
@@ -671,6 +678,7 @@ impl RouteConfig {
             cors: self.cors.clone(),
             forward_auth: self.forward_auth.clone(),
             rate_limit: self.rate_limit.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -964,6 +972,48 @@ pub enum RateKeyConfig {
     Many(Vec<String>),
 }
 
+/// `cache: { ttl: 60s }`: the route's answers are kept in the store and served from it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Freshness for answers that state none (no `Cache-Control: max-age`/`s-maxage`, no
+    /// `Expires`). Default `60s`.
+    #[serde(default)]
+    pub ttl: Option<DurationStr>,
+    /// Use `ttl` even when the upstream states a freshness (`no-store`, `private` and
+    /// `Set-Cookie` still keep an answer out of the cache). Default false.
+    #[serde(default)]
+    pub force_ttl: bool,
+    /// What tells two requests apart: any of `method`, `host`, `path`, `query` (sorted),
+    /// `header:NAME`, `consumer`. Default `[host, path, query]`.
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Statuses that may be stored. Default: RFC 9110's heuristically cacheable ones, 200 203
+    /// 204 300 301 308 404 405 410 414 501.
+    #[serde(default)]
+    pub statuses: Option<Vec<u16>>,
+    /// Serve a stale answer this long past its freshness while one request refreshes it in
+    /// the background, when the upstream does not say (`stale-while-revalidate=N`). Default 0.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<DurationStr>,
+    /// Serve a stale answer this long past its freshness when the upstream fails (5xx, no
+    /// answer), when the upstream does not say (`stale-if-error=N`). Default 0.
+    #[serde(default)]
+    pub stale_if_error: Option<DurationStr>,
+    /// Answers larger than this are passed on but not stored. Default `1MiB`.
+    #[serde(default)]
+    pub max_object_size: Option<ByteSize>,
+    /// Store answers to requests carrying `Authorization` (put `consumer` or
+    /// `header:authorization` in the key). Default false: such requests bypass the cache.
+    #[serde(default)]
+    pub allow_authorization: bool,
+    /// Concurrent misses for one key wait this long for the first one's answer (one upstream
+    /// request for all of them, across instances with the Redis store). Default `5s`; `0s`
+    /// turns coalescing off.
+    #[serde(default)]
+    pub coalesce_timeout: Option<DurationStr>,
+}
+
 /// `store: { redis: { url: "redis://127.0.0.1:6379/0", timeout: 50ms } }`, or
 /// `store: { redis: { cluster: ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"] } }`
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -971,6 +1021,18 @@ pub enum RateKeyConfig {
 pub struct StoreConfig {
     #[serde(default)]
     pub redis: Option<RedisStoreConfig>,
+    /// The memory store (used when there is no `redis:`).
+    #[serde(default)]
+    pub memory: Option<MemoryStoreConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryStoreConfig {
+    /// The response cache's total size (bodies, headers and keys); the least useful answers
+    /// are evicted past it (TinyLFU). Default `64MiB`.
+    #[serde(default)]
+    pub cache_size: Option<ByteSize>,
 }
 
 /// One Redis node (`url`) or a Redis Cluster (`cluster`); exactly one of the two.

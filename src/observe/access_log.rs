@@ -215,6 +215,12 @@ impl Pending {
     }
 
     /// The access-log record, when the log is on.
+    /// Accounts nothing: for a request the gateway carries on in the background after the
+    /// client's answer was accounted.
+    pub fn detached() -> Pending {
+        Pending(None)
+    }
+
     pub fn record(&mut self) -> Option<&mut Record> {
         self.0
             .as_mut()

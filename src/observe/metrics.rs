@@ -144,6 +144,11 @@ pub struct Metrics {
     rate_limits: Family<RateLimitLabels, Counter>,
     store_up: Gauge,
     store_errors: Counter,
+    cache: Family<RateLimitLabels, Counter>,
+    cache_stored_bytes: Counter,
+    cache_bytes: Gauge,
+    cache_entries: Gauge,
+    cache_evictions: Counter,
     config_info: Family<ConfigLabels, Gauge>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteStats>>>,
     targets: Mutex<HashMap<TargetKey, Arc<TargetStats>>>,
@@ -279,6 +284,36 @@ impl Metrics {
             "Redis store calls that failed, timed out or were skipped while Redis was down (each one fell back: local rate limits, or 503 where fail_closed)",
             store_errors.clone(),
         );
+        let cache = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "gatehouse_cache",
+            "Response-cache lookups, by route and result (hit, stale, collapsed, miss, revalidated, stale_if_error, bypass)",
+            cache.clone(),
+        );
+        let cache_stored_bytes = Counter::default();
+        registry.register(
+            "gatehouse_cache_stored_bytes",
+            "Bytes of answers written to the cache (memory or Redis)",
+            cache_stored_bytes.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "gatehouse_cache_bytes",
+            "Bytes held by the in-memory response cache",
+            cache_bytes.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "gatehouse_cache_entries",
+            "Items held by the in-memory response cache",
+            cache_entries.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "gatehouse_cache_evictions",
+            "Items the in-memory response cache evicted to stay within store.memory.cache_size",
+            cache_evictions.clone(),
+        );
         let config_info = Family::<ConfigLabels, Gauge>::default();
         registry.register(
             "gatehouse_config_info",
@@ -317,6 +352,11 @@ impl Metrics {
             rate_limits,
             store_up,
             store_errors,
+            cache,
+            cache_stored_bytes,
+            cache_bytes,
+            cache_entries,
+            cache_evictions,
             config_info,
             routes: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
@@ -465,6 +505,16 @@ impl Metrics {
             .inc();
     }
 
+    /// One response-cache lookup on `route`.
+    pub fn cache(&self, route: Option<&Arc<str>>, result: &'static str) {
+        self.cache
+            .get_or_create(&RateLimitLabels {
+                route: Name(route.cloned().unwrap_or_else(|| Arc::from(""))),
+                result,
+            })
+            .inc();
+    }
+
     /// The store's up gauge (set just before each scrape, from the running store).
     pub fn store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
@@ -474,6 +524,23 @@ impl Metrics {
     /// store each config makes).
     pub fn store_errors(&self) -> Counter {
         self.store_errors.clone()
+    }
+
+    /// An answer of `bytes` written to the cache.
+    pub fn cache_stored(&self, bytes: usize) {
+        self.cache_stored_bytes.inc_by(bytes as u64);
+    }
+
+    /// The in-memory cache's size, item count and total evictions (set before each scrape).
+    pub fn cache_memory(&self, bytes: u64, entries: u64, evictions: u64) {
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        let seen = self.cache_evictions.get();
+        if evictions > seen {
+            self.cache_evictions.inc_by(evictions - seen);
+        }
     }
 
     /// One authentication decision on `route` (empty when no route matched).

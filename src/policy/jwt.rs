@@ -1154,6 +1154,7 @@ mod tests {
                 registry: &self.registry,
                 metrics: &Arc::default(),
                 store: &Arc::default(),
+                cache: &crate::store::cache::Backend::Memory(Arc::default()),
                 claims: &self.claims,
                 warnings: &self.warnings,
             };

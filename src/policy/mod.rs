@@ -13,6 +13,7 @@
 //! Adding a kind: one file here, and one line in [`KINDS`].
 
 pub mod auth;
+pub mod cache;
 pub mod consumers;
 pub mod cors;
 pub mod forward_auth;
@@ -65,6 +66,26 @@ pub enum Flow {
     Continue,
     /// Boxed: rare, and a response is much larger than `Continue`.
     Respond(Box<Response<Body>>),
+    /// Answer the client with this now, and carry the request on to the action in the
+    /// background (a stale cache answer, refreshed behind it): the rest of the chain and the
+    /// action run with a forked context holding only this policy's slot; that answer goes
+    /// through the response hooks and is then read to its end and dropped.
+    Background(Box<Response<Body>>),
+}
+
+/// What the request hooks decided.
+pub enum Early {
+    /// On to the action.
+    Continue,
+    /// A policy answered.
+    Respond(Response<Body>),
+    /// A policy answered, and the request goes on in the background from `next` (the chain
+    /// position after that policy) with `cx`.
+    Background {
+        resp: Response<Body>,
+        next: usize,
+        cx: Box<RequestCtx>,
+    },
 }
 
 pub type PolicyFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, GatewayError>> + Send + 'a>>;
@@ -137,6 +158,8 @@ pub struct PolicyCx<'a> {
     pub metrics: &'a Arc<crate::observe::metrics::Metrics>,
     /// Where rate limits keep their counters (`store:`), kept across reloads.
     pub store: &'a Arc<crate::store::Store>,
+    /// Where the response cache lives (memory, or the Redis `store:`), kept across reloads.
+    pub cache: &'a crate::store::cache::Backend,
     pub claims: &'a std::sync::Mutex<crate::registry::Claims>,
     pub warnings: &'a std::sync::Mutex<Vec<ConfigError>>,
 }
@@ -173,6 +196,10 @@ pub const KINDS: &[Kind] = &[
     Kind {
         key: "rate_limit",
         compile: rate_limit::compile,
+    },
+    Kind {
+        key: "cache",
+        compile: cache::compile,
     },
 ];
 
@@ -217,13 +244,34 @@ impl Chain {
         req: &mut Request<Body>,
         cx: &mut RequestCtx,
     ) -> Result<Option<Response<Body>>, GatewayError> {
-        for (i, b) in self.items.iter().enumerate() {
+        match self.run_request_from(0, req, cx).await? {
+            Early::Continue => Ok(None),
+            Early::Respond(r) | Early::Background { resp: r, .. } => Ok(Some(r)),
+        }
+    }
+
+    /// Runs the request hooks from position `from` on (0: all of them).
+    pub async fn run_request_from(
+        &self,
+        from: usize,
+        req: &mut Request<Body>,
+        cx: &mut RequestCtx,
+    ) -> Result<Early, GatewayError> {
+        for (i, b) in self.items.iter().enumerate().skip(from) {
             cx.enter(i);
-            if let Flow::Respond(resp) = b.policy.on_request(req, cx).resolve().await? {
-                return Ok(Some(*resp));
+            match b.policy.on_request(req, cx).resolve().await? {
+                Flow::Continue => {}
+                Flow::Respond(resp) => return Ok(Early::Respond(*resp)),
+                Flow::Background(resp) => {
+                    return Ok(Early::Background {
+                        resp: *resp,
+                        next: i + 1,
+                        cx: Box::new(cx.fork()),
+                    });
+                }
             }
         }
-        Ok(None)
+        Ok(Early::Continue)
     }
 
     /// Runs the response hooks, last phase first. A hook that fails turns the answer into
@@ -358,6 +406,7 @@ mod tests {
             registry: &registry,
             metrics: &Arc::default(),
             store: &Arc::default(),
+            cache: &crate::store::cache::Backend::Memory(Arc::default()),
             claims: &Default::default(),
             warnings: &Default::default(),
         };

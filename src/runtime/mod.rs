@@ -48,6 +48,8 @@ pub struct Runtime {
     pub client_cert_headers: Vec<http::HeaderName>,
     /// The shared store (`store:`) the policies use, for the admin status and the metrics.
     pub store: Arc<crate::store::Store>,
+    /// Where the response cache lives (the admin API purges it, metrics read its size).
+    pub cache: crate::store::cache::Backend,
 }
 
 /// One proxy listener: its address, and what it does besides plain HTTP.

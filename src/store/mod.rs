@@ -3,8 +3,10 @@
 //! gateway instance sharing one budget, through one Redis node or a Redis Cluster). Policies
 //! talk to the store, never to Redis.
 
+pub mod cache;
 pub mod memory;
 pub mod redis;
+mod redis_cache;
 
 use std::time::Duration;
 

@@ -1,0 +1,479 @@
+//! What the response cache keeps: stored answers ([`Entry`]), and the markers that say an
+//! answer varies by request headers ([`Stored::Vary`]). The memory backend is a moka cache
+//! (TinyLFU admission and eviction, bounded by total bytes, each item expiring on its own
+//! lifetime); the Redis backend keeps the same bytes ([`encode`]) under `SET .. PX`, so an
+//! answer stored through one gateway instance is served by all of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, StatusCode};
+
+/// One stored answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// The end-to-end headers as the upstream sent them (less `Age`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// When the answer arrived (RFC 9111 `response_time`), in ms since the epoch.
+    pub stored_ms: u64,
+    /// Its age when it arrived (the upstream's `Age`), in seconds.
+    pub initial_age: u64,
+    /// How long it is fresh from its age 0, in seconds.
+    pub fresh_for: u64,
+    /// How long past its freshness it may be served while one request refreshes it.
+    pub stale_while_revalidate: u64,
+    /// How long past its freshness it may be served when the upstream fails.
+    pub stale_if_error: u64,
+    /// `must-revalidate` or `no-cache`: never served stale, `no-cache` never served unchecked.
+    pub must_revalidate: bool,
+}
+
+/// What is kept under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Response(Entry),
+    /// The answers for this key vary by these request headers; each variant is kept under
+    /// the key extended with the request's values of them.
+    Vary(Vec<HeaderName>),
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Entry {
+    /// Its current age in seconds (RFC 9111 §4.2.3, with the gateway as the only clock).
+    pub fn age(&self, now_ms: u64) -> u64 {
+        self.initial_age + now_ms.saturating_sub(self.stored_ms) / 1000
+    }
+
+    /// Seconds of freshness left (negative: stale for that long).
+    pub fn ttl(&self, now_ms: u64) -> i64 {
+        self.fresh_for as i64 - self.age(now_ms) as i64
+    }
+
+    pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// How long to keep it: fresh, then stale for as long as it may still be served, or
+    /// (with a validator, so a conditional request can renew it) as long again as it was
+    /// fresh, at least a minute and at most a day.
+    pub fn lifetime(&self) -> Duration {
+        let fresh = self.fresh_for.saturating_sub(self.initial_age);
+        let mut stale = self.stale_while_revalidate.max(self.stale_if_error);
+        if self.header(&http::header::ETAG).is_some()
+            || self.header(&http::header::LAST_MODIFIED).is_some()
+        {
+            stale = stale.max(self.fresh_for.clamp(60, 86_400));
+        }
+        Duration::from_secs(fresh.saturating_add(stale).max(1))
+    }
+
+    /// Bytes it takes, roughly: what the memory bound counts.
+    pub fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum::<usize>()
+            + 96
+    }
+}
+
+impl Stored {
+    pub fn weight(&self) -> usize {
+        match self {
+            Stored::Response(e) => e.weight(),
+            Stored::Vary(names) => 64 + names.iter().map(|n| n.as_str().len()).sum::<usize>(),
+        }
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        match self {
+            Stored::Response(e) => e.lifetime(),
+            // Outlives its variants' freshness in the common case; a lost marker only costs
+            // one miss.
+            Stored::Vary(_) => Duration::from_secs(86_400),
+        }
+    }
+}
+
+const MAGIC: &[u8; 3] = b"GHC";
+const VERSION: u8 = 1;
+
+/// The stored form: binary-safe, length-prefixed, versioned.
+pub fn encode(s: &Stored) -> Vec<u8> {
+    let mut b = BytesMut::with_capacity(s.weight() + 16);
+    b.put_slice(MAGIC);
+    b.put_u8(VERSION);
+    match s {
+        Stored::Vary(names) => {
+            b.put_u8(b'V');
+            b.put_u32(names.len() as u32);
+            for n in names {
+                put_bytes(&mut b, n.as_str().as_bytes());
+            }
+        }
+        Stored::Response(e) => {
+            b.put_u8(b'R');
+            b.put_u16(e.status.as_u16());
+            b.put_u64(e.stored_ms);
+            b.put_u64(e.initial_age);
+            b.put_u64(e.fresh_for);
+            b.put_u64(e.stale_while_revalidate);
+            b.put_u64(e.stale_if_error);
+            b.put_u8(u8::from(e.must_revalidate));
+            b.put_u32(e.headers.len() as u32);
+            for (n, v) in &e.headers {
+                put_bytes(&mut b, n.as_str().as_bytes());
+                put_bytes(&mut b, v.as_bytes());
+            }
+            put_bytes(&mut b, &e.body);
+        }
+    }
+    b.to_vec()
+}
+
+fn put_bytes(b: &mut BytesMut, v: &[u8]) {
+    b.put_u32(v.len() as u32);
+    b.put_slice(v);
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    (b.remaining() >= n).then(|| b.split_to(n))
+}
+
+fn get_u64(b: &mut Bytes) -> Option<u64> {
+    (b.remaining() >= 8).then(|| b.get_u64())
+}
+
+/// Reads what [`encode`] wrote; `None` for anything else (another version, a damaged or
+/// foreign value), which the cache treats as a miss.
+pub fn decode(raw: Bytes) -> Option<Stored> {
+    let mut b = raw;
+    if b.remaining() < 5 || &b[..3] != MAGIC || b[3] != VERSION {
+        return None;
+    }
+    b.advance(4);
+    match b.get_u8() {
+        b'V' => {
+            if b.remaining() < 4 {
+                return None;
+            }
+            let n = b.get_u32() as usize;
+            let mut names = Vec::with_capacity(n.min(64));
+            for _ in 0..n {
+                names.push(HeaderName::from_bytes(&get_bytes(&mut b)?).ok()?);
+            }
+            Some(Stored::Vary(names))
+        }
+        b'R' => {
+            if b.remaining() < 2 {
+                return None;
+            }
+            let status = StatusCode::from_u16(b.get_u16()).ok()?;
+            let stored_ms = get_u64(&mut b)?;
+            let initial_age = get_u64(&mut b)?;
+            let fresh_for = get_u64(&mut b)?;
+            let stale_while_revalidate = get_u64(&mut b)?;
+            let stale_if_error = get_u64(&mut b)?;
+            if b.remaining() < 5 {
+                return None;
+            }
+            let must_revalidate = b.get_u8() == 1;
+            let n = b.get_u32() as usize;
+            let mut headers = Vec::with_capacity(n.min(128));
+            for _ in 0..n {
+                let name = HeaderName::from_bytes(&get_bytes(&mut b)?).ok()?;
+                let value = HeaderValue::from_maybe_shared(get_bytes(&mut b)?).ok()?;
+                headers.push((name, value));
+            }
+            let body = get_bytes(&mut b)?;
+            Some(Stored::Response(Entry {
+                status,
+                headers,
+                body,
+                stored_ms,
+                initial_age,
+                fresh_for,
+                stale_while_revalidate,
+                stale_if_error,
+                must_revalidate,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// The memory backend: one per process, kept across reloads, bounded by total bytes.
+pub struct MemoryCache {
+    cache: moka::sync::Cache<Box<[u8]>, Arc<Stored>>,
+    pub evictions: Arc<AtomicU64>,
+    pub max_size: u64,
+}
+
+struct PerItem;
+
+impl moka::Expiry<Box<[u8]>, Arc<Stored>> for PerItem {
+    fn expire_after_create(
+        &self,
+        _key: &Box<[u8]>,
+        value: &Arc<Stored>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.lifetime())
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Box<[u8]>,
+        value: &Arc<Stored>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.lifetime())
+    }
+}
+
+impl MemoryCache {
+    // moka's weigher is called with `&K`, and K is a `Box<[u8]>`.
+    #[allow(clippy::borrowed_box)]
+    pub fn new(max_size: u64) -> MemoryCache {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = evictions.clone();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_size)
+            .weigher(|k: &Box<[u8]>, v: &Arc<Stored>| {
+                u32::try_from(k.len() + v.weight()).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerItem)
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        MemoryCache {
+            cache,
+            evictions,
+            max_size,
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Arc<Stored>> {
+        self.cache.get(key)
+    }
+
+    pub fn put(&self, key: &[u8], value: Stored) {
+        self.cache.insert(Box::from(key), Arc::new(value));
+    }
+
+    pub fn remove(&self, key: &[u8]) -> bool {
+        self.cache.remove(key).is_some()
+    }
+
+    /// Removes every key starting with `prefix`; returns how many.
+    pub fn purge_prefix(&self, prefix: &[u8]) -> usize {
+        let keys: Vec<Arc<Box<[u8]>>> = self
+            .cache
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k)
+            .collect();
+        keys.iter().filter(|k| self.remove(k)).count()
+    }
+
+    /// Bytes held (after pending maintenance).
+    pub fn size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+impl Default for MemoryCache {
+    fn default() -> Self {
+        MemoryCache::new(64 * 1024 * 1024)
+    }
+}
+
+/// Where a route's cache lives: this process, or the Redis every instance shares.
+#[derive(Clone)]
+pub enum Backend {
+    Memory(Arc<MemoryCache>),
+    Redis(Arc<super::Store>),
+}
+
+/// A store call that failed or timed out (the cache is bypassed meanwhile).
+#[derive(Debug)]
+pub struct Unavailable;
+
+impl Backend {
+    fn redis(&self) -> Option<&super::redis::RedisStore> {
+        match self {
+            Backend::Redis(s) => match &**s {
+                super::Store::Redis(r) => Some(r),
+                _ => None,
+            },
+            Backend::Memory(_) => None,
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.redis().is_some()
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Arc<Stored>>, Unavailable> {
+        match self {
+            Backend::Memory(m) => Ok(m.get(key)),
+            Backend::Redis(_) => match self.redis() {
+                Some(r) => r.cache_get(key).await.map(|o| o.map(Arc::new)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    pub async fn put(&self, key: &[u8], value: Stored) -> Result<(), Unavailable> {
+        match self {
+            Backend::Memory(m) => {
+                m.put(key, value);
+                Ok(())
+            }
+            Backend::Redis(_) => match self.redis() {
+                Some(r) => r.cache_put(key, &value).await,
+                None => Ok(()),
+            },
+        }
+    }
+
+    pub async fn remove(&self, key: &[u8]) -> Result<bool, Unavailable> {
+        match self {
+            Backend::Memory(m) => Ok(m.remove(key)),
+            Backend::Redis(_) => match self.redis() {
+                Some(r) => r.cache_remove(key).await,
+                None => Ok(false),
+            },
+        }
+    }
+
+    pub async fn purge_prefix(&self, prefix: &[u8]) -> Result<usize, Unavailable> {
+        match self {
+            Backend::Memory(m) => Ok(m.purge_prefix(prefix)),
+            Backend::Redis(_) => match self.redis() {
+                Some(r) => r.cache_purge_prefix(prefix).await,
+                None => Ok(0),
+            },
+        }
+    }
+
+    /// Takes the shared fill lock for `key` (Redis only; in memory, the caller's own
+    /// in-process coalescing is the lock). `Ok(None)`: another instance holds it.
+    pub async fn lock(&self, key: &[u8], ttl: Duration) -> Result<Option<u64>, Unavailable> {
+        match self.redis() {
+            Some(r) => r.cache_lock(key, ttl).await,
+            None => Ok(Some(0)),
+        }
+    }
+
+    /// Whether another instance still holds the fill lock for `key`.
+    pub async fn locked(&self, key: &[u8]) -> Result<bool, Unavailable> {
+        match self.redis() {
+            Some(r) => r.cache_locked(key).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Releases a lock [`Backend::lock`] took, if it is still ours.
+    pub async fn unlock(&self, key: &[u8], token: u64) {
+        if let Some(r) = self.redis() {
+            r.cache_unlock(key, token).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body: &'static [u8]) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: vec![
+                (
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (http::header::ETAG, HeaderValue::from_static("\"v1\"")),
+            ],
+            body: Bytes::from_static(body),
+            stored_ms: 1_700_000_000_000,
+            initial_age: 3,
+            fresh_for: 60,
+            stale_while_revalidate: 5,
+            stale_if_error: 300,
+            must_revalidate: false,
+        }
+    }
+
+    #[test]
+    fn stored_form_round_trips_binary_bodies() {
+        let e = Stored::Response(entry(b"\0\xff\r\n binary \x00"));
+        assert_eq!(decode(Bytes::from(encode(&e))), Some(e));
+        let v = Stored::Vary(vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT]);
+        assert_eq!(decode(Bytes::from(encode(&v))), Some(v));
+    }
+
+    #[test]
+    fn damaged_or_foreign_values_are_misses() {
+        let full = encode(&Stored::Response(entry(b"hello")));
+        for cut in 0..full.len() {
+            assert_eq!(decode(Bytes::copy_from_slice(&full[..cut])), None, "{cut}");
+        }
+        assert_eq!(decode(Bytes::from_static(b"hello world")), None);
+        let mut other = full.clone();
+        other[3] = 9;
+        assert_eq!(decode(Bytes::from(other)), None);
+    }
+
+    #[test]
+    fn age_ttl_and_lifetime() {
+        let e = entry(b"x");
+        assert_eq!(e.age(e.stored_ms + 10_500), 13);
+        assert_eq!(e.ttl(e.stored_ms + 10_500), 47);
+        assert_eq!(e.ttl(e.stored_ms + 100_000), -43);
+        // Fresh 57 s more, then kept for stale-if-error's 300 s.
+        assert_eq!(e.lifetime(), Duration::from_secs(357));
+    }
+
+    #[test]
+    fn memory_is_bounded_by_bytes() {
+        let c = MemoryCache::new(100_000);
+        let body: &'static [u8] = Box::leak(vec![7u8; 1000].into_boxed_slice());
+        for i in 0..1000u32 {
+            c.put(&i.to_be_bytes(), Stored::Response(entry(body)));
+        }
+        assert!(c.size() <= 100_000, "{} bytes", c.size());
+        assert!(c.evictions.load(Ordering::Relaxed) > 0 || c.entries() < 1000);
+        let c = MemoryCache::new(1_000_000);
+        c.put(b"api/a", Stored::Response(entry(b"a")));
+        c.put(b"api/b", Stored::Response(entry(b"b")));
+        c.put(b"web/a", Stored::Response(entry(b"c")));
+        assert_eq!(c.purge_prefix(b"api/"), 2);
+        assert!(c.get(b"web/a").is_some());
+    }
+}
