@@ -55,6 +55,15 @@ pub enum GatewayError {
     /// A `fail_closed` rate limit whose shared store (Redis) could not decide.
     #[error("the rate-limit store is unavailable")]
     RateLimitUnavailable,
+    /// A required call of an `aggregate` route failed (`status`: 400 when the client's own
+    /// value could not be put in the call, 504 for a timeout, else 502).
+    #[error("aggregate call {call:?} failed ({kind}): {message}")]
+    AggregateCall {
+        call: String,
+        status: StatusCode,
+        kind: &'static str,
+        message: String,
+    },
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -99,6 +108,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AggregateCall { status, .. } => *status,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::LockedOut { .. } | GatewayError::RateLimited { .. } => {
@@ -123,6 +133,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::AuthUnavailable(_) => "auth_unavailable",
             GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
+            GatewayError::AggregateCall { .. } => "aggregate_call_failed",
             GatewayError::Internal(_) => "internal_error",
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::LockedOut { .. } => "too_many_failed_attempts",
@@ -164,6 +175,7 @@ impl GatewayError {
             | GatewayError::RateLimited { .. }
             | GatewayError::Forbidden(_)
             | GatewayError::AuthUnavailable(_)
+            | GatewayError::AggregateCall { .. }
             | GatewayError::RateLimitUnavailable => Retry::Never,
         }
     }
@@ -205,6 +217,8 @@ impl GatewayError {
             | GatewayError::LockedOut { .. }
             | GatewayError::RateLimited { .. }
             | GatewayError::Forbidden(_) => Fault::Client,
+            GatewayError::AggregateCall { status, .. } if status.is_client_error() => Fault::Client,
+            GatewayError::AggregateCall { .. } => Fault::Upstream,
             GatewayError::NoTarget { .. }
             | GatewayError::AuthUnavailable(_)
             | GatewayError::RateLimitUnavailable
@@ -257,10 +271,34 @@ impl GatewayError {
             GatewayError::RateLimitUnavailable => {
                 "the rate limit cannot be checked right now; retry later".to_owned()
             }
+            // Which call, and why, is the point of the answer; upstream names and addresses
+            // are not in it (the kinds and messages of `aggregate::CallError` hold none).
+            GatewayError::AggregateCall {
+                call,
+                kind,
+                message,
+                ..
+            } => format!("call {call:?} failed ({kind}): {message}"),
         }
     }
 
     pub fn into_response(self, request_id: &str) -> Response<Body> {
+        if let GatewayError::AggregateCall { call, .. } = &self {
+            // Machines read which call failed from its own field.
+            let body = serde_json::json!({
+                "error": self.code(),
+                "call": call,
+                "message": self.public_message(),
+                "request_id": request_id,
+            });
+            let mut resp = Response::new(Body::full(Bytes::from(body.to_string())));
+            *resp.status_mut() = self.status();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return resp;
+        }
         let mut resp = json_error(
             self.status(),
             self.code(),
@@ -309,6 +347,7 @@ impl GatewayError {
             | GatewayError::UpstreamFailed(_)
             | GatewayError::Overloaded { .. }
             | GatewayError::AuthUnavailable(_)
+            | GatewayError::AggregateCall { .. }
             | GatewayError::RateLimitUnavailable => 14, // UNAVAILABLE
             GatewayError::Internal(_) => 13,                               // INTERNAL
             GatewayError::Unauthorized { .. } => 16,                       // UNAUTHENTICATED

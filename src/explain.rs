@@ -120,6 +120,18 @@ pub fn explain(
                 .unwrap_or_else(|| a.to.clone());
             let _ = writeln!(out, "redirects:  {} to {location}", a.status);
         }
+        crate::runtime::Action::Aggregate(agg) => {
+            let _ = writeln!(
+                out,
+                "aggregates: {} call{} into one JSON answer (deadline {:?})",
+                agg.calls.len(),
+                if agg.calls.len() == 1 { "" } else { "s" },
+                agg.deadline
+            );
+            for line in crate::aggregate::describe(agg) {
+                let _ = writeln!(out, "              {line}");
+            }
+        }
         crate::runtime::Action::Proxy(upstream) => {
             let normalized = restructured.then_some(path.as_ref());
             let pq = proxy::upstream_path(&r.path_action, req.uri(), normalized, &found.params)

@@ -85,6 +85,7 @@ pub async fn handle(
             reason: None,
             request_id: request_id.clone(),
             trace_id: None,
+            calls: None,
             tally: tally.clone(),
         },
     );
@@ -244,7 +245,7 @@ async fn route_and_forward(
             &route,
             req,
             upgrade,
-            (&cx.params, cx.grpc),
+            (&cx.params, cx.grpc, cx.consumer.clone()),
             &fwd,
             tally,
             metrics,
@@ -314,7 +315,7 @@ fn background(
                 &route,
                 req,
                 None,
-                (&cx.params, cx.grpc),
+                (&cx.params, cx.grpc, cx.consumer.clone()),
                 &fwd,
                 &tally,
                 &metrics,
@@ -328,6 +329,14 @@ fn background(
     });
 }
 
+/// What the action needs of the request context: the path params, whether it is gRPC, and the
+/// consumer (the context itself is not `Sync`, so it cannot be borrowed across the action).
+type Who<'a> = (
+    &'a [(String, String)],
+    bool,
+    Option<Arc<crate::context::Consumer>>,
+);
+
 /// The route's action for a request the policies let through: forward it upstream (or answer
 /// it, or redirect it).
 #[allow(clippy::too_many_arguments)]
@@ -335,7 +344,7 @@ async fn forward(
     route: &crate::runtime::Route,
     mut req: Request<Body>,
     upgrade: Option<crate::context::Upgrade>,
-    (params, grpc): (&[(String, String)], bool),
+    (params, grpc, consumer): Who<'_>,
     fwd: &Forward<'_>,
     tally: &Arc<Tally>,
     metrics: &Metrics,
@@ -343,9 +352,10 @@ async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let conn = fwd.conn;
     let upstream = match &route.action {
-        Action::Proxy(u) => u,
+        Action::Proxy(u) => Some(u),
         Action::Respond(r) => return Ok(r.response()),
         Action::Redirect(r) => return r.response(params, req.uri().query()),
+        Action::Aggregate(_) => None,
     };
     let trace = trace::continue_or_start(req.headers().get(&trace::TRACEPARENT));
     if !trace.continued {
@@ -357,6 +367,49 @@ async fn forward(
     }
     req.headers_mut()
         .insert(trace::TRACEPARENT.clone(), trace.header);
+    let Some(upstream) = upstream else {
+        let Action::Aggregate(agg) = &route.action else {
+            return Err(GatewayError::Internal("no action".into()));
+        };
+        // A call is the gateway's own request to another service: it carries the target's
+        // Host (the client's names the gateway), whatever `preserve_host` says.
+        let down = Downstream {
+            forwarded_for: &conn.forwarded_for,
+            proto: conn.proto,
+            host: None,
+            conn_slot: None,
+            upgrade_idle: fwd.upgrade_idle,
+            port: &conn.port,
+            trusted: conn.trusted,
+            prefix: None,
+            te_trailers: false,
+        };
+        let input = crate::aggregate::Inputs {
+            headers: req.headers(),
+            query: req.uri().query(),
+            params,
+            consumer: consumer.as_deref(),
+            route: &route.name,
+            down: &down,
+            request_id: &fwd.request_id,
+            traceparent: req.headers().get(&trace::TRACEPARENT),
+            body_timeout: fwd.body_timeout,
+            tally,
+            metrics,
+        };
+        let mut records = Vec::new();
+        let answer = crate::aggregate::run(agg, &input, &mut records).await;
+        if let Some(r) = line.record() {
+            r.calls = Some(
+                records
+                    .iter()
+                    .map(|c| format!("{}:{}:{}ms", c.name, c.outcome, c.took.as_millis()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        return answer;
+    };
     let upstream_path = proxy::upstream_path(
         &route.path_action,
         req.uri(),

@@ -5,6 +5,7 @@
 //! response policies -> access log. `config` turns the YAML into the immutable `Runtime`.
 
 pub mod admin;
+pub mod aggregate;
 pub mod body;
 pub mod cidr;
 pub mod compile;

@@ -10,6 +10,7 @@
 //! `server.rs` compiles listeners, the admin listener and `server:`; `upstream.rs` the
 //! upstreams; `routes.rs` each route's matcher and action; this file puts them together.
 
+mod aggregate;
 mod routes;
 mod server;
 #[cfg(test)]
@@ -245,7 +246,20 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
             .as_ref()
             .map(|m| m.path.param_names())
             .unwrap_or_default();
-        let action = compile_action(r, upstream, &params, &path, &mut errors);
+        let aggregate = r.aggregate.as_ref().and_then(|calls| {
+            for (_, c) in &calls.0 {
+                used_upstreams.insert(c.upstream.as_str());
+            }
+            let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
+            aggregate::compile_aggregate(r, calls, &upstreams, &known, &params, &path, &mut errors)
+        });
+        if r.timeout.is_some() && r.aggregate.is_none() {
+            errors.push(ConfigError::new(
+                format!("{path}.timeout"),
+                "applies to `aggregate` routes; a proxied route's timeouts are its upstream's (`upstreams.<name>.timeouts`)",
+            ));
+        }
+        let action = compile_action(r, upstream, aggregate, &params, &path, &mut errors);
         if !matches!(action, Some(crate::runtime::Action::Proxy(_)))
             && (r.strip_prefix || r.rewrite.is_some())
             && action.is_some()

@@ -9,11 +9,12 @@ use crate::config::model::*;
 use crate::router::{HostPattern, Matcher, PathPattern};
 use crate::upstream::Upstream;
 
-/// A route's action: exactly one of `upstream` (already resolved, when it exists), `respond`
-/// and `redirect`.
+/// A route's action: exactly one of `upstream` (already resolved, when it exists), `respond`,
+/// `redirect` and `aggregate` (already compiled, when it is valid).
 pub(super) fn compile_action(
     r: &crate::config::model::RouteConfig,
     upstream: Option<Arc<Upstream>>,
+    aggregate: Option<crate::aggregate::Aggregate>,
     params: &[&str],
     path: &str,
     errors: &mut Vec<ConfigError>,
@@ -21,7 +22,8 @@ pub(super) fn compile_action(
     use crate::runtime::{Action, Redirect, Respond};
     let given = usize::from(r.upstream.is_some())
         + usize::from(r.respond.is_some())
-        + usize::from(r.redirect.is_some());
+        + usize::from(r.redirect.is_some())
+        + usize::from(r.aggregate.is_some());
     if given != 1 {
         let name = r
             .name
@@ -31,7 +33,7 @@ pub(super) fn compile_action(
         errors.push(ConfigError::new(
             path.to_owned(),
             format!(
-                "route{name} needs exactly one of `upstream`, `respond` and `redirect` (it has {})",
+                "route{name} needs exactly one of `upstream`, `respond`, `redirect` and `aggregate` (it has {})",
                 if given == 0 {
                     "none".to_owned()
                 } else {
@@ -43,6 +45,9 @@ pub(super) fn compile_action(
     }
     if r.upstream.is_some() {
         return upstream.map(Action::Proxy);
+    }
+    if r.aggregate.is_some() {
+        return aggregate.map(|a| Action::Aggregate(Arc::new(a)));
     }
     if let Some(c) = &r.respond {
         return match Respond::compile(c.status, c.body.as_deref(), &c.headers) {

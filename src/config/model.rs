@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::units::{ByteSize, DurationStr, FilePath};
+use super::units::{ByteSize, DurationStr, FilePath, OrderedMap};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -629,6 +629,13 @@ pub struct RouteConfig {
     /// Answer with a redirect instead of forwarding.
     #[serde(default)]
     pub redirect: Option<RedirectConfig>,
+    /// Answer with one JSON document composed from several upstream calls (named; they run
+    /// concurrently unless one uses another's answer).
+    #[serde(default)]
+    pub aggregate: Option<OrderedMap<AggregateCallConfig>>,
+    /// The whole request's deadline, for `aggregate` routes. Default `10s`.
+    #[serde(default)]
+    pub timeout: Option<DurationStr>,
     /// Remove the matched `path_prefix` from the forwarded path.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -681,6 +688,52 @@ impl RouteConfig {
             cache: self.cache.clone(),
         }
     }
+}
+
+/// One call of an `aggregate` route: `{ upstream: users, path: "/users/{id}" }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateCallConfig {
+    /// The upstream called (its balancing, health, retries and timeouts apply).
+    pub upstream: String,
+    /// Default `GET`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path and query, with `{param}`, `{query.NAME}`, `{header.NAME}`, `{consumer.id}`,
+    /// `{consumer.claims.NAME}` and `{CALL.field}` holes (values are encoded).
+    pub path: String,
+    /// Headers set on the call; values may hold the same holes.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Client request headers copied onto the call (e.g. `[authorization, accept-language]`).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Longest wait for this call's answer. Default: the upstream's own timeouts.
+    #[serde(default)]
+    pub timeout: Option<DurationStr>,
+    /// When a required call fails the request fails (502/504); an optional one is left out
+    /// and named under `_errors`. Default true.
+    #[serde(default)]
+    pub required: Option<bool>,
+    /// A JSON pointer to the part of the answer to keep, e.g. `/data`.
+    #[serde(default)]
+    pub pointer: Option<String>,
+    /// Keep only these fields.
+    #[serde(default)]
+    pub select: Vec<String>,
+    /// Drop these fields.
+    #[serde(default)]
+    pub omit: Vec<String>,
+    /// Rename fields: `{ from: to }`.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Put the answer's fields at the root of the document instead of under the call's name
+    /// (the first call listed wins a clash).
+    #[serde(default)]
+    pub merge: bool,
+    /// Largest answer body accepted. Default `1MiB`.
+    #[serde(default)]
+    pub max_body_size: Option<ByteSize>,
 }
 
 /// `respond: { status: 200, body: "pong", headers: { content-type: text/plain } }`

@@ -103,6 +103,7 @@ impl AccessLog {
             reason: None,
             request_id: HeaderValue::from_static("-"),
             trace_id: None,
+            calls: None,
             tally: Arc::default(),
         };
         self.send(record.line(self.format, 0));
@@ -280,6 +281,8 @@ pub struct Record {
     pub request_id: HeaderValue,
     /// W3C trace id, when the request was forwarded.
     pub trace_id: Option<String>,
+    /// An aggregate route's calls: `user:ok:12ms,orders:timeout:300ms`.
+    pub calls: Option<String>,
     pub tally: Arc<Tally>,
 }
 
@@ -329,6 +332,7 @@ impl Record {
                     "bytes_out": bytes_out,
                     "request_id": rid,
                     "trace_id": self.trace_id,
+                    "calls": self.calls,
                 });
                 let mut s = escape_json_line(&v.to_string());
                 s.push('\n');
@@ -353,6 +357,9 @@ impl Record {
                 }
                 if let Some(e) = self.error {
                     let _ = write!(s, " error={e}");
+                }
+                if let Some(c) = &self.calls {
+                    let _ = write!(s, " calls={}", Escaped(c));
                 }
                 if let Some(r) = self.reason {
                     let _ = write!(s, " reason={}", Escaped(r));

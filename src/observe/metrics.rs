@@ -92,6 +92,19 @@ struct RateLimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    route: Name,
+    call: Name,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallRouteLabels {
+    route: Name,
+    call: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     route: Name,
     method: &'static str,
@@ -145,6 +158,8 @@ pub struct Metrics {
     store_up: Gauge,
     store_errors: Counter,
     cache: Family<RateLimitLabels, Counter>,
+    aggregate_calls: Family<CallLabels, Counter>,
+    aggregate_duration: HistogramFamily<CallRouteLabels>,
     cache_stored_bytes: Counter,
     cache_bytes: Gauge,
     cache_entries: Gauge,
@@ -290,6 +305,19 @@ impl Metrics {
             "Response-cache lookups, by route and result (hit, stale, collapsed, miss, revalidated, stale_if_error, bypass)",
             cache.clone(),
         );
+        let aggregate_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "gatehouse_aggregate_calls",
+            "Calls made by aggregate routes, by route, call and result (ok, timeout, upstream_error, bad_status, not_json, too_large, dependency_failed, bad_value, deadline)",
+            aggregate_calls.clone(),
+        );
+        let aggregate_duration: HistogramFamily<CallRouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "gatehouse_aggregate_call_duration_seconds",
+            "Time an aggregate route's call took, by route and call",
+            aggregate_duration.clone(),
+        );
         let cache_stored_bytes = Counter::default();
         registry.register(
             "gatehouse_cache_stored_bytes",
@@ -353,6 +381,8 @@ impl Metrics {
             store_up,
             store_errors,
             cache,
+            aggregate_calls,
+            aggregate_duration,
             cache_stored_bytes,
             cache_bytes,
             cache_entries,
@@ -524,6 +554,29 @@ impl Metrics {
     /// store each config makes).
     pub fn store_errors(&self) -> Counter {
         self.store_errors.clone()
+    }
+
+    /// One call of an aggregate route, and how long it took.
+    pub fn aggregate_call(
+        &self,
+        route: &Arc<str>,
+        call: &Arc<str>,
+        result: &'static str,
+        took: std::time::Duration,
+    ) {
+        self.aggregate_calls
+            .get_or_create(&CallLabels {
+                route: Name(route.clone()),
+                call: Name(call.clone()),
+                result,
+            })
+            .inc();
+        self.aggregate_duration
+            .get_or_create(&CallRouteLabels {
+                route: Name(route.clone()),
+                call: Name(call.clone()),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// An answer of `bytes` written to the cache.

@@ -829,11 +829,14 @@ impl CachePolicy {
             entry,
             leader: fetch.leader,
         };
+        // The declared length, or the body's own exact size (a gateway-made body, whose
+        // length the server writes from it).
         let expected = resp
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| http_body::Body::size_hint(resp.body()).exact());
         if expected == Some(0) {
             // Nothing to copy (and an empty body may never be polled).
             this.finish(Bytes::new());

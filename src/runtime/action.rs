@@ -1,6 +1,7 @@
 //! What a route does with a request once its policies let it through: forward it to an
 //! upstream ([`Action::Proxy`]), answer with a fixed response ([`Respond`]) or with a redirect
-//! ([`Redirect`]). Aggregation will be another variant. Runs in `gateway::handle` after the
+//! ([`Redirect`]), or compose one JSON answer from several upstream calls
+//! ([`Action::Aggregate`]). Runs in `gateway::handle` after the
 //! request-phase policies; the response-phase policies run on whatever it answers.
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub enum Action {
     Proxy(Arc<Upstream>),
     Respond(Respond),
     Redirect(Redirect),
+    Aggregate(Arc<crate::aggregate::Aggregate>),
 }
 
 impl Action {
@@ -27,6 +29,7 @@ impl Action {
             Action::Proxy(_) => "proxy",
             Action::Respond(_) => "respond",
             Action::Redirect(_) => "redirect",
+            Action::Aggregate(_) => "aggregate",
         }
     }
 
