@@ -231,6 +231,7 @@ async fn route_and_forward(
         upgrade_idle: rt.server.upgrade_idle_timeout,
         body_timeout,
         te_trailers,
+        cache: matches!(route.action, Action::Aggregate(_)).then(|| rt.cache.clone()),
     };
     let answer: Result<Response<Body>, GatewayError> = async {
         match route.chain.run_request_from(0, &mut req, &mut cx).await? {
@@ -267,6 +268,8 @@ struct Forward<'c> {
     upgrade_idle: std::time::Duration,
     body_timeout: std::time::Duration,
     te_trailers: bool,
+    /// The store's cache, for an aggregate route's cached calls.
+    cache: Option<crate::store::cache::Backend>,
 }
 
 /// Carries a request on in the background after a policy answered the client (a cache
@@ -288,6 +291,7 @@ fn background(
     let request_id = fwd.request_id.clone();
     let (upgrade_idle, body_timeout, te_trailers) =
         (fwd.upgrade_idle, fwd.body_timeout, fwd.te_trailers);
+    let cache = fwd.cache.clone();
     tokio::spawn(async move {
         let fwd = Forward {
             conn: &conn,
@@ -297,6 +301,7 @@ fn background(
             upgrade_idle,
             body_timeout,
             te_trailers,
+            cache,
         };
         let tally = Arc::new(Tally::default());
         let mut line = Pending::detached();
@@ -368,7 +373,7 @@ async fn forward(
     req.headers_mut()
         .insert(trace::TRACEPARENT.clone(), trace.header);
     let Some(upstream) = upstream else {
-        let Action::Aggregate(agg) = &route.action else {
+        let (Action::Aggregate(agg), Some(cache)) = (&route.action, fwd.cache.as_ref()) else {
             return Err(GatewayError::Internal("no action".into()));
         };
         // A call is the gateway's own request to another service: it carries the target's
@@ -396,6 +401,10 @@ async fn forward(
             body_timeout: fwd.body_timeout,
             tally,
             metrics,
+            cache,
+            forwarding: &|r: &mut Request<Body>| {
+                proxy::add_forwarding_headers(r, &down, &fwd.request_id)
+            },
         };
         let mut records = Vec::new();
         let answer = crate::aggregate::run(agg, &input, &mut records).await;

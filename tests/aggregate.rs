@@ -501,3 +501,56 @@ fn gatehouse_sha256(key: &str) -> String {
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_call_is_reused_by_the_next_requests() {
+    let users = json_upstream(Duration::ZERO, 200, &[], r#"{"id": 1}"#).await;
+    let stock = json_upstream(
+        Duration::ZERO,
+        200,
+        &[("cache-control", "no-store")],
+        r#"{"n": 3}"#,
+    )
+    .await;
+    let fx = json_upstream(
+        Duration::ZERO,
+        200,
+        &[("cache-control", "max-age=60")],
+        r#"{"eur": 1.1}"#,
+    )
+    .await;
+    let gw = TestGateway::start(&config(
+        &[
+            ("users", users.url()),
+            ("stock", stock.url()),
+            ("fx", fx.url()),
+        ],
+        r#"  - name: page
+    match: { path: "/page/{id}" }
+    aggregate:
+      user:  { upstream: users, path: "/users/{id}", cache: { ttl: 30s } }
+      stock: { upstream: stock, path: "/stock", cache: { ttl: 30s } }
+      fx:    { upstream: fx, path: "/fx" }
+"#,
+    ))
+    .await;
+    for _ in 0..3 {
+        let r = get(&gw, "/page/1", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["user"]["id"], 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(users.hits(), 1, "the user call is kept (30 s)");
+    assert_eq!(stock.hits(), 3, "a no-store answer is never kept");
+    assert_eq!(fx.hits(), 3, "a call without cache: always goes");
+    // Another param is another call.
+    get(&gw, "/page/2", &[]).await;
+    assert_eq!(users.hits(), 2);
+    let m = gw.gw.metrics.encode();
+    assert!(
+        m.contains(
+            "gatehouse_aggregate_calls_total{route=\"page\",call=\"user\",result=\"cache_hit\"} 2"
+        ),
+        "{m}"
+    );
+}

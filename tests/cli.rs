@@ -326,6 +326,39 @@ routes:
 }
 
 #[test]
+fn explain_shows_an_aggregate_routes_call_graph() {
+    let cfg = TempConfig::new(
+        r#"
+listen: "127.0.0.1:8080"
+upstreams:
+  users: { targets: ["http://10.0.0.1:8081"] }
+  geo: { targets: ["http://10.0.0.2:8081"] }
+routes:
+  - name: dashboard
+    match: { path: "/dashboard/{id}" }
+    timeout: 2s
+    aggregate:
+      address: { upstream: geo, path: "/addresses/{user.address_id}", required: false, timeout: 300ms }
+      user: { upstream: users, path: "/users/{id}" }
+"#,
+    );
+    let p = cfg.path.to_str().unwrap();
+    let (code, out, _) = run(&["explain", "--config", p, "GET", "http://x/dashboard/7"]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "aggregates: 2 calls into one JSON answer (deadline 2s)",
+        "user: GET users /users/{id}, at once",
+        "address: GET geo /addresses/{user.address_id}, after user; optional; timeout 300ms",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(
+        out.find("user: GET").unwrap() < out.find("address: GET").unwrap(),
+        "listed in the order they can start:\n{out}"
+    );
+}
+
+#[test]
 fn explain_keeps_the_port_in_host() {
     let cfg = TempConfig::new(
         r#"

@@ -426,6 +426,10 @@ fn routes(c: &Control) -> Value {
                 },
                 "upstream": r.action.upstream().map(|u| &*u.name),
                 "action": r.action.kind(),
+                "calls": match &r.action {
+                    crate::runtime::Action::Aggregate(a) => Some(crate::aggregate::describe(a)),
+                    _ => None,
+                },
                 "path_action": match &r.path_action {
                     PathAction::Keep => "keep",
                     PathAction::StripPrefix(_) => "strip_prefix",

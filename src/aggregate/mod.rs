@@ -57,6 +57,8 @@ pub struct CallPlan {
     pub shape: Shape,
     pub merge: bool,
     pub max_body: u64,
+    /// Keep answers in the store, fresh this long unless they say otherwise.
+    pub cache_ttl: Option<u64>,
 }
 
 /// Why a call has no answer.
@@ -141,11 +143,18 @@ pub struct Inputs<'a> {
     pub body_timeout: Duration,
     pub tally: &'a Tally,
     pub metrics: &'a Metrics,
+    /// Where calls with `cache:` keep their answers.
+    pub cache: &'a crate::store::cache::Backend,
+    /// Adds the forwarding headers (`X-Forwarded-*`, `X-Request-Id`, `Via`) to a call, as
+    /// the proxy does to a forwarded request.
+    pub forwarding: &'a (dyn Fn(&mut Request<Body>) + Sync),
 }
 
 struct Done {
     value: Value,
     cache_control: Option<HeaderValue>,
+    /// Served from the store.
+    cached: bool,
 }
 
 /// Runs the plan and composes the answer.
@@ -201,6 +210,7 @@ pub async fn run(
                 let took = t0.elapsed();
                 let plan = &agg.calls[i];
                 let outcome = match &r {
+                    Ok(d) if d.cached => "cache_hit",
                     Ok(_) => "ok",
                     Err(e) => e.kind(),
                 };
@@ -397,7 +407,7 @@ fn build(
     if let Some(tp) = input.traceparent {
         h.insert(crate::observe::trace::TRACEPARENT.clone(), tp.clone());
     }
-    crate::proxy::add_forwarding_headers(&mut req, input.down, input.request_id);
+    (input.forwarding)(&mut req);
     Ok((req, path))
 }
 
@@ -409,6 +419,98 @@ async fn call(
     path: http::uri::PathAndQuery,
     input: &Inputs<'_>,
 ) -> Result<Done, CallError> {
+    let key = plan.cache_ttl.map(|_| cache_key(plan, &req, &path));
+    if let Some(k) = &key
+        && let Ok(Some(stored)) = input.cache.get(k).await
+        && let crate::store::cache::Stored::Response(e) = &*stored
+        && e.ttl(crate::store::cache::now_ms()) > 0
+        && let Ok(value) = parse_json(&e.body)
+    {
+        return Ok(Done {
+            value,
+            cache_control: e.header(&header::CACHE_CONTROL).cloned(),
+            cached: true,
+        });
+    }
+    let done = fetch(plan, req, path, input).await?;
+    if let (Some(k), Some(ttl)) = (key, plan.cache_ttl) {
+        keep(input.cache, k, &done, ttl);
+    }
+    Ok(done.0)
+}
+
+/// A cached call's key: the upstream, method, path and query, and the headers the call sends
+/// that its configuration chose (forwarded or set), which may change the answer.
+fn cache_key(plan: &CallPlan, req: &Request<Body>, path: &http::uri::PathAndQuery) -> Vec<u8> {
+    let mut k = format!("agg|{}|{} {}", plan.upstream.name, plan.method, path).into_bytes();
+    let chosen = plan
+        .forward
+        .iter()
+        .chain(plan.headers.iter().map(|(n, _)| n));
+    for name in chosen {
+        for v in req.headers().get_all(name) {
+            k.push(b'|');
+            k.extend_from_slice(name.as_str().as_bytes());
+            k.push(b'=');
+            k.extend_from_slice(v.as_bytes());
+        }
+    }
+    k
+}
+
+/// Stores a call's answer unless it says not to (`no-store`, `private`); fresh for its
+/// `s-maxage` or `max-age`, else `ttl`.
+fn keep(cache: &crate::store::cache::Backend, key: Vec<u8>, done: &(Done, Bytes, u64), ttl: u64) {
+    let (d, body, age) = done;
+    let mut fresh = None;
+    if let Some(cc) = d.cache_control.as_ref().and_then(|v| v.to_str().ok()) {
+        for part in cc.split(',') {
+            let part = part.trim();
+            let (name, arg) = part.split_once('=').unwrap_or((part, ""));
+            let n = arg.trim().trim_matches('"').parse::<u64>().ok();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "no-store" | "private" => return,
+                "no-cache" => fresh = Some(0),
+                "s-maxage" => fresh = n.or(fresh),
+                "max-age" => fresh = fresh.or(n),
+                _ => {}
+            }
+        }
+    }
+    let fresh_for = fresh.unwrap_or(ttl);
+    if fresh_for <= *age {
+        return;
+    }
+    let entry = crate::store::cache::Entry {
+        status: StatusCode::OK,
+        headers: d
+            .cache_control
+            .iter()
+            .map(|v| (header::CACHE_CONTROL, v.clone()))
+            .collect(),
+        body: body.clone(),
+        stored_ms: crate::store::cache::now_ms(),
+        initial_age: *age,
+        fresh_for,
+        stale_while_revalidate: 0,
+        stale_if_error: 0,
+        must_revalidate: false,
+    };
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        let _ = cache
+            .put(&key, crate::store::cache::Stored::Response(entry))
+            .await;
+    });
+}
+
+/// Sends the call and reads its answer: the parsed answer, its bytes and its `Age`.
+async fn fetch(
+    plan: &CallPlan,
+    req: Request<Body>,
+    path: http::uri::PathAndQuery,
+    input: &Inputs<'_>,
+) -> Result<(Done, Bytes, u64), CallError> {
     let work = async {
         let c = crate::upstream::Call {
             path,
@@ -428,6 +530,12 @@ async fn call(
             })?;
         let status = resp.status();
         let cache_control = resp.headers().get(header::CACHE_CONTROL).cloned();
+        let age = resp
+            .headers()
+            .get(header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         let declared = resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -455,10 +563,15 @@ async fn call(
             return Err(CallError::Status(status.as_u16()));
         }
         let value = parse_json(&body)?;
-        Ok(Done {
-            value,
-            cache_control,
-        })
+        Ok((
+            Done {
+                value,
+                cache_control,
+                cached: false,
+            },
+            body,
+            age,
+        ))
     };
     match plan.timeout {
         Some(t) => tokio::time::timeout(t, work)

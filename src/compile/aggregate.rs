@@ -151,6 +151,12 @@ pub(super) fn compile_aggregate(
                 format!("{p:?} is not a JSON pointer (they start with `/`, e.g. `/data/items`)"),
             ));
         }
+        if c.cache.as_ref().is_some_and(|k| k.ttl.0.as_secs() == 0) {
+            errors.push(ConfigError::new(
+                at(name, "cache.ttl"),
+                "must be at least 1s",
+            ));
+        }
         if c.timeout.is_some_and(|t| t.0.is_zero()) {
             errors.push(ConfigError::new(at(name, "timeout"), "must be more than 0"));
         }
@@ -197,6 +203,7 @@ pub(super) fn compile_aggregate(
             },
             merge: c.merge,
             max_body,
+            cache_ttl: c.cache.as_ref().map(|k| k.ttl.0.as_secs()),
         });
     }
     if errors.len() > before {

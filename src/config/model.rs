@@ -734,6 +734,18 @@ pub struct AggregateCallConfig {
     /// Largest answer body accepted. Default `1MiB`.
     #[serde(default)]
     pub max_body_size: Option<ByteSize>,
+    /// Keep this call's answers in the store (memory, or the shared Redis) and reuse them.
+    #[serde(default)]
+    pub cache: Option<AggregateCacheConfig>,
+}
+
+/// `cache: { ttl: 30s }` on an aggregate call.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateCacheConfig {
+    /// Freshness when the answer states none (`s-maxage`, `max-age`). Answers marked
+    /// `no-store` or `private` are never kept.
+    pub ttl: DurationStr,
 }
 
 /// `respond: { status: 200, body: "pong", headers: { content-type: text/plain } }`
