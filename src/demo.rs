@@ -137,6 +137,11 @@ routes:
     match: {{ path_prefix: /limited }}
     upstream: users
     rate_limit: {{ key: client_ip, limit: 2/s, burst: 3 }}
+  - name: dashboard
+    match: {{ path: "/dashboard/{{id}}", methods: [GET] }}
+    aggregate:
+      user:   {{ upstream: users, path: "/v1/users/{{id}}", select: [path, instance] }}
+      orders: {{ upstream: orders, path: "/orders?user={{id}}&limit={{query.limit}}", required: false, timeout: 500ms, select: [path] }}
   - name: cached
     match: {{ path_prefix: /cached }}
     upstream: users
@@ -199,6 +204,9 @@ Gatehouse demo is running on http://{addr}  (Ctrl-C to stop)
   # the service sees who called in x-consumer-id, not the password
   curl -si http://{addr}/admin
   curl -s -u demo:demo http://{addr}/admin
+
+  # aggregation: one request, two services (users and orders, called at once), one JSON answer
+  curl -s 'http://{addr}/dashboard/42?limit=5'
 
   # a cached route (ttl 10s): the first answer is stored, the next ones come from the cache
   # (Cache-Status: hit, with Age), so one instance answers them all until it expires

@@ -752,6 +752,7 @@ async fn the_demo_serves_what_its_banner_promises() {
     let orders = get(&format!("{base}/api/orders/7")).await;
     let missing = get(&format!("{base}/nope")).await;
     let locked = get(&format!("{base}/admin")).await;
+    let dashboard = get(&format!("{base}/dashboard/42?limit=5")).await;
     let mut cached = Vec::new();
     for _ in 0..3 {
         cached.push(get(&format!("{base}/cached")).await);
@@ -788,6 +789,12 @@ async fn the_demo_serves_what_its_banner_promises() {
     assert_eq!(admin.status, 200);
     assert_eq!(&limited[..4], [200, 200, 200, 200], "{limited:?}");
     assert!(limited[4..].contains(&429), "{limited:?}");
+    assert_eq!(dashboard.status, 200);
+    let d = dashboard.json();
+    assert_eq!(d["user"]["path"], "/v1/users/42", "{d}");
+    assert_eq!(d["orders"]["path"], "/orders?user=42&limit=5", "{d}");
+    assert!(d["user"]["instance"].is_string());
+    assert!(d["user"].get("host").is_none(), "select kept only path and instance");
     assert_eq!(
         cached[0].header("cache-status"),
         Some("Gatehouse; fwd=miss; stored")

@@ -849,11 +849,11 @@ fn a_route_needs_exactly_one_action() {
     for (routes, want) in [
         (
             "  - name: none\n    match: { path: /a }\n",
-            "route \"none\" needs exactly one of `upstream`, `respond` and `redirect` (it has none)",
+            "route \"none\" needs exactly one of `upstream`, `respond`, `redirect` and `aggregate` (it has none)",
         ),
         (
             "  - name: two\n    match: { path: /a }\n    upstream: u\n    respond: { body: x }\n",
-            "route \"two\" needs exactly one of `upstream`, `respond` and `redirect` (it has 2)",
+            "route \"two\" needs exactly one of `upstream`, `respond`, `redirect` and `aggregate` (it has 2)",
         ),
         (
             "  - match: { path: /a }\n    redirect: { to: /b, status: 200 }\n",

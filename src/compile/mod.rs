@@ -451,8 +451,8 @@ fn compile_store(
             // The name holds every setting (and a digest of the certificates' contents), so a
             // changed one makes a new store and an unchanged one keeps its connection.
             let mut name = format!(
-                "redis|{:?}|{}|{:?}",
-                settings.urls, settings.cluster, settings.timeout
+                "redis|{:?}|{}|{:?}|{}",
+                settings.urls, settings.cluster, settings.timeout, settings.pool
             );
             if let Some(t) = &settings.tls {
                 use sha2::Digest;
@@ -581,11 +581,19 @@ fn redis_settings(
         }
         Some(t) => redis_tls(t, errors),
     };
+    let pool = r.pool.unwrap_or(1);
+    if !(1..=64).contains(&pool) {
+        errors.push(ConfigError::new(
+            "store.redis.pool",
+            "must be between 1 and 64",
+        ));
+    }
     (errors.len() == before).then(|| crate::store::redis::RedisSettings {
         urls: urls.into_iter().map(|(_, u)| u.clone()).collect(),
         cluster,
         timeout,
         tls,
+        pool: pool as usize,
     })
 }
 

@@ -1117,6 +1117,10 @@ pub struct RedisStoreConfig {
     /// For `rediss://`: a CA to trust instead of the system's, and a client certificate.
     #[serde(default)]
     pub tls: Option<RedisTlsConfig>,
+    /// Connections to Redis (each multiplexed: many calls at once), used in turn. 1-64,
+    /// default 1.
+    #[serde(default)]
+    pub pool: Option<u32>,
 }
 
 /// `tls: { ca: certs/redis-ca.pem }`, and `cert` + `key` when Redis asks for a client

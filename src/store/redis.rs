@@ -61,6 +61,8 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// `store.redis.tls`: the CA to trust instead of the system's, and a client certificate.
     pub tls: Option<redis::TlsCertificates>,
+    /// Multiplexed connections, used in turn (`store.redis.pool`, at least 1).
+    pub pool: usize,
 }
 
 /// One node or a cluster: how to make the connection. One per store, made once: its size
@@ -73,9 +75,11 @@ enum Target {
 
 pub struct RedisStore {
     target: Target,
-    /// Made on first use (compiling a config does no I/O, and needs no runtime); it connects
-    /// in the background and reconnects by itself.
-    conn: OnceLock<Conn>,
+    /// `store.redis.pool` connections, each made on first use (compiling a config does no
+    /// I/O, and needs no runtime); each connects in the background and reconnects by itself,
+    /// and carries many calls at once (multiplexed). Calls take them in turn.
+    conns: Vec<OnceLock<Conn>>,
+    next: std::sync::atomic::AtomicUsize,
     timeout: Duration,
     script: redis::Script,
     /// Decides while Redis cannot.
@@ -116,7 +120,8 @@ impl RedisStore {
         };
         Ok(RedisStore {
             target,
-            conn: OnceLock::new(),
+            conns: (0..s.pool.max(1)).map(|_| OnceLock::new()).collect(),
+            next: Default::default(),
             timeout: s.timeout,
             script: redis::Script::new(GCRA),
             local: MemoryStore::default(),
@@ -173,11 +178,13 @@ impl RedisStore {
         if !self.health.may_try() {
             return Err(SKIPPED.into());
         }
-        let conn = match self.conn.get() {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let slot = &self.conns[i];
+        let conn = match slot.get() {
             Some(c) => c.clone(),
             None => {
                 let made = self.connect()?;
-                self.conn.get_or_init(|| made).clone()
+                slot.get_or_init(|| made).clone()
             }
         };
         Ok(RedisConnection {
@@ -434,6 +441,7 @@ mod tests {
             cluster: false,
             timeout: Duration::from_millis(50),
             tls: None,
+            pool: 1,
         }
     }
 
