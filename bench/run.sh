@@ -1927,8 +1927,9 @@ report_ratelimit() {
     echo "Each limited request builds its key (the route's policy id + client IP or the header value),"
     echo "runs GCRA on it in the memory store and adds \`RateLimit-Limit\`, \`-Remaining\` and \`-Reset\` to"
     echo "the answer; \`none\` does none of this. \`redis\` runs GCRA in Redis instead (EVALSHA, one round"
-    echo "trip per request over the one shared connection; checked before measuring: a \`gatehouse:rl:*\`"
-    echo "key exists and nothing fell back to local limits). All requests share one key (127.0.0.1, or"
+    echo "trip per request over the one shared connection; checked before measuring: redis-server served"
+    echo "EVALSHA (INFO commandstats) and nothing fell back to local limits; under load its EVAL/EVALSHA"
+    echo "count is compared with wrk's requests). All requests share one key (127.0.0.1, or"
     echo "$RL_TENANT), so the figures say nothing about many keys (map growth, expiry). proxy CPU and CPU µs"
     echo "per request are measured as in the TLS modes (/proc/PID/stat, all threads); per CPU second:"
     echo "none's CPU µs per request / the variant's."
@@ -1964,7 +1965,7 @@ report_cache() {
         if [[ -n "${CACHE_CHECK[$v]:-}" ]]; then echo "- $v: Cache-Status of the ${CACHE_CHECK[$v]} (round 1)."; fi
     done
     echo "\`memory\` and \`redis\` must have a hit on the 2nd request (else not measured); \`redis\` must also"
-    echo "have the answer in Redis (a \`gatehouse:cache:*\` key) with no fallback in its log. cache hits:"
+    echo "have the answer in Redis (GETs served, a \`gatehouse:cache:*\` key) with no fallback in its log. cache hits:"
     echo "the hits counted by Gatehouse (\`gatehouse_cache_total{result=\"hit\"}\` from its admin listener,"
     echo "read before and after the run; every variant has the listener) over the requests wrk completed;"
     echo "slightly over 100% is requests still in flight at the end. A hit from memory looks the key up"
