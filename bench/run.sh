@@ -2,13 +2,15 @@
 # Gatehouse vs nginx vs HAProxy on loopback: plain HTTP/1.1 reverse-proxy throughput (default),
 # and with --mode also HTTPS keep-alive, full TLS handshakes per second, HTTP/2 over TLS, and
 # (auth) Gatehouse alone with basic auth and with JWT (RS256) against the same route unguarded,
-# and (ratelimit) Gatehouse alone with an in-memory rate limit that is never reached.
+# (ratelimit) Gatehouse alone with a rate limit that is never reached, in memory and in Redis,
+# and (cache) Gatehouse alone answering from its response cache, in memory and in Redis, against
+# plain proxying. Redis is a redis-server the script starts on a free loopback port.
 #
-#   bash bench/run.sh [--mode http|https|handshake|h2|auth|ratelimit|all] [--proxies "nginx haproxy gatehouse"]
+#   bash bench/run.sh [--mode http|https|handshake|h2|auth|ratelimit|cache|all] [--proxies "nginx haproxy gatehouse"]
 #                     [--duration 10s] [--connections 50] [--baseline PATH] [--rounds N]
 #
 # Environment: MODE (http; a list such as "https h2" runs several; all = http https handshake
-# h2, without auth and ratelimit), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
+# h2, without auth, ratelimit and cache), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
 # GATEHOUSE_BIN (skip the cargo build and use this binary), WARMUP (2s),
 # BASELINE_BIN (another gatehouse binary, e.g. of the previous commit: adds the proxy
 # "gatehouse-base", run exactly like "gatehouse"), ROUNDS (1; N > 1 measures the whole list
@@ -38,7 +40,7 @@ CARGO_LOCK_WAIT="${CARGO_LOCK_WAIT:-1800}" # seconds to wait for the shared carg
 START_TIMEOUT_S=10
 
 usage() {
-    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($# > 0)); do
@@ -88,8 +90,8 @@ MODE_LIST=()
 for m in "${mode_args[@]}"; do
     case "$m" in
         all) expanded=(http https handshake h2) ;;
-        http | https | handshake | h2 | auth | ratelimit) expanded=("$m") ;;
-        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth ratelimit all)" >&2; exit 2 ;;
+        http | https | handshake | h2 | auth | ratelimit | cache) expanded=("$m") ;;
+        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth ratelimit cache all)" >&2; exit 2 ;;
     esac
     for e in "${expanded[@]}"; do
         dup=0
@@ -111,20 +113,22 @@ wants() {
     return 1
 }
 
-# Modes auth and ratelimit measure Gatehouse against itself (variants of one route: none,
-# basic, jwt; none, limited, limited_by_header), not a proxy list. When they are the only
-# modes, PROXIES and BASELINE_BIN do not apply: only gatehouse is built (or taken from
-# GATEHOUSE_BIN) and started. Next to other modes they need gatehouse in PROXIES.
+# Modes auth, ratelimit and cache measure Gatehouse against itself (variants of one route:
+# none, basic, jwt; none, limited, limited_by_header, redis; none, memory, redis), not a proxy
+# list. When they are the only modes, PROXIES and BASELINE_BIN do not apply: only gatehouse is
+# built (or taken from GATEHOUSE_BIN) and started. Next to other modes they need gatehouse in
+# PROXIES.
 AUTH_VARIANTS=(none basic jwt)
-RL_VARIANTS=(none limited limited_by_header)
-is_variant_mode() { [[ "$1" == auth || "$1" == ratelimit ]]; }
+RL_VARIANTS=(none limited limited_by_header redis)
+CACHE_VARIANTS=(none memory redis)
+is_variant_mode() { [[ "$1" == auth || "$1" == ratelimit || "$1" == cache ]]; }
 GH_ONLY=1 # every mode is a gatehouse-only one
 for m in "${MODE_LIST[@]}"; do is_variant_mode "$m" || GH_ONLY=0; done
 if ((GH_ONLY)); then
     PROXY_LIST=(gatehouse)
     BASELINE_BIN=""
 else
-    for m in auth ratelimit; do
+    for m in auth ratelimit cache; do
         if wants_mode "$m" && ! wants gatehouse; then
             echo "run.sh: mode '$m' measures gatehouse: PROXIES must include gatehouse when other modes run too" >&2
             exit 2
@@ -176,11 +180,12 @@ ensure_tools() {
     # command -> Debian package
     local -A pkg_of=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [curl]=curl
         [taskset]=util-linux [python3]=python3 [flock]=util-linux [openssl]=openssl
-        [h2load]=nghttp2-client [ps]=procps)
+        [h2load]=nghttp2-client [ps]=procps [redis-server]=redis-server [redis-cli]=redis-tools)
     local need=(nginx curl taskset python3)
-    if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit; then need+=(wrk); fi
+    if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache; then need+=(wrk); fi
     if ((HAS_TLS)) || wants_mode auth; then need+=(openssl); fi
-    if ((HAS_TLS)) || wants_mode auth || wants_mode ratelimit; then need+=(ps); fi
+    if ((HAS_TLS)) || wants_mode auth || wants_mode ratelimit || wants_mode cache; then need+=(ps); fi
+    if wants_mode ratelimit || wants_mode cache; then need+=(redis-server redis-cli); fi
     wants_mode h2 && need+=(h2load)
     wants haproxy && need+=(haproxy)
     wants gatehouse && [[ -z "${GATEHOUSE_BIN:-}" ]] && need+=(flock)
@@ -330,10 +335,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------- ports
 # Bind port 0 on 127.0.0.1 for each slot (all sockets open at once, so the ports differ),
 # print the ports and release them. The window until our servers bind them is tiny.
-read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT GATEHOUSE_PORT BASELINE_PORT <<<"$(python3 - <<'PY'
+read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT GATEHOUSE_PORT BASELINE_PORT ADMIN_PORT REDIS_PORT <<<"$(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(5):
+for _ in range(7):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -441,6 +446,21 @@ RL_HDR=() # the header wrk and the checks send (only limited_by_header: x-tenant
 RL_CHECK_POLICY="key: client_ip, limit: 2/min, burst: 1"
 RL_CHECK_RESULT="" # what the 3 check requests got, for the report
 RL_CHECK_REASON="" # why the check failed
+
+# Mode cache: the route of mode http with `cache: { ttl: 300s }`, in the memory store (memory)
+# or in the script's redis-server (redis). The backend's answer (200, text/plain, no
+# Cache-Control, Set-Cookie or validators) is stored with the route's ttl, which outlives
+# every measurement, so after the check's first request every request is a hit.
+CACHE_POLICY="ttl: 300s"
+declare -A CACHE_CHECK # per variant: the Cache-Status of the check's two requests (round 1)
+# Modes ratelimit and cache (variant redis): one redis-server for the whole run, on a free
+# loopback port (never 6379), no persistence, pinned to LOAD_CPU (beside wrk, in place of
+# the backend, which cache hits do not reach), stopped on exit with the other processes.
+# Flushed before each measurement, so every redis variant starts empty like a fresh process.
+REDIS_TIMEOUT=50ms
+REDIS_STATUS="" # empty = usable; otherwise why the redis variants are not measured
+REDIS_PID=""
+REDIS_URL=""
 
 nginx_common() { # $1 = instance dir
     cat <<EOF
@@ -571,6 +591,57 @@ record curl -s "http://127.0.0.1:$BACKEND_PORT/"
 EXPECTED_BODY="$(curl -s --max-time 5 "http://127.0.0.1:$BACKEND_PORT/")"
 [[ "$EXPECTED_BODY" == "hello" ]] || die "backend returned unexpected body: '$EXPECTED_BODY'"
 log "backend ready on 127.0.0.1:$BACKEND_PORT"
+
+# ---------------------------------------------------------------- redis-server (ratelimit, cache)
+# redis_cli ARGS... : redis-cli against the script's own redis-server (bounded by a timeout)
+redis_cli() { timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+# redis_flush : empties the script's redis-server and resets its command counters before a
+# redis measurement
+redis_flush() {
+    record redis-cli -h 127.0.0.1 -p "$REDIS_PORT" FLUSHALL
+    record redis-cli -h 127.0.0.1 -p "$REDIS_PORT" CONFIG RESETSTAT
+    [[ "$(redis_cli FLUSHALL 2>&1)" == OK && "$(redis_cli CONFIG RESETSTAT 2>&1)" == OK ]]
+}
+# redis_calls MODE : how many calls the script's redis-server has served of the command a
+# request of MODE makes (ratelimit: EVAL/EVALSHA, the GCRA script; cache: GET), from INFO
+# commandstats (empty when it cannot be read)
+redis_calls() {
+    local re='^cmdstat_get:'
+    [[ "$1" == ratelimit ]] && re='^cmdstat_eval(sha)?:'
+    redis_cli INFO commandstats 2>/dev/null | tr -d '\r' | awk -v re="$re" '
+        { ok = 1 } $0 ~ re { sub(/^[^:]*:calls=/, ""); sub(/,.*/, ""); n += $0 }
+        END { if (ok) printf "%d\n", n }'
+}
+# redis_keys PATTERN : how many keys of the script's redis-server match PATTERN
+redis_keys() { redis_cli --scan --pattern "$1" 2>/dev/null | grep -c . || true; }
+if [[ -n "$GATEHOUSE" ]] && { wants_mode ratelimit || wants_mode cache; }; then
+    REDIS_DIR="$WORK/redis"
+    mkdir -p "$REDIS_DIR"
+    if [[ "$REDIS_PORT" == 6379 ]]; then
+        REDIS_STATUS="the free port picked for redis-server was 6379, which is left alone; not measured"
+    else
+        REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+        start_bg redis-server "$LOAD_CPU" "$REDIS_DIR/redis.log" \
+            redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+            --dir "$REDIS_DIR" --daemonize no --logfile ""
+        REDIS_PID=$LAST_PID
+        for ((i = 0; i < START_TIMEOUT_S * 10; i++)); do
+            if ! kill -0 "$REDIS_PID" 2>/dev/null; then break; fi
+            if [[ "$(redis_cli PING 2>/dev/null)" == PONG ]]; then break; fi
+            sleep 0.1
+        done
+        if [[ "$(redis_cli PING 2>/dev/null)" != PONG ]]; then
+            REDIS_STATUS="redis-server did not answer PING on 127.0.0.1:$REDIS_PORT within ${START_TIMEOUT_S}s, not measured"
+            tail -n 20 "$REDIS_DIR/redis.log" | sed 's/^/    /' >&2
+            stop_pid "$REDIS_PID"
+            REDIS_PID=""
+        else
+            record redis-cli -h 127.0.0.1 -p "$REDIS_PORT" PING
+            log "redis-server ready on 127.0.0.1:$REDIS_PORT ($(redis-server --version | awk '{print $3}'))"
+        fi
+    fi
+    if [[ -n "$REDIS_STATUS" ]]; then log "redis: $REDIS_STATUS"; fi
+fi
 
 # ---------------------------------------------------------------- proxies
 # start_proxy NAME MODE : writes config, starts pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT
@@ -771,11 +842,13 @@ auth_check() {
     fi
 }
 
-# start_variant MODE VARIANT : mode auth or ratelimit: starts gatehouse with VARIANT's config
+# start_variant MODE VARIANT : mode auth, ratelimit or cache: starts gatehouse with VARIANT's
+# config
 start_variant() {
     case "$1" in
         auth) start_auth "$2" ;;
         ratelimit) start_ratelimit "$2" ;;
+        cache) start_cache "$2" ;;
     esac
 }
 # variant_check MODE VARIANT PORT : the checks of VARIANT before it is measured
@@ -783,14 +856,22 @@ variant_check() {
     case "$1" in
         auth) auth_check "$2" "$3" ;;
         ratelimit) rl_check "$2" "$3" ;;
+        cache) cache_check "$2" "$3" ;;
     esac
 }
+# uses_redis MODE VARIANT : whether VARIANT of MODE keeps its state in the script's redis-server
+uses_redis() { [[ "$1" == ratelimit || "$1" == cache ]] && [[ "$2" == redis ]]; }
+# store_yaml : the top-level `store:` of the redis variants
+store_yaml() {
+    printf 'store: { redis: { url: "%s", timeout: %s } }\n' "${REDIS_URL:-redis://127.0.0.1:PORT/0}" "$REDIS_TIMEOUT"
+}
 
-# start_ratelimit VARIANT : mode ratelimit: writes the config of VARIANT (none, limited or
-# limited_by_header) and starts gatehouse with it, pinned to PROXY_CPU; sets PROXY_PID
-# PROXY_PORT PROXY_LOG PROXY_DIR and RL_HDR. none is the config of mode http.
+# start_ratelimit VARIANT : mode ratelimit: writes the config of VARIANT (none, limited,
+# limited_by_header or redis) and starts gatehouse with it, pinned to PROXY_CPU; sets PROXY_PID
+# PROXY_PORT PROXY_LOG PROXY_DIR and RL_HDR. none is the config of mode http; redis is limited
+# with the store in the script's redis-server.
 start_ratelimit() {
-    local v="$1" dir="$WORK/ratelimit/$1" rl=""
+    local v="$1" dir="$WORK/ratelimit/$1" rl="" store=""
     PROXY_DIR="$dir"
     PROXY_PORT=$GATEHOUSE_PORT
     PROXY_LOG="$dir/gatehouse.log"
@@ -804,12 +885,17 @@ start_ratelimit() {
             rl=$'\n'"    rate_limit: { key: \"header:$RL_TENANT_HEADER\", $RL_POLICY }"
             RL_HDR=("$RL_TENANT_HEADER: $RL_TENANT")
             ;;
+        redis)
+            rl=$'\n'"    rate_limit: { key: client_ip, $RL_POLICY }"
+            store="$(store_yaml)"$'\n'
+            redis_flush || log "redis-server: FLUSHALL failed"
+            ;;
     esac
     cat >"$dir/gatehouse.yaml" <<EOF
 listen: "127.0.0.1:$PROXY_PORT"
 workers: 1
 access_log: off
-upstreams:
+${store}upstreams:
   backend:
     targets: ["http://127.0.0.1:$BACKEND_PORT"]
 routes:
@@ -833,9 +919,12 @@ status_of() {
 }
 
 # rl_check VARIANT PORT : with RL_HDR (limited_by_header: x-tenant) the variant must answer
-# 200 with the backend's body; limited and limited_by_header must carry RateLimit-Limit with
-# the configured limit (the request went through the limiter), none must not. limited_by_header
-# must not count a request without x-tenant (no RateLimit-Limit). On failure CHECK_REASON says why.
+# 200 with the backend's body; limited, limited_by_header and redis must carry RateLimit-Limit
+# with the configured limit (the request went through the limiter), none must not. redis must
+# have counted it in Redis (redis-server served EVALSHA, no fallback to local limits in its
+# log). limited_by_header must count a request without x-tenant too (by its client address, so
+# that omitting the header does not escape the limit: RateLimit-Limit present). On failure
+# CHECK_REASON says why.
 rl_check() {
     local v="$1" url="http://127.0.0.1:$2/" hdrs code body lim h
     local cmd=(curl -s -D - -o "$PROXY_DIR/check-body.txt")
@@ -861,15 +950,122 @@ rl_check() {
         CHECK_REASON="RateLimit-Limit: '${lim}' (expected $RL_LIMIT_N: the request was not counted)"
         return 1
     fi
+    if [[ "$v" == redis ]] && ! redis_used ratelimit; then return 1; fi
     [[ "$v" == limited_by_header ]] || return 0
     record curl -s -D - -o /dev/null "$url"
     hdrs="$(curl -s -D - -o /dev/null --max-time 5 "$url" || true)"
     code="$(status_of <<<"$hdrs")"
     lim="$(hdr_value ratelimit-limit <<<"$hdrs")"
-    if [[ "$code" != 200 || -n "$lim" ]]; then
-        CHECK_REASON="without $RL_TENANT_HEADER: HTTP ${code:-none}, RateLimit-Limit '$lim' (expected 200 and no RateLimit-Limit: not counted)"
+    if [[ "$code" != 200 || "$lim" != "$RL_LIMIT_N" ]]; then
+        CHECK_REASON="without $RL_TENANT_HEADER: HTTP ${code:-none}, RateLimit-Limit '$lim' (expected 200 and RateLimit-Limit: $RL_LIMIT_N: counted by client address)"
         return 1
     fi
+}
+
+# redis_used MODE [PATTERN] : a redis variant's requests reached the script's redis-server
+# (it has served MODE's command since its counters were reset: redis_calls), its state is there
+# (a key matching PATTERN exists, when given: the rate limit's GCRA key expires within a ms at
+# this limit, so it is not looked for), and its log shows no fallback ("Redis store
+# unavailable"); on failure CHECK_REASON says why
+redis_used() {
+    local n
+    record redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats
+    n="$(redis_calls "$1")"
+    if ! [[ "$n" =~ ^[0-9]+$ ]] || ((n == 0)); then
+        CHECK_REASON="redis-server on port $REDIS_PORT served no $([[ "$1" == ratelimit ]] && echo EVALSHA || echo GET) (INFO commandstats): Redis was not used"
+        return 1
+    fi
+    if [[ -n "${2:-}" ]]; then
+        record redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "$2"
+        n="$(redis_keys "$2")"
+        if ((n == 0)); then
+            CHECK_REASON="no key matching $2 in redis-server on port $REDIS_PORT: Redis was not used"
+            return 1
+        fi
+    fi
+    if grep -q "Redis store unavailable" "$PROXY_LOG" 2>/dev/null; then
+        CHECK_REASON="gatehouse reported the Redis store unavailable: $(grep -m1 "Redis store unavailable" "$PROXY_LOG")"
+        return 1
+    fi
+}
+
+# start_cache VARIANT : mode cache: writes the config of VARIANT (none, memory or redis) and
+# starts gatehouse with it, pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT PROXY_LOG PROXY_DIR.
+# none is the config of mode http; memory adds `cache:` to the route; redis also puts the store
+# in the script's redis-server (flushed first). All three have an admin listener, read for the
+# cache counters (gatehouse_cache_total) around the measured run; it serves nothing during it.
+start_cache() {
+    local v="$1" dir="$WORK/cache/$1" cache="" store=""
+    PROXY_DIR="$dir"
+    PROXY_PORT=$GATEHOUSE_PORT
+    PROXY_LOG="$dir/gatehouse.log"
+    mkdir -p "$dir"
+    case "$v" in
+        memory) cache=$'\n'"    cache: { $CACHE_POLICY }" ;;
+        redis)
+            cache=$'\n'"    cache: { $CACHE_POLICY }"
+            store="$(store_yaml)"$'\n'
+            redis_flush || log "redis-server: FLUSHALL failed"
+            ;;
+    esac
+    cat >"$dir/gatehouse.yaml" <<EOF
+listen: "127.0.0.1:$PROXY_PORT"
+workers: 1
+access_log: off
+admin: { addr: "127.0.0.1:$ADMIN_PORT" }
+${store}upstreams:
+  backend:
+    targets: ["http://127.0.0.1:$BACKEND_PORT"]
+routes:
+  - match: { path_prefix: "/" }
+    upstream: backend$cache
+EOF
+    start_bg "gatehouse[cache:$v]" "$PROXY_CPU" "$PROXY_LOG" "$GATEHOUSE" run --config "$dir/gatehouse.yaml"
+    PROXY_PID=$LAST_PID
+}
+
+# cache_check VARIANT PORT : two requests in a row, each must answer 200 with the backend's
+# body. none must not carry Cache-Status (no cache on the route). memory and redis: the first
+# is the warm-up (wait_ready's probe, a GET / as well, has usually filled the cache already),
+# the second must be a hit (its Cache-Status contains "hit"); redis must have the answer in
+# Redis (GETs served, a gatehouse:cache:* key) and no fallback in its log. On failure
+# CHECK_REASON says why.
+cache_check() {
+    local v="$1" url="http://127.0.0.1:$2/" i hdrs code body cs statuses=()
+    local cmd=(curl -s -D - -o "$PROXY_DIR/check-body.txt")
+    CHECK_REASON=""
+    record "${cmd[@]}" "$url"
+    record_text "(the same again: the 2nd must be a hit)"
+    for i in 1 2; do
+        hdrs="$("${cmd[@]}" --max-time 5 "$url" || true)"
+        code="$(status_of <<<"$hdrs")"
+        body="$(cat "$PROXY_DIR/check-body.txt" 2>/dev/null || true)"
+        cs="$(hdr_value cache-status <<<"$hdrs")"
+        statuses+=("${cs:-none}")
+        if [[ "$code" != 200 || "$body" != "$EXPECTED_BODY" ]]; then
+            CHECK_REASON="request $i: HTTP ${code:-none}, body '$body' (expected 200, '$EXPECTED_BODY')"
+            return 1
+        fi
+        if [[ "$v" == none && -n "$cs" ]]; then
+            CHECK_REASON="Cache-Status: $cs on the route without cache"
+            return 1
+        fi
+    done
+    if ((ROUND == 1)); then CACHE_CHECK[$v]="1st: \`${statuses[0]}\`, 2nd: \`${statuses[1]}\`"; fi
+    [[ "$v" != none ]] || return 0
+    if [[ "${statuses[1]}" != *hit* ]]; then
+        CHECK_REASON="the 2nd request was not a cache hit (Cache-Status: ${statuses[1]}; the 1st had ${statuses[0]})"
+        return 1
+    fi
+    if [[ "$v" == redis ]] && ! redis_used cache "gatehouse:cache:*"; then return 1; fi
+    return 0
+}
+
+# cache_hits : gatehouse_cache_total{result="hit"} from the admin listener, summed over routes
+# (empty when it cannot be read)
+cache_hits() {
+    curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null |
+        awk '/^gatehouse_cache_total\{/ && /result="hit"/ { n += $NF; seen = 1 } END { if (seen) printf "%d\n", n; else if (NR > 0) print 0 }'
 }
 
 # rl_limit_check : mode ratelimit, once before the measurements, not measured: a short-lived
@@ -1023,7 +1219,7 @@ add_note() {
 measure() {
     local name="$1" mode="$2" key="$2:$1" sfx="" out body errs rnote="" tls=0 tag="" acct=0
     local rps="" p50="-" p99="-" mean="-" cpu="-" busy="-" count="" ticks0 ticks1 t0 t1 proto
-    local curl_cmd url label="$1"
+    local curl_cmd url label="$1" hits="-" hits0="" hits1="" rticks0=0 rticks1=0 redis_us="-" rcalls0="" rcalls1=""
     if is_variant_mode "$mode"; then
         acct=1
         label="gatehouse[$mode:$name]"
@@ -1094,6 +1290,11 @@ measure() {
             log "$label: measuring $DURATION, $(load_desc "$mode")"
             ticks0=0
             if ((acct)); then ticks0="$(cpu_ticks "$PROXY_PID")"; fi
+            if [[ "$mode" == cache ]]; then hits0="$(cache_hits)"; fi
+            if uses_redis "$mode" "$name"; then
+                rticks0="$(cpu_ticks "$REDIS_PID")"
+                rcalls0="$(redis_calls "$mode")"
+            fi
             t0=$EPOCHREALTIME
             if ! bench_run "$mode" "$out" "$DURATION" "$PROXY_PORT"; then
                 show_output "$mode" "$out"
@@ -1104,13 +1305,18 @@ measure() {
                 t1=$EPOCHREALTIME
                 ticks1=0
                 if ((acct)); then ticks1="$(cpu_ticks "$PROXY_PID")"; fi
+                if uses_redis "$mode" "$name"; then
+                    rticks1="$(cpu_ticks "$REDIS_PID")"
+                    rcalls1="$(redis_calls "$mode")"
+                fi
+                if [[ "$mode" == cache ]]; then hits1="$(cache_hits)"; fi
                 show_output "$mode" "$out"
                 if ! kill -0 "$PROXY_PID" 2>/dev/null; then
                     rnote="proxy died during the run"
                     FAILED=1
                 fi
                 case "$mode" in
-                    http | https | auth | ratelimit)
+                    http | https | auth | ratelimit | cache)
                         rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
                         p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
                         p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
@@ -1146,12 +1352,46 @@ measure() {
                 # A 401 (429) is cheaper than a verified (counted and forwarded) request: a run
                 # with any is no measurement.
                 if is_variant_mode "$mode" && [[ "$errs" == *Non-2xx* ]]; then
-                    if [[ "$mode" == auth ]]; then
-                        rnote+=" (figure discarded: every request must pass auth)"
-                    else
-                        rnote+=" (figure discarded: every request must pass the rate limit)"
-                    fi
+                    case "$mode" in
+                        auth) rnote+=" (figure discarded: every request must pass auth)" ;;
+                        ratelimit) rnote+=" (figure discarded: every request must pass the rate limit)" ;;
+                        cache) rnote+=" (figure discarded: every request must be answered 200)" ;;
+                    esac
                     rps=""
+                fi
+                # A redis variant whose calls failed or timed out was (partly) served by the
+                # fallback (local limits, cache bypassed): say so under the table.
+                if uses_redis "$mode" "$name" && grep -q "Redis store unavailable" "$PROXY_LOG" 2>/dev/null; then
+                    rnote="${rnote:+$rnote; }gatehouse reported the Redis store unavailable during the run ($(grep -c "Redis store unavailable" "$PROXY_LOG") log lines; requests fell back to local limits or bypassed the cache)"
+                fi
+                # Share of the measured requests answered from the cache (admin counters
+                # around the run). Anything else went to the backend.
+                if [[ "$mode" == cache && "$name" != none ]]; then
+                    if [[ "$hits0" =~ ^[0-9]+$ && "$hits1" =~ ^[0-9]+$ && "$count" =~ ^[0-9]+$ ]] && ((count > 0)); then
+                        hits="$(awk -v h="$((hits1 - hits0))" -v n="$count" 'BEGIN { printf "%.1f", 100 * h / n }')"
+                        log "$label: $((hits1 - hits0)) cache hits for $count requests ($hits%)"
+                        if awk -v x="$hits" 'BEGIN { exit !(x < 99) }'; then
+                            rnote="${rnote:+$rnote; }only $hits% of the measured requests were cache hits"
+                        fi
+                    else
+                        rnote="${rnote:+$rnote; }could not read the cache counters from the admin listener"
+                    fi
+                fi
+                # Every measured request should have made its Redis call (EVALSHA or GET).
+                if uses_redis "$mode" "$name" && [[ "$count" =~ ^[0-9]+$ ]] && ((count > 0)); then
+                    if [[ "$rcalls0" =~ ^[0-9]+$ && "$rcalls1" =~ ^[0-9]+$ ]]; then
+                        log "$label: redis-server served $((rcalls1 - rcalls0)) $([[ "$mode" == ratelimit ]] && echo EVAL/EVALSHA || echo GET) calls for $count requests"
+                        if ((100 * (rcalls1 - rcalls0) < 99 * count)); then
+                            rnote="${rnote:+$rnote; }redis-server served only $((rcalls1 - rcalls0)) calls for $count requests"
+                        fi
+                    else
+                        rnote="${rnote:+$rnote; }could not read redis-server's command counters"
+                    fi
+                fi
+                if uses_redis "$mode" "$name" && [[ "$count" =~ ^[0-9]+$ ]] && ((count > 0)); then
+                    redis_us="$(awk -v d="$((rticks1 - rticks0))" -v hz="$CLK_TCK" -v n="$count" -v a="$t0" -v b="$t1" 'BEGIN {
+                        printf "%.1f", d / hz / n * 1e6 }')"
+                    log "$label: redis-server CPU $redis_us µs per request ($(awk -v d="$((rticks1 - rticks0))" -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", (b > a) ? 100 * d / hz / (b - a) : 0 }')% of its core)"
                 fi
                 if [[ -z "$rps" ]]; then
                     if [[ -z "$rnote" ]]; then rnote="could not parse $(tool_of "$mode") output"; fi
@@ -1169,13 +1409,15 @@ measure() {
             fi
         fi
     fi
-    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-" mean="-" cpu="-" busy="-"; fi
+    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-" mean="-" cpu="-" busy="-" hits="-" redis_us="-"; fi
     RPS_R[$key]="${RPS_R[$key]:+${RPS_R[$key]} }$rps"
     P50_R[$key]="${P50_R[$key]:+${P50_R[$key]} }$p50"
     P99_R[$key]="${P99_R[$key]:+${P99_R[$key]} }$p99"
     MEAN_R[$key]="${MEAN_R[$key]:+${MEAN_R[$key]} }$mean"
     CPU_R[$key]="${CPU_R[$key]:+${CPU_R[$key]} }$cpu"
     BUSY_R[$key]="${BUSY_R[$key]:+${BUSY_R[$key]} }$busy"
+    HITS_R[$key]="${HITS_R[$key]:+${HITS_R[$key]} }$hits"
+    REDIS_R[$key]="${REDIS_R[$key]:+${REDIS_R[$key]} }$redis_us"
 }
 
 # bench_run MODE OUTFILE DURATION PORT : the load generator of MODE
@@ -1185,20 +1427,21 @@ bench_run() {
         https) run_wrk "$2" "$3" "$4" https ;;
         auth) run_wrk "$2" "$3" "$4" http "${AUTH_HDR[@]}" ;;
         ratelimit) run_wrk "$2" "$3" "$4" http "${RL_HDR[@]}" ;;
+        cache) run_wrk "$2" "$3" "$4" ;;
         h2) run_h2load "$2" "$3" "$4" ;;
         handshake) run_handshakes "$2" "$3" "$4" ;;
     esac
 }
 tool_of() {
     case "$1" in
-        http | https | auth | ratelimit) echo wrk ;;
+        http | https | auth | ratelimit | cache) echo wrk ;;
         h2) echo h2load ;;
         handshake) echo "openssl s_time" ;;
     esac
 }
 load_desc() {
     case "$1" in
-        http | https | auth | ratelimit) echo "$CONNECTIONS connections" ;;
+        http | https | auth | ratelimit | cache) echo "$CONNECTIONS connections" ;;
         h2) echo "$CONNECTIONS connections x $H2_STREAMS streams" ;;
         handshake) echo "$HS_CLIENTS parallel openssl s_time -new" ;;
     esac
@@ -1221,7 +1464,7 @@ tls_probe() {
         END { printf "%s, %s, key exchange %s, signature %s", p ? p : "?", c ? c : "?", k ? k : "?", s ? s : "?" }' <<<"$o")"
 }
 
-declare -A RPS P50 P99 MEAN CPU BUSY NOTE RPS_R P50_R P99_R MEAN_R CPU_R BUSY_R TLS_INFO H2_INFO
+declare -A RPS P50 P99 MEAN CPU BUSY HITS REDIS NOTE RPS_R P50_R P99_R MEAN_R CPU_R BUSY_R HITS_R REDIS_R TLS_INFO H2_INFO
 FAILED=0
 # Proxies that cannot run at all (no gatehouse build, bad BASELINE_BIN) are noted once per mode.
 RUN_LIST=()
@@ -1269,12 +1512,43 @@ if wants_mode ratelimit; then
         RL_RUN=1
     fi
 fi
-# names_of MODE : what MODE measures: the proxies, or (auth, ratelimit) the gatehouse variants
+# Mode cache runs when gatehouse can; its checks are per measurement.
+CACHE_RUN=0
+if wants_mode cache; then
+    reason="$(skip_reason gatehouse)"
+    if [[ -n "$reason" ]]; then
+        for v in "${CACHE_VARIANTS[@]}"; do NOTE[cache:$v]="$reason"; done
+    else
+        CACHE_RUN=1
+    fi
+fi
+# Without a redis-server, the redis variants are not measured (a failure: they were asked for).
+if [[ -n "$REDIS_STATUS" ]]; then
+    for m in ratelimit cache; do
+        if wants_mode "$m" && [[ -z "${NOTE[$m:redis]:-}" ]]; then
+            NOTE[$m:redis]="$REDIS_STATUS"
+            FAILED=1
+        fi
+    done
+fi
+# without_redis VARIANT... : the variants, less redis when there is no redis-server
+without_redis() {
+    local v out=()
+    for v in "$@"; do
+        if [[ "$v" == redis && -n "$REDIS_STATUS" ]]; then continue; fi
+        out+=("$v")
+    done
+    echo "${out[*]}"
+}
+# names_of MODE : what MODE measures: the proxies, or (auth, ratelimit, cache) the gatehouse
+# variants
 names_of() {
     if [[ "$1" == auth ]]; then
         ((AUTH_RUN)) && echo "${AUTH_VARIANTS[*]}"
     elif [[ "$1" == ratelimit ]]; then
-        ((RL_RUN)) && echo "${RL_VARIANTS[*]}"
+        ((RL_RUN)) && without_redis "${RL_VARIANTS[@]}"
+    elif [[ "$1" == cache ]]; then
+        ((CACHE_RUN)) && without_redis "${CACHE_VARIANTS[@]}"
     else
         echo "${RUN_LIST[*]}"
     fi
@@ -1314,6 +1588,8 @@ for mode in "${MODE_LIST[@]}"; do
         MEAN[$key]="$(med_of "${MEAN_R[$key]:-}")"
         CPU[$key]="$(med_of "${CPU_R[$key]:-}")"
         BUSY[$key]="$(med_of "${BUSY_R[$key]:-}")"
+        HITS[$key]="$(med_of "${HITS_R[$key]:-}")"
+        REDIS[$key]="$(med_of "${REDIS_R[$key]:-}")"
     done
 done
 
@@ -1505,22 +1781,44 @@ per_round_ratio() {
     echo "${joined//\// / }"
 }
 
-# variant_table MODE VARIANT... : modes auth and ratelimit: the table of the variants, each
-# against the first one (none), and the verdict on the target (req/s >= 0.9x none)
+# target_of MODE VARIANT : the issue's target for VARIANT's req/s as a multiple of none's
+# (empty: reported, no target)
+target_of() {
+    case "$1:$2" in
+        auth:basic | auth:jwt | ratelimit:limited | ratelimit:limited_by_header) echo 0.9 ;;
+        cache:memory) echo 2 ;;
+        cache:redis) echo 1 ;;
+    esac
+}
+
+# variant_table MODE VARIANT... : modes auth, ratelimit and cache: the table of the variants,
+# each against the first one (none), and the verdict on the targets (target_of). Mode cache
+# adds the share of the measured requests answered from the cache.
 variant_table() {
-    local mode="$1" v key rps n="$1:none" r_rate r_cpu busy cpu verdict="" r
+    local mode="$1" v key rps n="$1:none" r_rate r_cpu busy cpu r t hits_col="" hits_sep="" hits
+    local common="" same=1 targeted=() untargeted=() line
     shift
+    if [[ "$mode" == cache ]]; then
+        hits_col=" cache hits |"
+        hits_sep="---:|"
+    fi
     if ((ROUNDS > 1)); then
         echo "Medians over $ROUNDS interleaved rounds; the last two columns list each round."
         echo
     fi
-    echo "| variant | req/s | p50 (ms) | p99 (ms) | proxy CPU | CPU µs per request | ratio vs none | ratio vs none, per CPU second | ratio vs none per round | req/s per round |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    echo "| variant | req/s | p50 (ms) | p99 (ms) |$hits_col proxy CPU | CPU µs per request | ratio vs none | ratio vs none, per CPU second | ratio vs none per round | req/s per round |"
+    echo "|---|---:|---:|---:|$hits_sep---:|---:|---:|---:|---|---|"
     for v in "$@"; do
         key="$mode:$v"
         rps="${RPS[$key]:-}"
+        hits=""
+        if [[ "$mode" == cache ]]; then
+            hits=" -"
+            if [[ "$v" != none && -n "$rps" && "${HITS[$key]}" != "?" ]]; then hits=" $(printf '%.1f%%' "${HITS[$key]}")"; fi
+            hits+=" |"
+        fi
         if [[ -z "$rps" ]]; then
-            echo "| $v | skipped | - | - | - | - | - | - | - | $(per_round "$key") |"
+            echo "| $v | skipped | - | - |$([[ -n "$hits_col" ]] && echo " - |") - | - | - | - | - | $(per_round "$key") |"
             continue
         fi
         r_rate="n/a"
@@ -1533,16 +1831,41 @@ variant_table() {
         [[ "$busy" == "?" ]] || busy="$(printf '%.0f%%' "$busy")"
         cpu="${CPU[$key]}"
         [[ "$cpu" == "?" ]] || cpu="$(printf '%.1f' "$cpu")"
-        printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$v" "$rps" "${P50[$key]}" "${P99[$key]}" \
-            "$busy" "$cpu" "$r_rate" "$r_cpu" "$(per_round_ratio "$key" "$n")" "$(per_round "$key")"
-        if [[ "$v" != none ]]; then
-            r="$(awk -v x="$r_rate" 'BEGIN { if (x == "n/a") print "n/a"; else if (x + 0 >= 0.9) print "met"; else print "not met" }')"
-            verdict+="${verdict:+, }$v $r_rate ($r)"
+        printf '| %s | %.0f | %s | %s |%s %s | %s | %s | %s | %s | %s |\n' "$v" "$rps" "${P50[$key]}" "${P99[$key]}" \
+            "$hits" "$busy" "$cpu" "$r_rate" "$r_cpu" "$(per_round_ratio "$key" "$n")" "$(per_round "$key")"
+        [[ "$v" != none ]] || continue
+        t="$(target_of "$mode" "$v")"
+        if [[ -z "$t" ]]; then
+            untargeted+=("$v $r_rate (reported, no target)")
+            continue
         fi
+        r="$(awk -v x="$r_rate" -v t="$t" 'BEGIN { if (x == "n/a") print "n/a"; else if (x + 0 >= t + 0) print "met"; else print "not met" }')"
+        targeted+=("$v $r_rate|$t|$r")
+        if [[ -z "$common" ]]; then common="$t"; elif [[ "$common" != "$t" ]]; then same=0; fi
     done
     echo
-    if [[ -n "$verdict" ]]; then
-        echo "Target req/s >= 0.90x none (ratio of the medians): $verdict."
+    line=""
+    if ((${#targeted[@]} > 0)); then
+        if ((same)); then
+            # one target for all (auth, ratelimit): "Target req/s >= 0.90x none (...): basic 0.90 (met), ..."
+            for r in "${targeted[@]}"; do line+="${line:+, }${r%%|*} (${r##*|})"; done
+            line="Target req/s >= $(printf '%.2f' "$common")x none (ratio of the medians): $line"
+        else
+            for r in "${targeted[@]}"; do
+                t="${r#*|}"
+                t="${t%%|*}"
+                line+="${line:+, }${r%%|*} (target >= $(printf '%.2f' "$t")x: ${r##*|})"
+            done
+            line="Targets, req/s against none (ratio of the medians): $line"
+        fi
+    fi
+    if ((${#untargeted[@]} > 0)); then
+        t=""
+        for r in "${untargeted[@]}"; do t+="${t:+, }$r"; done
+        if [[ -n "$line" ]]; then line+="; $t"; else line="Req/s against none (ratio of the medians): $t"; fi
+    fi
+    if [[ -n "$line" ]]; then
+        echo "$line."
         echo
     fi
 }
@@ -1582,30 +1905,75 @@ report_auth() {
 # report_ratelimit : Gatehouse with an in-memory rate limit that is never reached against the
 # same route without one
 report_ratelimit() {
-    echo "## Rate-limit cost (Gatehouse alone, memory store, HTTP/1.1, loopback)"
+    echo "## Rate-limit cost (Gatehouse alone, memory and Redis store, HTTP/1.1, loopback)"
     echo
     echo "The same route, one Gatehouse process per variant: \`none\` (no rate_limit, as in mode http),"
-    echo "\`limited\` (\`rate_limit: { key: client_ip, $RL_POLICY }\`) and \`limited_by_header\`"
+    echo "\`limited\` (\`rate_limit: { key: client_ip, $RL_POLICY }\`), \`limited_by_header\`"
     echo "(\`rate_limit: { key: \"header:$RL_TENANT_HEADER\", $RL_POLICY }\`, every request carries"
-    echo "\`$RL_TENANT_HEADER: $RL_TENANT\`). The limit is never reached: every request is counted (GCRA in the"
-    echo "memory store) and passes. Target: req/s >= 0.9 of \`none\`."
+    echo "\`$RL_TENANT_HEADER: $RL_TENANT\`) and \`redis\` (as \`limited\`, with \`$(store_yaml)\`: the script's"
+    echo "own redis-server, on CPU $LOAD_CPU beside wrk). The limit is never reached: every request is"
+    echo "counted (GCRA in the memory store, or one Lua script call in Redis) and passes. Target: req/s"
+    echo ">= 0.9 of \`none\` for the memory store; \`redis\` is reported."
     echo
     variant_table ratelimit "${RL_VARIANTS[@]}"
     if [[ -n "$RL_CHECK_RESULT" ]]; then
         local verdict="Passed."
         [[ -z "$RL_CHECK_REASON" ]] || verdict="FAILED: $RL_CHECK_REASON; the variants were not measured."
         echo "Limit check (not measured, before the measurements): a separate Gatehouse, route \`/limited\`"
-        echo "with \`rate_limit: { $RL_CHECK_POLICY }\`; 3 requests in a row got $RL_CHECK_RESULT."
+        echo "with \`rate_limit: { $RL_CHECK_POLICY }\` (memory store); 3 requests in a row got $RL_CHECK_RESULT."
         echo "$verdict"
         echo
     fi
     echo "Each limited request builds its key (the route's policy id + client IP or the header value),"
     echo "runs GCRA on it in the memory store and adds \`RateLimit-Limit\`, \`-Remaining\` and \`-Reset\` to"
-    echo "the answer; \`none\` does none of this. All requests share one key (127.0.0.1, or $RL_TENANT), so the"
-    echo "figures say nothing about many keys (map growth, expiry). proxy CPU and CPU µs per request are"
-    echo "measured as in the TLS modes (/proc/PID/stat, all threads); per CPU second: none's CPU µs per"
-    echo "request / the variant's."
+    echo "the answer; \`none\` does none of this. \`redis\` runs GCRA in Redis instead (EVALSHA, one round"
+    echo "trip per request over the one shared connection; checked before measuring: redis-server served"
+    echo "EVALSHA (INFO commandstats) and nothing fell back to local limits; under load its EVAL/EVALSHA"
+    echo "count is compared with wrk's requests). All requests share one key (127.0.0.1, or"
+    echo "$RL_TENANT), so the figures say nothing about many keys (map growth, expiry). proxy CPU and CPU µs"
+    echo "per request are measured as in the TLS modes (/proc/PID/stat, all threads); per CPU second:"
+    echo "none's CPU µs per request / the variant's."
+    redis_cpu_line ratelimit
     variant_notes ratelimit "${RL_VARIANTS[@]}"
+}
+
+# redis_cpu_line MODE : redis-server's CPU per request in MODE's redis variant, if measured
+redis_cpu_line() {
+    local r="${REDIS[$1:redis]:-?}"
+    [[ "$r" != "?" ]] || return 0
+    echo "redis-server (on CPU $LOAD_CPU, with wrk) used $(printf '%.1f' "$r") µs of CPU per request in \`redis\` (median)."
+}
+
+# report_cache : Gatehouse answering from its response cache (memory, Redis) against the same
+# route proxying every request
+report_cache() {
+    local v
+    echo "## Response cache (Gatehouse alone, hits from memory and from Redis, HTTP/1.1, loopback)"
+    echo
+    echo "The same route, one Gatehouse process per variant: \`none\` (no cache: every request is proxied"
+    echo "to the backend, as in mode http), \`memory\` (\`cache: { $CACHE_POLICY }\`, memory store) and"
+    echo "\`redis\` (the same with \`$(store_yaml)\`: the script's own redis-server, on CPU $LOAD_CPU beside"
+    echo "wrk, flushed before each measurement). The backend's answer (200, \`text/plain\`, 6 bytes, no"
+    echo "\`Cache-Control\`, \`Set-Cookie\` or validators) is stored for the route's ttl; after the check's"
+    echo "first request every request of one key (\`127.0.0.1:PORT/\`) is a hit. Targets: \`memory\` >= 2x"
+    echo "\`none\`, \`redis\` >= 1x."
+    echo
+    variant_table cache "${CACHE_VARIANTS[@]}"
+    echo "Checks before each measurement (curl, two requests in a row after the readiness probe, which is a"
+    echo "GET / too and usually fills the cache; each 200 with the backend's body):"
+    for v in "${CACHE_VARIANTS[@]}"; do
+        if [[ -n "${CACHE_CHECK[$v]:-}" ]]; then echo "- $v: Cache-Status of the ${CACHE_CHECK[$v]} (round 1)."; fi
+    done
+    echo "\`memory\` and \`redis\` must have a hit on the 2nd request (else not measured); \`redis\` must also"
+    echo "have the answer in Redis (GETs served, a \`gatehouse:cache:*\` key) with no fallback in its log. cache hits:"
+    echo "the hits counted by Gatehouse (\`gatehouse_cache_total{result=\"hit\"}\` from its admin listener,"
+    echo "read before and after the run; every variant has the listener) over the requests wrk completed;"
+    echo "slightly over 100% is requests still in flight at the end. A hit from memory looks the key up"
+    echo "in moka, clones the stored answer and builds the response; a hit from Redis does a GET round trip"
+    echo "(one shared connection) and decodes the stored bytes instead. proxy CPU and CPU µs per request"
+    echo "as in the TLS modes; per CPU second: none's CPU µs per request / the variant's."
+    redis_cpu_line cache
+    variant_notes cache "${CACHE_VARIANTS[@]}"
 }
 
 first=1
@@ -1616,6 +1984,7 @@ for mode in "${MODE_LIST[@]}"; do
         http) report_http ;;
         auth) report_auth ;;
         ratelimit) report_ratelimit ;;
+        cache) report_cache ;;
         *) report_tls "$mode" ;;
     esac
 done
@@ -1627,12 +1996,14 @@ echo "- nproc: $(nproc)"
 echo "- CPU: ${CPU_MODEL:-unknown}"
 echo "- kernel: $(uname -sr)"
 echo "- CPU busy before start: ${CPU_BUSY_START}% (all CPUs, 1 s sample; should be near 0)"
+REDIS_PIN=""
+if [[ -n "$REDIS_URL" ]]; then REDIS_PIN=" (+ redis-server)"; fi
 if ((GH_ONLY)); then
-    echo "- pinning: gatehouse on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
+    echo "- pinning: gatehouse on CPU $PROXY_CPU; backend nginx + wrk$REDIS_PIN on CPU $LOAD_CPU"
 elif ((HAS_TLS)); then
     echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + the load generator (wrk, h2load or openssl s_time) on CPU $LOAD_CPU"
 else
-    echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + wrk on CPU $LOAD_CPU"
+    echo "- pinning: proxy on CPU $PROXY_CPU; backend nginx + wrk$REDIS_PIN on CPU $LOAD_CPU"
 fi
 if wants_mode http; then
     echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body"
@@ -1647,7 +2018,13 @@ if wants_mode auth; then
     echo "- auth: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body; none sends no credential; basic sends \`Authorization: Basic\` (user $AUTH_USER; hash from \`gatehouse hash-password\`, argon2id ${AUTH_PARAMS:-?}); jwt sends \`Authorization: Bearer\` with an RS256 token of ${JWT_LEN:-?} characters (header $JWT_HEADER, payload $(jwt_payload 0 | sed 's/0}$/now+3600}/'), RSA 2048 key from openssl genpkey)"
 fi
 if wants_mode ratelimit; then
-    echo "- ratelimit: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body; none and limited send no extra header; limited_by_header sends \`$RL_TENANT_HEADER: $RL_TENANT\`; limit check before the measurements: 3 x curl to a route with \`rate_limit: { $RL_CHECK_POLICY }\` (${RL_CHECK_RESULT:-not run})"
+    echo "- ratelimit: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body; none and limited send no extra header; limited_by_header sends \`$RL_TENANT_HEADER: $RL_TENANT\`; limit check before the measurements: 3 x curl to a route with \`rate_limit: { $RL_CHECK_POLICY }\` (${RL_CHECK_RESULT:-not run}); redis as limited, store in the script's redis-server"
+fi
+if wants_mode cache; then
+    echo "- cache: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body, one cache key; memory and redis: \`cache: { $CACHE_POLICY }\`; redis: store in the script's redis-server"
+fi
+if [[ -n "$REDIS_URL" ]]; then
+    echo "- redis-server: $(version_of redis-server --version) on 127.0.0.1:$REDIS_PORT, --save \"\" --appendonly no, flushed before each redis measurement; gatehouse's store timeout $REDIS_TIMEOUT"
 fi
 if wants_mode h2; then
     echo "- h2: h2load -t1 -c$CONNECTIONS -m$H2_STREAMS -D $DURATION (after a $WARMUP warm-up), ALPN h2, GET / -> 6-byte body"
@@ -1661,7 +2038,7 @@ if ((HAS_TLS)); then
 fi
 echo "- nginx: $(version_of "$NGINX" -v)"
 if wants haproxy; then echo "- haproxy: $(version_of "$HAPROXY" -v)"; fi
-if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit; then echo "- wrk: $(version_of wrk -v)"; fi
+if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache; then echo "- wrk: $(version_of wrk -v)"; fi
 if wants_mode h2; then echo "- h2load: $(version_of h2load --version)"; fi
 if ((HAS_TLS)) || wants_mode auth; then echo "- openssl: $(version_of openssl version)"; fi
 if wants gatehouse; then echo "- gatehouse: $GH_VERSION"; fi
@@ -1685,7 +2062,9 @@ for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/hapro
     "$WORK/tls/gatehouse/gatehouse.yaml" "$WORK/tls/gatehouse-base/gatehouse.yaml" \
     "$WORK/auth/none/gatehouse.yaml" "$WORK/auth/basic/gatehouse.yaml" "$WORK/auth/jwt/gatehouse.yaml" \
     "$WORK/ratelimit/none/gatehouse.yaml" "$WORK/ratelimit/limited/gatehouse.yaml" \
-    "$WORK/ratelimit/limited_by_header/gatehouse.yaml" "$WORK/ratelimit/check/gatehouse.yaml"; do
+    "$WORK/ratelimit/limited_by_header/gatehouse.yaml" "$WORK/ratelimit/redis/gatehouse.yaml" \
+    "$WORK/ratelimit/check/gatehouse.yaml" "$WORK/cache/none/gatehouse.yaml" "$WORK/cache/memory/gatehouse.yaml" \
+    "$WORK/cache/redis/gatehouse.yaml"; do
     [[ -f "$f" ]] || continue
     echo
     echo "\`${f#"$WORK"/}\`:"
