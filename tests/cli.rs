@@ -794,7 +794,10 @@ async fn the_demo_serves_what_its_banner_promises() {
     assert_eq!(d["user"]["path"], "/v1/users/42", "{d}");
     assert_eq!(d["orders"]["path"], "/orders?user=42&limit=5", "{d}");
     assert!(d["user"]["instance"].is_string());
-    assert!(d["user"].get("host").is_none(), "select kept only path and instance");
+    assert!(
+        d["user"].get("host").is_none(),
+        "select kept only path and instance"
+    );
     assert_eq!(
         cached[0].header("cache-status"),
         Some("Gatehouse; fwd=miss; stored")

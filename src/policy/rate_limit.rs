@@ -132,8 +132,18 @@ impl RateLimitPolicy {
             burst: c.burst.unwrap_or(0),
         };
         let store = cx.store.clone();
+        // A short digest of what makes the policy: its keys in Redis stay small, and two
+        // policies never share one.
+        let id = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(format!("{path}|{}|{:?}|{:?}", c.limit, rate, parts));
+            d[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         Some(RateLimitPolicy {
-            id: format!("{path}|{}|{:?}|{:?}", c.limit, rate, parts),
+            id,
             parts,
             rate,
             store,
