@@ -554,3 +554,28 @@ async fn a_cached_call_is_reused_by_the_next_requests() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_lists_each_call() {
+    let users = json_upstream(Duration::ZERO, 200, &[], r#"{"id": 1}"#).await;
+    let slow = json_upstream(Duration::from_secs(2), 200, &[], r#"{}"#).await;
+    let dir = common::servers::TempDir::new("agg-log");
+    let log = dir.0.join("access.log");
+    let gw = TestGateway::start(&format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: {{ format: json, path: \"{}\" }}\nupstreams:\n  users: {{ targets: [\"{}\"] }}\n  slow: {{ targets: [\"{}\"] }}\nroutes:\n  - name: page\n    match: {{ path: /page }}\n    aggregate:\n      user: {{ upstream: users, path: /u }}\n      recs: {{ upstream: slow, path: /r, required: false, timeout: 100ms }}\n",
+        log.display(),
+        users.url(),
+        slow.url()
+    ))
+    .await;
+    assert_eq!(get(&gw, "/page", &[]).await.status, 200);
+    let line: serde_json::Value = serde_json::from_str(&common::first_line(&log).await).unwrap();
+    let calls = line["calls"].as_str().unwrap();
+    let parts: Vec<&str> = calls.split(',').collect();
+    assert_eq!(parts.len(), 2, "{calls}");
+    assert!(parts.iter().any(|p| p.starts_with("user:ok:")), "{calls}");
+    assert!(
+        parts.iter().any(|p| p.starts_with("recs:timeout:")),
+        "{calls}"
+    );
+}
