@@ -202,7 +202,7 @@ async fn failures_give_partial_answers_or_name_the_call() {
     match: { path: "/partial" }
     aggregate:
       user:   { upstream: users, path: "/u" }
-      orders: { upstream: broken, path: "/o", required: false }
+      orders: { upstream: broken, path: "/o", required: false, default: [] }
       recs:   { upstream: slow, path: "/r", required: false, timeout: 200ms }
       page:   { upstream: html, path: "/p", required: false }
       large:  { upstream: big, path: "/b", required: false, max_body_size: 16 }
@@ -235,7 +235,8 @@ async fn failures_give_partial_answers_or_name_the_call() {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["user"], serde_json::json!({"id": 7}));
-    for k in ["orders", "recs", "page", "large"] {
+    assert_eq!(v["orders"], serde_json::json!([]), "its default");
+    for k in ["recs", "page", "large"] {
         assert!(v.get(k).is_none(), "{k} left out: {v}");
     }
     assert_eq!(v["_errors"]["orders"]["error"], "bad_status");

@@ -59,6 +59,8 @@ pub struct CallPlan {
     pub max_body: u64,
     /// Keep answers in the store, fresh this long unless they say otherwise.
     pub cache_ttl: Option<u64>,
+    /// What an optional call's failure puts in its place.
+    pub default: Option<Value>,
 }
 
 /// Why a call has no answer.
@@ -609,6 +611,9 @@ fn compose_answer(
                 compose::place(&mut doc, &plan.name, v, plan.merge);
             }
             Err(e) => {
+                if let Some(d) = &plan.default {
+                    compose::place(&mut doc, &plan.name, d.clone(), plan.merge);
+                }
                 degraded.push(&plan.name);
                 errors.insert(
                     plan.name.to_string(),

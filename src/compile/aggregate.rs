@@ -157,6 +157,12 @@ pub(super) fn compile_aggregate(
                 "must be at least 1s",
             ));
         }
+        if c.default.is_some() && c.required != Some(false) {
+            errors.push(ConfigError::new(
+                at(name, "default"),
+                "only an optional call (`required: false`) can have a default",
+            ));
+        }
         if c.timeout.is_some_and(|t| t.0.is_zero()) {
             errors.push(ConfigError::new(at(name, "timeout"), "must be more than 0"));
         }
@@ -204,6 +210,7 @@ pub(super) fn compile_aggregate(
             merge: c.merge,
             max_body,
             cache_ttl: c.cache.as_ref().map(|k| k.ttl.0.as_secs()),
+            default: c.default.clone(),
         });
     }
     if errors.len() > before {

@@ -737,6 +737,10 @@ pub struct AggregateCallConfig {
     /// Keep this call's answers in the store (memory, or the shared Redis) and reuse them.
     #[serde(default)]
     pub cache: Option<AggregateCacheConfig>,
+    /// For an optional call: the value put in its place when it fails (it is still named
+    /// under `_errors`). Default: the call is left out.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
 }
 
 /// `cache: { ttl: 30s }` on an aggregate call.
