@@ -241,7 +241,7 @@ impl GatewayError {
 
     /// The client-facing message: what happened, never internal detail (upstream names,
     /// addresses, configured values; those go to the log).
-    fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self {
             GatewayError::BadRequest(why) => format!("bad request: {why}"),
             GatewayError::NotImplemented(why) => format!("not implemented: {why}"),

@@ -285,7 +285,10 @@ fn background(
 ) {
     let route = route.clone();
     let metrics = metrics.clone();
-    let conn = fwd.conn.clone();
+    // Not the client's connection slot: the refresh must not count against its
+    // `max_connections_per_ip` after the client is gone.
+    let mut conn = fwd.conn.clone();
+    conn.slot = None;
     let client_host = fwd.client_host.clone();
     let normalized = fwd.normalized.clone();
     let request_id = fwd.request_id.clone();

@@ -229,10 +229,10 @@ async fn what_must_not_be_stored_is_not() {
     .await;
     for (path, detail) in [
         ("/no-store", "no-store"),
-        ("/private", "no-store"),
+        ("/private", "private"),
         ("/cookie", "set-cookie"),
         ("/error", "status"),
-        ("/big", ""),
+        ("/big", "too-large"),
     ] {
         for _ in 0..2 {
             let r = get(&gw, path, &[]).await;

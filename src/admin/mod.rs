@@ -198,15 +198,17 @@ async fn handle(c: &Arc<Control>, req: Request<Incoming>) -> Resp {
     }
 }
 
-/// `POST /cache/purge` with `{"key": "..."}` (one stored answer, by the key its route's
-/// `cache.key` makes, e.g. `example.com/items?a=1`) or `{"prefix": "..."}` (every key that
-/// starts with it; `""` empties the cache).
+/// `POST /cache/purge` with `{"key": "..."}` (the answer stored under the key a route's
+/// `cache.key` makes, e.g. `example.com/items?a=1`, with its Vary variants) or
+/// `{"prefix": "..."}` (every key that starts with it; `""` empties the cache), on every
+/// route or, with `"route": "name"`, on one.
 async fn purge(c: &Control, text: &str) -> Resp {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Purge {
         key: Option<String>,
         prefix: Option<String>,
+        route: Option<String>,
     }
     let bad = |m: String| {
         json_resp(
@@ -223,9 +225,10 @@ async fn purge(c: &Control, text: &str) -> Resp {
         }
     };
     let cache = c.gw.runtime.load().cache.clone();
-    let result = match (p.key, p.prefix) {
-        (Some(k), None) => cache.remove(k.as_bytes()).await.map(usize::from),
-        (None, Some(p)) => cache.purge_prefix(p.as_bytes()).await,
+    let route = p.route.as_deref();
+    let result = match (&p.key, &p.prefix) {
+        (Some(k), None) => cache.purge(route, k.as_bytes(), true).await,
+        (None, Some(p)) => cache.purge(route, p.as_bytes(), false).await,
         _ => return bad("give exactly one of `key` and `prefix`".into()),
     };
     match result {

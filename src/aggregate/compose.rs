@@ -71,7 +71,8 @@ pub fn place(doc: &mut Map<String, Value>, name: &str, v: Value, merge: bool) ->
     match v {
         Value::Object(m) => {
             for (k, v) in m {
-                if doc.contains_key(&k) {
+                // `_errors` is the gateway's own: a merged answer cannot fake it.
+                if doc.contains_key(&k) || k == "_errors" {
                     clashes.push(k);
                 } else {
                     doc.insert(k, v);

@@ -157,6 +157,8 @@ struct Done {
     cache_control: Option<HeaderValue>,
     /// Served from the store.
     cached: bool,
+    /// How old the answer is already (its `Age`, or its age in the store), in seconds.
+    age: u64,
 }
 
 /// Runs the plan and composes the answer.
@@ -387,7 +389,7 @@ fn build(
     }
     let path = http::uri::PathAndQuery::try_from(pq.as_str()).map_err(|_| CallError::Value {
         client: false,
-        message: format!("{pq:?} is not a valid path"),
+        message: "the call's path is not valid".to_owned(),
     })?;
     let mut req = Request::new(Body::empty());
     *req.method_mut() = plan.method.clone();
@@ -401,7 +403,7 @@ fn build(
         let v = t.render(&mut lookup).map_err(|m| bad(t, m))?;
         let v = HeaderValue::from_str(&v).map_err(|_| CallError::Value {
             client: t.deps().next().is_none(),
-            message: format!("header {name} cannot hold {v:?}"),
+            message: format!("header {name} cannot hold the value"),
         })?;
         h.insert(name.clone(), v);
     }
@@ -432,6 +434,7 @@ async fn call(
             value,
             cache_control: e.header(&header::CACHE_CONTROL).cloned(),
             cached: true,
+            age: e.age(crate::store::cache::now_ms()),
         });
     }
     let done = fetch(plan, req, path, input).await?;
@@ -444,18 +447,30 @@ async fn call(
 /// A cached call's key: the upstream, method, path and query, and the headers the call sends
 /// that its configuration chose (forwarded or set), which may change the answer.
 fn cache_key(plan: &CallPlan, req: &Request<Body>, path: &http::uri::PathAndQuery) -> Vec<u8> {
-    let mut k = format!("agg|{}|{} {}", plan.upstream.name, plan.method, path).into_bytes();
+    use sha2::Digest;
+    // The route part (before the separator) is `aggregate:` and the upstream: no route's
+    // cache key starts so (a route's part is its name, which cannot hold the separator, and
+    // names with `aggregate:` are refused). The headers chosen (credentials among them) are
+    // hashed, length-prefixed, never kept as they are.
+    let mut k = format!("aggregate:{}", plan.upstream.name).into_bytes();
+    k.push(crate::store::cache::SEP);
+    k.extend_from_slice(format!("{} {}", plan.method, path).as_bytes());
+    let mut h = sha2::Sha256::new();
     let chosen = plan
         .forward
         .iter()
         .chain(plan.headers.iter().map(|(n, _)| n));
     for name in chosen {
         for v in req.headers().get_all(name) {
-            k.push(b'|');
-            k.extend_from_slice(name.as_str().as_bytes());
-            k.push(b'=');
-            k.extend_from_slice(v.as_bytes());
+            h.update((name.as_str().len() as u64).to_le_bytes());
+            h.update(name.as_str().as_bytes());
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
         }
+    }
+    k.push(crate::store::cache::SEP);
+    for b in h.finalize().iter().take(16) {
+        k.extend_from_slice(format!("{b:02x}").as_bytes());
     }
     k
 }
@@ -526,9 +541,12 @@ async fn fetch(
         };
         let (resp, slot) = crate::upstream::send(&plan.upstream, req, None, &c, &mut |_| {})
             .await
-            .map_err(|e| CallError::Upstream {
-                timeout: matches!(e, GatewayError::UpstreamTimeout(_)),
-                message: e.to_string(),
+            .map_err(|e| {
+                tracing::debug!(call = %plan.name, error = %e, "aggregate call failed");
+                CallError::Upstream {
+                    timeout: matches!(e, GatewayError::UpstreamTimeout(_)),
+                    message: e.public_message(),
+                }
             })?;
         let status = resp.status();
         let cache_control = resp.headers().get(header::CACHE_CONTROL).cloned();
@@ -553,9 +571,10 @@ async fn fetch(
                 if e.is::<http_body_util::LengthLimitError>() {
                     CallError::TooLarge(plan.max_body)
                 } else {
+                    tracing::debug!(call = %plan.name, error = %e, "reading an aggregate call's answer failed");
                     CallError::Upstream {
                         timeout: false,
-                        message: format!("reading the answer failed: {e}"),
+                        message: "reading the answer failed".to_owned(),
                     }
                 }
             })?
@@ -570,6 +589,7 @@ async fn fetch(
                 value,
                 cache_control,
                 cached: false,
+                age,
             },
             body,
             age,
@@ -600,7 +620,7 @@ fn compose_answer(
     for (plan, r) in agg.calls.iter().zip(results) {
         let r = r.unwrap_or(Err(CallError::Deadline));
         let shaped = r.and_then(|d| {
-            freshness.add(d.cache_control.as_ref());
+            freshness.add(d.cache_control.as_ref(), d.age);
             plan.shape.apply(d.value).map_err(|m| CallError::Value {
                 client: false,
                 message: m,
@@ -653,11 +673,13 @@ struct Freshness {
 }
 
 impl Freshness {
-    fn add(&mut self, cc: Option<&HeaderValue>) {
+    /// One part: its `Cache-Control`, and how old it is already (what is left of its
+    /// freshness is what counts).
+    fn add(&mut self, cc: Option<&HeaderValue>, age: u64) {
         let Some(cc) = cc.and_then(|v| v.to_str().ok()) else {
             return;
         };
-        let mut age = None;
+        let mut fresh = None;
         let mut shared = None;
         for d in cc.split(',') {
             let d = d.trim();
@@ -665,15 +687,16 @@ impl Freshness {
             let n = || arg.trim().trim_matches('"').parse::<u64>().ok();
             match name.trim().to_ascii_lowercase().as_str() {
                 "no-store" => self.no_store = true,
-                "no-cache" => age = Some(0),
+                "no-cache" => fresh = Some(0),
                 "private" => self.private = true,
-                "max-age" => age = age.or(n()),
+                "max-age" => fresh = fresh.or(n()),
                 "s-maxage" => shared = n(),
                 _ => {}
             }
         }
-        if let Some(a) = shared.or(age) {
-            self.max_age = Some(self.max_age.map_or(a, |m| m.min(a)));
+        if let Some(a) = shared.or(fresh) {
+            let left = a.saturating_sub(age);
+            self.max_age = Some(self.max_age.map_or(left, |m| m.min(left)));
         }
     }
 
@@ -681,11 +704,11 @@ impl Freshness {
         if self.no_store {
             return Some(HeaderValue::from_static("no-store"));
         }
-        let age = self.max_age?;
-        let v = if self.private {
-            format!("private, max-age={age}")
-        } else {
-            format!("max-age={age}")
+        let v = match (self.max_age, self.private) {
+            (Some(age), true) => format!("private, max-age={age}"),
+            (Some(age), false) => format!("max-age={age}"),
+            (None, true) => "private".to_owned(),
+            (None, false) => return None,
         };
         HeaderValue::from_str(&v).ok()
     }
@@ -697,18 +720,27 @@ mod tests {
 
     #[test]
     fn freshness_is_the_strictest_part() {
+        let cc = HeaderValue::from_static;
         let mut f = Freshness::default();
-        f.add(Some(&HeaderValue::from_static("max-age=60")));
-        f.add(Some(&HeaderValue::from_static(
-            "public, s-maxage=20, max-age=300",
-        )));
-        f.add(None);
+        f.add(Some(&cc("max-age=60")), 0);
+        f.add(Some(&cc("public, s-maxage=20, max-age=300")), 0);
+        f.add(None, 0);
         assert_eq!(f.header().unwrap(), "max-age=20");
-        f.add(Some(&HeaderValue::from_static("private, max-age=100")));
-        assert_eq!(f.header().unwrap(), "private, max-age=20");
-        f.add(Some(&HeaderValue::from_static("no-store")));
+        // What is left of an older part's freshness counts.
+        f.add(Some(&cc("max-age=30")), 25);
+        assert_eq!(f.header().unwrap(), "max-age=5");
+        f.add(Some(&cc("private, max-age=100")), 0);
+        assert_eq!(f.header().unwrap(), "private, max-age=5");
+        f.add(Some(&cc("no-store")), 0);
         assert_eq!(f.header().unwrap(), "no-store");
         assert!(Freshness::default().header().is_none());
+        let mut p = Freshness::default();
+        p.add(Some(&cc("private")), 0);
+        assert_eq!(
+            p.header().unwrap(),
+            "private",
+            "private stays without a max-age"
+        );
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub(super) fn compile_aggregate(
         calls: &names,
     };
     let mut plans = Vec::new();
+    // A call left out (its upstream did not compile, reported elsewhere) would shift the
+    // indices the templates hold: then the route is not compiled at all.
+    let mut incomplete = false;
     for (name, c) in &calls.0 {
         let upstream = match upstreams.get(&c.upstream) {
             Some(u) => Some(u.clone()),
@@ -173,7 +176,32 @@ pub(super) fn compile_aggregate(
                 "must be more than 0",
             ));
         }
+        if c.cache.is_some() && method != Method::GET && method != Method::HEAD {
+            errors.push(ConfigError::new(
+                at(name, "cache"),
+                "only a GET call can be cached (another method's side effects would be skipped)",
+            ));
+        }
+        // Every value a hole can take is encoded; check the text around them now, not as a
+        // 502 on every request.
+        if let Some(t) = &path_t {
+            let mut sample = t.render(&mut |_| Some("x".to_owned())).unwrap_or_default();
+            if let Some(q) = &query_t {
+                sample.push('?');
+                sample.push_str(&q.render(&mut |_| Some("x".to_owned())).unwrap_or_default());
+            }
+            if http::uri::PathAndQuery::try_from(sample.as_str()).is_err() {
+                errors.push(ConfigError::new(
+                    at(name, "path"),
+                    format!(
+                        "{:?} is not a valid URI path and query (spaces and other special characters must be percent-encoded)",
+                        c.path
+                    ),
+                ));
+            }
+        }
         let (Some(upstream), Some(path_t)) = (upstream, path_t) else {
+            incomplete = true;
             continue;
         };
         let mut deps: Vec<usize> = path_t.deps().collect();
@@ -213,7 +241,7 @@ pub(super) fn compile_aggregate(
             default: c.default.clone(),
         });
     }
-    if errors.len() > before {
+    if errors.len() > before || incomplete {
         return None;
     }
     if let Some(cycle) = find_cycle(&plans) {

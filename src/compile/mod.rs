@@ -182,6 +182,12 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
                         "must not be empty",
                     ));
                 }
+                if n.starts_with("aggregate:") || n.bytes().any(|b| b < 0x20) {
+                    errors.push(ConfigError::new(
+                        format!("{path}.name"),
+                        "must not start with `aggregate:` (the cache's own namespace) nor hold control characters",
+                    ));
+                }
                 if !names.insert(n.clone()) {
                     errors.push(ConfigError::new(
                         format!("{path}.name"),

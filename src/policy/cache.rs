@@ -37,7 +37,7 @@ use crate::config::ConfigError;
 use crate::config::model::{CacheConfig, PolicySetConfig};
 use crate::error::GatewayError;
 use crate::observe::metrics::Metrics;
-use crate::store::cache::{Backend, Entry, Stored, now_ms};
+use crate::store::cache::{Backend, Entry, MAX_DELTA, SEP, Stored, now_ms};
 
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const DEFAULT_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
@@ -67,7 +67,7 @@ pub struct CachePolicy {
     coalesce: Duration,
     /// Keys being filled by a request of this process (waiters subscribe), and keys whose
     /// last answer could not be stored (requests for them do not wait for one another).
-    inflight: Arc<Mutex<HashMap<Vec<u8>, Fill>>>,
+    inflight: Arc<Mutex<Fills>>,
     metrics: Arc<Metrics>,
 }
 
@@ -188,19 +188,28 @@ impl CachePolicy {
         })
     }
 
-    /// The request's primary key: readable (`example.com/items?a=1&b=2`), so an operator can
-    /// purge by prefix. Parts are separated by `|`.
+    /// The request's primary key: the route's name, then the URL as it reads
+    /// (`example.com/items?a=1&b=2`, what an operator purges by), then the other parts, all
+    /// separated by [`SEP`], a byte no URL, header value or route name holds. So no request
+    /// can make another route's key, or another part's.
     fn key(&self, req: &Request<Body>, cx: &RequestCtx) -> Vec<u8> {
         let mut k = Vec::with_capacity(128);
+        k.extend(
+            cx.route
+                .as_deref()
+                .unwrap_or("")
+                .bytes()
+                .filter(|b| *b >= 0x20),
+        );
+        k.push(SEP);
         for (i, p) in self.parts.iter().enumerate() {
-            // `host/path?query` reads as a URL; other parts are `|`-separated.
             if i > 0
                 && !matches!(
                     (&self.parts[i - 1], p),
                     (KeyPart::Host, KeyPart::Path) | (KeyPart::Path, KeyPart::Query)
                 )
             {
-                k.push(b'|');
+                k.push(SEP);
             }
             match p {
                 KeyPart::Method => k.extend_from_slice(req.method().as_str().as_bytes()),
@@ -217,7 +226,8 @@ impl CachePolicy {
                 KeyPart::Query => {
                     if let Some(q) = req.uri().query() {
                         let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-                        pairs.sort_unstable();
+                        // By name only, and stably: `?id=b&id=a` keeps its order of values.
+                        pairs.sort_by_key(|p| p.split('=').next().unwrap_or(""));
                         if !pairs.is_empty() {
                             k.push(b'?');
                             k.extend_from_slice(pairs.join("&").as_bytes());
@@ -239,7 +249,14 @@ impl CachePolicy {
                 KeyPart::Consumer => {
                     k.extend_from_slice(b"consumer=");
                     if let Some(c) = &cx.consumer {
-                        k.extend_from_slice(c.id.as_bytes());
+                        // Control bytes escaped: an id can never hold the separators.
+                        for b in c.id.bytes() {
+                            if b < 0x20 || b == b'%' {
+                                k.extend_from_slice(format!("%{b:02X}").as_bytes());
+                            } else {
+                                k.push(b);
+                            }
+                        }
                     }
                 }
             }
@@ -248,13 +265,20 @@ impl CachePolicy {
     }
 }
 
-/// A variant's key: the primary key and the request's values of the headers the answer
-/// varies by (whitespace around commas ignored).
-fn variant_key(primary: &[u8], names: &[HeaderName], headers: &HeaderMap) -> Vec<u8> {
+/// A variant's key: the primary key, NUL (which no key part holds), the Vary marker's
+/// generation, and the request's values of the headers the answer varies by (whitespace
+/// around commas ignored), each after a NUL.
+fn variant_key(
+    primary: &[u8],
+    names: &[HeaderName],
+    generation: u64,
+    headers: &HeaderMap,
+) -> Vec<u8> {
     let mut k = primary.to_vec();
-    k.extend_from_slice(b"|vary");
+    k.push(0);
+    k.extend_from_slice(format!("{generation:016x}").as_bytes());
     for n in names {
-        k.push(b'|');
+        k.push(0);
         k.extend_from_slice(n.as_str().as_bytes());
         k.push(b'=');
         let mut first = true;
@@ -292,7 +316,14 @@ struct Fetch {
     /// The gateway added the conditional headers (so a 304 is for the stale answer).
     revalidating: bool,
     fwd: &'static str,
+    /// The client asked with HEAD (it gets no body).
     head: bool,
+    /// What went upstream was a HEAD: its answer has no body to store.
+    sent_head: bool,
+    /// The generation of the key's Vary marker, when one was found.
+    vary_generation: Option<u64>,
+    /// A background refresh: no client reads the body.
+    background: bool,
     /// The fill lock for this key (in-process, and in Redis with the shared store).
     leader: Option<Leader>,
 }
@@ -302,6 +333,26 @@ struct Fetch {
 const PASS_FOR: Duration = Duration::from_secs(10);
 /// Entries in the fill map past which expired pass marks are swept.
 const SWEEP_AT: usize = 10_000;
+/// Entries past which no pass mark is added (fills still are: they are bounded by the
+/// requests in flight).
+const PASS_CAP: usize = 100_000;
+/// At most one sweep this often, so a flood of distinct keys does not make every miss scan.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The keys being filled in this process, and those passing through.
+struct Fills {
+    map: HashMap<Vec<u8>, Fill>,
+    last_sweep: std::time::Instant,
+}
+
+impl Default for Fills {
+    fn default() -> Self {
+        Fills {
+            map: HashMap::new(),
+            last_sweep: std::time::Instant::now(),
+        }
+    }
+}
 
 enum Fill {
     /// Being filled: the value turns `true` when the answer is stored; the sender is dropped
@@ -320,7 +371,7 @@ enum Wait {
 /// (stored or not, see [`Leader::stored`]) and releases the Redis lock, if any.
 struct Leader {
     key: Vec<u8>,
-    inflight: Arc<Mutex<HashMap<Vec<u8>, Fill>>>,
+    inflight: Arc<Mutex<Fills>>,
     done: watch::Sender<bool>,
     shared: Option<(Backend, u64)>,
 }
@@ -335,20 +386,20 @@ impl Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         let stored = *self.done.borrow();
-        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Fill::Filling(rx)) = map.get(&self.key)
+        let mut fills = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Fill::Filling(rx)) = fills.map.get(&self.key)
             && rx.same_channel(&self.done.subscribe())
         {
-            if stored {
-                map.remove(&self.key);
+            if stored || fills.map.len() >= PASS_CAP {
+                fills.map.remove(&self.key);
             } else {
-                map.insert(
-                    std::mem::take(&mut self.key),
+                fills.map.insert(
+                    self.key.clone(),
                     Fill::Pass(std::time::Instant::now() + PASS_FOR),
                 );
             }
         }
-        drop(map);
+        drop(fills);
         if let Some((backend, token)) = self.shared.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
@@ -376,22 +427,25 @@ enum Found {
 }
 
 impl CachePolicy {
-    /// Looks `key` up, following a Vary marker to the request's variant.
+    /// Looks `key` up, following a Vary marker to the request's variant; also returns the
+    /// marker's generation, when there is one.
     async fn lookup(
         &self,
         key: &[u8],
         headers: &HeaderMap,
-    ) -> Result<(Found, bool), crate::store::cache::Unavailable> {
+    ) -> Result<(Found, Option<u64>), crate::store::cache::Unavailable> {
         match self.backend.get(key).await?.as_deref() {
-            None => Ok((Found::None, false)),
+            None => Ok((Found::None, None)),
             Some(Stored::Response(e)) => {
-                Ok((Found::Entry(key.to_vec(), Arc::new(e.clone())), false))
+                Ok((Found::Entry(key.to_vec(), Arc::new(e.clone())), None))
             }
-            Some(Stored::Vary(names)) => {
-                let vk = variant_key(key, names, headers);
+            Some(Stored::Vary(names, generation)) => {
+                let vk = variant_key(key, names, *generation, headers);
                 match self.backend.get(&vk).await?.as_deref() {
-                    Some(Stored::Response(e)) => Ok((Found::Entry(vk, Arc::new(e.clone())), true)),
-                    _ => Ok((Found::None, true)),
+                    Some(Stored::Response(e)) => {
+                        Ok((Found::Entry(vk, Arc::new(e.clone())), Some(*generation)))
+                    }
+                    _ => Ok((Found::None, Some(*generation))),
                 }
             }
         }
@@ -400,21 +454,22 @@ impl CachePolicy {
     /// Becomes the key's filler in this process, or returns the fill to wait for (or that
     /// the key's answers are not stored, so there is nothing to wait for).
     fn lead(&self, key: &[u8]) -> Result<Leader, Wait> {
-        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fills = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
-        match map.get(key) {
+        match fills.map.get(key) {
             Some(Fill::Filling(rx)) => return Err(Wait::Fill(rx.clone())),
             Some(Fill::Pass(until)) if *until > now => return Err(Wait::Pass),
             _ => {}
         }
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, f| match f {
+        if fills.map.len() >= SWEEP_AT && now.duration_since(fills.last_sweep) >= SWEEP_EVERY {
+            fills.last_sweep = now;
+            fills.map.retain(|_, f| match f {
                 Fill::Filling(_) => true,
                 Fill::Pass(until) => *until > now,
             });
         }
         let (tx, rx) = watch::channel(false);
-        map.insert(key.to_vec(), Fill::Filling(rx));
+        fills.map.insert(key.to_vec(), Fill::Filling(rx));
         Ok(Leader {
             key: key.to_vec(),
             inflight: self.inflight.clone(),
@@ -447,6 +502,17 @@ impl CachePolicy {
             cx.put(Slot::Bypass("bypass", "authorization"));
             return Flow::Continue;
         }
+        // An authenticated request (an API key, a cookie checked by forward_auth, a client
+        // certificate) may get an answer meant for its consumer only: shared only when the key
+        // tells consumers apart, or the route says answers are the same for all.
+        if cx.consumer.is_some()
+            && !self.allow_authorization
+            && !self.parts.contains(&KeyPart::Consumer)
+        {
+            self.count(cx, "bypass");
+            cx.put(Slot::Bypass("bypass", "consumer"));
+            return Flow::Continue;
+        }
         if directives(req.headers()).any(|(d, _)| d.eq_ignore_ascii_case("no-store")) {
             self.count(cx, "bypass");
             cx.put(Slot::Bypass("request", "no-store"));
@@ -456,6 +522,9 @@ impl CachePolicy {
         let key = self.key(req, cx);
         let deadline = tokio::time::Instant::now() + self.coalesce;
         let mut collapsed = false;
+        // When this request started waiting for another's fill: an answer stored since then is
+        // that fill's, and serves it even if it is stale already (`no-cache`, `max-age=0`).
+        let mut waited_since = None;
         let mut leader = None;
         // Bounded: each turn either answers, leads, or waits until `deadline`.
         let (found, varied) = loop {
@@ -469,7 +538,7 @@ impl CachePolicy {
             };
             let now = now_ms();
             if let Found::Entry(_, e) = &found
-                && fresh(e, now)
+                && (fresh(e, now) || waited_since.is_some_and(|t| e.stored_ms >= t))
             {
                 self.count(cx, if collapsed { "collapsed" } else { "hit" });
                 cx.put(Slot::Served);
@@ -507,6 +576,9 @@ impl CachePolicy {
                     revalidating,
                     fwd: "stale",
                     head: false,
+                    sent_head: false,
+                    vary_generation: varied,
+                    background: true,
                     leader: Some(l),
                 })));
                 return Flow::Background(resp);
@@ -524,6 +596,7 @@ impl CachePolicy {
                                 // Another instance fills it: read the shared cache until it
                                 // lands, the lock goes, or the wait is over.
                                 collapsed = true;
+                                waited_since.get_or_insert_with(now_ms);
                                 match self.wait_elsewhere(&key, req.headers(), deadline).await {
                                     Elsewhere::Landed => l.stored(),
                                     Elsewhere::Ended => {}
@@ -542,6 +615,7 @@ impl CachePolicy {
                 Err(Wait::Pass) => break (found, varied),
                 Err(Wait::Fill(mut rx)) => {
                     collapsed = true;
+                    waited_since.get_or_insert_with(now_ms);
                     // Wakes when the answer is stored or the fill ends without storing it.
                     let woke =
                         tokio::time::timeout_at(deadline, rx.wait_for(|stored| *stored)).await;
@@ -552,13 +626,21 @@ impl CachePolicy {
                 }
             }
         };
+        let sent_head = head && leader.is_none();
         let mut fetch = Fetch {
             key,
             req_headers: req.headers().clone(),
             stale: None,
             revalidating: false,
-            fwd: if varied { "vary-miss" } else { "miss" },
+            fwd: if varied.is_some() {
+                "vary-miss"
+            } else {
+                "miss"
+            },
             head,
+            sent_head,
+            vary_generation: varied,
+            background: false,
             leader,
         };
         if let Found::Entry(k, e) = found {
@@ -617,6 +699,8 @@ impl CachePolicy {
                 return;
             }
             Slot::Invalidate(key) => {
+                // Dropping the primary key drops a Vary marker with it, and so every variant
+                // (their keys hold the marker's generation).
                 if resp.status().is_success() || resp.status().is_redirection() {
                     let backend = self.backend.clone();
                     tokio::spawn(async move {
@@ -630,24 +714,36 @@ impl CachePolicy {
         let mut fetch = *fetch;
         let status = resp.status();
         let now = now_ms();
+        let upstream_status = resp.headers().get(&CACHE_STATUS).cloned();
         // The upstream confirmed the stale answer: renew it, and answer from it.
         if status == StatusCode::NOT_MODIFIED
             && fetch.revalidating
             && let Some((k, stale)) = fetch.stale.take()
         {
             let mut e = (*stale).clone();
+            // The 304's end-to-end headers update the stored ones (RFC 9111 §4.3.4), except
+            // what must never be stored or would change what the entry is for: a cookie is
+            // one client's, and a new Vary would be another key.
+            let updates = |n: &HeaderName| {
+                !is_hop_by_hop(n)
+                    && n != header::CONTENT_LENGTH
+                    && n != header::AGE
+                    && n != header::SET_COOKIE
+                    && n != header::VARY
+                    && *n != CACHE_STATUS
+            };
             for n in resp.headers().keys() {
-                if !is_hop_by_hop(n) && n != header::CONTENT_LENGTH && n != header::AGE {
+                if updates(n) {
                     e.headers.retain(|(m, _)| m != n);
                 }
             }
             for (n, v) in resp.headers() {
-                if !is_hop_by_hop(n) && n != header::CONTENT_LENGTH && n != header::AGE {
+                if updates(n) {
                     e.headers.push((n.clone(), v.clone()));
                 }
             }
             let merged: HeaderMap = e.headers.iter().cloned().collect();
-            if let Some(f) = self.freshness(&[], &merged) {
+            if let Ok(f) = self.freshness(&[], &merged) {
                 e.stored_ms = now;
                 e.initial_age = age_header(resp.headers());
                 e.fresh_for = f.fresh_for;
@@ -657,11 +753,21 @@ impl CachePolicy {
                 self.store(k, Stored::Response(e.clone()), fetch.leader.take());
             }
             self.count(cx, "revalidated");
+            // This client's cookie, if the 304 set one, goes to this client only.
+            let cookies: Vec<HeaderValue> = resp
+                .headers()
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
             let mut req = Request::new(Body::empty());
             *req.headers_mut() = std::mem::take(&mut fetch.req_headers);
             let fresh = format!("Gatehouse; fwd=stale; fwd-status=304; ttl={}", e.ttl(now));
             if let Flow::Respond(r) = respond(&e, &req, fetch.head, &fresh) {
                 *resp = *r;
+                for c in cookies {
+                    resp.headers_mut().append(header::SET_COOKIE, c);
+                }
             }
             return;
         }
@@ -700,7 +806,7 @@ impl CachePolicy {
             Ok(plan) => {
                 v.push_str("; stored");
                 set_status(resp, &v);
-                self.tee(resp, fetch, plan);
+                self.tee(resp, fetch, plan, upstream_status);
             }
         }
     }
@@ -708,6 +814,10 @@ impl CachePolicy {
     /// Whether the answer may be stored, and how (its freshness and key); or why not.
     fn storable(&self, fetch: &Fetch, resp: &Response<Body>) -> Result<Plan, &'static str> {
         let h = resp.headers();
+        if fetch.sent_head {
+            // The answer to a HEAD has no body to store.
+            return Err("method");
+        }
         if !self.statuses.contains(&resp.status().as_u16()) {
             return Err("status");
         }
@@ -731,7 +841,7 @@ impl CachePolicy {
                 }
             }
         }
-        let f = self.freshness(&[], h).ok_or("no-store")?;
+        let f = self.freshness(&[], h)?;
         if h.get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
@@ -743,17 +853,28 @@ impl CachePolicy {
         if f.fresh_for == 0 && f.swr == 0 && f.sie == 0 && !has_validator {
             return Err("not-fresh");
         }
+        // Variants go under the key's marker generation (a new one when there is no marker).
+        let generation = fetch.vary_generation.unwrap_or_else(|| fastrand::u64(..));
         let key = if vary.is_empty() {
             fetch.key.clone()
         } else {
-            variant_key(&fetch.key, &vary, &fetch.req_headers)
+            variant_key(&fetch.key, &vary, generation, &fetch.req_headers)
         };
-        Ok(Plan { key, vary, f })
+        Ok(Plan {
+            key,
+            vary,
+            generation,
+            f,
+        })
     }
 
     /// The answer's freshness from its headers (`extra` first: a stored answer's, updated by a
-    /// 304's); `None` when it must not be stored.
-    fn freshness(&self, extra: &[(HeaderName, HeaderValue)], h: &HeaderMap) -> Option<Fresh> {
+    /// 304's); or why it must not be stored (`no-store`, `private`).
+    fn freshness(
+        &self,
+        extra: &[(HeaderName, HeaderValue)],
+        h: &HeaderMap,
+    ) -> Result<Fresh, &'static str> {
         let mut f = Fresh {
             fresh_for: self.ttl,
             swr: self.swr,
@@ -769,9 +890,23 @@ impl CachePolicy {
             .chain(h.get_all(header::CACHE_CONTROL));
         for v in cc {
             for (d, arg) in split_directives(v) {
-                let n = || arg.and_then(|a| a.trim_matches('"').parse::<u64>().ok());
+                // Delta-seconds (RFC 9111 §1.2.2): past 2^31 counts as 2^31; a value that is
+                // not a number (`-1`, `soon`) counts as 0, so the answer is stale at once.
+                let n = || {
+                    arg.map(|a| {
+                        let a = a.trim_matches('"');
+                        match a.parse::<u64>() {
+                            Ok(v) => v.min(MAX_DELTA),
+                            Err(_) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) => {
+                                MAX_DELTA
+                            }
+                            Err(_) => 0,
+                        }
+                    })
+                };
                 match d.to_ascii_lowercase().as_str() {
-                    "no-store" | "private" => return None,
+                    "no-store" => return Err("no-store"),
+                    "private" => return Err("private"),
                     "no-cache" => {
                         f.must_revalidate = true;
                         max_age = Some(0);
@@ -798,18 +933,29 @@ impl CachePolicy {
             f.swr = 0;
             f.sie = 0;
         }
-        Some(f)
+        Ok(f)
     }
 
     /// Streams the answer to the client and stores a copy when it ends complete and within
     /// `max_object_size`; the fill lock is held until then.
-    fn tee(&self, resp: &mut Response<Body>, fetch: Fetch, plan: Plan) {
-        let headers: Vec<(HeaderName, HeaderValue)> = resp
+    fn tee(
+        &self,
+        resp: &mut Response<Body>,
+        fetch: Fetch,
+        plan: Plan,
+        upstream_status: Option<HeaderValue>,
+    ) {
+        // The upstream's own Cache-Status (a cache behind this one) is kept; this cache's
+        // member is added to it on each answer.
+        let mut headers: Vec<(HeaderName, HeaderValue)> = resp
             .headers()
             .iter()
             .filter(|(n, _)| !is_hop_by_hop(n) && *n != header::AGE && *n != CACHE_STATUS)
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
+        if let Some(v) = upstream_status {
+            headers.push((CACHE_STATUS.clone(), v));
+        }
         let entry = Entry {
             status: resp.status(),
             headers,
@@ -849,6 +995,7 @@ impl CachePolicy {
             buf: BytesMut::new(),
             limit: self.max_object,
             filler: Some(this),
+            detached: fetch.head || fetch.background,
         }));
         if fetch.head {
             // A HEAD filled with a GET: the client gets the headers only. The body is still
@@ -878,6 +1025,7 @@ impl CachePolicy {
 struct Plan {
     key: Vec<u8>,
     vary: Vec<HeaderName>,
+    generation: u64,
     f: Fresh,
 }
 
@@ -917,7 +1065,10 @@ impl Filler {
             if !self.plan.vary.is_empty() {
                 let _ = self
                     .backend
-                    .put(&self.primary, Stored::Vary(self.plan.vary.clone()))
+                    .put(
+                        &self.primary,
+                        Stored::Vary(self.plan.vary.clone(), self.plan.generation),
+                    )
                     .await;
             }
             let stored = self
@@ -945,6 +1096,9 @@ struct TeeBody {
     limit: u64,
     /// Taken when the copy is stored or abandoned (too large, error, trailers).
     filler: Option<Filler>,
+    /// No client reads this body (a HEAD filled with a GET, a background refresh): once the
+    /// copy is stored or abandoned, the rest is not read.
+    detached: bool,
 }
 
 impl http_body::Body for TeeBody {
@@ -956,6 +1110,9 @@ impl http_body::Body for TeeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.detached && this.filler.is_none() {
+            return Poll::Ready(None);
+        }
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
@@ -1025,11 +1182,17 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
     crate::hop::is_hop_by_hop(n)
 }
 
+/// The upstream's `Age`, at most 2^31 (a longer run of digits counts as that).
 fn age_header(h: &HeaderMap) -> u64 {
-    h.get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let Some(v) = h.get(header::AGE).and_then(|v| v.to_str().ok()) else {
+        return 0;
+    };
+    let v = v.trim();
+    match v.parse::<u64>() {
+        Ok(n) => n.min(MAX_DELTA),
+        Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => MAX_DELTA,
+        Err(_) => 0,
+    }
 }
 
 fn expires(h: &HeaderMap) -> Option<u64> {
@@ -1080,9 +1243,19 @@ fn add_validators(h: &mut HeaderMap, e: &Entry) -> bool {
     added
 }
 
+/// Adds this cache's member to `Cache-Status` (RFC 9211 §2: after the members of the caches
+/// nearer the origin).
 fn set_status(resp: &mut Response<Body>, v: &str) {
-    if let Ok(v) = HeaderValue::from_str(v) {
-        resp.headers_mut().insert(CACHE_STATUS.clone(), v);
+    add_status(resp.headers_mut(), v);
+}
+
+fn add_status(h: &mut HeaderMap, v: &str) {
+    let combined = match h.get(&CACHE_STATUS).and_then(|e| e.to_str().ok()) {
+        Some(e) if !e.trim().is_empty() => format!("{e}, {v}"),
+        _ => v.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&combined) {
+        h.insert(CACHE_STATUS.clone(), v);
     }
 }
 
@@ -1143,9 +1316,7 @@ fn respond<B>(e: &Entry, req: &Request<B>, head: bool, cache_status: &str) -> Fl
         h.append(n.clone(), v.clone());
     }
     h.insert(header::AGE, HeaderValue::from(e.age(now)));
-    if let Ok(v) = HeaderValue::from_str(cache_status) {
-        h.insert(CACHE_STATUS.clone(), v);
-    }
+    add_status(h, cache_status);
     let (status, body) = if not_mod {
         (StatusCode::NOT_MODIFIED, Body::empty())
     } else if head {

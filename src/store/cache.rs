@@ -37,9 +37,15 @@ pub struct Entry {
 pub enum Stored {
     Response(Entry),
     /// The answers for this key vary by these request headers; each variant is kept under
-    /// the key extended with the request's values of them.
-    Vary(Vec<HeaderName>),
+    /// the key extended with this marker's generation and the request's values of them.
+    /// Dropping the marker (invalidation, purge) orphans every variant at once: the next
+    /// marker has another generation.
+    Vary(Vec<HeaderName>, u64),
 }
+
+/// The largest delta-seconds value taken from a message (RFC 9111 §1.2.2: 2^31); larger ones,
+/// and an `Age` past it, count as this.
+pub const MAX_DELTA: u64 = 1 << 31;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -50,12 +56,14 @@ pub fn now_ms() -> u64 {
 impl Entry {
     /// Its current age in seconds (RFC 9111 §4.2.3, with the gateway as the only clock).
     pub fn age(&self, now_ms: u64) -> u64 {
-        self.initial_age + now_ms.saturating_sub(self.stored_ms) / 1000
+        self.initial_age
+            .min(MAX_DELTA)
+            .saturating_add(now_ms.saturating_sub(self.stored_ms) / 1000)
     }
 
     /// Seconds of freshness left (negative: stale for that long).
     pub fn ttl(&self, now_ms: u64) -> i64 {
-        self.fresh_for as i64 - self.age(now_ms) as i64
+        self.fresh_for.min(MAX_DELTA) as i64 - self.age(now_ms).min(1 << 40) as i64
     }
 
     pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
@@ -66,8 +74,14 @@ impl Entry {
     /// (with a validator, so a conditional request can renew it) as long again as it was
     /// fresh, at least a minute and at most a day.
     pub fn lifetime(&self) -> Duration {
-        let fresh = self.fresh_for.saturating_sub(self.initial_age);
-        let mut stale = self.stale_while_revalidate.max(self.stale_if_error);
+        let fresh = self
+            .fresh_for
+            .min(MAX_DELTA)
+            .saturating_sub(self.initial_age);
+        let mut stale = self
+            .stale_while_revalidate
+            .max(self.stale_if_error)
+            .min(MAX_DELTA);
         if self.header(&http::header::ETAG).is_some()
             || self.header(&http::header::LAST_MODIFIED).is_some()
         {
@@ -92,7 +106,7 @@ impl Stored {
     pub fn weight(&self) -> usize {
         match self {
             Stored::Response(e) => e.weight(),
-            Stored::Vary(names) => 64 + names.iter().map(|n| n.as_str().len()).sum::<usize>(),
+            Stored::Vary(names, _) => 64 + names.iter().map(|n| n.as_str().len()).sum::<usize>(),
         }
     }
 
@@ -101,13 +115,13 @@ impl Stored {
             Stored::Response(e) => e.lifetime(),
             // Outlives its variants' freshness in the common case; a lost marker only costs
             // one miss.
-            Stored::Vary(_) => Duration::from_secs(86_400),
+            Stored::Vary(..) => Duration::from_secs(86_400),
         }
     }
 }
 
 const MAGIC: &[u8; 3] = b"GHC";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// The stored form: binary-safe, length-prefixed, versioned.
 pub fn encode(s: &Stored) -> Vec<u8> {
@@ -115,8 +129,9 @@ pub fn encode(s: &Stored) -> Vec<u8> {
     b.put_slice(MAGIC);
     b.put_u8(VERSION);
     match s {
-        Stored::Vary(names) => {
+        Stored::Vary(names, generation) => {
             b.put_u8(b'V');
+            b.put_u64(*generation);
             b.put_u32(names.len() as u32);
             for n in names {
                 put_bytes(&mut b, n.as_str().as_bytes());
@@ -169,6 +184,7 @@ pub fn decode(raw: Bytes) -> Option<Stored> {
     b.advance(4);
     match b.get_u8() {
         b'V' => {
+            let generation = get_u64(&mut b)?;
             if b.remaining() < 4 {
                 return None;
             }
@@ -177,7 +193,7 @@ pub fn decode(raw: Bytes) -> Option<Stored> {
             for _ in 0..n {
                 names.push(HeaderName::from_bytes(&get_bytes(&mut b)?).ok()?);
             }
-            Some(Stored::Vary(names))
+            Some(Stored::Vary(names, generation))
         }
         b'R' => {
             if b.remaining() < 2 {
@@ -284,12 +300,12 @@ impl MemoryCache {
         self.cache.remove(key).is_some()
     }
 
-    /// Removes every key starting with `prefix`; returns how many.
-    pub fn purge_prefix(&self, prefix: &[u8]) -> usize {
+    /// Removes every key `matches` accepts; returns how many.
+    pub fn purge(&self, matches: &dyn Fn(&[u8]) -> bool) -> usize {
         let keys: Vec<Arc<Box<[u8]>>> = self
             .cache
             .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| matches(k))
             .map(|(k, _)| k)
             .collect();
         keys.iter().filter(|k| self.remove(k)).count()
@@ -309,6 +325,26 @@ impl MemoryCache {
 impl Default for MemoryCache {
     fn default() -> Self {
         MemoryCache::new(64 * 1024 * 1024)
+    }
+}
+
+/// Separates a key's parts: the route, then the URL, then the other parts. No URL, header
+/// value or route name holds it.
+pub const SEP: u8 = 0x1f;
+
+/// Whether a stored key (`route SEP rest`) is one a purge names.
+pub fn purge_matches(k: &[u8], route: Option<&str>, what: &[u8], exact: bool) -> bool {
+    let Some(i) = k.iter().position(|b| *b == SEP) else {
+        return false;
+    };
+    let (r, rest) = (&k[..i], &k[i + 1..]);
+    if route.is_some_and(|want| want.as_bytes() != r) {
+        return false;
+    }
+    if exact {
+        rest == what
+    } else {
+        rest.starts_with(what)
     }
 }
 
@@ -371,11 +407,19 @@ impl Backend {
         }
     }
 
-    pub async fn purge_prefix(&self, prefix: &[u8]) -> Result<usize, Unavailable> {
+    /// Removes what a purge names: the answers whose key, after the route part, is `what`
+    /// (`exact`) or starts with it; on one route, or on all.
+    pub async fn purge(
+        &self,
+        route: Option<&str>,
+        what: &[u8],
+        exact: bool,
+    ) -> Result<usize, Unavailable> {
+        let matches = |k: &[u8]| purge_matches(k, route, what, exact);
         match self {
-            Backend::Memory(m) => Ok(m.purge_prefix(prefix)),
+            Backend::Memory(m) => Ok(m.purge(&matches)),
             Backend::Redis(_) => match self.redis() {
-                Some(r) => r.cache_purge_prefix(prefix).await,
+                Some(r) => r.cache_purge(route, what, &matches).await,
                 None => Ok(0),
             },
         }
@@ -434,7 +478,7 @@ mod tests {
     fn stored_form_round_trips_binary_bodies() {
         let e = Stored::Response(entry(b"\0\xff\r\n binary \x00"));
         assert_eq!(decode(Bytes::from(encode(&e))), Some(e));
-        let v = Stored::Vary(vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT]);
+        let v = Stored::Vary(vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT], 7);
         assert_eq!(decode(Bytes::from(encode(&v))), Some(v));
     }
 
@@ -470,10 +514,15 @@ mod tests {
         assert!(c.size() <= 100_000, "{} bytes", c.size());
         assert!(c.evictions.load(Ordering::Relaxed) > 0 || c.entries() < 1000);
         let c = MemoryCache::new(1_000_000);
-        c.put(b"api/a", Stored::Response(entry(b"a")));
-        c.put(b"api/b", Stored::Response(entry(b"b")));
-        c.put(b"web/a", Stored::Response(entry(b"c")));
-        assert_eq!(c.purge_prefix(b"api/"), 2);
-        assert!(c.get(b"web/a").is_some());
+        c.put(b"r1\x1fapi/a", Stored::Response(entry(b"a")));
+        c.put(b"r2\x1fapi/b", Stored::Response(entry(b"b")));
+        c.put(b"r1\x1fweb/a", Stored::Response(entry(b"c")));
+        assert_eq!(
+            c.purge(&|k| purge_matches(k, Some("r1"), b"api/", false)),
+            1
+        );
+        assert_eq!(c.purge(&|k| purge_matches(k, None, b"api/b", true)), 1);
+        assert_eq!(c.purge(&|k| purge_matches(k, None, b"web/", true)), 0);
+        assert!(c.get(b"r1\x1fweb/a").is_some());
     }
 }

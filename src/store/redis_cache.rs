@@ -93,10 +93,22 @@ impl RedisStore {
         .await
     }
 
-    /// SCAN (never KEYS: it would block Redis) for the prefix, deleting in batches. Not
-    /// bounded by the store timeout: a purge may take as long as the keyspace needs.
-    pub(crate) async fn cache_purge_prefix(&self, prefix: &[u8]) -> Result<usize, Unavailable> {
-        let mut pattern = glob_escape(&key(CACHE, prefix));
+    /// SCAN (never KEYS: it would block Redis) for what a purge names, deleting each match.
+    /// The pattern narrows the scan; `matches` decides. Not bounded by the store timeout: a
+    /// purge may take as long as the keyspace needs.
+    pub(crate) async fn cache_purge(
+        &self,
+        route: Option<&str>,
+        what: &[u8],
+        matches: &(dyn Fn(&[u8]) -> bool + Sync),
+    ) -> Result<usize, Unavailable> {
+        let mut pattern = glob_escape(CACHE);
+        match route {
+            Some(r) => pattern.extend(glob_escape(r.as_bytes())),
+            None => pattern.push(b'*'),
+        }
+        pattern.push(super::cache::SEP);
+        pattern.extend(glob_escape(what));
         pattern.push(b'*');
         let run = async {
             let mut c = self.connection().await?;
@@ -114,6 +126,9 @@ impl RedisStore {
                     .await
                     .map_err(|e| e.to_string())?;
                 for k in keys {
+                    if !k.strip_prefix(CACHE).is_some_and(matches) {
+                        continue;
+                    }
                     // One key per DEL: in a cluster, keys of one batch may sit on
                     // different slots.
                     let n: i64 = redis::cmd("DEL")
