@@ -415,6 +415,13 @@ impl Backend {
         what: &[u8],
         exact: bool,
     ) -> Result<usize, Unavailable> {
+        if let (true, Some(r)) = (exact, route) {
+            // One key, named whole: no scan (and, in a Redis Cluster, the right node).
+            let mut k = r.as_bytes().to_vec();
+            k.push(SEP);
+            k.extend_from_slice(what);
+            return self.remove(&k).await.map(usize::from);
+        }
         let matches = |k: &[u8]| purge_matches(k, route, what, exact);
         match self {
             Backend::Memory(m) => Ok(m.purge(&matches)),
