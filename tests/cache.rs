@@ -629,3 +629,46 @@ async fn cache_config_errors_name_the_key() {
         );
     }
 }
+
+/// A client that does not read its answer does not hold the fill: the answer is read whole
+/// from the upstream and stored, and the requests waiting on it are served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_does_not_hold_the_fill() {
+    let big: &'static str = Box::leak("x".repeat(12 * 1024 * 1024).into_boxed_str());
+    let up = TestUpstream::start(Arc::new(move |_req: Request<Incoming>| {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut r = Response::new(full(big));
+            r.headers_mut().insert(
+                "cache-control",
+                http::HeaderValue::from_static("max-age=60"),
+            );
+            r
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Response<TestBody>> + Send>>
+    }))
+    .await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "{ ttl: 30s, max_object_size: 16MiB }",
+        "",
+    ))
+    .await;
+    // The slow client: sends its request and never reads.
+    let mut slow = RawClient::connect(gw.addr).await;
+    slow.send("GET /big HTTP/1.1\r\nHost: cache.test\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = std::time::Instant::now();
+    let r = get(&gw, "/big", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), big.len());
+    assert!(cache_status(&r).contains("hit"), "{}", cache_status(&r));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "waited {:?} on a client that does not read",
+        t.elapsed()
+    );
+    assert_eq!(up.hits(), 1);
+    drop(slow);
+}

@@ -182,10 +182,10 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
                         "must not be empty",
                     ));
                 }
-                if n.starts_with("aggregate:") || n.bytes().any(|b| b < 0x20) {
+                if n.starts_with("aggregate:") {
                     errors.push(ConfigError::new(
                         format!("{path}.name"),
-                        "must not start with `aggregate:` (the cache's own namespace) nor hold control characters",
+                        "must not start with `aggregate:` (the response cache's own namespace)",
                     ));
                 }
                 if !names.insert(n.clone()) {

@@ -20,6 +20,7 @@
 //! - A store that fails or is slow is bypassed: the request goes to the upstream.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -194,13 +195,9 @@ impl CachePolicy {
     /// can make another route's key, or another part's.
     fn key(&self, req: &Request<Body>, cx: &RequestCtx) -> Vec<u8> {
         let mut k = Vec::with_capacity(128);
-        k.extend(
-            cx.route
-                .as_deref()
-                .unwrap_or("")
-                .bytes()
-                .filter(|b| *b >= 0x20),
-        );
+        k.extend(crate::store::cache::route_part(
+            cx.route.as_deref().unwrap_or(""),
+        ));
         k.push(SEP);
         for (i, p) in self.parts.iter().enumerate() {
             if i > 0
@@ -989,6 +986,36 @@ impl CachePolicy {
             return;
         }
         let inner = std::mem::replace(resp.body_mut(), Body::empty());
+        if let Some(n) = expected.filter(|n| *n <= self.max_object) {
+            // A body of known size that fits: read whole by a task of its own (as nginx's
+            // proxy buffering does), stored, then sent. The fill, and the requests waiting on
+            // it, never wait for a slow client; a client that leaves does not end the fill.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                use http_body_util::BodyExt;
+                let read = tokio::time::timeout(FILL_READ, inner.collect()).await;
+                let got = match read {
+                    Ok(Ok(c)) if c.trailers().is_none() => {
+                        let b = c.to_bytes();
+                        if b.len() as u64 == n {
+                            this.finish(b.clone());
+                        }
+                        Ok(b)
+                    }
+                    Ok(Ok(c)) => Ok(c.to_bytes()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(BoxError::from("the upstream's answer did not end in time")),
+                };
+                let _ = tx.send(got);
+            });
+            if !fetch.head {
+                *resp.body_mut() = Body::Upstream(Box::pin(Buffered {
+                    rx: Some(rx),
+                    size: n,
+                }));
+            }
+            return;
+        }
         *resp.body_mut() = Body::Upstream(Box::pin(TeeBody {
             inner,
             expected,
@@ -1083,6 +1110,47 @@ impl Filler {
             }
             drop(self.leader);
         });
+    }
+}
+
+/// Longest a fill reads an answer it buffers.
+const FILL_READ: Duration = Duration::from_secs(60);
+
+/// A body read whole by a fill task: sent when it has arrived.
+struct Buffered {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Bytes, BoxError>>>,
+    size: u64,
+}
+
+impl http_body::Body for Buffered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let got = match Pin::new(rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        self.rx = None;
+        Poll::Ready(Some(match got {
+            Ok(Ok(b)) => Ok(Frame::data(b)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BoxError::from("the fill ended without an answer")),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.size)
     }
 }
 

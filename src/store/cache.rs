@@ -332,13 +332,27 @@ impl Default for MemoryCache {
 /// value or route name holds it.
 pub const SEP: u8 = 0x1f;
 
+/// A route's name as the first part of its cache keys: control bytes (the separators among
+/// them) and `%` percent-encoded, so no name can reach into the next part.
+pub fn route_part(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    for b in name.bytes() {
+        if b < 0x20 || b == b'%' {
+            k.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            k.push(b);
+        }
+    }
+    k
+}
+
 /// Whether a stored key (`route SEP rest`) is one a purge names.
 pub fn purge_matches(k: &[u8], route: Option<&str>, what: &[u8], exact: bool) -> bool {
     let Some(i) = k.iter().position(|b| *b == SEP) else {
         return false;
     };
     let (r, rest) = (&k[..i], &k[i + 1..]);
-    if route.is_some_and(|want| want.as_bytes() != r) {
+    if route.is_some_and(|want| route_part(want) != r) {
         return false;
     }
     if exact {
@@ -417,7 +431,7 @@ impl Backend {
     ) -> Result<usize, Unavailable> {
         if let (true, Some(r)) = (exact, route) {
             // One key, named whole: no scan (and, in a Redis Cluster, the right node).
-            let mut k = r.as_bytes().to_vec();
+            let mut k = route_part(r);
             k.push(SEP);
             k.extend_from_slice(what);
             return self.remove(&k).await.map(usize::from);

@@ -104,7 +104,7 @@ impl RedisStore {
     ) -> Result<usize, Unavailable> {
         let mut pattern = glob_escape(CACHE);
         match route {
-            Some(r) => pattern.extend(glob_escape(r.as_bytes())),
+            Some(r) => pattern.extend(glob_escape(&super::cache::route_part(r))),
             None => pattern.push(b'*'),
         }
         pattern.push(super::cache::SEP);
