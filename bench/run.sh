@@ -2386,9 +2386,11 @@ report_aggregate() {
         echo "fanout p50 vs single p50: **${q}x** (goal <= 1.10x: $verdict; per round $(ratios_per_round "${P50_R[$f]:-}" "${P50_R[$s]:-}"))."
         echo
     done
-    echo "How it is measured: wrk (\`-t$WRK_THREADS -c$CONNECTIONS\`, \`-c$AGG_DELAY_CONNECTIONS\` against the delayed backend, a Lua"
-    echo "script that picks the paths) counts and times"
-    echo "each HTTP request it sends. For \`single\` and \`fanout\` that is the figure. For \`sequential\` wrk"
+    local delayed_c=""
+    if ((AGG_DELAY > 0)); then delayed_c=", \`-c$AGG_DELAY_CONNECTIONS\` against the delayed backend"; fi
+    echo "How it is measured: wrk (\`-t$WRK_THREADS -c$CONNECTIONS\`$delayed_c, a Lua script"
+    echo "that picks the paths) counts and times each HTTP request it sends. For \`single\` and"
+    echo "\`fanout\` that is the figure. For \`sequential\` wrk"
     echo "times each of the 3 calls: its req/s is wrk's divided by 3 (exact: every connection sends one"
     echo "call after the other, so 3 calls are one logical request), and its p50 and p99 are **3 times the"
     echo "per-call p50 and p99** (derived, not measured: wrk cannot time a group of 3; the per-call"
