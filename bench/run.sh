@@ -3,22 +3,28 @@
 # and with --mode also HTTPS keep-alive, full TLS handshakes per second, HTTP/2 over TLS, and
 # (auth) Gatehouse alone with basic auth and with JWT (RS256) against the same route unguarded,
 # (ratelimit) Gatehouse alone with a rate limit that is never reached, in memory and in Redis,
-# and (cache) Gatehouse alone answering from its response cache, in memory and in Redis, against
-# plain proxying. Redis is a redis-server the script starts on a free loopback port.
+# (cache) Gatehouse alone answering from its response cache, in memory and in Redis, against
+# plain proxying, and (aggregate) Gatehouse alone fanning one request out to 3 upstream calls
+# against a client making the 3 calls itself and against one call, with a fast backend and with
+# one that delays each call by AGG_DELAY ms. Redis is a redis-server the script starts on a free
+# loopback port.
 #
-#   bash bench/run.sh [--mode http|https|handshake|h2|auth|ratelimit|cache|all] [--proxies "nginx haproxy gatehouse"]
+#   bash bench/run.sh [--mode http|https|handshake|h2|auth|ratelimit|cache|aggregate|all]
+#                     [--proxies "nginx haproxy gatehouse"]
 #                     [--duration 10s] [--connections 50] [--baseline PATH] [--rounds N]
 #
 # Environment: MODE (http; a list such as "https h2" runs several; all = http https handshake
-# h2, without auth, ratelimit and cache), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
+# h2, without auth, ratelimit, cache and aggregate), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
 # GATEHOUSE_BIN (skip the cargo build and use this binary), WARMUP (2s),
 # BASELINE_BIN (another gatehouse binary, e.g. of the previous commit: adds the proxy
 # "gatehouse-base", run exactly like "gatehouse"), ROUNDS (1; N > 1 measures the whole list
 # N times, interleaved, and reports medians), PROXY_CPU / LOAD_CPU (default: first /
 # second CPU this process may run on), KEEP_TMP=1 (keep the temp dir with configs, logs
 # and raw load-generator output), H2_STREAMS (10: h2load -m), HS_CLIENTS (2: parallel
-# openssl s_time processes in the handshake mode). See bench/README.md. The tables go to
-# stdout, progress to stderr.
+# openssl s_time processes in the handshake mode), AGG_DELAY (20: mode aggregate, ms the
+# delaying backend waits before each answer; 0 = only the fast backend), AGG_DELAY_CONNECTIONS
+# (10: wrk connections against the delaying backend). See bench/README.md.
+# The tables go to stdout, progress to stderr.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,12 +41,14 @@ KEEP_TMP="${KEEP_TMP:-0}"
 MODE="${MODE:-http}"
 H2_STREAMS="${H2_STREAMS:-10}"
 HS_CLIENTS="${HS_CLIENTS:-2}"
+AGG_DELAY="${AGG_DELAY:-20}"
+AGG_DELAY_CONNECTIONS="${AGG_DELAY_CONNECTIONS:-10}"
 CARGO_LOCK="/tmp/cargo.lock"
 CARGO_LOCK_WAIT="${CARGO_LOCK_WAIT:-1800}" # seconds to wait for the shared cargo lock
 START_TIMEOUT_S=10
 
 usage() {
-    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($# > 0)); do
@@ -82,6 +90,12 @@ done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: ROUNDS must be a positive integer" >&2; exit 2; }
 [[ "$H2_STREAMS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: H2_STREAMS must be a positive integer" >&2; exit 2; }
 [[ "$HS_CLIENTS" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: HS_CLIENTS must be a positive integer" >&2; exit 2; }
+[[ "$AGG_DELAY_CONNECTIONS" =~ ^[1-9][0-9]*$ ]] ||
+    { echo "run.sh: AGG_DELAY_CONNECTIONS must be a positive integer" >&2; exit 2; }
+if ! [[ "$AGG_DELAY" =~ ^[0-9]+$ ]] || ((AGG_DELAY > 500)); then
+    echo "run.sh: AGG_DELAY must be a whole number of milliseconds, 0-500" >&2
+    exit 2
+fi
 
 # Modes, in the order given ("all" = every mode), each once.
 read -r -a mode_args <<<"${MODE//,/ }"
@@ -90,8 +104,8 @@ MODE_LIST=()
 for m in "${mode_args[@]}"; do
     case "$m" in
         all) expanded=(http https handshake h2) ;;
-        http | https | handshake | h2 | auth | ratelimit | cache) expanded=("$m") ;;
-        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth ratelimit cache all)" >&2; exit 2 ;;
+        http | https | handshake | h2 | auth | ratelimit | cache | aggregate) expanded=("$m") ;;
+        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth ratelimit cache aggregate all)" >&2; exit 2 ;;
     esac
     for e in "${expanded[@]}"; do
         dup=0
@@ -113,22 +127,25 @@ wants() {
     return 1
 }
 
-# Modes auth, ratelimit and cache measure Gatehouse against itself (variants of one route:
-# none, basic, jwt; none, limited, limited_by_header, redis; none, memory, redis), not a proxy
-# list. When they are the only modes, PROXIES and BASELINE_BIN do not apply: only gatehouse is
-# built (or taken from GATEHOUSE_BIN) and started. Next to other modes they need gatehouse in
-# PROXIES.
+# Modes auth, ratelimit, cache and aggregate measure Gatehouse against itself (variants of one
+# route: none, basic, jwt; none, limited, limited_by_header, redis; none, memory, redis; or,
+# for aggregate, one config and three clients: single, sequential, fanout, each also against a
+# delaying backend), not a proxy list. When they are the only modes, PROXIES and BASELINE_BIN
+# do not apply: only gatehouse is built (or taken from GATEHOUSE_BIN) and started. Next to
+# other modes they need gatehouse in PROXIES.
 AUTH_VARIANTS=(none basic jwt)
 RL_VARIANTS=(none limited limited_by_header redis)
 CACHE_VARIANTS=(none memory redis)
-is_variant_mode() { [[ "$1" == auth || "$1" == ratelimit || "$1" == cache ]]; }
+AGG_VARIANTS=(single sequential fanout)
+if ((AGG_DELAY > 0)); then AGG_VARIANTS+=(single_delayed sequential_delayed fanout_delayed); fi
+is_variant_mode() { [[ "$1" == auth || "$1" == ratelimit || "$1" == cache || "$1" == aggregate ]]; }
 GH_ONLY=1 # every mode is a gatehouse-only one
 for m in "${MODE_LIST[@]}"; do is_variant_mode "$m" || GH_ONLY=0; done
 if ((GH_ONLY)); then
     PROXY_LIST=(gatehouse)
     BASELINE_BIN=""
 else
-    for m in auth ratelimit cache; do
+    for m in auth ratelimit cache aggregate; do
         if wants_mode "$m" && ! wants gatehouse; then
             echo "run.sh: mode '$m' measures gatehouse: PROXIES must include gatehouse when other modes run too" >&2
             exit 2
@@ -182,9 +199,9 @@ ensure_tools() {
         [taskset]=util-linux [python3]=python3 [flock]=util-linux [openssl]=openssl
         [h2load]=nghttp2-client [ps]=procps [redis-server]=redis-server [redis-cli]=redis-tools)
     local need=(nginx curl taskset python3)
-    if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache; then need+=(wrk); fi
+    if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache || wants_mode aggregate; then need+=(wrk); fi
     if ((HAS_TLS)) || wants_mode auth; then need+=(openssl); fi
-    if ((HAS_TLS)) || wants_mode auth || wants_mode ratelimit || wants_mode cache; then need+=(ps); fi
+    if ((HAS_TLS)) || wants_mode auth || wants_mode ratelimit || wants_mode cache || wants_mode aggregate; then need+=(ps); fi
     if wants_mode ratelimit || wants_mode cache; then need+=(redis-server redis-cli); fi
     wants_mode h2 && need+=(h2load)
     wants haproxy && need+=(haproxy)
@@ -335,10 +352,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------- ports
 # Bind port 0 on 127.0.0.1 for each slot (all sockets open at once, so the ports differ),
 # print the ports and release them. The window until our servers bind them is tiny.
-read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT GATEHOUSE_PORT BASELINE_PORT ADMIN_PORT REDIS_PORT <<<"$(python3 - <<'PY'
+read -r BACKEND_PORT NGINX_PORT HAPROXY_PORT GATEHOUSE_PORT BASELINE_PORT ADMIN_PORT REDIS_PORT DELAY_PORT <<<"$(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(7):
+for _ in range(8):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -462,6 +479,25 @@ REDIS_STATUS="" # empty = usable; otherwise why the redis variants are not measu
 REDIS_PID=""
 REDIS_URL=""
 
+# Mode aggregate: three small JSON answers, /a.json /b.json /c.json, served by the backend nginx
+# (only when the mode runs: the other modes' backend config stays as it was) and by the
+# delaying backend (a python3 asyncio server the script starts, which answers each request
+# AGG_DELAY ms after it arrived). One Gatehouse config per backend has three upstreams (svc_a,
+# svc_b, svc_c, all to that backend), the plain routes /a.json /b.json /c.json, one to each, and
+# the composite route /agg, whose `aggregate:` calls the three at once. The variants differ
+# only in what the client asks: single: /c.json; sequential: /a.json, /b.json, /c.json in turn
+# (a wrk Lua script; one logical request = 3 calls); fanout: /agg.
+AGG_BODY_A='{"id":1,"name":"alpha","tags":["x","y"]}'
+AGG_BODY_B='{"id":2,"name":"beta","count":42}'
+AGG_BODY_C='{"id":3,"name":"gamma","ok":true}'
+AGG_EXPECTED="{\"a\":$AGG_BODY_A,\"b\":$AGG_BODY_B,\"c\":$AGG_BODY_C}" # the composed answer
+AGG_SCRIPT="" # the current variant's wrk Lua script
+AGG_CONNS=$CONNECTIONS # and its wrk connections
+DELAY_PID=""
+DELAY_STATUS="" # empty = usable; otherwise why the *_delayed variants are not measured
+declare -A AGG_CHECK # per variant: what the check saw (round 1)
+AGG_FANOUT_TIME="" # curl's time_total of /agg and of the 3 calls one after the other (delayed, round 1)
+
 nginx_common() { # $1 = instance dir
     cat <<EOF
 worker_processes 1;
@@ -559,6 +595,19 @@ seconds() {
 }
 
 # ---------------------------------------------------------------- backend
+# agg_locations : mode aggregate: the backend's three JSON answers (nothing in other modes)
+agg_locations() {
+    wants_mode aggregate || return 0
+    local n body
+    for n in a b c; do
+        case "$n" in
+            a) body="$AGG_BODY_A" ;;
+            b) body="$AGG_BODY_B" ;;
+            c) body="$AGG_BODY_C" ;;
+        esac
+        printf '\n        location = /%s.json {\n            default_type application/json;\n            return 200 '"'"'%s'"'"';\n        }' "$n" "$body"
+    done
+}
 BACKEND_DIR="$WORK/backend"
 mkdir -p "$BACKEND_DIR/tmp"
 {
@@ -574,7 +623,7 @@ $(nginx_temp_paths "$BACKEND_DIR")
         location / {
             default_type text/plain;
             return 200 "hello\\n";
-        }
+        }$(agg_locations)
     }
 }
 EOF
@@ -641,6 +690,80 @@ if [[ -n "$GATEHOUSE" ]] && { wants_mode ratelimit || wants_mode cache; }; then
         fi
     fi
     if [[ -n "$REDIS_STATUS" ]]; then log "redis: $REDIS_STATUS"; fi
+fi
+
+# ---------------------------------------------------------------- delaying backend (aggregate)
+# Mode aggregate with AGG_DELAY > 0: a python3 asyncio HTTP/1.1 server on a free loopback port,
+# pinned to LOAD_CPU like the backend nginx. It answers every request AGG_DELAY ms after its
+# head arrived (a timer, not a sleeping thread: any number of requests wait at once), keep-alive,
+# with the same bodies as the backend nginx (/a.json /b.json /c.json; anything else: hello).
+# Bounded: a request head over 16 KiB closes the connection, and the server exits by itself
+# when the script (its parent) is gone, besides being stopped on exit like the others.
+if [[ -n "$GATEHOUSE" ]] && wants_mode aggregate && ((AGG_DELAY > 0)); then
+    DELAY_DIR="$WORK/aggregate/delay-backend"
+    mkdir -p "$DELAY_DIR"
+    cat >"$DELAY_DIR/server.py" <<'SERVER'
+import asyncio, os, sys
+
+port, delay = int(sys.argv[1]), int(sys.argv[2]) / 1000
+parent = os.getppid()
+
+
+def answer(body, ctype):
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+ANSWERS = {("/%s.json" % n).encode(): answer(b.encode(), b"application/json")
+           for n, b in zip("abc", sys.argv[3:6])}
+HELLO = answer(b"hello\n", b"text/plain")
+
+
+class Conn(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > 16384:
+                    self.t.close()
+                return
+            head, self.buf = self.buf[:end], self.buf[end + 4:]
+            parts = head.split(b"\r\n", 1)[0].split(b" ")
+            path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b"/"
+            loop.call_later(delay, self.send, ANSWERS.get(path, HELLO))
+
+    def send(self, data):
+        if not self.t.is_closing():
+            self.t.write(data)
+
+
+async def main():
+    server = await loop.create_server(Conn, "127.0.0.1", port, backlog=1024)
+    async with server:
+        while os.getppid() == parent:
+            await asyncio.sleep(1)
+
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(main())
+SERVER
+    start_bg delay-backend "$LOAD_CPU" "$DELAY_DIR/server.log" \
+        python3 "$DELAY_DIR/server.py" "$DELAY_PORT" "$AGG_DELAY" "$AGG_BODY_A" "$AGG_BODY_B" "$AGG_BODY_C"
+    DELAY_PID=$LAST_PID
+    if wait_ready delay-backend "$DELAY_PID" "$DELAY_PORT" "$DELAY_DIR/server.log" &&
+        [[ "$(curl -s --max-time 5 "http://127.0.0.1:$DELAY_PORT/b.json")" == "$AGG_BODY_B" ]]; then
+        record curl -s "http://127.0.0.1:$DELAY_PORT/b.json"
+        log "delaying backend ready on 127.0.0.1:$DELAY_PORT (${AGG_DELAY} ms per answer)"
+    else
+        DELAY_STATUS="the delaying backend (python3) did not answer /b.json on 127.0.0.1:$DELAY_PORT, not measured"
+        log "aggregate: $DELAY_STATUS"
+        stop_pid "$DELAY_PID"
+        DELAY_PID=""
+    fi
 fi
 
 # ---------------------------------------------------------------- proxies
@@ -849,6 +972,7 @@ start_variant() {
         auth) start_auth "$2" ;;
         ratelimit) start_ratelimit "$2" ;;
         cache) start_cache "$2" ;;
+        aggregate) start_aggregate "$2" ;;
     esac
 }
 # variant_check MODE VARIANT PORT : the checks of VARIANT before it is measured
@@ -857,6 +981,7 @@ variant_check() {
         auth) auth_check "$2" "$3" ;;
         ratelimit) rl_check "$2" "$3" ;;
         cache) cache_check "$2" "$3" ;;
+        aggregate) agg_check "$2" "$3" ;;
     esac
 }
 # uses_redis MODE VARIANT : whether VARIANT of MODE keeps its state in the script's redis-server
@@ -1061,6 +1186,141 @@ cache_check() {
     return 0
 }
 
+# agg_backend VARIANT : the port of the backend a mode-aggregate variant calls (*_delayed: the
+# delaying backend)
+agg_backend() {
+    if [[ "$1" == *_delayed ]]; then echo "$DELAY_PORT"; else echo "$BACKEND_PORT"; fi
+}
+# agg_config BACKEND_PORT : mode aggregate's Gatehouse config (the same for all three clients)
+agg_config() {
+    cat <<EOF
+listen: "127.0.0.1:$GATEHOUSE_PORT"
+workers: 1
+access_log: off
+admin: { addr: "127.0.0.1:$ADMIN_PORT" }
+upstreams:
+  svc_a: { targets: ["http://127.0.0.1:$1"] }
+  svc_b: { targets: ["http://127.0.0.1:$1"] }
+  svc_c: { targets: ["http://127.0.0.1:$1"] }
+routes:
+  - name: agg
+    match: { path: "/agg", methods: [GET] }
+    aggregate:
+      a: { upstream: svc_a, path: "/a.json" }
+      b: { upstream: svc_b, path: "/b.json" }
+      c: { upstream: svc_c, path: "/c.json" }
+  - match: { path: "/a.json" }
+    upstream: svc_a
+  - match: { path: "/b.json" }
+    upstream: svc_b
+  - match: { path: "/c.json" }
+    upstream: svc_c
+  - match: { path_prefix: "/" }
+    upstream: svc_a
+EOF
+}
+# agg_paths VARIANT : the paths the client of VARIANT asks for, in turn
+agg_paths() {
+    case "${1%_delayed}" in
+        single) echo /c.json ;;
+        sequential) echo /a.json /b.json /c.json ;;
+        fanout) echo /agg ;;
+    esac
+}
+# agg_calls VARIANT : client requests (wrk's count) per logical request: 3 for sequential
+agg_calls() { if [[ "${1%_delayed}" == sequential ]]; then echo 3; else echo 1; fi; }
+
+# start_aggregate VARIANT : mode aggregate: writes the config for VARIANT's backend (fast:
+# nginx; *_delayed: the delaying backend) and the wrk Lua script of its client, and starts
+# gatehouse, pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT PROXY_LOG PROXY_DIR AGG_SCRIPT and
+# AGG_CONNS (wrk's connections: CONNECTIONS, or AGG_DELAY_CONNECTIONS for *_delayed). The
+# config is the same for single, sequential and fanout: only the client differs.
+start_aggregate() {
+    local v="$1" dir="$WORK/aggregate/$1" cfg p
+    PROXY_DIR="$dir"
+    PROXY_PORT=$GATEHOUSE_PORT
+    PROXY_LOG="$dir/gatehouse.log"
+    mkdir -p "$dir"
+    cfg="$WORK/aggregate/gatehouse.yaml"
+    AGG_CONNS=$CONNECTIONS
+    if [[ "$v" == *_delayed ]]; then
+        cfg="$WORK/aggregate/gatehouse-delayed.yaml"
+        AGG_CONNS=$AGG_DELAY_CONNECTIONS
+    fi
+    agg_config "$(agg_backend "$v")" >"$cfg"
+    # One Lua state per wrk thread: request() is called whenever one of its connections is
+    # ready to send, so the paths rotate over the thread's requests, not per connection (all
+    # three are alike: the same backend, bodies of 33-41 bytes).
+    AGG_SCRIPT="$dir/client.lua"
+    {
+        printf 'local paths = {'
+        for p in $(agg_paths "$v"); do printf '"%s", ' "$p"; done
+        printf '}\nlocal i = 0\nrequest = function()\n    i = i %% #paths + 1\n    return wrk.format("GET", paths[i])\nend\n'
+    } >"$AGG_SCRIPT"
+    start_bg "gatehouse[aggregate:$v]" "$PROXY_CPU" "$PROXY_LOG" "$GATEHOUSE" run --config "$cfg"
+    PROXY_PID=$LAST_PID
+}
+
+# agg_check VARIANT PORT : single and sequential: each of their paths must answer 200 with the
+# backend's JSON; fanout: /agg must answer 200, application/json, the three answers under a, b
+# and c (compared as JSON) and no X-Gatehouse-Degraded; the delayed fanout's answer time is
+# recorded against the three calls one after the other. On failure CHECK_REASON says why.
+agg_check() {
+    local v="$1" base="http://127.0.0.1:$2" p hdrs code body want ct deg t_agg t_seq=0 t seen=()
+    CHECK_REASON=""
+    for p in $(agg_paths "$v"); do
+        record curl -s -D - -o "$PROXY_DIR/check-body.txt" "$base$p"
+        hdrs="$(curl -s -D - -o "$PROXY_DIR/check-body.txt" --max-time 5 "$base$p" || true)"
+        code="$(status_of <<<"$hdrs")"
+        body="$(cat "$PROXY_DIR/check-body.txt" 2>/dev/null || true)"
+        case "$p" in
+            /a.json) want="$AGG_BODY_A" ;;
+            /b.json) want="$AGG_BODY_B" ;;
+            /c.json) want="$AGG_BODY_C" ;;
+            /agg) want="$AGG_EXPECTED" ;;
+        esac
+        if [[ "$code" != 200 ]]; then
+            CHECK_REASON="$p: HTTP ${code:-none}, body '$body' (expected 200)"
+            return 1
+        fi
+        if ! python3 -c 'import json, sys; sys.exit(json.loads(sys.argv[1]) != json.loads(sys.argv[2]))' "$body" "$want" 2>/dev/null; then
+            CHECK_REASON="$p: body '$body' (expected the JSON $want)"
+            return 1
+        fi
+        if [[ "$p" == /agg ]]; then
+            ct="$(hdr_value content-type <<<"$hdrs")"
+            deg="$(hdr_value x-gatehouse-degraded <<<"$hdrs")"
+            if [[ "$ct" != application/json* || -n "$deg" ]]; then
+                CHECK_REASON="/agg: Content-Type '$ct', X-Gatehouse-Degraded '$deg' (expected application/json, not degraded)"
+                return 1
+            fi
+        fi
+        seen+=("$p 200 (${#body} bytes)")
+    done
+    if ((ROUND == 1)); then
+        local IFS=,
+        AGG_CHECK[$v]="${seen[*]}"
+        AGG_CHECK[$v]="${AGG_CHECK[$v]//,/, }"
+    fi
+    # The delayed fan-out, once: its answer time against the 3 calls made one after the other.
+    if [[ "$v" == fanout_delayed && -z "$AGG_FANOUT_TIME" ]]; then
+        t_agg="$(curl -s -o /dev/null -w '%{time_total}' --max-time 5 "$base/agg" || true)"
+        for p in /a.json /b.json /c.json; do
+            t="$(curl -s -o /dev/null -w '%{time_total}' --max-time 5 "$base$p" || echo 0)"
+            t_seq="$(awk -v a="$t_seq" -v b="$t" 'BEGIN { print a + b }')"
+        done
+        AGG_FANOUT_TIME="$(awk -v a="$t_agg" -v b="$t_seq" 'BEGIN { printf "/agg answered in %.1f ms; /a.json, /b.json and /c.json one after the other (3 curl runs) took %.1f ms", a * 1000, b * 1000 }')"
+    fi
+    return 0
+}
+
+# agg_call_count : gatehouse_aggregate_calls_total{result="ok"} from the admin listener, summed
+# over the calls (empty when it cannot be read)
+agg_call_count() {
+    curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null |
+        awk '/^gatehouse_aggregate_calls_total\{/ && /result="ok"/ { n += $NF; seen = 1 } END { if (seen) printf "%d\n", n; else if (NR > 0) print 0 }'
+}
+
 # cache_hits : gatehouse_cache_total{result="hit"} from the admin listener, summed over routes
 # (empty when it cannot be read)
 cache_hits() {
@@ -1133,6 +1393,14 @@ run_wrk() {
     cmd+=("$scheme://127.0.0.1:$port/")
     record "${cmd[@]}"
     "${cmd[@]}" >"$out" 2>&1
+}
+
+# run_wrk_script OUTFILE DURATION PORT SCRIPT CONNS : wrk with CONNS connections and a Lua
+# script (-s) that picks the paths, against http://127.0.0.1:PORT/
+run_wrk_script() {
+    local cmd=(taskset -c "$LOAD_CPU" wrk "-t$WRK_THREADS" "-c$5" "-d$2" --latency -s "$4" "http://127.0.0.1:$3/")
+    record "${cmd[@]}"
+    "${cmd[@]}" >"$1" 2>&1
 }
 
 # run_h2load OUTFILE DURATION PORT : h2load over TLS (ALPN h2), CONNECTIONS x H2_STREAMS
@@ -1220,6 +1488,7 @@ measure() {
     local name="$1" mode="$2" key="$2:$1" sfx="" out body errs rnote="" tls=0 tag="" acct=0
     local rps="" p50="-" p99="-" mean="-" cpu="-" busy="-" count="" ticks0 ticks1 t0 t1 proto
     local curl_cmd url label="$1" hits="-" hits0="" hits1="" rticks0=0 rticks1=0 redis_us="-" rcalls0="" rcalls1=""
+    local per_call="-" acalls0="" acalls1="" k
     if is_variant_mode "$mode"; then
         acct=1
         label="gatehouse[$mode:$name]"
@@ -1291,6 +1560,7 @@ measure() {
             ticks0=0
             if ((acct)); then ticks0="$(cpu_ticks "$PROXY_PID")"; fi
             if [[ "$mode" == cache ]]; then hits0="$(cache_hits)"; fi
+            if [[ "$mode" == aggregate ]]; then acalls0="$(agg_call_count)"; fi
             if uses_redis "$mode" "$name"; then
                 rticks0="$(cpu_ticks "$REDIS_PID")"
                 rcalls0="$(redis_calls "$mode")"
@@ -1310,13 +1580,14 @@ measure() {
                     rcalls1="$(redis_calls "$mode")"
                 fi
                 if [[ "$mode" == cache ]]; then hits1="$(cache_hits)"; fi
+                if [[ "$mode" == aggregate ]]; then acalls1="$(agg_call_count)"; fi
                 show_output "$mode" "$out"
                 if ! kill -0 "$PROXY_PID" 2>/dev/null; then
                     rnote="proxy died during the run"
                     FAILED=1
                 fi
                 case "$mode" in
-                    http | https | auth | ratelimit | cache)
+                    http | https | auth | ratelimit | cache | aggregate)
                         rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
                         p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
                         p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
@@ -1355,7 +1626,7 @@ measure() {
                     case "$mode" in
                         auth) rnote+=" (figure discarded: every request must pass auth)" ;;
                         ratelimit) rnote+=" (figure discarded: every request must pass the rate limit)" ;;
-                        cache) rnote+=" (figure discarded: every request must be answered 200)" ;;
+                        cache | aggregate) rnote+=" (figure discarded: every request must be answered 200)" ;;
                     esac
                     rps=""
                 fi
@@ -1376,6 +1647,31 @@ measure() {
                     else
                         rnote="${rnote:+$rnote; }could not read the cache counters from the admin listener"
                     fi
+                fi
+                # Mode aggregate: the fan-out must have made its 3 calls per request (the admin
+                # counter of successful calls, around the run); the others none.
+                if [[ "$mode" == aggregate && -n "$rps" ]]; then
+                    if [[ "$acalls0" =~ ^[0-9]+$ && "$acalls1" =~ ^[0-9]+$ && "$count" =~ ^[0-9]+$ ]] && ((count > 0)); then
+                        log "$label: $((acalls1 - acalls0)) successful aggregate calls for $count requests"
+                        if [[ "$name" == fanout* ]] && ((100 * (acalls1 - acalls0) < 99 * 3 * count)); then
+                            rnote="${rnote:+$rnote; }only $((acalls1 - acalls0)) successful aggregate calls for $count requests (expected 3 each)"
+                        elif [[ "$name" != fanout* ]] && ((acalls1 != acalls0)); then
+                            rnote="${rnote:+$rnote; }$((acalls1 - acalls0)) aggregate calls during a run without /agg"
+                        fi
+                    else
+                        rnote="${rnote:+$rnote; }could not read the aggregate call counters from the admin listener"
+                    fi
+                fi
+                # sequential: one logical request is 3 calls made one after the other on a
+                # connection. wrk counted and timed the calls: keep those (per_call), and report
+                # a third of its rate and 3 times its p50 and p99 (see the report).
+                k="$(agg_calls "$name")"
+                if [[ "$mode" == aggregate && "$k" != 1 && -n "$rps" ]]; then
+                    per_call="$p50/$p99"
+                    rps="$(awk -v r="$rps" -v k="$k" 'BEGIN { printf "%.2f", r / k }')"
+                    p50="$(awk -v x="$p50" -v k="$k" 'BEGIN { if (x ~ /^[0-9.]+$/) printf "%.3f", x * k; else print "?" }')"
+                    p99="$(awk -v x="$p99" -v k="$k" 'BEGIN { if (x ~ /^[0-9.]+$/) printf "%.3f", x * k; else print "?" }')"
+                    if [[ "$count" =~ ^[0-9]+$ ]]; then count=$((count / k)); fi
                 fi
                 # Every measured request should have made its Redis call (EVALSHA or GET).
                 if uses_redis "$mode" "$name" && [[ "$count" =~ ^[0-9]+$ ]] && ((count > 0)); then
@@ -1409,7 +1705,7 @@ measure() {
             fi
         fi
     fi
-    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-" mean="-" cpu="-" busy="-" hits="-" redis_us="-"; fi
+    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-" mean="-" cpu="-" busy="-" hits="-" redis_us="-" per_call="-"; fi
     RPS_R[$key]="${RPS_R[$key]:+${RPS_R[$key]} }$rps"
     P50_R[$key]="${P50_R[$key]:+${P50_R[$key]} }$p50"
     P99_R[$key]="${P99_R[$key]:+${P99_R[$key]} }$p99"
@@ -1418,6 +1714,7 @@ measure() {
     BUSY_R[$key]="${BUSY_R[$key]:+${BUSY_R[$key]} }$busy"
     HITS_R[$key]="${HITS_R[$key]:+${HITS_R[$key]} }$hits"
     REDIS_R[$key]="${REDIS_R[$key]:+${REDIS_R[$key]} }$redis_us"
+    CALL_R[$key]="${CALL_R[$key]:+${CALL_R[$key]} }$per_call"
 }
 
 # bench_run MODE OUTFILE DURATION PORT : the load generator of MODE
@@ -1428,13 +1725,14 @@ bench_run() {
         auth) run_wrk "$2" "$3" "$4" http "${AUTH_HDR[@]}" ;;
         ratelimit) run_wrk "$2" "$3" "$4" http "${RL_HDR[@]}" ;;
         cache) run_wrk "$2" "$3" "$4" ;;
+        aggregate) run_wrk_script "$2" "$3" "$4" "$AGG_SCRIPT" "$AGG_CONNS" ;;
         h2) run_h2load "$2" "$3" "$4" ;;
         handshake) run_handshakes "$2" "$3" "$4" ;;
     esac
 }
 tool_of() {
     case "$1" in
-        http | https | auth | ratelimit | cache) echo wrk ;;
+        http | https | auth | ratelimit | cache | aggregate) echo wrk ;;
         h2) echo h2load ;;
         handshake) echo "openssl s_time" ;;
     esac
@@ -1442,6 +1740,7 @@ tool_of() {
 load_desc() {
     case "$1" in
         http | https | auth | ratelimit | cache) echo "$CONNECTIONS connections" ;;
+        aggregate) echo "$AGG_CONNS connections" ;;
         h2) echo "$CONNECTIONS connections x $H2_STREAMS streams" ;;
         handshake) echo "$HS_CLIENTS parallel openssl s_time -new" ;;
     esac
@@ -1464,7 +1763,7 @@ tls_probe() {
         END { printf "%s, %s, key exchange %s, signature %s", p ? p : "?", c ? c : "?", k ? k : "?", s ? s : "?" }' <<<"$o")"
 }
 
-declare -A RPS P50 P99 MEAN CPU BUSY HITS REDIS NOTE RPS_R P50_R P99_R MEAN_R CPU_R BUSY_R HITS_R REDIS_R TLS_INFO H2_INFO
+declare -A RPS P50 P99 MEAN CPU BUSY HITS REDIS NOTE RPS_R P50_R P99_R MEAN_R CPU_R BUSY_R HITS_R REDIS_R CALL_R TLS_INFO H2_INFO
 FAILED=0
 # Proxies that cannot run at all (no gatehouse build, bad BASELINE_BIN) are noted once per mode.
 RUN_LIST=()
@@ -1522,6 +1821,23 @@ if wants_mode cache; then
         CACHE_RUN=1
     fi
 fi
+# Mode aggregate runs when gatehouse can; its checks are per measurement. Without the delaying
+# backend, the *_delayed variants are not measured (a failure: they were asked for).
+AGG_RUN=0
+if wants_mode aggregate; then
+    reason="$(skip_reason gatehouse)"
+    if [[ -n "$reason" ]]; then
+        for v in "${AGG_VARIANTS[@]}"; do NOTE[aggregate:$v]="$reason"; done
+    else
+        AGG_RUN=1
+        if [[ -n "$DELAY_STATUS" ]]; then
+            for v in "${AGG_VARIANTS[@]}"; do
+                if [[ "$v" == *_delayed ]]; then NOTE[aggregate:$v]="$DELAY_STATUS"; fi
+            done
+            FAILED=1
+        fi
+    fi
+fi
 # Without a redis-server, the redis variants are not measured (a failure: they were asked for).
 if [[ -n "$REDIS_STATUS" ]]; then
     for m in ratelimit cache; do
@@ -1540,8 +1856,8 @@ without_redis() {
     done
     echo "${out[*]}"
 }
-# names_of MODE : what MODE measures: the proxies, or (auth, ratelimit, cache) the gatehouse
-# variants
+# names_of MODE : what MODE measures: the proxies, or (auth, ratelimit, cache, aggregate) the
+# gatehouse variants
 names_of() {
     if [[ "$1" == auth ]]; then
         ((AUTH_RUN)) && echo "${AUTH_VARIANTS[*]}"
@@ -1549,6 +1865,15 @@ names_of() {
         ((RL_RUN)) && without_redis "${RL_VARIANTS[@]}"
     elif [[ "$1" == cache ]]; then
         ((CACHE_RUN)) && without_redis "${CACHE_VARIANTS[@]}"
+    elif [[ "$1" == aggregate ]]; then
+        if ((AGG_RUN)); then
+            local v out=()
+            for v in "${AGG_VARIANTS[@]}"; do
+                if [[ "$v" == *_delayed && -n "$DELAY_STATUS" ]]; then continue; fi
+                out+=("$v")
+            done
+            echo "${out[*]}"
+        fi
     else
         echo "${RUN_LIST[*]}"
     fi
@@ -1976,6 +2301,113 @@ report_cache() {
     variant_notes cache "${CACHE_VARIANTS[@]}"
 }
 
+# ratios_per_round A B : "1.52 / 1.48 / -", each of the figures in list A over the same round's in
+# list B
+ratios_per_round() {
+    local a b i out=() joined
+    read -r -a a <<<"${1:-}"
+    read -r -a b <<<"${2:-}"
+    for ((i = 0; i < ${#a[@]}; i++)); do
+        out+=("$(ratio "${a[i]}" "${b[i]:--}" | sed 's|^n/a$|-|')")
+    done
+    if ((${#out[@]} == 0)); then echo "-"; return 0; fi
+    local IFS=/
+    joined="${out[*]}"
+    echo "${joined//\// / }"
+}
+# report_aggregate : mode aggregate: the fan-out against the client making the 3 calls itself
+# and against one call, with the fast backend and with the delaying one
+report_aggregate() {
+    local v key rps busy cpu calls backend client sfx s q f g verdict pair
+    local pairs=() c50=() c99=()
+    echo "## Aggregation (Gatehouse alone, fan-out of 3 calls, HTTP/1.1, loopback)"
+    echo
+    echo "One Gatehouse config, three clients: \`single\` asks for \`/c.json\` (one proxied call), \`sequential\`"
+    echo "for \`/a.json\`, \`/b.json\`, \`/c.json\` in turn (three proxied calls, one after the other on a"
+    echo "connection), \`fanout\` for \`/agg\`, whose \`aggregate:\` makes the three calls at once (upstreams"
+    echo "svc_a, svc_b, svc_c, all to the same backend) and composes one JSON answer. The \`_delayed\` variants"
+    echo "are the same against a backend that answers each call after ${AGG_DELAY} ms (python3 asyncio, on CPU"
+    echo "$LOAD_CPU). Goal (issue 13): fan-out p50 <= 1.1x the slowest single call's."
+    echo
+    if ((ROUNDS > 1)); then
+        echo "Medians over $ROUNDS interleaved rounds; the last two columns list each round."
+        echo
+    fi
+    echo "| variant | backend | per request | req/s | p50 (ms) | p99 (ms) | per call p50 / p99 (ms) | proxy CPU | CPU µs per request | p50 (ms) per round | req/s per round |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"
+    for v in "${AGG_VARIANTS[@]}"; do
+        key="aggregate:$v"
+        backend="nginx"
+        [[ "$v" != *_delayed ]] || backend="delayed ${AGG_DELAY} ms"
+        case "${v%_delayed}" in
+            single) client="1 call" ;;
+            sequential) client="3 calls in turn" ;;
+            fanout) client="1 request, 3 calls at once" ;;
+        esac
+        rps="${RPS[$key]:-}"
+        if [[ -z "$rps" ]]; then
+            echo "| $v | $backend | $client | skipped | - | - | - | - | - | - | $(per_round "$key") |"
+            continue
+        fi
+        calls="-"
+        if [[ "$(agg_calls "$v")" != 1 ]]; then
+            read -r -a pairs <<<"${CALL_R[$key]:-}"
+            c50=()
+            c99=()
+            for pair in "${pairs[@]}"; do
+                c50+=("${pair%/*}")
+                c99+=("${pair#*/}")
+            done
+            calls="$(med_of "${c50[*]}") / $(med_of "${c99[*]}")"
+        fi
+        busy="${BUSY[$key]}"
+        [[ "$busy" == "?" ]] || busy="$(printf '%.0f%%' "$busy")"
+        cpu="${CPU[$key]}"
+        [[ "$cpu" == "?" ]] || cpu="$(printf '%.1f' "$cpu")"
+        q="${P50_R[$key]:-}"
+        printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$v" "$backend" "$client" "$rps" \
+            "${P50[$key]}" "${P99[$key]}" "$calls" "$busy" "$cpu" "${q// / \/ }" "$(per_round "$key")"
+    done
+    echo
+    for sfx in "" _delayed; do
+        [[ "$sfx" != _delayed ]] || ((AGG_DELAY > 0)) || continue
+        f="aggregate:fanout$sfx"
+        g="aggregate:sequential$sfx"
+        s="aggregate:single$sfx"
+        if [[ -z "$sfx" ]]; then echo -n "Backend nginx: "; else echo -n "Backend delayed ${AGG_DELAY} ms: "; fi
+        if [[ -z "${RPS[$f]:-}" ]]; then
+            echo "fanout not measured."
+            echo
+            continue
+        fi
+        echo -n "fanout vs sequential (ratio of the medians): req/s $(ratio "${RPS[$f]}" "${RPS[$g]:-}")x, p50 $(ratio "${P50[$f]}" "${P50[$g]:-}")x, p99 $(ratio "${P99[$f]}" "${P99[$g]:-}")x. "
+        q="$(ratio "${P50[$f]}" "${P50[$s]:-}")"
+        verdict="$(awk -v x="$q" 'BEGIN { if (x == "n/a") print "n/a"; else if (x + 0 <= 1.1) print "met"; else print "not met" }')"
+        echo "fanout p50 vs single p50: **${q}x** (goal <= 1.10x: $verdict; per round $(ratios_per_round "${P50_R[$f]:-}" "${P50_R[$s]:-}"))."
+        echo
+    done
+    local delayed_c=""
+    if ((AGG_DELAY > 0)); then delayed_c=", \`-c$AGG_DELAY_CONNECTIONS\` against the delayed backend"; fi
+    echo "How it is measured: wrk (\`-t$WRK_THREADS -c$CONNECTIONS\`$delayed_c, a Lua script"
+    echo "that picks the paths) counts and times each HTTP request it sends. For \`single\` and"
+    echo "\`fanout\` that is the figure. For \`sequential\` wrk"
+    echo "times each of the 3 calls: its req/s is wrk's divided by 3 (exact: every connection sends one"
+    echo "call after the other, so 3 calls are one logical request), and its p50 and p99 are **3 times the"
+    echo "per-call p50 and p99** (derived, not measured: wrk cannot time a group of 3; the per-call"
+    echo "figures are in their own column). 3 x p50 is the median of 3 calls in turn when the calls take"
+    echo "about the same time, as they do here; 3 x p99 overstates the p99 of a sum of 3 independent calls."
+    echo "The rotation of paths is per wrk thread, not per connection: a connection's 3 calls in turn are"
+    echo "not always a, b, c, but all three are alike (same backend, bodies of 33-41 bytes). CPU µs per"
+    echo "request is per logical request (for \`sequential\`, the 3 calls). Checks before each"
+    echo "measurement: every path the client asks answers 200 with the backend's JSON; \`/agg\` answers"
+    echo "200, \`application/json\`, not degraded, with the three answers under \`a\`, \`b\` and \`c\`. Under"
+    echo "load, any non-2xx discards the figure, and the fan-out's successful calls"
+    echo "(\`gatehouse_aggregate_calls_total{result=\"ok\"}\` from the admin listener) must be 3 per request."
+    if [[ -n "${AGG_CHECK[fanout]:-}" ]]; then echo "Round 1's checks: fanout: ${AGG_CHECK[fanout]}; sequential: ${AGG_CHECK[sequential]:-not run}."; fi
+    if [[ -n "$AGG_FANOUT_TIME" ]]; then echo "One request each with curl, delayed backend: $AGG_FANOUT_TIME."; fi
+    variant_notes aggregate "${AGG_VARIANTS[@]}"
+}
+
 first=1
 for mode in "${MODE_LIST[@]}"; do
     ((first)) || echo
@@ -1985,6 +2417,7 @@ for mode in "${MODE_LIST[@]}"; do
         auth) report_auth ;;
         ratelimit) report_ratelimit ;;
         cache) report_cache ;;
+        aggregate) report_aggregate ;;
         *) report_tls "$mode" ;;
     esac
 done
@@ -1998,6 +2431,7 @@ echo "- kernel: $(uname -sr)"
 echo "- CPU busy before start: ${CPU_BUSY_START}% (all CPUs, 1 s sample; should be near 0)"
 REDIS_PIN=""
 if [[ -n "$REDIS_URL" ]]; then REDIS_PIN=" (+ redis-server)"; fi
+if [[ -n "$DELAY_PID" ]]; then REDIS_PIN+=" (+ the delaying backend)"; fi
 if ((GH_ONLY)); then
     echo "- pinning: gatehouse on CPU $PROXY_CPU; backend nginx + wrk$REDIS_PIN on CPU $LOAD_CPU"
 elif ((HAS_TLS)); then
@@ -2023,6 +2457,9 @@ fi
 if wants_mode cache; then
     echo "- cache: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body, one cache key; memory and redis: \`cache: { $CACHE_POLICY }\`; redis: store in the script's redis-server"
 fi
+if wants_mode aggregate; then
+    echo "- aggregate: wrk -t$WRK_THREADS -c$CONNECTIONS (*_delayed: -c$AGG_DELAY_CONNECTIONS) -d$DURATION -s SCRIPT (after a $WARMUP warm-up); single: GET /c.json; sequential: GET /a.json, /b.json, /c.json in turn; fanout: GET /agg (3 calls at once); backend: the backend nginx (JSON of 33-41 bytes)$( ((AGG_DELAY > 0)) && echo "; *_delayed: a python3 asyncio server on 127.0.0.1:$DELAY_PORT answering each request after $AGG_DELAY ms ($(version_of python3 --version))")"
+fi
 if [[ -n "$REDIS_URL" ]]; then
     echo "- redis-server: $(version_of redis-server --version) on 127.0.0.1:$REDIS_PORT, --save \"\" --appendonly no, flushed before each redis measurement; gatehouse's store timeout $REDIS_TIMEOUT"
 fi
@@ -2038,7 +2475,7 @@ if ((HAS_TLS)); then
 fi
 echo "- nginx: $(version_of "$NGINX" -v)"
 if wants haproxy; then echo "- haproxy: $(version_of "$HAPROXY" -v)"; fi
-if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache; then echo "- wrk: $(version_of wrk -v)"; fi
+if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache || wants_mode aggregate; then echo "- wrk: $(version_of wrk -v)"; fi
 if wants_mode h2; then echo "- h2load: $(version_of h2load --version)"; fi
 if ((HAS_TLS)) || wants_mode auth; then echo "- openssl: $(version_of openssl version)"; fi
 if wants gatehouse; then echo "- gatehouse: $GH_VERSION"; fi
@@ -2064,7 +2501,8 @@ for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/hapro
     "$WORK/ratelimit/none/gatehouse.yaml" "$WORK/ratelimit/limited/gatehouse.yaml" \
     "$WORK/ratelimit/limited_by_header/gatehouse.yaml" "$WORK/ratelimit/redis/gatehouse.yaml" \
     "$WORK/ratelimit/check/gatehouse.yaml" "$WORK/cache/none/gatehouse.yaml" "$WORK/cache/memory/gatehouse.yaml" \
-    "$WORK/cache/redis/gatehouse.yaml"; do
+    "$WORK/cache/redis/gatehouse.yaml" "$WORK/aggregate/gatehouse.yaml" "$WORK/aggregate/gatehouse-delayed.yaml" \
+    "$WORK/aggregate/sequential/client.lua" "$WORK/aggregate/delay-backend/server.py"; do
     [[ -f "$f" ]] || continue
     echo
     echo "\`${f#"$WORK"/}\`:"
