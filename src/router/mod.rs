@@ -151,6 +151,30 @@ pub trait Routable {
 
 pub struct Router<R> {
     entries: Vec<Entry<R>>,
+    /// Entries (positions in `entries`, ascending) whose path needs this first segment
+    /// (`/users/{id}` and `path_prefix: /users` under `users`)...
+    by_segment: std::collections::HashMap<Box<str>, Vec<u32>>,
+    /// ...and those that take any (`path_prefix: /`, `/{id}`, `/{*rest}`).
+    any_segment: Vec<u32>,
+}
+
+/// The first segment a path pattern requires (`None`: any).
+fn first_segment(p: &PathPattern) -> Option<&str> {
+    match p {
+        PathPattern::Exact(p) => Some(first_of(p)),
+        PathPattern::Prefix(p) if p == "/" => None,
+        PathPattern::Prefix(p) => Some(first_of(p)),
+        PathPattern::Template(segs) => match segs.first() {
+            Some(path::Segment::Literal(l)) => Some(l.as_str()),
+            _ => None,
+        },
+    }
+}
+
+/// A normalised path's first segment: `users` for `/users/7`, `` for `/`.
+fn first_of(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
 }
 
 impl<R: Routable> Router<R> {
@@ -176,7 +200,21 @@ impl<R: Routable> Router<R> {
             let kb = sort_key(&b.host, b.route.matcher());
             kb.cmp(&ka).then(a.index.cmp(&b.index))
         });
-        Router { entries }
+        let mut by_segment: std::collections::HashMap<Box<str>, Vec<u32>> =
+            std::collections::HashMap::new();
+        let mut any_segment = Vec::new();
+        for (pos, e) in entries.iter().enumerate() {
+            let pos = u32::try_from(pos).unwrap_or(u32::MAX);
+            match first_segment(&e.route.matcher().path) {
+                Some(seg) => by_segment.entry(seg.into()).or_default().push(pos),
+                None => any_segment.push(pos),
+            }
+        }
+        Router {
+            entries,
+            by_segment,
+            any_segment,
+        }
     }
 
     /// `host` is lower-case without port; `path` is normalised.
@@ -187,8 +225,33 @@ impl<R: Routable> Router<R> {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<Found<'_, R>> {
+        // Only the entries that could match this path's first segment, in the same order a
+        // scan of all of them would try them: the first that matches is the same one.
         let mut params = Vec::new();
-        for e in &self.entries {
+        let named = self
+            .by_segment
+            .get(first_of(path))
+            .map_or(&[][..], Vec::as_slice);
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let pos = match (named.get(i), self.any_segment.get(j)) {
+                (Some(a), Some(b)) if a < b => {
+                    i += 1;
+                    *a
+                }
+                (_, Some(b)) => {
+                    j += 1;
+                    *b
+                }
+                (Some(a), None) => {
+                    i += 1;
+                    *a
+                }
+                (None, None) => return None,
+            };
+            let Some(e) = self.entries.get(pos as usize) else {
+                return None;
+            };
             if e.host.matches(host)
                 && e.route
                     .matcher()
@@ -200,7 +263,6 @@ impl<R: Routable> Router<R> {
                 });
             }
         }
-        None
     }
 
     /// Routes none of whose entries can ever be reached: an earlier (more specific or equal)
@@ -857,5 +919,87 @@ mod tests {
         assert_eq!(request_host(&uri, &h).as_deref(), Some("api.example.com"));
         h.insert(http::header::HOST, HeaderValue::from_static("[::1]:8080"));
         assert_eq!(request_host(&uri, &h).as_deref(), Some("[::1]"));
+    }
+
+    /// The first-segment index finds exactly what a scan of every entry in order finds, over
+    /// every kind of pattern and a spread of paths, hosts and methods.
+    #[test]
+    fn the_index_finds_what_a_full_scan_finds() {
+        let names: &[&'static str] = &[
+            "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "r13",
+            "r14", "r15",
+        ];
+        let specs: &[(&[&str], &str, &[&str])] = &[
+            (&[], "/", &[]),
+            (&[], "/users", &[]),
+            (&[], "=/users/me", &[]),
+            (&[], "=/users/{id}", &[]),
+            (&[], "=/{tenant}/users", &[]),
+            (&[], "=/{*rest}", &["POST"]),
+            (&[], "=/files/{*path}", &[]),
+            (&["api.example.com"], "/", &[]),
+            (&["*.example.com"], "/users", &[]),
+            (&[], "/api/v1", &[]),
+            (&[], "/api", &["GET"]),
+            (&[], "=/", &[]),
+            (&[], "=/api/{v}/items", &[]),
+            (&["api.example.com"], "=/users/{id}", &["DELETE"]),
+            (&[], "/static", &[]),
+            (&[], "=/{a}/{b}", &[]),
+        ];
+        let routes: Vec<Arc<R>> = specs
+            .iter()
+            .zip(names)
+            .map(|((hosts, path, methods), name)| route(name, hosts, path, methods, &[]))
+            .collect();
+        let r = Router::new(routes);
+        let paths = [
+            "/",
+            "/users",
+            "/users/",
+            "/users/me",
+            "/users/7",
+            "/users/7/x",
+            "/acme/users",
+            "/api",
+            "/api/v1",
+            "/api/v1/x",
+            "/api/v2/items",
+            "/apix",
+            "/files/a/b",
+            "/static/x",
+            "/x",
+            "/x/y",
+            "/x/y/z",
+            "/%41",
+        ];
+        for host in ["", "api.example.com", "a.example.com", "other.org"] {
+            for method in ["GET", "POST", "DELETE"] {
+                for path in paths {
+                    let m = Method::from_bytes(method.as_bytes()).unwrap();
+                    let h = HeaderMap::new();
+                    let host = if host.is_empty() { None } else { Some(host) };
+                    let mut params = Vec::new();
+                    let scan = r
+                        .entries
+                        .iter()
+                        .find(|e| {
+                            params.clear();
+                            e.host.matches(host)
+                                && e.route.matcher().matches_rest(path, &m, &h, &mut params)
+                        })
+                        .map(|e| e.route.name);
+                    let indexed = r.find(host, path, &m, &h);
+                    assert_eq!(
+                        indexed.as_ref().map(|f| f.route.name),
+                        scan,
+                        "{method} {host:?} {path}"
+                    );
+                    if let Some(f) = indexed {
+                        assert_eq!(f.params, params, "{method} {host:?} {path}");
+                    }
+                }
+            }
+        }
     }
 }
