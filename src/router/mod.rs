@@ -249,9 +249,7 @@ impl<R: Routable> Router<R> {
                 }
                 (None, None) => return None,
             };
-            let Some(e) = self.entries.get(pos as usize) else {
-                return None;
-            };
+            let e = self.entries.get(pos as usize)?;
             if e.host.matches(host)
                 && e.route
                     .matcher()
