@@ -241,7 +241,7 @@ pub(super) fn compile_upstream(
         || UpstreamPool::new(settings.clone()),
     );
     let upstream_name: Arc<str> = name.into();
-    let targets = targets
+    let targets: Vec<Target> = targets
         .into_iter()
         .zip(server_names)
         .map(|(t, server_name)| Target {
@@ -270,6 +270,7 @@ pub(super) fn compile_upstream(
     Some(Upstream {
         name: upstream_name,
         balancer,
+        weights: crate::upstream::balancer::Weights::new(&targets),
         targets,
         pool,
         timeouts,

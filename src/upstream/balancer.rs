@@ -54,47 +54,144 @@ impl Balancer {
     pub fn pick(
         &self,
         targets: &[Target],
+        weights: &Weights,
         ok: &dyn Fn(usize) -> bool,
         key: Option<u64>,
     ) -> Option<usize> {
+        let draw = Draw {
+            targets,
+            weights,
+            ok,
+        };
         match self {
             Balancer::RoundRobin(rr) => rr.next(targets, ok),
-            Balancer::Random => weighted_random(targets, ok, None),
+            Balancer::Random => draw.weighted_random(None),
             // Candidates are drawn by weight and ties go to the first, so idle targets share
             // traffic by weight; under load the one with fewer requests per unit of weight wins.
-            Balancer::LeastRequest => p2c(targets, ok, |t| {
-                t.live.in_flight() as f64 / t.effective_weight() as f64
-            }),
+            Balancer::LeastRequest => {
+                draw.p2c(|t| t.live.in_flight() as f64 / t.effective_weight() as f64)
+            }
             Balancer::Ewma => {
                 let now = std::time::Instant::now();
                 // A target not measured yet is assumed as fast as the average of the others:
-                // neither flooded nor starved until its first answers come back.
-                let measured: Vec<f64> = targets.iter().filter_map(|t| t.live.ewma(now)).collect();
-                let default = if measured.is_empty() {
-                    0.0
-                } else {
-                    measured.iter().sum::<f64>() / measured.len() as f64
+                // neither flooded nor starved until its first answers come back. Worked out
+                // only when a candidate needs it (a scan of every target).
+                let default = std::cell::OnceCell::new();
+                let average = || {
+                    *default.get_or_init(|| {
+                        // At most 8 targets, spread over the list: an estimate, so a large
+                        // upstream costs no more than a small one.
+                        let step = targets.len().div_ceil(8).max(1);
+                        let measured: Vec<f64> = targets
+                            .iter()
+                            .step_by(step)
+                            .filter_map(|t| t.live.ewma(now))
+                            .collect();
+                        if measured.is_empty() {
+                            0.0
+                        } else {
+                            measured.iter().sum::<f64>() / measured.len() as f64
+                        }
+                    })
                 };
-                p2c(targets, ok, |t| {
-                    let latency = t.live.ewma(now).unwrap_or(default);
+                draw.p2c(|t| {
+                    let latency = t.live.ewma(now).unwrap_or_else(average);
                     (latency + 1e-6) * (t.live.in_flight() as f64 + 1.0)
                         / t.effective_weight() as f64
                 })
             }
             Balancer::Hash { ring, .. } => match key {
                 Some(k) => ring.lookup(k, ok),
-                None => weighted_random(targets, ok, None),
+                None => draw.weighted_random(None),
             },
         }
     }
 }
 
-fn weighted_random(
-    targets: &[Target],
-    ok: &dyn Fn(usize) -> bool,
-    not: Option<usize>,
-) -> Option<usize> {
-    let allowed = |i: usize| ok(i) && Some(i) != not && targets[i].weight > 0;
+/// The configured weights' running sums, made once per upstream: a weighted draw is a binary
+/// search instead of a pass over every target.
+#[derive(Debug, Clone, Default)]
+pub struct Weights {
+    /// `cum[i]`: the sum of the configured weights (in thousandths) of targets `0..=i`.
+    cum: Vec<u64>,
+}
+
+impl Weights {
+    pub fn new(targets: &[Target]) -> Weights {
+        let mut sum = 0u64;
+        Weights {
+            cum: targets
+                .iter()
+                .map(|t| {
+                    sum += u64::from(t.weight) * 1000;
+                    sum
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Below this many targets, a pass over them is as cheap as anything.
+const SCAN_BELOW: usize = 8;
+/// The largest sum of weights a round-robin schedule is laid out for.
+const SCHEDULE_MAX: u64 = 100_000;
+/// Draws tried before falling back to the exact pass (many targets out of the running).
+const TRIES: usize = 16;
+
+struct Draw<'a> {
+    targets: &'a [Target],
+    weights: &'a Weights,
+    ok: &'a dyn Fn(usize) -> bool,
+}
+
+impl Draw<'_> {
+    /// A target drawn by effective weight among those allowed (not `not`).
+    ///
+    /// With many targets: draw by configured weight (a binary search in the running sums), and
+    /// keep the draw with probability effective / configured weight (slow start) if the target
+    /// is allowed, else draw again. Each kept draw, and the exact pass that follows
+    /// [`TRIES`] refused ones, picks target `i` with probability proportional to its effective
+    /// weight among the allowed: the distribution is exactly the pass's.
+    fn weighted_random(&self, not: Option<usize>) -> Option<usize> {
+        let targets = self.targets;
+        let allowed = |i: usize| (self.ok)(i) && Some(i) != not && targets[i].weight > 0;
+        let total_static = self.weights.cum.last().copied().unwrap_or(0);
+        if targets.len() >= SCAN_BELOW
+            && total_static > 0
+            && self.weights.cum.len() == targets.len()
+        {
+            for _ in 0..TRIES {
+                let r = fastrand::u64(0..total_static);
+                let i = self.weights.cum.partition_point(|c| *c <= r);
+                if i >= targets.len() || !allowed(i) {
+                    continue;
+                }
+                let configured = u64::from(targets[i].weight) * 1000;
+                let effective = targets[i].effective_weight();
+                if effective >= configured || fastrand::u64(0..configured) < effective {
+                    return Some(i);
+                }
+            }
+        }
+        weighted_random(targets, &allowed)
+    }
+
+    /// Power of two choices: the cheaper of two distinct weighted-random candidates.
+    fn p2c(&self, cost: impl Fn(&Target) -> f64) -> Option<usize> {
+        let a = self.weighted_random(None)?;
+        let Some(b) = self.weighted_random(Some(a)) else {
+            return Some(a);
+        };
+        if cost(&self.targets[b]) < cost(&self.targets[a]) {
+            Some(b)
+        } else {
+            Some(a)
+        }
+    }
+}
+
+/// The exact weighted draw: a pass over every target.
+fn weighted_random(targets: &[Target], allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
     let total: u64 = (0..targets.len())
         .filter(|&i| allowed(i))
         .map(|i| targets[i].effective_weight())
@@ -116,35 +213,43 @@ fn weighted_random(
     last
 }
 
-/// Power of two choices: the cheaper of two distinct weighted-random candidates.
-fn p2c(
-    targets: &[Target],
-    ok: &dyn Fn(usize) -> bool,
-    cost: impl Fn(&Target) -> f64,
-) -> Option<usize> {
-    let a = weighted_random(targets, ok, None)?;
-    let Some(b) = weighted_random(targets, ok, Some(a)) else {
-        return Some(a);
-    };
-    if cost(&targets[b]) < cost(&targets[a]) {
-        Some(b)
-    } else {
-        Some(a)
-    }
-}
-
 /// Smooth weighted round robin over the targets `ok` allows at each pick.
 pub struct SmoothWeighted {
     current: Mutex<Vec<i64>>,
     /// The targets (address, weight) this rotation is for: a config with the same keeps it.
     key: Vec<(String, u32)>,
+    /// For a large upstream: the smooth sequence over the configured weights, laid out once
+    /// (one full rotation), walked with a counter: a pick costs the same for 1,000 targets as
+    /// for 2. Empty below [`SCAN_BELOW`] targets or past [`SCHEDULE_MAX`] total weight.
+    schedule: Vec<u32>,
+    at: std::sync::atomic::AtomicUsize,
 }
 
 impl SmoothWeighted {
     pub fn new(key: Vec<(String, u32)>) -> Self {
+        let total: u64 = key.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut schedule = Vec::new();
+        if key.len() >= SCAN_BELOW && total > 0 && total <= SCHEDULE_MAX {
+            // nginx's smooth weighted round robin, run for one rotation (sum of weights picks).
+            let mut cur = vec![0i64; key.len()];
+            schedule.reserve(total as usize);
+            for _ in 0..total {
+                let mut best = 0;
+                for (i, (_, w)) in key.iter().enumerate() {
+                    cur[i] += i64::from(*w);
+                    if cur[i] > cur[best] {
+                        best = i;
+                    }
+                }
+                cur[best] -= total as i64;
+                schedule.push(best as u32);
+            }
+        }
         SmoothWeighted {
             current: Mutex::new(vec![0; key.len()]),
             key,
+            schedule,
+            at: std::sync::atomic::AtomicUsize::new(fastrand::usize(..)),
         }
     }
 
@@ -153,6 +258,24 @@ impl SmoothWeighted {
     }
 
     fn next(&self, targets: &[Target], ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if !self.schedule.is_empty() {
+            // The laid-out rotation: skip a target that may not take this request, and keep a
+            // slow-starting one with probability effective / configured weight; after
+            // [`TRIES`] skips, the exact pass below decides.
+            for _ in 0..TRIES {
+                let n = self.at.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let i = self.schedule[n % self.schedule.len()] as usize;
+                let Some(t) = targets.get(i) else { break };
+                if t.weight == 0 || !ok(i) {
+                    continue;
+                }
+                let configured = u64::from(t.weight) * 1000;
+                let effective = t.effective_weight();
+                if effective >= configured || fastrand::u64(0..configured) < effective {
+                    return Some(i);
+                }
+            }
+        }
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let mut total = 0i64;
         let mut best: Option<usize> = None;
@@ -265,5 +388,66 @@ mod tests {
         let other = ring.lookup(h, &|i| i != first).unwrap();
         assert_ne!(first, other);
         assert_eq!(ring.lookup(h, &|_| false), None);
+    }
+
+    /// An upstream of `weights.len()` targets compiled from a config, with this balancer.
+    fn upstream(balance: &str, weights: &[u32]) -> std::sync::Arc<crate::upstream::Upstream> {
+        let targets: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                format!(
+                    "{{ url: \"http://127.0.0.1:{}\", weight: {w} }}",
+                    30_000 + i
+                )
+            })
+            .collect();
+        let yaml = format!(
+            "listen: \"127.0.0.1:0\"\nupstreams:\n  u:\n    balance: {balance}\n    targets: [{}]\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+            targets.join(", ")
+        );
+        let cfg = crate::config::parse_str(&yaml, &|_| None).unwrap();
+        let rt = crate::compile::compile(&cfg, &Default::default()).unwrap();
+        rt.upstreams["u"].clone()
+    }
+
+    /// The draws large upstreams use (running sums, a laid-out rotation) keep the shares the
+    /// exact passes give: by weight, never to a target that may not take the request.
+    #[test]
+    fn large_upstreams_keep_their_shares() {
+        let weights: Vec<u32> = (0..20).map(|i| 1 + (i % 4)).collect();
+        let total: u32 = weights.iter().sum();
+        let tried = [3usize];
+        for balance in ["random", "least_request", "round_robin"] {
+            let u = upstream(balance, &weights);
+            let rounds = 100_000;
+            let mut counts = vec![0u32; weights.len()];
+            for _ in 0..rounds {
+                counts[u.select(None, &tried).unwrap()] += 1;
+            }
+            assert_eq!(counts[3], 0, "{balance}: a tried target was picked");
+            let allowed_total = f64::from(total - weights[3]);
+            for (i, c) in counts.iter().enumerate() {
+                if i == 3 {
+                    continue;
+                }
+                let want = f64::from(weights[i]) / allowed_total * f64::from(rounds);
+                let got = f64::from(*c);
+                assert!(
+                    (got - want).abs() < want * 0.15 + 50.0,
+                    "{balance}: target {i} (weight {}) got {c}, want about {want:.0}",
+                    weights[i]
+                );
+            }
+        }
+        // The rotation is exact: every `total` picks, each target exactly its weight.
+        let u = upstream("round_robin", &weights);
+        let mut counts = vec![0u32; weights.len()];
+        for _ in 0..total * 3 {
+            counts[u.select(None, &[]).unwrap()] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            assert_eq!(*c, weights[i] * 3, "target {i}");
+        }
     }
 }

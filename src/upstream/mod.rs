@@ -92,6 +92,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
     pub balancer: balancer::Balancer,
+    /// The targets' configured weights, summed for weighted draws.
+    pub weights: balancer::Weights,
     pub pool: Arc<UpstreamPool>,
     pub timeouts: Timeouts,
     pub preserve_host: bool,
@@ -117,10 +119,12 @@ impl Upstream {
             let live = &self.targets[i].live;
             !live.is_ejected(now) && !live.is_down()
         };
-        if let Some(i) =
-            self.balancer
-                .pick(&self.targets, &|i| !tried.contains(&i) && healthy(i), key)
-        {
+        if let Some(i) = self.balancer.pick(
+            &self.targets,
+            &self.weights,
+            &|i| !tried.contains(&i) && healthy(i),
+            key,
+        ) {
             return Some(i);
         }
         // Panic mode only when no target is healthy at all (not merely when the healthy ones
@@ -130,7 +134,7 @@ impl Upstream {
             return None;
         }
         self.balancer
-            .pick(&self.targets, &|i| !tried.contains(&i), key)
+            .pick(&self.targets, &self.weights, &|i| !tried.contains(&i), key)
     }
 
     /// Whether a try could still go to a target this request has not tried.
