@@ -147,9 +147,17 @@ fn writer(rx: Receiver<Msg>, out: Box<dyn std::io::Write + Send>) {
             write(msg, &mut out);
         }
         let _ = out.flush();
+        // Then let lines gather before looking again: a sender wakes this thread only when it
+        // waits in `recv`, so under load the requests cost a queue push, not a thread wake-up
+        // each (a profile showed the wake-ups costing more than the proxying). Idle, it waits
+        // in `recv` and costs nothing; a line is written at most BATCH after its request.
+        std::thread::sleep(BATCH);
     }
     let _ = out.flush();
 }
+
+/// How long the writer lets lines gather between writes.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Everything needed to account for one request when it ends: its metrics always, its
 /// access-log line when the log is on.
