@@ -26,6 +26,7 @@ use crate::body::{Body, Tally};
 use crate::context::{Consumer, Downstream};
 use crate::error::GatewayError;
 use crate::observe::metrics::Metrics;
+use crate::store::cache::CacheControl;
 use crate::upstream::Upstream;
 use compose::Shape;
 use template::{Ref, Template};
@@ -192,7 +193,7 @@ pub async fn run(
                     progressed = true;
                     continue;
                 }
-                match build(plan, input, &results, agg) {
+                match build(plan, input, &results) {
                     Ok((req, path)) => running.push(async move {
                         (i, Instant::now(), call(plan, req, path, input).await)
                     }),
@@ -204,7 +205,7 @@ pub async fn run(
             }
         }
         if let Some(failed) = first_required_failure(agg, &results) {
-            return Err(fail(agg, failed, &results, records));
+            return Err(fail(agg, failed, &results));
         }
         if running.is_empty() {
             break;
@@ -253,7 +254,7 @@ pub async fn run(
     }
     drop(running);
     if let Some(failed) = first_required_failure(agg, &results) {
-        return Err(fail(agg, failed, &results, records));
+        return Err(fail(agg, failed, &results));
     }
     Ok(compose_answer(agg, results))
 }
@@ -308,7 +309,6 @@ fn fail(
     agg: &Aggregate,
     mut i: usize,
     results: &[Option<Result<Done, CallError>>],
-    _records: &[CallRecord],
 ) -> GatewayError {
     // Bounded by the number of calls: each step goes to an earlier failure.
     for _ in 0..agg.calls.len() {
@@ -339,7 +339,6 @@ fn build(
     plan: &CallPlan,
     input: &Inputs<'_>,
     results: &[Option<Result<Done, CallError>>],
-    agg: &Aggregate,
 ) -> Result<(Request<Body>, http::uri::PathAndQuery), CallError> {
     let mut lookup = |r: &Ref| -> Option<String> {
         match r {
@@ -375,7 +374,6 @@ fn build(
         client: t.deps().next().is_none(),
         message,
     };
-    let _ = agg;
     let mut pq = plan
         .path
         .render(&mut lookup)
@@ -479,22 +477,11 @@ fn cache_key(plan: &CallPlan, req: &Request<Body>, path: &http::uri::PathAndQuer
 /// `s-maxage` or `max-age`, else `ttl`.
 fn keep(cache: &crate::store::cache::Backend, key: Vec<u8>, done: &(Done, Bytes, u64), ttl: u64) {
     let (d, body, age) = done;
-    let mut fresh = None;
-    if let Some(cc) = d.cache_control.as_ref().and_then(|v| v.to_str().ok()) {
-        for part in cc.split(',') {
-            let part = part.trim();
-            let (name, arg) = part.split_once('=').unwrap_or((part, ""));
-            let n = arg.trim().trim_matches('"').parse::<u64>().ok();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "no-store" | "private" => return,
-                "no-cache" => fresh = Some(0),
-                "s-maxage" => fresh = n.or(fresh),
-                "max-age" => fresh = fresh.or(n),
-                _ => {}
-            }
-        }
+    let cc = CacheControl::parse(d.cache_control.iter());
+    if cc.no_store || cc.private {
+        return;
     }
-    let fresh_for = fresh.unwrap_or(ttl);
+    let fresh_for = cc.shared_max_age().unwrap_or(ttl);
     if fresh_for <= *age {
         return;
     }
@@ -676,25 +663,10 @@ impl Freshness {
     /// One part: its `Cache-Control`, and how old it is already (what is left of its
     /// freshness is what counts).
     fn add(&mut self, cc: Option<&HeaderValue>, age: u64) {
-        let Some(cc) = cc.and_then(|v| v.to_str().ok()) else {
-            return;
-        };
-        let mut fresh = None;
-        let mut shared = None;
-        for d in cc.split(',') {
-            let d = d.trim();
-            let (name, arg) = d.split_once('=').unwrap_or((d, ""));
-            let n = || arg.trim().trim_matches('"').parse::<u64>().ok();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "no-store" => self.no_store = true,
-                "no-cache" => fresh = Some(0),
-                "private" => self.private = true,
-                "max-age" => fresh = fresh.or(n()),
-                "s-maxage" => shared = n(),
-                _ => {}
-            }
-        }
-        if let Some(a) = shared.or(fresh) {
+        let cc = CacheControl::parse(cc);
+        self.no_store |= cc.no_store;
+        self.private |= cc.private;
+        if let Some(a) = cc.shared_max_age() {
             let left = a.saturating_sub(age);
             self.max_age = Some(self.max_age.map_or(left, |m| m.min(left)));
         }

@@ -37,8 +37,9 @@ use crate::body::{Body, BoxError};
 use crate::config::ConfigError;
 use crate::config::model::{CacheConfig, PolicySetConfig};
 use crate::error::GatewayError;
+use crate::hop::is_hop_by_hop;
 use crate::observe::metrics::Metrics;
-use crate::store::cache::{Backend, Entry, MAX_DELTA, SEP, Stored, now_ms};
+use crate::store::cache::{Backend, CacheControl, Entry, MAX_DELTA, SEP, Stored, now_ms};
 
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const DEFAULT_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
@@ -510,7 +511,7 @@ impl CachePolicy {
             cx.put(Slot::Bypass("bypass", "consumer"));
             return Flow::Continue;
         }
-        if directives(req.headers()).any(|(d, _)| d.eq_ignore_ascii_case("no-store")) {
+        if CacheControl::parse(req.headers().get_all(header::CACHE_CONTROL)).no_store {
             self.count(cx, "bypass");
             cx.put(Slot::Bypass("request", "no-store"));
             return Flow::Continue;
@@ -740,7 +741,7 @@ impl CachePolicy {
                 }
             }
             let merged: HeaderMap = e.headers.iter().cloned().collect();
-            if let Ok(f) = self.freshness(&[], &merged) {
+            if let Ok(f) = self.freshness(&merged) {
                 e.stored_ms = now;
                 e.initial_age = age_header(resp.headers());
                 e.fresh_for = f.fresh_for;
@@ -838,7 +839,7 @@ impl CachePolicy {
                 }
             }
         }
-        let f = self.freshness(&[], h)?;
+        let f = self.freshness(h)?;
         if h.get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
@@ -865,62 +866,28 @@ impl CachePolicy {
         })
     }
 
-    /// The answer's freshness from its headers (`extra` first: a stored answer's, updated by a
-    /// 304's); or why it must not be stored (`no-store`, `private`).
-    fn freshness(
-        &self,
-        extra: &[(HeaderName, HeaderValue)],
-        h: &HeaderMap,
-    ) -> Result<Fresh, &'static str> {
+    /// The answer's freshness from its headers; or why it must not be stored (`no-store`,
+    /// `private`).
+    fn freshness(&self, h: &HeaderMap) -> Result<Fresh, &'static str> {
         let mut f = Fresh {
             fresh_for: self.ttl,
             swr: self.swr,
             sie: self.sie,
             must_revalidate: false,
         };
-        let mut max_age = None;
-        let mut s_maxage = None;
-        let cc = extra
-            .iter()
-            .filter(|(n, _)| n == header::CACHE_CONTROL)
-            .map(|(_, v)| v)
-            .chain(h.get_all(header::CACHE_CONTROL));
-        for v in cc {
-            for (d, arg) in split_directives(v) {
-                // Delta-seconds (RFC 9111 §1.2.2): past 2^31 counts as 2^31; a value that is
-                // not a number (`-1`, `soon`) counts as 0, so the answer is stale at once.
-                let n = || {
-                    arg.map(|a| {
-                        let a = a.trim_matches('"');
-                        match a.parse::<u64>() {
-                            Ok(v) => v.min(MAX_DELTA),
-                            Err(_) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) => {
-                                MAX_DELTA
-                            }
-                            Err(_) => 0,
-                        }
-                    })
-                };
-                match d.to_ascii_lowercase().as_str() {
-                    "no-store" => return Err("no-store"),
-                    "private" => return Err("private"),
-                    "no-cache" => {
-                        f.must_revalidate = true;
-                        max_age = Some(0);
-                    }
-                    "must-revalidate" | "proxy-revalidate" => f.must_revalidate = true,
-                    "max-age" => max_age = max_age.or(n()),
-                    "s-maxage" => {
-                        s_maxage = n();
-                        f.must_revalidate = true;
-                    }
-                    "stale-while-revalidate" => f.swr = n().unwrap_or(f.swr),
-                    "stale-if-error" => f.sie = n().unwrap_or(f.sie),
-                    _ => {}
-                }
-            }
+        let cc = CacheControl::parse(h.get_all(header::CACHE_CONTROL));
+        if cc.no_store {
+            return Err("no-store");
         }
-        let explicit = s_maxage.or(max_age).or_else(|| expires(h));
+        if cc.private {
+            return Err("private");
+        }
+        // `no-cache`: stored, but checked before every use; `s-maxage` implies
+        // `proxy-revalidate`.
+        f.must_revalidate = cc.must_revalidate || cc.no_cache || cc.s_maxage.is_some();
+        f.swr = cc.stale_while_revalidate.unwrap_or(f.swr);
+        f.sie = cc.stale_if_error.unwrap_or(f.sie);
+        let explicit = cc.shared_max_age().or_else(|| expires(h));
         if !self.force_ttl
             && let Some(e) = explicit
         {
@@ -1246,10 +1213,6 @@ fn usable_stale(e: &Entry, now: u64, window: u64) -> bool {
     ttl <= 0 && !e.must_revalidate && (-ttl) < window as i64
 }
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    crate::hop::is_hop_by_hop(n)
-}
-
 /// The upstream's `Age`, at most 2^31 (a longer run of digits counts as that).
 fn age_header(h: &HeaderMap) -> u64 {
     let Some(v) = h.get(header::AGE).and_then(|v| v.to_str().ok()) else {
@@ -1275,26 +1238,6 @@ fn expires(h: &HeaderMap) -> Option<u64> {
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .unwrap_or_else(std::time::SystemTime::now);
     Some(exp.duration_since(base).map_or(0, |d| d.as_secs()))
-}
-
-/// `Cache-Control` directives of a request's or an answer's headers: `(name, argument)`.
-fn directives(h: &HeaderMap) -> impl Iterator<Item = (&str, Option<&str>)> {
-    h.get_all(header::CACHE_CONTROL)
-        .iter()
-        .flat_map(split_directives)
-}
-
-fn split_directives(v: &HeaderValue) -> impl Iterator<Item = (&str, Option<&str>)> {
-    v.to_str().unwrap_or("").split(',').filter_map(|d| {
-        let d = d.trim();
-        if d.is_empty() {
-            return None;
-        }
-        Some(match d.split_once('=') {
-            Some((n, a)) => (n.trim(), Some(a.trim())),
-            None => (d, None),
-        })
-    })
 }
 
 /// Adds the stored answer's validators to a request that revalidates it.

@@ -328,6 +328,79 @@ impl Default for MemoryCache {
     }
 }
 
+/// What a message's `Cache-Control` says, from all its field values: the one parser the cache
+/// policy and aggregation share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    pub private: bool,
+    pub no_cache: bool,
+    /// `must-revalidate` or `proxy-revalidate`.
+    pub must_revalidate: bool,
+    /// The first `max-age`.
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+impl CacheControl {
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> CacheControl {
+        let mut c = CacheControl::default();
+        for v in values {
+            for (name, arg) in directives(v) {
+                let n = || delta_seconds(arg);
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => c.no_store = true,
+                    "private" => c.private = true,
+                    "no-cache" => c.no_cache = true,
+                    "must-revalidate" | "proxy-revalidate" => c.must_revalidate = true,
+                    "max-age" => c.max_age = c.max_age.or(n()),
+                    "s-maxage" => c.s_maxage = n(),
+                    "stale-while-revalidate" => c.stale_while_revalidate = n(),
+                    "stale-if-error" => c.stale_if_error = n(),
+                    _ => {}
+                }
+            }
+        }
+        c
+    }
+
+    /// The freshness it states for a shared cache: `s-maxage`, else 0 for `no-cache`, else
+    /// `max-age`.
+    pub fn shared_max_age(&self) -> Option<u64> {
+        self.s_maxage
+            .or(if self.no_cache { Some(0) } else { self.max_age })
+    }
+}
+
+/// One `Cache-Control` field value's directives: `(name, argument)`.
+pub fn directives(v: &HeaderValue) -> impl Iterator<Item = (&str, Option<&str>)> {
+    v.to_str().unwrap_or("").split(',').filter_map(|d| {
+        let d = d.trim();
+        if d.is_empty() {
+            return None;
+        }
+        Some(match d.split_once('=') {
+            Some((n, a)) => (n.trim(), Some(a.trim())),
+            None => (d, None),
+        })
+    })
+}
+
+/// A delta-seconds argument (RFC 9111 §1.2.2): past 2^31 counts as 2^31; one that is not a
+/// number (`-1`, `soon`) counts as 0, so the answer is stale at once.
+pub fn delta_seconds(arg: Option<&str>) -> Option<u64> {
+    arg.map(|a| {
+        let a = a.trim_matches('"');
+        match a.parse::<u64>() {
+            Ok(v) => v.min(MAX_DELTA),
+            Err(_) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) => MAX_DELTA,
+            Err(_) => 0,
+        }
+    })
+}
+
 /// Separates a key's parts: the route, then the URL, then the other parts. No URL, header
 /// value or route name holds it.
 pub const SEP: u8 = 0x1f;
@@ -513,6 +586,25 @@ mod tests {
         let mut other = full.clone();
         other[3] = 9;
         assert_eq!(decode(Bytes::from(other)), None);
+    }
+
+    #[test]
+    fn cache_control_parses_once_for_everyone() {
+        let v = [
+            HeaderValue::from_static("public, max-age=60, max-age=5, S-MaxAge=\"30\""),
+            HeaderValue::from_static("stale-while-revalidate=99999999999, stale-if-error=-1"),
+        ];
+        let c = CacheControl::parse(&v);
+        assert_eq!(c.max_age, Some(60), "the first max-age");
+        assert_eq!(c.s_maxage, Some(30));
+        assert_eq!(c.shared_max_age(), Some(30));
+        assert_eq!(c.stale_while_revalidate, Some(MAX_DELTA));
+        assert_eq!(c.stale_if_error, Some(0), "not a number: stale at once");
+        let nc = CacheControl::parse(&[HeaderValue::from_static("no-cache, max-age=60")]);
+        assert_eq!(nc.shared_max_age(), Some(0));
+        let p = CacheControl::parse(&[HeaderValue::from_static("Private, NO-STORE")]);
+        assert!(p.private && p.no_store);
+        assert_eq!(CacheControl::parse(&[]), CacheControl::default());
     }
 
     #[test]
