@@ -14,6 +14,7 @@ use crate::context::{Downstream, Upgrade};
 use crate::error::{GatewayError, is_unprocessed};
 use crate::observe::metrics::UpstreamOutcome;
 
+use super::pool::h1::SendError;
 use super::pool::{H2Body, H2Stream, PooledConn, UpstreamBody};
 use super::transport::Protocol;
 use super::{Target, Upstream};
@@ -34,7 +35,8 @@ enum Conn {
     H2(H2Stream),
 }
 
-type Exchanged = Result<(Conn, Response<Incoming>), TryError>;
+/// The response head; the body streams from `Conn` on HTTP/1.1, from the `Incoming` on HTTP/2.
+type Exchanged = Result<(Conn, Response<Option<Incoming>>), TryError>;
 
 /// Sends one try of the request to `target` and returns the upstream's response head (body
 /// streaming). `upgrade` is taken when the upstream switches protocols.
@@ -143,12 +145,10 @@ pub async fn forward(
                 "upstream switched protocols without being asked".into(),
             )));
         };
-        let up_up = hyper::upgrade::on(&mut resp);
-        // The connection must be driven to hand over the upgraded stream; it is never pooled.
-        conn.spawn();
+        // The connection is never pooled again: its stream now carries the new protocol.
         tokio::spawn(super::upgrade::splice(
             u.on,
-            up_up,
+            conn.into_upgraded(),
             down.conn_slot.clone(),
             down.upgrade_idle,
         ));
@@ -157,7 +157,10 @@ pub async fn forward(
         parts.headers.remove(header::TRANSFER_ENCODING);
         return Ok(Response::from_parts(parts, Body::empty()));
     }
-    if let Err(why) = check_response_framing(resp.headers_mut()) {
+    // HTTP/1.1 heads were checked as they were parsed.
+    if matches!(conn, Conn::H2(_))
+        && let Err(why) = super::http1::framing(resp.headers_mut())
+    {
         // The connection's remaining bytes cannot be trusted: it closes with `conn` (an
         // HTTP/2 stream is reset as it drops; the connection's other streams go on).
         drop(conn);
@@ -172,14 +175,16 @@ pub async fn forward(
     if upstream.rewrite_redirects {
         rewrite_redirects(&mut parts.headers, target, down);
     }
-    let body = match conn {
-        Conn::H1(c) => Body::Upstream(Box::pin(UpstreamBody::new(
-            body,
+    let body = match (conn, body) {
+        (Conn::H1(c), _) => Body::Upstream(Box::pin(UpstreamBody::new(
             c,
             target.pool.clone(),
             target.live.start(),
         ))),
-        Conn::H2(s) => Body::Upstream(Box::pin(H2Body::new(body, s, target.live.start()))),
+        (Conn::H2(s), Some(body)) => {
+            Body::Upstream(Box::pin(H2Body::new(body, s, target.live.start())))
+        }
+        (Conn::H2(_), None) => Body::Empty,
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -229,15 +234,14 @@ async fn exchange_h1(target: &Target, mut conn: PooledConn, req: Request<Body>) 
     });
     let sent_at = std::time::Instant::now();
     match conn.send(req).await {
-        Ok(resp) => Ok((Conn::H1(conn), resp)),
+        Ok(resp) => Ok((Conn::H1(conn), resp.map(|()| None))),
         // At once: a close that raced the request, not an upstream that took the request
         // and failed later (which is not safe to send again).
-        Err(e)
-            if again.is_some()
-                && e.error().is_incomplete_message()
-                && sent_at.elapsed() < std::time::Duration::from_millis(100) =>
+        Err(SendError::Incomplete(e))
+            if again.is_some() && sent_at.elapsed() < std::time::Duration::from_millis(100) =>
         {
             drop(conn);
+            tracing::debug!(target = %target.authority, error = %e, "reused connection closed by the target as the request went out: sending it on a new one");
             let Some((method, uri, headers)) = again else {
                 return Err(TryError::Sent(GatewayError::Internal("no head".into())));
             };
@@ -247,18 +251,16 @@ async fn exchange_h1(target: &Target, mut conn: PooledConn, req: Request<Body>) 
             *req.headers_mut() = headers;
             send_fresh(target, req).await
         }
-        Err(mut e) => match e.take_message() {
-            // Never written (the pooled connection was not usable after all): sending it
-            // on a fresh connection cannot duplicate it. The dead one goes first, so it
-            // does not hold a slot under the connection cap.
-            Some(req) => {
-                drop(conn);
-                send_fresh(target, req).await
-            }
-            None => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
-                e.into_error(),
-            )))),
-        },
+        // Never written (the pooled connection was not usable after all): sending it on a
+        // fresh connection cannot duplicate it. The dead one goes first, so it does not hold
+        // a slot under the connection cap.
+        Err(SendError::NotWritten(req, _)) => {
+            drop(conn);
+            send_fresh(target, *req).await
+        }
+        Err(SendError::Incomplete(e) | SendError::Failed(e)) => {
+            Err(TryError::Sent(GatewayError::UpstreamFailed(e)))
+        }
     }
 }
 
@@ -270,10 +272,10 @@ async fn send_fresh(target: &Target, req: Request<Body>) -> Exchanged {
         Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
     };
     match fresh.send(req).await {
-        Ok(resp) => Ok((Conn::H1(fresh), resp)),
-        Err(e) => Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(
-            e.into_error(),
-        )))),
+        Ok(resp) => Ok((Conn::H1(fresh), resp.map(|()| None))),
+        Err(SendError::NotWritten(_, e) | SendError::Incomplete(e) | SendError::Failed(e)) => {
+            Err(TryError::Sent(GatewayError::UpstreamFailed(e)))
+        }
     }
 }
 
@@ -285,7 +287,7 @@ async fn exchange_h2(target: &Target, mut stream: H2Stream, req: Request<Body>) 
     // rebuilt if the stream is refused; a streamed body cannot.
     let copy = resend_copy(&req);
     let mut e = match stream.send(req).await {
-        Ok(resp) => return Ok((Conn::H2(stream), resp)),
+        Ok(resp) => return Ok((Conn::H2(stream), resp.map(Some))),
         Err(e) => e,
     };
     let (again, e) = match e.take_message() {
@@ -309,7 +311,7 @@ async fn exchange_h2(target: &Target, mut stream: H2Stream, req: Request<Body>) 
         Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
     };
     match fresh.send(req).await {
-        Ok(resp) => Ok((Conn::H2(fresh), resp)),
+        Ok(resp) => Ok((Conn::H2(fresh), resp.map(Some))),
         Err(mut e) => {
             if is_unprocessed(e.error()) {
                 fresh.retire();
@@ -453,42 +455,4 @@ fn rewrite_redirects(h: &mut HeaderMap, target: &Target, down: &Downstream<'_>) 
     for c in cookies {
         h.append(header::SET_COOKIE, c);
     }
-}
-
-/// Refuses an upstream response whose body length could be read two ways (RFC 9112 6.3): both
-/// Content-Length and Transfer-Encoding, a transfer coding other than `chunked` (its bytes would
-/// reach the client without the coding that gives them meaning), or Content-Length lines that
-/// disagree or are not a number. Identical repeated Content-Length values are folded into one.
-/// hyper reads such a response by one rule and keeps the other header, so a client would get
-/// `Content-Length: 3` with five bytes after it.
-fn check_response_framing(h: &mut HeaderMap) -> Result<(), &'static str> {
-    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
-    let has_te = match te.next() {
-        Some(v) if te.next().is_none() && v.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
-        Some(_) => return Err("upstream response has a transfer coding other than chunked"),
-        None => false,
-    };
-    let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = cl.next() else {
-        return Ok(());
-    };
-    if has_te {
-        return Err("upstream response has both Content-Length and Transfer-Encoding");
-    }
-    let digits = |v: &HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
-    if !digits(first) {
-        return Err("upstream response has an invalid Content-Length");
-    }
-    let mut repeated = false;
-    for v in cl {
-        if v != first {
-            return Err("upstream response has conflicting Content-Length values");
-        }
-        repeated = true;
-    }
-    if repeated {
-        let one = first.clone();
-        h.insert(header::CONTENT_LENGTH, one);
-    }
-    Ok(())
 }

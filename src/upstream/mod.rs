@@ -10,6 +10,7 @@ pub mod connector;
 pub mod dns;
 pub mod exchange;
 pub mod health;
+pub mod http1;
 pub mod pool;
 pub mod retry;
 pub mod send;

@@ -10,26 +10,24 @@ use hyper_util::rt::TokioIo;
 /// Copies bytes both ways between an upgraded client connection and upstream connection until
 /// either side closes, or until no byte has moved either way for `idle`. Holds the client
 /// connection's slot until then.
-pub(super) async fn splice(
+pub(super) async fn splice<U>(
     down: hyper::upgrade::OnUpgrade,
-    up: hyper::upgrade::OnUpgrade,
+    up: U,
     _slot: Option<Arc<dyn Send + Sync>>,
     idle: std::time::Duration,
-) {
-    let (down, up) = match tokio::join!(down, up) {
-        (Ok(d), Ok(u)) => (d, u),
-        (d, u) => {
-            tracing::debug!(
-                downstream_ok = d.is_ok(),
-                upstream_ok = u.is_ok(),
-                "upgrade failed"
-            );
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let down = match down.await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade of the client connection failed");
             return;
         }
     };
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut down = Counted::new(TokioIo::new(down), moved.clone());
-    let mut up = Counted::new(TokioIo::new(up), moved.clone());
+    let mut up = Counted::new(up, moved.clone());
     let mut copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
     // Checked every quarter of `idle`: closed within 1.25 × `idle` of the last byte.
     let tick = (idle / 4).max(std::time::Duration::from_millis(10));

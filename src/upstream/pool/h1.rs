@@ -1,45 +1,58 @@
 //! HTTP/1.1 keep-alive connections to one target, driven inside the request's own task.
 //!
-//! A request checks out an idle connection (or opens one), sends on it, and polls the
-//! connection itself while it waits for the response head and while the response body streams
-//! (see [`UpstreamBody`]). So no second task and no task switch sit between the client side
-//! and the upstream side, which Pingora does as well. When the body ends cleanly, the connection
+//! A request checks out an idle connection (or opens one), writes its head and body with the
+//! gateway's own codec ([`crate::upstream::http1`]), and reads the response head and then the
+//! body (see [`UpstreamBody`]) from the connection's own buffer, in the request's task. So no
+//! second task, no channel and no task switch sit between the client side and the upstream
+//! side (Pingora's model), and the buffers stay with the connection. When the body ends cleanly, the connection
 //! goes back to the pool; when it does not (the client left mid-body, an error), it is closed.
 //!
 //! Idle connections are not polled. A connection the upstream closed is found when it is next
 //! checked out (one poll sees the EOF) and dropped. A background sweep closes connections idle
 //! for longer than `timeouts.idle`.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Got, TargetPool};
 use crate::body::Body;
 use crate::error::{BoxError, GatewayError};
-
-/// hyper's upgradeable connection type cannot be named; it is boxed once per connection.
-type Conn = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+use crate::upstream::http1::{self, Chunked, Decoded, ReqFraming, RespFraming};
+use crate::upstream::transport::Stream;
 
 /// Idle connections kept per target, at most: enough for bursts, bounded for file descriptors.
 const MAX_IDLE_PER_TARGET: usize = 1024;
 
-/// An HTTP/1.1 connection to a target: the handle to send on and the connection state machine.
+/// A request body this small, already in memory, is written together with the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// Bytes asked of the socket per read while a head or a body of unknown size is read; a body
+/// of known size is read in pieces of up to [`MAX_READ`].
+const READ_CHUNK: usize = 8 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
+/// An HTTP/1.1 connection to a target, with the buffers it keeps between requests.
 pub struct PooledConn {
-    send: http1::SendRequest<Body>,
-    conn: Conn,
-    /// The connection future has completed (closed, failed, or handed over for an upgrade):
-    /// it must not be polled again.
-    finished: bool,
+    io: Stream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written.
+    wbuf: Vec<u8>,
+    /// How the current response's body is framed (set by [`PooledConn::send`]).
+    framing: RespFraming,
+    /// The connection may carry another request once the current response has ended.
+    keep_alive: bool,
     /// The connection's slot under the upstream's `limits.max_connections`, held while it is open.
     _slot: Option<OwnedSemaphorePermit>,
     /// Taken from the idle pool (it has carried a request before): the upstream may have
@@ -47,61 +60,345 @@ pub struct PooledConn {
     pub reused: bool,
 }
 
+/// Why [`PooledConn::send`] produced no response.
+pub enum SendError {
+    /// Not a byte of the request was written: it comes back, and may go to another connection.
+    NotWritten(Box<Request<Body>>, BoxError),
+    /// The request was written and the connection closed before a byte of an answer: on a
+    /// reused connection, the upstream's idle close raced the request.
+    Incomplete(BoxError),
+    /// Anything else: the request may have been processed.
+    Failed(BoxError),
+}
+
+/// The state of writing one request.
+struct Writer {
+    /// Bytes of the head (and inline body) written.
+    head_sent: usize,
+    framing: ReqFraming,
+    /// The body still to be read and written.
+    body: Option<Body>,
+    /// Pieces taken from the body (with their chunk framing) not yet written.
+    queue: VecDeque<Bytes>,
+    /// Body bytes taken so far, checked against a Content-Length.
+    taken: u64,
+    done: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(&'static str);
+
 impl PooledConn {
-    /// Sends `req` and drives the connection until the response head arrives. If the request
-    /// was never written (the connection turned out not to be ready), it comes back in the error
-    /// and may be sent on another connection.
-    pub async fn send(
-        &mut self,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
-        let mut response = std::pin::pin!(self.send.try_send_request(req));
-        let conn = &mut self.conn;
-        let conn_done = &mut self.finished;
-        poll_fn(|cx| {
-            if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                return Poll::Ready(r);
+    fn new(io: Stream, slot: Option<OwnedSemaphorePermit>) -> PooledConn {
+        PooledConn {
+            io,
+            buf: BytesMut::new(),
+            wbuf: Vec::new(),
+            framing: RespFraming::Empty,
+            keep_alive: false,
+            _slot: slot,
+            reused: false,
+        }
+    }
+
+    /// Writes `req` and reads until the final response head (interim 1xx answers other than
+    /// 101 are skipped). The body is read afterwards through [`UpstreamBody`]. A response that
+    /// arrives before the request body was written whole ends the writing, and the connection
+    /// is not reused.
+    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<()>, SendError> {
+        self.wbuf.clear();
+        let framing = http1::encode_head(&req, &mut self.wbuf);
+        let inline = match (framing, req.body()) {
+            (ReqFraming::Length(n), Body::Full(Some(b)))
+                if b.len() as u64 == n && b.len() <= INLINE_BODY =>
+            {
+                self.wbuf.extend_from_slice(b);
+                true
             }
-            if !*conn_done {
-                match conn.as_mut().poll(cx) {
-                    Poll::Pending => {}
-                    // The connection ended, failed, or completed an upgrade (after a 101 hyper
-                    // finishes the connection in the poll that delivers the head); the response
-                    // future now resolves.
-                    Poll::Ready(_) => {
-                        *conn_done = true;
-                        return response.as_mut().poll(cx);
+            _ => false,
+        };
+        let method = req.method().clone();
+        // The first write decides whether the request can come back untouched.
+        let first = poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, &self.wbuf)).await;
+        let head_sent = match first {
+            Ok(0) => {
+                let e = Box::new(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                return Err(SendError::NotWritten(Box::new(req), e));
+            }
+            Ok(n) => n,
+            Err(e) => return Err(SendError::NotWritten(Box::new(req), Box::new(e))),
+        };
+        let body = match framing {
+            ReqFraming::None => None,
+            _ if inline => None,
+            _ => Some(req.into_body()),
+        };
+        let mut w = Writer {
+            head_sent,
+            framing,
+            body,
+            queue: VecDeque::new(),
+            taken: 0,
+            done: false,
+        };
+        let mut answered = false;
+        let head = poll_fn(|cx| self.poll_exchange(cx, &mut w, &method, &mut answered)).await?;
+        self.framing = head.framing;
+        self.keep_alive = head.keep_alive && w.done;
+        let mut resp = Response::new(());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+
+    /// Writes what it can of the request and reads what it can of the answer.
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut Writer,
+        method: &Method,
+        answered: &mut bool,
+    ) -> Poll<Result<http1::Head, SendError>> {
+        let mut failed = None;
+        if !w.done {
+            match self.poll_write_request(cx, w) {
+                Poll::Ready(Ok(())) => w.done = true,
+                Poll::Ready(Err(e)) => failed = Some(e),
+                Poll::Pending => {}
+            }
+        }
+        let read = self.poll_head(cx, method, answered);
+        match (read, failed) {
+            (Poll::Ready(r), _) => Poll::Ready(r),
+            // The request could not be written whole and no answer is there yet.
+            (Poll::Pending, Some(e)) => Poll::Ready(Err(SendError::Failed(e))),
+            (Poll::Pending, None) => Poll::Pending,
+        }
+    }
+
+    fn poll_write_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut Writer,
+    ) -> Poll<Result<(), BoxError>> {
+        loop {
+            if w.head_sent < self.wbuf.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[w.head_sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(Box::new(std::io::Error::from(
+                        std::io::ErrorKind::WriteZero,
+                    ))));
+                }
+                w.head_sent += n;
+                continue;
+            }
+            if !w.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 4];
+                let mut k = 0;
+                for b in w.queue.iter().take(slices.len()) {
+                    slices[k] = IoSlice::new(b);
+                    k += 1;
+                }
+                let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(Box::new(std::io::Error::from(
+                        std::io::ErrorKind::WriteZero,
+                    ))));
+                }
+                while n > 0 {
+                    let Some(front) = w.queue.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        w.queue.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
                     }
                 }
+                continue;
             }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Hands the connection to a task of its own: after a `101 Switching Protocols` the
-    /// connection must be driven to release the upgraded stream (unless that already happened).
-    pub fn spawn(self) {
-        if self.finished {
-            return;
+            let Some(body) = w.body.as_mut() else {
+                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                return Poll::Ready(Ok(()));
+            };
+            let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+            // hyper's rule, which the client body relies on: a body that says it has ended is
+            // not polled again.
+            let ended = frame.is_none() || body.is_end_stream();
+            let mut trailers = None;
+            match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => {
+                        w.taken += data.len() as u64;
+                        match w.framing {
+                            ReqFraming::Length(n) if w.taken > n => {
+                                return Poll::Ready(Err(Box::new(Msg(
+                                    "request body longer than its Content-Length",
+                                ))));
+                            }
+                            ReqFraming::Chunked => {
+                                w.queue.push_back(http1::chunk_header(data.len()));
+                                w.queue.push_back(data);
+                                w.queue.push_back(Bytes::from_static(b"\r\n"));
+                            }
+                            _ => w.queue.push_back(data),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {}
+            }
+            if ended || trailers.is_some() {
+                w.body = None;
+                match w.framing {
+                    ReqFraming::Length(n) if w.taken != n => {
+                        return Poll::Ready(Err(Box::new(Msg(
+                            "request body shorter than its Content-Length",
+                        ))));
+                    }
+                    ReqFraming::Chunked => w.queue.push_back(http1::last_chunk(trailers.as_ref())),
+                    _ => {}
+                }
+            }
         }
-        tokio::spawn(async move {
-            if let Err(e) = self.conn.await {
-                tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
-            }
-        });
     }
 
-    /// Polls once without a real waker: true if the connection is gone or cannot take a request.
+    /// Reads until a final response head is complete.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+        answered: &mut bool,
+    ) -> Poll<Result<http1::Head, SendError>> {
+        loop {
+            if !self.buf.is_empty() {
+                *answered = true;
+                match http1::parse_head(&mut self.buf, method) {
+                    Ok(Some(head)) => {
+                        if head.status.is_informational()
+                            && head.status != http::StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            continue;
+                        }
+                        return Poll::Ready(Ok(head));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(SendError::Failed(Box::new(e)))),
+                }
+            }
+            match ready!(poll_read_more(&mut self.io, &mut self.buf, READ_CHUNK, cx)) {
+                Ok(0) if !*answered => {
+                    return Poll::Ready(Err(SendError::Incomplete(Box::new(Msg(
+                        "the upstream closed the connection before answering",
+                    )))));
+                }
+                Ok(0) => {
+                    return Poll::Ready(Err(SendError::Failed(Box::new(Msg(
+                        "the upstream closed the connection in the middle of a response head",
+                    )))));
+                }
+                Ok(_) => {}
+                Err(e)
+                    if !*answered
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                        ) =>
+                {
+                    return Poll::Ready(Err(SendError::Incomplete(Box::new(e))));
+                }
+                Err(e) => return Poll::Ready(Err(SendError::Failed(Box::new(e)))),
+            }
+        }
+    }
+
+    /// After a `101 Switching Protocols`: the connection's stream, with the bytes already read
+    /// past the head in front of it.
+    pub fn into_upgraded(self) -> Prefixed<Stream> {
+        Prefixed {
+            prefix: self.buf.freeze(),
+            io: self.io,
+        }
+    }
+
+    /// Polls once without a real waker: true if the upstream closed the connection or sent
+    /// bytes nobody asked for.
     fn is_dead(&mut self) -> bool {
-        if self.finished {
-            return true;
-        }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.conn.as_mut().poll(&mut cx) {
-            Poll::Ready(_) => true,
-            Poll::Pending => !self.send.is_ready(),
+        let mut one = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut one);
+        !matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+}
+
+/// Reads once into the spare capacity of `buf` (reserving `want` bytes first).
+fn poll_read_more(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    use tokio::io::AsyncReadExt;
+    buf.reserve(want);
+    let mut read = std::pin::pin!(io.read_buf(buf));
+    read.as_mut().poll(cx)
+}
+
+/// An upgraded upstream stream: bytes read past the 101's head come first.
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
         }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -144,25 +441,17 @@ impl TargetPool {
         &self,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<PooledConn, GatewayError> {
-        let (send, conn) = self
+        let io = self
             .endpoint
-            .http1(self.connect_timeout)
+            .connect(self.connect_timeout)
             .await
             .map_err(GatewayError::UpstreamConnect)?;
-        Ok(PooledConn {
-            send,
-            conn: Box::pin(conn.with_upgrades()),
-            finished: false,
-            _slot: slot,
-            reused: false,
-        })
+        Ok(PooledConn::new(io.into_inner(), slot))
     }
 
     /// Returns a connection whose last response ended cleanly.
     fn put(&self, mut conn: PooledConn) {
-        if conn.is_dead() {
-            return;
-        }
+        conn.reused = false;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_TARGET {
             idle.push(Idle {
@@ -191,47 +480,63 @@ impl TargetPool {
     }
 }
 
-/// A response body from an upstream. Polling it also drives the upstream connection, so the
-/// bytes move without a task of their own. At a clean end the connection returns to its pool.
+/// A response body from an upstream, read from its connection as it is polled (no task of
+/// its own). At a clean end a keep-alive connection returns to its pool.
 pub struct UpstreamBody {
-    incoming: Incoming,
     conn: Option<PooledConn>,
     pool: Arc<TargetPool>,
-    ended: bool,
+    state: State,
     /// The request counts as in flight to its target until its response body is done.
     _in_flight: crate::upstream::state::InFlight,
 }
 
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+    Done,
+}
+
 impl UpstreamBody {
     pub fn new(
-        incoming: Incoming,
         conn: PooledConn,
         pool: Arc<TargetPool>,
         in_flight: crate::upstream::state::InFlight,
     ) -> Self {
-        UpstreamBody {
-            incoming,
+        let state = match conn.framing {
+            RespFraming::Empty | RespFraming::Length(0) => State::Done,
+            RespFraming::Length(n) => State::Length(n),
+            RespFraming::Chunked => State::Chunked(Chunked::Size),
+            RespFraming::Close => State::Close,
+        };
+        let mut body = UpstreamBody {
             conn: Some(conn),
             pool,
-            ended: false,
+            state,
             _in_flight: in_flight,
+        };
+        if matches!(body.state, State::Done) {
+            body.release();
         }
+        body
     }
 
+    /// The body has ended: the connection goes back to the pool if it can carry another
+    /// request (keep-alive, and no bytes beyond this response).
     fn release(&mut self) {
-        if let Some(c) = self.conn.take() {
+        self.state = State::Done;
+        if let Some(c) = self.conn.take()
+            && c.keep_alive
+            && c.buf.is_empty()
+        {
             self.pool.put(c);
         }
     }
-}
 
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // A body with nothing left (HEAD, 204, 304, or fully read) leaves a reusable
-        // connection; one dropped mid-way does not, and the connection closes with it.
-        if self.ended || self.incoming.is_end_stream() {
-            self.release();
-        }
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.state = State::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(Box::new(Msg(why)))))
     }
 }
 
@@ -244,35 +549,93 @@ impl http_body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let mut frame = Pin::new(&mut this.incoming).poll_frame(cx);
-        if frame.is_pending()
-            && let Some(c) = this.conn.as_mut().filter(|c| !c.finished)
-        {
-            match c.conn.as_mut().poll(cx) {
-                Poll::Pending => {}
-                // Closed by the upstream after this response (e.g. `Connection: close`): the
-                // body still drains from what was read; the connection is not reused.
-                Poll::Ready(Ok(())) => this.conn = None,
-                Poll::Ready(Err(e)) => {
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let want = match &mut this.state {
+                State::Done => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = usize::try_from(*left)
+                            .unwrap_or(usize::MAX)
+                            .min(conn.buf.len());
+                        let data = http1::take(&mut conn.buf, n);
+                        *left -= n as u64;
+                        if *left == 0 {
+                            this.release();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .clamp(READ_CHUNK, MAX_READ)
+                }
+                State::Chunked(st) => {
+                    match http1::decode_chunked(st, &mut conn.buf) {
+                        Ok(Decoded::Data(d)) => {
+                            return Poll::Ready(Some(Ok(Frame::data(d))));
+                        }
+                        Ok(Decoded::Trailers(t)) => {
+                            this.release();
+                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                        }
+                        Ok(Decoded::End) => {
+                            this.release();
+                            return Poll::Ready(None);
+                        }
+                        Ok(Decoded::More) => {}
+                        Err(e) => {
+                            this.state = State::Done;
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
+                    READ_CHUNK
+                }
+                State::Close => {
+                    if !conn.buf.is_empty() {
+                        let n = conn.buf.len();
+                        let data = http1::take(&mut conn.buf, n);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    READ_CHUNK
+                }
+            };
+            match ready!(poll_read_more(&mut conn.io, &mut conn.buf, want, cx)) {
+                Ok(0) => {
+                    if matches!(this.state, State::Close) {
+                        // The end of a close-delimited body: the connection is not reused.
+                        this.state = State::Done;
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    return this.fail(
+                        "the upstream closed the connection before the end of the response body",
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.state = State::Done;
                     this.conn = None;
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
             }
-            // The connection may have produced data for the body just now.
-            frame = Pin::new(&mut this.incoming).poll_frame(cx);
         }
-        if let Poll::Ready(None) = frame {
-            this.ended = true;
-            this.release();
-        }
-        frame.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        matches!(self.state, State::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Chunked(_) | State::Close => SizeHint::default(),
+        }
     }
 }
