@@ -3180,8 +3180,8 @@ report_idle() {
     done
     if ((${#closed_list[@]} > 0)); then
         c="$(printf '%s, ' "${closed_list[@]}")"
-        echo "RSS 1 s after the client closed its connections (median): ${c%, }: what a proxy keeps once"
-        echo "they are gone (allocator free lists, caches) rather than holds per connection."
+        echo "RSS 1 s after the client closed its connections (median; what a proxy keeps once they are gone,"
+        echo "in its allocator's free lists or caches, rather than holds per connection): ${c%, }."
         echo
     fi
     echo "held open: client connections established on the proxy's port (\`ss -tn state established\`) when the"
