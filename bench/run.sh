@@ -1745,7 +1745,7 @@ EOF
 # forged one, write JSON access-log lines to its file (a 200 and a 401 among them, within 2 s)
 # and serve /metrics on its admin listener. On failure CHECK_REASON says why.
 full_check() {
-    local v="$1" url="http://127.0.0.1:$2/" hdrs code body lim h i log_statuses=""
+    local v="$1" url="http://127.0.0.1:$2/" hdrs code body lim h i m log_statuses=""
     local cmd=(curl -s -D - -o "$PROXY_DIR/check-body.txt")
     for h in "${FULL_HDR[@]}"; do cmd+=(-H "$h"); done
     CHECK_REASON=""
@@ -1799,7 +1799,10 @@ except Exception as e:
         return 1
     fi
     record curl -s "http://127.0.0.1:$ADMIN_PORT/metrics"
-    if ! curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^gatehouse_http_requests_total{'; then
+    # (into a variable first: grep -q would stop reading early, and curl's SIGPIPE would fail
+    # the pipeline under pipefail)
+    m="$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" || true)"
+    if ! grep -q '^gatehouse_http_requests_total{' <<<"$m"; then
         CHECK_REASON="no gatehouse_http_requests_total in /metrics on the admin listener 127.0.0.1:$ADMIN_PORT"
         return 1
     fi
