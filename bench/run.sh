@@ -7,14 +7,20 @@
 # plain proxying, and (aggregate) Gatehouse alone fanning one request out to 3 upstream calls
 # against a client making the 3 calls itself and against one call, with a fast backend and with
 # one that delays each call by AGG_DELAY ms. Redis is a redis-server the script starts on a free
-# loopback port.
+# loopback port. Issue 14 (performance): (body1k, body64k) keep-alive GETs of a 1 KiB / 64 KiB
+# body, (newconn) a new client connection per request (Connection: close), (idle) memory per
+# idle keep-alive client connection (IDLE_CONNS held open), all three proxies each; and (full)
+# Gatehouse alone with JSON access log, metrics, JWT (HS256) and a rate limit against the bare
+# route.
 #
-#   bash bench/run.sh [--mode http|https|handshake|h2|auth|ratelimit|cache|aggregate|all]
+#   bash bench/run.sh [--mode http|https|handshake|h2|body1k|body64k|newconn|idle|auth|ratelimit|
+#                             cache|aggregate|full|all|perf]
 #                     [--proxies "nginx haproxy gatehouse"]
 #                     [--duration 10s] [--connections 50] [--baseline PATH] [--rounds N]
 #
 # Environment: MODE (http; a list such as "https h2" runs several; all = http https handshake
-# h2, without auth, ratelimit, cache and aggregate), DURATION (10s), CONNECTIONS (50), PROXIES ("nginx haproxy gatehouse"),
+# h2, without the others; perf = http body1k body64k newconn idle), DURATION (10s), CONNECTIONS
+# (50), PROXIES ("nginx haproxy gatehouse"),
 # GATEHOUSE_BIN (skip the cargo build and use this binary), WARMUP (2s),
 # BASELINE_BIN (another gatehouse binary, e.g. of the previous commit: adds the proxy
 # "gatehouse-base", run exactly like "gatehouse"), ROUNDS (1; N > 1 measures the whole list
@@ -23,7 +29,8 @@
 # and raw load-generator output), H2_STREAMS (10: h2load -m), HS_CLIENTS (2: parallel
 # openssl s_time processes in the handshake mode), AGG_DELAY (20: mode aggregate, ms the
 # delaying backend waits before each answer; 0 = only the fast backend), AGG_DELAY_CONNECTIONS
-# (10: wrk connections against the delaying backend). See bench/README.md.
+# (10: wrk connections against the delaying backend), IDLE_CONNS (2000: mode idle, client
+# connections held open). See bench/README.md.
 # The tables go to stdout, progress to stderr.
 set -euo pipefail
 
@@ -43,12 +50,13 @@ H2_STREAMS="${H2_STREAMS:-10}"
 HS_CLIENTS="${HS_CLIENTS:-2}"
 AGG_DELAY="${AGG_DELAY:-20}"
 AGG_DELAY_CONNECTIONS="${AGG_DELAY_CONNECTIONS:-10}"
+IDLE_CONNS="${IDLE_CONNS:-2000}"
 CARGO_LOCK="/tmp/cargo.lock"
 CARGO_LOCK_WAIT="${CARGO_LOCK_WAIT:-1800}" # seconds to wait for the shared cargo lock
 START_TIMEOUT_S=10
 
 usage() {
-    sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($# > 0)); do
@@ -96,6 +104,10 @@ if ! [[ "$AGG_DELAY" =~ ^[0-9]+$ ]] || ((AGG_DELAY > 500)); then
     echo "run.sh: AGG_DELAY must be a whole number of milliseconds, 0-500" >&2
     exit 2
 fi
+if ! [[ "$IDLE_CONNS" =~ ^[1-9][0-9]*$ ]] || ((IDLE_CONNS > 200000)); then
+    echo "run.sh: IDLE_CONNS must be a positive integer, at most 200000" >&2
+    exit 2
+fi
 
 # Modes, in the order given ("all" = every mode), each once.
 read -r -a mode_args <<<"${MODE//,/ }"
@@ -104,8 +116,14 @@ MODE_LIST=()
 for m in "${mode_args[@]}"; do
     case "$m" in
         all) expanded=(http https handshake h2) ;;
-        http | https | handshake | h2 | auth | ratelimit | cache | aggregate) expanded=("$m") ;;
-        *) echo "run.sh: unknown mode '$m' (known: http https handshake h2 auth ratelimit cache aggregate all)" >&2; exit 2 ;;
+        perf) expanded=(http body1k body64k newconn idle) ;;
+        http | https | handshake | h2 | body1k | body64k | newconn | idle | auth | ratelimit | cache | aggregate | full)
+            expanded=("$m")
+            ;;
+        *)
+            echo "run.sh: unknown mode '$m' (known: http https handshake h2 body1k body64k newconn idle auth ratelimit cache aggregate full all perf)" >&2
+            exit 2
+            ;;
     esac
     for e in "${expanded[@]}"; do
         dup=0
@@ -120,6 +138,22 @@ wants_mode() {
 }
 HAS_TLS=0 # any mode that needs the certificate
 if wants_mode https || wants_mode handshake || wants_mode h2; then HAS_TLS=1; fi
+# is_tls_mode MODE : a mode served over TLS (one TLS config per proxy, in $WORK/tls/NAME)
+is_tls_mode() { [[ "$1" == https || "$1" == handshake || "$1" == h2 ]]; }
+# is_plain_mode MODE : the plain HTTP/1.1 modes besides http that compare the proxies with their
+# CPU accounted (issue 14): a 1 KiB or 64 KiB body, a new client connection per request. They
+# use the proxies' configs of mode http (in $WORK/NAME); only the client (and, for the bodies,
+# the backend's answer) differs.
+is_plain_mode() { [[ "$1" == body1k || "$1" == body64k || "$1" == newconn ]]; }
+# body_size MODE : bytes of the backend's answer in modes body1k and body64k (the path is /1k or
+# /64k)
+body_size() {
+    case "$1" in
+        body1k) echo 1024 ;;
+        body64k) echo 65536 ;;
+    esac
+}
+body_path() { echo "/${1#body}"; }
 
 wants() {
     local x
@@ -138,14 +172,15 @@ RL_VARIANTS=(none limited limited_by_header redis)
 CACHE_VARIANTS=(none memory redis)
 AGG_VARIANTS=(single sequential fanout)
 if ((AGG_DELAY > 0)); then AGG_VARIANTS+=(single_delayed sequential_delayed fanout_delayed); fi
-is_variant_mode() { [[ "$1" == auth || "$1" == ratelimit || "$1" == cache || "$1" == aggregate ]]; }
+FULL_VARIANTS=(none full)
+is_variant_mode() { [[ "$1" == auth || "$1" == ratelimit || "$1" == cache || "$1" == aggregate || "$1" == full ]]; }
 GH_ONLY=1 # every mode is a gatehouse-only one
 for m in "${MODE_LIST[@]}"; do is_variant_mode "$m" || GH_ONLY=0; done
 if ((GH_ONLY)); then
     PROXY_LIST=(gatehouse)
     BASELINE_BIN=""
 else
-    for m in auth ratelimit cache aggregate; do
+    for m in auth ratelimit cache aggregate full; do
         if wants_mode "$m" && ! wants gatehouse; then
             echo "run.sh: mode '$m' measures gatehouse: PROXIES must include gatehouse when other modes run too" >&2
             exit 2
@@ -197,11 +232,20 @@ ensure_tools() {
     # command -> Debian package
     local -A pkg_of=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [curl]=curl
         [taskset]=util-linux [python3]=python3 [flock]=util-linux [openssl]=openssl
-        [h2load]=nghttp2-client [ps]=procps [redis-server]=redis-server [redis-cli]=redis-tools)
-    local need=(nginx curl taskset python3)
-    if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache || wants_mode aggregate; then need+=(wrk); fi
-    if ((HAS_TLS)) || wants_mode auth; then need+=(openssl); fi
-    if ((HAS_TLS)) || wants_mode auth || wants_mode ratelimit || wants_mode cache || wants_mode aggregate; then need+=(ps); fi
+        [h2load]=nghttp2-client [ps]=procps [redis-server]=redis-server [redis-cli]=redis-tools
+        [ss]=iproute2)
+    local need=(nginx curl taskset python3) m wrk=0 ps=0
+    for m in "${MODE_LIST[@]}"; do
+        case "$m" in
+            http | https | body1k | body64k | newconn | auth | ratelimit | cache | aggregate | full) wrk=1 ;;
+        esac
+        # CPU accounting (cpu_ticks) and the memory of mode idle walk the process tree with ps
+        if [[ "$m" != http ]]; then ps=1; fi
+    done
+    ((wrk)) && need+=(wrk)
+    ((ps)) && need+=(ps)
+    if ((HAS_TLS)) || wants_mode auth || wants_mode full; then need+=(openssl); fi
+    wants_mode idle && need+=(ss)
     if wants_mode ratelimit || wants_mode cache; then need+=(redis-server redis-cli); fi
     wants_mode h2 && need+=(h2load)
     wants haproxy && need+=(haproxy)
@@ -348,6 +392,13 @@ fi
 
 # Lots of connections need file descriptors; raise the soft limit as far as allowed.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Mode idle: the client (one process) and each proxy hold IDLE_CONNS sockets at once, HAProxy
+# asks for about twice its maxconn (IDLE_CONNS + 1000).
+if wants_mode idle && wants haproxy; then IDLE_FDS=$((2 * (IDLE_CONNS + 1000) + 100)); else IDLE_FDS=$((IDLE_CONNS + 1100)); fi
+if wants_mode idle && [[ "$(ulimit -n)" != unlimited ]] && (($(ulimit -n) < IDLE_FDS)); then
+    echo "run.sh: IDLE_CONNS=$IDLE_CONNS needs about $IDLE_FDS file descriptors, the limit is $(ulimit -n) (hard: $(ulimit -Hn)); lower IDLE_CONNS or raise the limit" >&2
+    exit 2
+fi
 
 # ---------------------------------------------------------------- ports
 # Bind port 0 on 127.0.0.1 for each slot (all sockets open at once, so the ports differ),
@@ -450,6 +501,38 @@ if wants_mode auth && [[ -n "$GATEHOUSE" ]]; then
     AUTH_PARAMS="$(cut -d'$' -f4 <<<"$AUTH_HASH")" # m=…,t=…,p=…
 fi
 
+# Mode full: JWT with HS256 against a random secret of 64 characters (a throw-away benchmark
+# secret, made once per run; Gatehouse uses its bytes as the HMAC key), and the token minted
+# afresh for each full measurement like mode auth's (exp = now + 1 h). The rate limit is mode
+# ratelimit's (100 M/s, never reached); the access log is JSON, written to a file in the temp dir.
+FULL_SECRET=""
+FULL_JWT_HEADER='{"alg":"HS256","typ":"JWT"}'
+FULL_HDR=() # the credential header wrk and the checks send (none: nothing)
+FULL_BAD=() # the same signature over other claims, which must be refused
+FULL_JWT_LEN=""
+FULL_SECRET_ENV=GATEHOUSE_BENCH_JWT_SECRET # the config names it; the secret never appears in a file
+declare -A FULL_CHECK # per variant: what the checks saw (round 1)
+FULL_AFTER=""         # the counts after round 1's measured run of full
+FULL_LOG_SAMPLE=""    # a line of round 1's access log
+declare -A NEWCONN_CHECK # mode newconn, per proxy: the Connection header of the check's answer (round 1)
+# mint_hs256 : an HS256 token for sub "bench" that expires in an hour, signed with FULL_SECRET
+mint_hs256() {
+    local h p sig
+    h="$(printf '%s' "$FULL_JWT_HEADER" | b64url)"
+    p="$(jwt_payload "$((EPOCHSECONDS + 3600))" | b64url)"
+    sig="$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -hmac "$FULL_SECRET" -binary | b64url)" || return 1
+    [[ -n "$sig" ]] || return 1
+    printf '%s.%s.%s' "$h" "$p" "$sig"
+}
+if wants_mode full && [[ -n "$GATEHOUSE" ]]; then
+    mkdir -p "$WORK/full"
+    record_text "full: JWT secret = openssl rand -hex 32 (64 characters, once per run)"
+    FULL_SECRET="$(openssl rand -hex 32)" || die "openssl rand failed"
+    [[ ${#FULL_SECRET} == 64 ]] || die "openssl rand -hex 32 gave '${FULL_SECRET}'"
+    export "$FULL_SECRET_ENV=$FULL_SECRET" # gatehouse reads it from the config's \${...}
+    record_text "full: token = base64url('$FULL_JWT_HEADER') . base64url('$(jwt_payload 0 | sed 's/0}$/NOW+3600}/')') . base64url(openssl dgst -sha256 -hmac SECRET -binary of the first two), no padding; minted afresh for each full measurement"
+fi
+
 # Mode ratelimit: a limit far above anything wrk reaches (100 M/s, burst 1 M), so every measured
 # request goes through the limiter (GCRA in the memory store) and passes. limited counts by
 # client IP (one key: 127.0.0.1), limited_by_header by the header x-tenant, which wrk sends.
@@ -498,12 +581,12 @@ DELAY_STATUS="" # empty = usable; otherwise why the *_delayed variants are not m
 declare -A AGG_CHECK # per variant: what the check saw (round 1)
 AGG_FANOUT_TIME="" # curl's time_total of /agg and of the 3 calls one after the other (delayed, round 1)
 
-nginx_common() { # $1 = instance dir
+nginx_common() { # $1 = instance dir, $2 = worker_connections (4096)
     cat <<EOF
 worker_processes 1;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections ${2:-4096}; }
 EOF
 }
 nginx_temp_paths() { # $1 = instance dir; Debian compiles these into /var/lib/nginx
@@ -564,22 +647,41 @@ ms() {
     }'
 }
 
-# cpu_ticks PID : utime + stime (clock ticks) of PID and all its descendants (nginx: master
-# and worker), from /proc/PID/stat; threads are included in their process's figures.
-cpu_ticks() {
-    local p total=0 st f
-    for p in $(ps -e -o pid= -o ppid= | awk -v root="$1" '
+# proc_tree PID : PID and all its descendants (nginx: master and worker), one per line
+proc_tree() {
+    ps -e -o pid= -o ppid= | awk -v root="$1" '
         { parent[$1] = $2 }
         END {
             keep[root] = 1; grew = 1
             while (grew) { grew = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grew = 1 } }
             for (p in keep) print p
-        }'); do
+        }'
+}
+# cpu_ticks PID : utime + stime (clock ticks) of PID and all its descendants (nginx: master
+# and worker), from /proc/PID/stat; threads are included in their process's figures.
+cpu_ticks() {
+    local p total=0 st f
+    for p in $(proc_tree "$1"); do
         st="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
         read -r -a f <<<"${st##*) }" # fields from 3 (state) on: utime is field 14, stime 15
         total=$((total + f[11] + f[12]))
     done
     echo "$total"
+}
+
+# mem_kib PID : "RSS PSS" in KiB, summed over PID and its descendants (nginx: master and
+# worker), from /proc/P/smaps_rollup; where only /proc/P/status can be read (kernels before
+# 4.14), its VmRSS, and PSS is "?"; "? ?" when nothing could be read
+mem_kib() {
+    local p
+    for p in $(proc_tree "$1"); do
+        if [[ -r "/proc/$p/smaps_rollup" ]]; then
+            cat "/proc/$p/smaps_rollup" 2>/dev/null || true
+        else
+            awk '/^VmRSS:/ { print "Rss:", $2, "kB"; print "NoPss:" }' "/proc/$p/status" 2>/dev/null || true
+        fi
+    done | awk '/^Rss:/ { r += $2; n++ } /^Pss:/ { q += $2 } /^NoPss:/ { nopss = 1 }
+        END { if (!n) print "? ?"; else print r, (nopss ? "?" : q) }'
 }
 
 # seconds DURATION : wrk/h2load-style duration ("8s", "1m", "500ms", "10") -> whole seconds
@@ -595,6 +697,21 @@ seconds() {
 }
 
 # ---------------------------------------------------------------- backend
+# Modes body1k and body64k: the backend serves /1k and /64k, static files of exactly 1024 and
+# 65536 bytes (printable ASCII; nginx's `return` cannot hold 64 KiB, its config tokens are
+# limited to 4 KiB). The files, and the locations, exist only when those modes run.
+BODY_DIR="$WORK/backend/www"
+# body_file MODE : the backend's answer of MODE, as a file (the check compares against it)
+body_file() { echo "$BODY_DIR/${1#body}"; }
+# body_locations : modes body1k and body64k: the backend's locations (nothing in other modes)
+body_locations() {
+    local m
+    for m in body1k body64k; do
+        wants_mode "$m" || continue
+        printf '\n        location = %s {\n            root %s;\n            default_type application/octet-stream;\n        }' \
+            "$(body_path "$m")" "$BODY_DIR"
+    done
+}
 # agg_locations : mode aggregate: the backend's three JSON answers (nothing in other modes)
 agg_locations() {
     wants_mode aggregate || return 0
@@ -610,6 +727,15 @@ agg_locations() {
 }
 BACKEND_DIR="$WORK/backend"
 mkdir -p "$BACKEND_DIR/tmp"
+for m in body1k body64k; do
+    wants_mode "$m" || continue
+    mkdir -p "$BODY_DIR"
+    chmod 755 "$BACKEND_DIR" "$BODY_DIR"
+    record_text "$m: the backend's $(body_file "$m") = the first $(body_size "$m") bytes of 'gatehouse bench body 0123456789 ' repeated (python3)"
+    python3 -c 'import sys; n = int(sys.argv[2]); open(sys.argv[1], "wb").write((b"gatehouse bench body 0123456789 " * (n // 31 + 1))[:n])' \
+        "$(body_file "$m")" "$(body_size "$m")"
+    chmod 644 "$(body_file "$m")"
+done
 {
     nginx_common "$BACKEND_DIR"
     cat <<EOF
@@ -623,7 +749,7 @@ $(nginx_temp_paths "$BACKEND_DIR")
         location / {
             default_type text/plain;
             return 200 "hello\\n";
-        }$(agg_locations)
+        }$(agg_locations)$(body_locations)
     }
 }
 EOF
@@ -639,6 +765,14 @@ wait_ready backend "$BACKEND_PID" "$BACKEND_PORT" "$BACKEND_DIR/error.log" ||
 record curl -s "http://127.0.0.1:$BACKEND_PORT/"
 EXPECTED_BODY="$(curl -s --max-time 5 "http://127.0.0.1:$BACKEND_PORT/")"
 [[ "$EXPECTED_BODY" == "hello" ]] || die "backend returned unexpected body: '$EXPECTED_BODY'"
+for m in body1k body64k; do
+    wants_mode "$m" || continue
+    record curl -s "http://127.0.0.1:$BACKEND_PORT$(body_path "$m")"
+    curl -s --max-time 5 -o "$BACKEND_DIR/check-${m#body}" "http://127.0.0.1:$BACKEND_PORT$(body_path "$m")" || true
+    cmp -s "$BACKEND_DIR/check-${m#body}" "$(body_file "$m")" ||
+        die "backend did not serve $(body_path "$m") as the $(body_size "$m")-byte file $(body_file "$m") (see $BACKEND_DIR/error.log)"
+    rm -f "$BACKEND_DIR/check-${m#body}"
+done
 log "backend ready on 127.0.0.1:$BACKEND_PORT"
 
 # ---------------------------------------------------------------- redis-server (ratelimit, cache)
@@ -766,20 +900,132 @@ SERVER
     fi
 fi
 
+# ---------------------------------------------------------------- idle client (mode idle)
+# A python3 asyncio client, pinned to LOAD_CPU: opens N connections to the proxy (at most 50 being
+# opened at once), sends one keep-alive GET / (HTTP/1.1) on each and reads the whole answer
+# (Content-Length or chunked; 200 with the expected body, no Connection: close), then prints
+# "ready OK FAILED SECONDS REASONS" and keeps them all open and idle until SIGTERM (or until the
+# script is gone), then prints "closed_by_server N" (connections the proxy had closed) and closes
+# them. Each connection has 10 s to connect and 10 s per read, the whole opening TIMEOUT s.
+IDLE_SETTLE=2                             # seconds all connections sit idle before memory is read
+IDLE_TIMEOUT=$((30 + IDLE_CONNS / 100)) # seconds for the client to open and use them all
+IDLE_CLIENT=""
+if wants_mode idle; then
+    mkdir -p "$WORK/idle"
+    IDLE_CLIENT="$WORK/idle/client.py"
+    record_text "idle: memory = the sums of Rss and Pss in /proc/PID/smaps_rollup over the proxy's processes (ps -e -o pid= -o ppid=), after the check request, ${IDLE_SETTLE} s after all the client's connections are idle, and 1 s after it closed them"
+    cat >"$IDLE_CLIENT" <<'CLIENT'
+import asyncio, os, signal, sys, time
+
+port, n, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+expect = sys.argv[4].encode()
+parent = os.getppid()
+REQ = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: bench-idle\r\n\r\n" % port
+AT_ONCE = 50
+
+
+async def read(coro):
+    return await asyncio.wait_for(coro, 10)
+
+
+async def one(sem):
+    async with sem:
+        r, w = await read(asyncio.open_connection("127.0.0.1", port))
+        try:
+            w.write(REQ)
+            head = (await read(r.readuntil(b"\r\n\r\n"))).decode("latin-1").split("\r\n")
+            status = (head[0].split(" ") + ["?"])[1]
+            hdrs = {}
+            for line in head[1:]:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    hdrs[k.strip().lower()] = v.strip()
+            if "content-length" in hdrs:
+                body = await read(r.readexactly(int(hdrs["content-length"])))
+            elif "chunked" in hdrs.get("transfer-encoding", "").lower():
+                body = b""
+                while True:
+                    size = int((await read(r.readline())).split(b";")[0].strip(), 16)
+                    chunk = await read(r.readexactly(size + 2))
+                    if size == 0:
+                        break
+                    body += chunk[:-2]
+            else:
+                raise ValueError("an answer without Content-Length or chunked body")
+            if status != "200" or body != expect:
+                raise ValueError("HTTP %s, body %r" % (status, body[:40]))
+            if "close" in hdrs.get("connection", "").lower():
+                raise ValueError("the answer says Connection: close")
+        except BaseException:
+            w.close()
+            raise
+        return r, w
+
+
+async def main():
+    t0 = time.monotonic()
+    sem = asyncio.Semaphore(AT_ONCE)
+    tasks = [asyncio.ensure_future(one(sem)) for _ in range(n)]
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for t in pending:
+        t.cancel()
+    conns, errors = [], {}
+    for t in done:
+        e = t.exception()
+        if e is None:
+            conns.append(t.result())
+        else:
+            k = (type(e).__name__ + " " + str(e))[:100]
+            errors[k] = errors.get(k, 0) + 1
+    if pending:
+        errors["not done within %g s" % timeout] = len(pending)
+    why = "; ".join("%s (%d)" % kv for kv in errors.items())
+    print("ready %d %d %.1f %s" % (len(conns), n - len(conns), time.monotonic() - t0, why), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    while not stop.is_set() and os.getppid() == parent:
+        try:
+            await asyncio.wait_for(stop.wait(), 1)
+        except asyncio.TimeoutError:
+            pass
+    print("closed_by_server %d" % sum(1 for r, w in conns if r.at_eof()), flush=True)
+    for r, w in conns:
+        w.close()
+
+
+asyncio.run(main())
+CLIENT
+fi
+
 # ---------------------------------------------------------------- proxies
 # start_proxy NAME MODE : writes config, starts pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT
-# PROXY_LOG PROXY_DIR. Plain HTTP (mode http) lives in $WORK/NAME; the TLS modes share one
-# config per proxy in $WORK/tls/NAME (a TLS listener that also offers h2 via ALPN).
+# PROXY_LOG PROXY_DIR. Plain HTTP (mode http, and body1k, body64k and newconn, which use the same
+# configs) lives in $WORK/NAME; the TLS modes share one config per proxy in $WORK/tls/NAME (a
+# TLS listener that also offers h2 via ALPN). Mode idle is the plain config with room for
+# IDLE_CONNS client connections (nginx worker_connections, HAProxy maxconn, Gatehouse
+# server.max_connections and max_connections_per_ip), in $WORK/idle/NAME.
 start_proxy() {
     local name="$1" mode="${2:-http}" dir="$WORK/$1" tls=0
-    if [[ "$mode" != http ]]; then
+    if is_tls_mode "$mode"; then
         tls=1
         dir="$WORK/tls/$1"
+    elif [[ "$mode" == idle ]]; then
+        dir="$WORK/idle/$1"
     fi
     PROXY_DIR="$dir"
     mkdir -p "$dir/tmp"
     # Variable parts of the configs; empty for plain HTTP, so that its configs stay as they were.
-    local nginx_listen="" nginx_ssl="" keepalive=64 haproxy_bind="" haproxy_global=""
+    local nginx_listen="" nginx_ssl="" keepalive=64 haproxy_bind="" haproxy_global="" worker_conns=4096 gh_server=""
+    if [[ "$mode" == idle ]]; then
+        worker_conns=$((IDLE_CONNS + 1000))
+        if ((worker_conns < 4096)); then worker_conns=4096; fi
+        gh_server="server:
+  max_connections: $((IDLE_CONNS + 1000))
+  max_connections_per_ip: $((IDLE_CONNS + 1000))
+"
+    fi
     if ((tls)); then
         keepalive=$TLS_UPSTREAM_KEEPALIVE
         nginx_listen=" ssl http2"
@@ -797,7 +1043,7 @@ start_proxy() {
             PROXY_PORT=$NGINX_PORT
             PROXY_LOG="$dir/error.log"
             {
-                nginx_common "$dir"
+                nginx_common "$dir" "$worker_conns"
                 cat <<EOF
 http {
     access_log off;
@@ -830,6 +1076,7 @@ EOF
             PROXY_LOG="$dir/haproxy.log"
             # An explicit maxconn makes haproxy ask for ~2*maxconn fds; keep it modest.
             local maxconn=$((CONNECTIONS + 1000))
+            if [[ "$mode" == idle ]] && ((IDLE_CONNS + 1000 > maxconn)); then maxconn=$((IDLE_CONNS + 1000)); fi
             if ((maxconn < 4096)); then maxconn=4096; fi
             cat >"$dir/haproxy.cfg" <<EOF
 global
@@ -876,7 +1123,7 @@ EOF
 $listen
 workers: 1
 access_log: off
-upstreams:
+${gh_server}upstreams:
   backend:
     targets: ["http://127.0.0.1:$BACKEND_PORT"]
 routes:
@@ -973,6 +1220,7 @@ start_variant() {
         ratelimit) start_ratelimit "$2" ;;
         cache) start_cache "$2" ;;
         aggregate) start_aggregate "$2" ;;
+        full) start_full "$2" ;;
     esac
 }
 # variant_check MODE VARIANT PORT : the checks of VARIANT before it is measured
@@ -982,6 +1230,7 @@ variant_check() {
         ratelimit) rl_check "$2" "$3" ;;
         cache) cache_check "$2" "$3" ;;
         aggregate) agg_check "$2" "$3" ;;
+        full) full_check "$2" "$3" ;;
     esac
 }
 # uses_redis MODE VARIANT : whether VARIANT of MODE keeps its state in the script's redis-server
@@ -1384,13 +1633,342 @@ EOF
     [[ -z "$RL_CHECK_REASON" ]]
 }
 
+# plain_check MODE NAME PORT : modes body1k and body64k: GET /1k (/64k) through the proxy must
+# answer 200 with exactly the backend's file (size and bytes); newconn: GET / with
+# `Connection: close` must answer 200 with the backend's body and `Connection: close` (the proxy
+# closes after answering; the PassiveOpens count under load checks that it really does). On
+# failure CHECK_REASON says why.
+plain_check() {
+    local mode="$1" name="$2" url="http://127.0.0.1:$3" f code size hdrs body conn
+    CHECK_REASON=""
+    case "$mode" in
+        body1k | body64k)
+            f="$PROXY_DIR/check-$mode.bin"
+            url+="$(body_path "$mode")"
+            record curl -s -o "$f" -w '%{http_code} %{size_download}' "$url"
+            read -r code size < <(curl -s -o "$f" -w '%{http_code} %{size_download}\n' --max-time 5 "$url" || true)
+            if [[ "$code" != 200 || "$size" != "$(body_size "$mode")" ]]; then
+                CHECK_REASON="GET $(body_path "$mode"): HTTP ${code:-none}, ${size:-?} bytes (expected 200 and $(body_size "$mode") bytes)"
+                return 1
+            fi
+            if ! cmp -s "$f" "$(body_file "$mode")"; then
+                CHECK_REASON="GET $(body_path "$mode"): $size bytes, but not the backend's ($(cmp "$f" "$(body_file "$mode")" 2>&1 | head -n 1))"
+                return 1
+            fi
+            log "$name: GET $(body_path "$mode") answered 200 with the backend's $size bytes"
+            rm -f "$f"
+            ;;
+        newconn)
+            url+="/"
+            record curl -s -D - -o "$PROXY_DIR/check-body.txt" -H "Connection: close" "$url"
+            hdrs="$(curl -s -D - -o "$PROXY_DIR/check-body.txt" -H "Connection: close" --max-time 5 "$url" || true)"
+            code="$(status_of <<<"$hdrs")"
+            body="$(cat "$PROXY_DIR/check-body.txt" 2>/dev/null || true)"
+            conn="$(hdr_value connection <<<"$hdrs")"
+            if [[ "$code" != 200 || "$body" != "$EXPECTED_BODY" ]]; then
+                CHECK_REASON="HTTP ${code:-none}, body '$body' (expected 200, '$EXPECTED_BODY')"
+                return 1
+            fi
+            if [[ "${conn,,}" != *close* ]]; then
+                CHECK_REASON="the answer to a request with Connection: close carries Connection: '${conn}' (expected close)"
+                return 1
+            fi
+            if ((ROUND == 1)); then NEWCONN_CHECK[$name]="$conn"; fi
+            ;;
+    esac
+}
+
+# passive_opens : TCP connections accepted on this host (network namespace) so far, from
+# /proc/net/snmp (Tcp: PassiveOpens)
+passive_opens() {
+    awk '/^Tcp:/ { if (!h) { for (i = 2; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1 } else if (c) print $c }' \
+        /proc/net/snmp 2>/dev/null || true
+}
+# wrk_bytes OUTFILE : the bytes wrk read ("… requests in 3.01s, 8.71MB read"; binary units)
+wrk_bytes() {
+    awk '/ requests in / && / read$/ {
+        v = $(NF - 1); n = v; sub(/[A-Z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+        f = (u == "B") ? 1 : (u == "KB") ? 1024 : (u == "MB") ? 1048576 : (u == "GB") ? 1073741824 : (u == "TB") ? 1099511627776 : -1
+        if (f > 0 && n != "") printf "%.0f\n", n * f
+        exit }' "$1"
+}
+# line_count FILE : lines in FILE (0 when it does not exist)
+line_count() {
+    if [[ -f "$1" ]]; then wc -l <"$1"; else echo 0; fi
+}
+
+# start_full VARIANT : mode full: writes the config of VARIANT and starts gatehouse with it,
+# pinned to PROXY_CPU; sets PROXY_PID PROXY_PORT PROXY_LOG PROXY_DIR and the credentials
+# FULL_HDR (a valid HS256 token) and FULL_BAD (its signature over other claims). none is the
+# config of mode http (access_log off, no admin listener); full is the same route with the JSON
+# access log written to a file, the admin listener (metrics), JWT auth (HS256, the secret from
+# the environment) and mode ratelimit's memory rate limit (never reached).
+start_full() {
+    local v="$1" dir="$WORK/full/$1" access="access_log: off" admin="" policies="" token bad
+    PROXY_DIR="$dir"
+    PROXY_PORT=$GATEHOUSE_PORT
+    PROXY_LOG="$dir/gatehouse.log"
+    mkdir -p "$dir"
+    FULL_HDR=()
+    FULL_BAD=()
+    if [[ "$v" == full ]]; then
+        rm -f "$dir/access.log"
+        access="access_log: { format: json, path: \"$dir/access.log\" }"
+        admin="admin: { addr: \"127.0.0.1:$ADMIN_PORT\" }"$'\n'
+        policies=$'\n'"    auth: { methods: [jwt], jwt: { secret: \"\${$FULL_SECRET_ENV}\", algorithms: [HS256] } }"
+        policies+=$'\n'"    rate_limit: { key: client_ip, $RL_POLICY }"
+        token="$(mint_hs256)" || die "could not sign the HS256 JWT"
+        FULL_HDR=("Authorization: Bearer $token")
+        FULL_JWT_LEN=${#token}
+        # the same signature over other claims (sub "intruder"): must fail verification
+        bad="$(jwt_payload "$((EPOCHSECONDS + 3600))" intruder | b64url)"
+        FULL_BAD=("Authorization: Bearer ${token%%.*}.$bad.${token##*.}")
+    fi
+    cat >"$dir/gatehouse.yaml" <<EOF
+listen: "127.0.0.1:$PROXY_PORT"
+workers: 1
+$access
+${admin}upstreams:
+  backend:
+    targets: ["http://127.0.0.1:$BACKEND_PORT"]
+routes:
+  - match: { path_prefix: "/" }
+    upstream: backend$policies
+EOF
+    start_bg "gatehouse[full:$v]" "$PROXY_CPU" "$PROXY_LOG" "$GATEHOUSE" run --config "$dir/gatehouse.yaml"
+    PROXY_PID=$LAST_PID
+}
+
+# full_check VARIANT PORT : with its credential (FULL_HDR; none: no header) the variant must
+# answer 200 with the backend's body; none without RateLimit-Limit, full with RateLimit-Limit:
+# RL_LIMIT_N (the request was counted). full must also answer 401 without a token and 401 to a
+# forged one, write JSON access-log lines to its file (a 200 and a 401 among them, within 2 s)
+# and serve /metrics on its admin listener. On failure CHECK_REASON says why.
+full_check() {
+    local v="$1" url="http://127.0.0.1:$2/" hdrs code body lim h i m log_statuses=""
+    local cmd=(curl -s -D - -o "$PROXY_DIR/check-body.txt")
+    for h in "${FULL_HDR[@]}"; do cmd+=(-H "$h"); done
+    CHECK_REASON=""
+    record "${cmd[@]}" "$url"
+    hdrs="$("${cmd[@]}" --max-time 5 "$url" || true)"
+    code="$(status_of <<<"$hdrs")"
+    body="$(cat "$PROXY_DIR/check-body.txt" 2>/dev/null || true)"
+    lim="$(hdr_value ratelimit-limit <<<"$hdrs")"
+    if [[ "$code" != 200 || "$body" != "$EXPECTED_BODY" ]]; then
+        CHECK_REASON="$([[ "$v" == none ]] && echo "without a credential" || echo "with the token"): HTTP ${code:-none}, body '$body' (expected 200, '$EXPECTED_BODY')"
+        return 1
+    fi
+    if [[ "$v" == none ]]; then
+        if [[ -n "$lim" ]]; then
+            CHECK_REASON="RateLimit-Limit: $lim on the bare route"
+            return 1
+        fi
+        if ((ROUND == 1)); then FULL_CHECK[none]="200 without a credential, no RateLimit-Limit"; fi
+        return 0
+    fi
+    if [[ "$lim" != "$RL_LIMIT_N" ]]; then
+        CHECK_REASON="RateLimit-Limit: '${lim}' (expected $RL_LIMIT_N: the request was not counted)"
+        return 1
+    fi
+    record curl -s -o /dev/null -w '%{http_code}' "$url"
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)"
+    if [[ "$code" != 401 ]]; then
+        CHECK_REASON="without a token: HTTP $code (expected 401)"
+        return 1
+    fi
+    record curl -s -o /dev/null -w '%{http_code}' -H "${FULL_BAD[0]}" "$url"
+    code="$(curl -s -o /dev/null -w '%{http_code}' -H "${FULL_BAD[0]}" --max-time 5 "$url" || true)"
+    if [[ "$code" != 401 ]]; then
+        CHECK_REASON="with a forged token (the signature over other claims): HTTP $code (expected 401)"
+        return 1
+    fi
+    # The log writer gathers lines for up to 10 ms; wait for the check's lines, up to 2 s.
+    for ((i = 0; i < 20; i++)); do
+        log_statuses="$(python3 -c '
+import json, sys
+try:
+    lines = open(sys.argv[1]).read().splitlines()
+    print(" ".join(str(json.loads(l)["status"]) for l in lines))
+except Exception as e:
+    print("unreadable:", e)' "$PROXY_DIR/access.log" 2>/dev/null || true)"
+        if [[ " $log_statuses " == *" 200 "* && " $log_statuses " == *" 401 "* ]]; then break; fi
+        sleep 0.1
+    done
+    if [[ " $log_statuses " != *" 200 "* || " $log_statuses " != *" 401 "* ]]; then
+        CHECK_REASON="the access log $PROXY_DIR/access.log has no JSON lines with status 200 and 401 after the checks (log_statuses: '${log_statuses}')"
+        return 1
+    fi
+    record curl -s "http://127.0.0.1:$ADMIN_PORT/metrics"
+    # (into a variable first: grep -q would stop reading early, and curl's SIGPIPE would fail
+    # the pipeline under pipefail)
+    m="$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" || true)"
+    if ! grep -q '^gatehouse_http_requests_total{' <<<"$m"; then
+        CHECK_REASON="no gatehouse_http_requests_total in /metrics on the admin listener 127.0.0.1:$ADMIN_PORT"
+        return 1
+    fi
+    if ((ROUND == 1)); then
+        FULL_CHECK[full]="200 with the token (RateLimit-Limit: $RL_LIMIT_N), 401 without a token, 401 with a forged one; access log: JSON lines with statuses $log_statuses; /metrics answered"
+    fi
+}
+
+# full_after COUNT LINES0 : mode full, variant full, after the measured run: the access log must
+# have a line for each of the COUNT requests wrk completed (it had LINES0 before the run; the
+# writer is given up to 3 s to catch up), and /metrics, scraped once now, must count at least
+# COUNT answered 2xx requests, JWT successes and rate-limit passes, and no request limited.
+# Keeps the first lines of the log as a sample and empties the log (it grows by about 250 bytes
+# per request). On failure CHECK_REASON says why.
+full_after() {
+    local n="$1" l0="${2:-0}" l1 prev=-1 i m req auth allowed limited sfx=""
+    CHECK_REASON=""
+    [[ "$n" =~ ^[0-9]+$ ]] || { CHECK_REASON="no request count from wrk"; return 1; }
+    l1="$(line_count "$PROXY_DIR/access.log")"
+    for ((i = 0; i < 30 && l1 != prev; i++)); do
+        prev=$l1
+        sleep 0.1
+        l1="$(line_count "$PROXY_DIR/access.log")"
+    done
+    record curl -s "http://127.0.0.1:$ADMIN_PORT/metrics"
+    m="$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" || true)"
+    read -r req auth allowed limited < <(awk '
+        /^gatehouse_http_requests_total\{/ && /status_class="2xx"/ { req += $NF }
+        /^gatehouse_auth_total\{/ && /method="jwt"/ && /result="success"/ { auth += $NF }
+        /^gatehouse_rate_limit_total\{/ && /result="allowed"/ { allowed += $NF }
+        /^gatehouse_rate_limit_total\{/ && /result="limited"/ { limited += $NF }
+        END { printf "%d %d %d %d\n", req, auth, allowed, limited }' <<<"$m")
+    log "gatehouse[full:full]: access log +$((l1 - l0)) lines, /metrics: $req 2xx answers, $auth JWT successes, $allowed rate-limit passes, $limited limited, for $n requests measured"
+    if ((ROUNDS > 1)); then sfx="-r$ROUND"; fi
+    head -n 3 "$PROXY_DIR/access.log" >"$PROXY_DIR/access-sample$sfx.txt" 2>/dev/null || true
+    if ((ROUND == 1)); then
+        FULL_LOG_SAMPLE="$(grep -m1 '"status":200' "$PROXY_DIR/access.log" 2>/dev/null || true)"
+        FULL_AFTER="the access log got $((l1 - l0)) lines during the run; /metrics after it: $req 2xx answers, $auth JWT successes, $allowed rate-limit passes, $limited limited (counted from the start: checks and warm-up included), for $n requests measured"
+    fi
+    : >"$PROXY_DIR/access.log"
+    if ((l1 - l0 < n)); then
+        CHECK_REASON="the access log got $((l1 - l0)) lines for $n requests (lines dropped or not written)"
+    elif [[ -z "$m" ]]; then
+        CHECK_REASON="could not scrape /metrics from 127.0.0.1:$ADMIN_PORT"
+    elif ((req < n || auth < n || allowed < n)); then
+        CHECK_REASON="/metrics counts $req 2xx answers, $auth JWT successes and $allowed rate-limit passes for $n requests (expected at least $n each)"
+    elif ((limited > 0)); then
+        CHECK_REASON="/metrics counts $limited requests limited (429)"
+    fi
+    [[ -z "$CHECK_REASON" ]]
+}
+
+# measure_idle NAME : mode idle, one round for one proxy: start it (config with room for
+# IDLE_CONNS connections), check the body (that request is the warm-up), read its memory, let
+# the idle client open IDLE_CONNS keep-alive connections that each get one answer and then stay
+# idle, wait IDLE_SETTLE s, count the connections established on the proxy's port and read its
+# memory again, then stop the client and the proxy. Appends this round's figures ("-" if there
+# is none) to the MEM_*_R lists, keyed "idle:NAME".
+measure_idle() {
+    local name="$1" key="idle:$1" sfx="" url body out cpid line ok bad secs why i held="-" held_c=""
+    local rss0="" pss0="" rss1="" pss1="" kpc="-" kpcp="-" rnote="" closed r0="-" r1="-" q0="-" q1="-" r2="-"
+    if ((ROUNDS > 1)); then
+        sfx="-r$ROUND"
+        log "---- $name [idle] (round $ROUND/$ROUNDS) ----"
+    else
+        log "---- $name [idle] ----"
+    fi
+    start_proxy "$name" idle
+    if ! wait_ready "$name" "$PROXY_PID" "$PROXY_PORT" "$PROXY_LOG"; then
+        add_note "$key" "failed to start: $WAIT_REASON, skipped (its log tail is on stderr)"
+        FAILED=1
+        stop_pid "$PROXY_PID"
+    else
+        url="http://127.0.0.1:$PROXY_PORT/"
+        record curl -s "$url"
+        body="$(curl -s --max-time 5 "$url" || true)"
+        if [[ "$body" != "$EXPECTED_BODY" ]]; then
+            log "$name returned body '$body', expected '$EXPECTED_BODY'"
+            add_note "$key" "wrong response body, skipped"
+            FAILED=1
+            stop_pid "$PROXY_PID"
+        else
+            sleep 1
+            read -r rss0 pss0 < <(mem_kib "$PROXY_PID")
+            out="$PROXY_DIR/client$sfx.txt"
+            log "$name ok on 127.0.0.1:$PROXY_PORT (RSS $rss0 KiB, PSS $pss0 KiB); opening $IDLE_CONNS idle keep-alive connections"
+            start_bg idle-client "$LOAD_CPU" "$out" python3 "$IDLE_CLIENT" "$PROXY_PORT" "$IDLE_CONNS" "$IDLE_TIMEOUT" "$EXPECTED_BODY"$'\n'
+            cpid=$LAST_PID
+            line=""
+            for ((i = 0; i < (IDLE_TIMEOUT + 10) * 10; i++)); do
+                line="$(grep -m1 '^ready ' "$out" 2>/dev/null || true)"
+                [[ -z "$line" ]] || break
+                kill -0 "$cpid" 2>/dev/null || break
+                sleep 0.1
+            done
+            read -r _ ok bad secs why <<<"$line" || true
+            if [[ "${ok:-}" != "$IDLE_CONNS" ]]; then
+                rnote="the client got an answer on ${ok:-0} of $IDLE_CONNS connections (${why:-client output: $(tail -n 3 "$out" 2>/dev/null | paste -sd' ' -)})"
+                log "$name: $rnote"
+                FAILED=1
+            else
+                log "idle client: $IDLE_CONNS connections answered and idle after ${secs} s; waiting ${IDLE_SETTLE} s"
+                sleep "$IDLE_SETTLE"
+                record ss -Htn state established "( sport = :$PROXY_PORT )"
+                held="$(ss -Htn state established "( sport = :$PROXY_PORT )" 2>/dev/null | wc -l)"
+                held_c="$(ss -Htn state established "( dport = :$PROXY_PORT )" 2>/dev/null | wc -l)"
+                read -r rss1 pss1 < <(mem_kib "$PROXY_PID")
+                log "$name: $held connections established on its port ($held_c on the client's side); RSS $rss1 KiB, PSS $pss1 KiB"
+                if ((held < IDLE_CONNS)); then
+                    rnote="only $held of $IDLE_CONNS client connections were established on the proxy's side after ${IDLE_SETTLE} s idle ($held_c on the client's)"
+                    FAILED=1
+                elif ! [[ "$rss0" =~ ^[0-9]+$ && "$rss1" =~ ^[0-9]+$ ]]; then
+                    rnote="could not read the proxy's memory from /proc"
+                    FAILED=1
+                else
+                    r0=$rss0
+                    r1=$rss1
+                    kpc="$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN { printf "%.2f", (b - a) / n }')"
+                    if [[ "$pss0" =~ ^[0-9]+$ && "$pss1" =~ ^[0-9]+$ ]]; then
+                        q0=$pss0
+                        q1=$pss1
+                        kpcp="$(awk -v a="$pss0" -v b="$pss1" -v n="$IDLE_CONNS" 'BEGIN { printf "%.2f", (b - a) / n }')"
+                    fi
+                    log "$name: $kpc KiB RSS ($kpcp KiB PSS) per idle connection"
+                fi
+            fi
+            stop_pid "$cpid"
+            closed="$(awk '/^closed_by_server / {print $2}' "$out" 2>/dev/null || true)"
+            if [[ "$ok" == "$IDLE_CONNS" && "${closed:-0}" != 0 ]]; then
+                rnote="${rnote:+$rnote; }the proxy closed $closed of the idle connections before the client did"
+            fi
+            # What stays after the connections are gone: memory the proxy keeps (its allocator's
+            # free lists, caches) rather than memory held per connection.
+            if [[ "$kpc" != - ]]; then
+                sleep 1
+                read -r r2 _ < <(mem_kib "$PROXY_PID")
+                log "$name: RSS $r2 KiB 1 s after the client closed its connections"
+            fi
+            if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+                rnote="${rnote:+$rnote; }proxy died during the run"
+                FAILED=1
+                kpc="-" kpcp="-" held="-" r0="-" r1="-" q0="-" q1="-" r2="-"
+            fi
+            if [[ -n "$rnote" ]]; then add_note "$key" "$rnote"; fi
+            stop_pid "$PROXY_PID"
+        fi
+    fi
+    if [[ "$kpc" == - ]]; then held="-"; fi
+    MEM_RSS0_R[$key]="${MEM_RSS0_R[$key]:+${MEM_RSS0_R[$key]} }$r0"
+    MEM_RSS1_R[$key]="${MEM_RSS1_R[$key]:+${MEM_RSS1_R[$key]} }$r1"
+    MEM_RSS2_R[$key]="${MEM_RSS2_R[$key]:+${MEM_RSS2_R[$key]} }$r2"
+    MEM_PSS0_R[$key]="${MEM_PSS0_R[$key]:+${MEM_PSS0_R[$key]} }$q0"
+    MEM_PSS1_R[$key]="${MEM_PSS1_R[$key]:+${MEM_PSS1_R[$key]} }$q1"
+    MEM_KPC_R[$key]="${MEM_KPC_R[$key]:+${MEM_KPC_R[$key]} }$kpc"
+    MEM_KPCP_R[$key]="${MEM_KPCP_R[$key]:+${MEM_KPCP_R[$key]} }$kpcp"
+    MEM_HELD_R[$key]="${MEM_HELD_R[$key]:+${MEM_HELD_R[$key]} }$held"
+}
+
 # run_wrk OUTFILE DURATION PORT [SCHEME [HEADER...]] : wrk against SCHEME://127.0.0.1:PORT/
-# (http by default), sending each HEADER ("Name: value") with every request
+# (http by default; the path is WRK_PATH, / unless set), sending each HEADER ("Name: value")
+# with every request
 run_wrk() {
     local out="$1" dur="$2" port="$3" scheme="${4:-http}" h
     local cmd=(taskset -c "$LOAD_CPU" wrk "-t$WRK_THREADS" "-c$CONNECTIONS" "-d$dur" --latency)
     for h in "${@:5}"; do cmd+=(-H "$h"); done
-    cmd+=("$scheme://127.0.0.1:$port/")
+    cmd+=("$scheme://127.0.0.1:$port${WRK_PATH:-/}")
     record "${cmd[@]}"
     "${cmd[@]}" >"$out" 2>&1
 }
@@ -1452,13 +2030,14 @@ run_handshakes() {
     return "$failed"
 }
 
-# median VALUE... : median of the numeric arguments (others, e.g. "-" or "?", are ignored);
-# prints "" when there is none. An odd count gives the middle value unchanged, an even
-# count the mean of the two middle ones.
+# median VALUE... : median of the numeric arguments (others, e.g. "-" or "?", are ignored;
+# negative ones count: mode idle's memory growth may be below zero); prints "" when there is
+# none. An odd count gives the middle value unchanged, an even count the mean of the two
+# middle ones.
 median() {
     awk 'BEGIN {
         n = 0
-        for (i = 1; i < ARGC; i++) if (ARGV[i] ~ /^[0-9]+([.][0-9]*)?$/) v[++n] = ARGV[i]
+        for (i = 1; i < ARGC; i++) if (ARGV[i] ~ /^-?[0-9]+([.][0-9]*)?$/) v[++n] = ARGV[i]
         for (i = 2; i <= n; i++) { # insertion sort, numerically
             x = v[i]; j = i - 1
             while (j > 0 && v[j] + 0 > x + 0) { v[j + 1] = v[j]; j-- }
@@ -1488,12 +2067,19 @@ measure() {
     local name="$1" mode="$2" key="$2:$1" sfx="" out body errs rnote="" tls=0 tag="" acct=0
     local rps="" p50="-" p99="-" mean="-" cpu="-" busy="-" count="" ticks0 ticks1 t0 t1 proto
     local curl_cmd url label="$1" hits="-" hits0="" hits1="" rticks0=0 rticks1=0 redis_us="-" rcalls0="" rcalls1=""
-    local per_call="-" acalls0="" acalls1="" k
+    local per_call="-" acalls0="" acalls1="" k opens0="" opens1="" conns="-" nbytes logs0=""
+    if [[ "$mode" == idle ]]; then
+        measure_idle "$name"
+        return 0
+    fi
     if is_variant_mode "$mode"; then
         acct=1
         label="gatehouse[$mode:$name]"
-    elif [[ "$mode" != http ]]; then
+    elif is_tls_mode "$mode"; then
         tls=1
+        acct=1
+        tag=" [$mode]"
+    elif is_plain_mode "$mode"; then
         acct=1
         tag=" [$mode]"
     fi
@@ -1519,8 +2105,8 @@ measure() {
                 h2) curl_cmd+=(--http2) ;;
             esac
         fi
-        body="$EXPECTED_BODY" # modes auth, ratelimit: variant_check below looks at body and status
-        if ! is_variant_mode "$mode"; then
+        body="$EXPECTED_BODY" # variant modes and body1k, body64k, newconn: their checks below
+        if ! is_variant_mode "$mode" && ! is_plain_mode "$mode"; then
             record "${curl_cmd[@]}" "$url"
             body="$("${curl_cmd[@]}" --max-time 5 "$url" || true)"
         fi
@@ -1530,6 +2116,11 @@ measure() {
         fi
         if is_variant_mode "$mode" && ! variant_check "$mode" "$name" "$PROXY_PORT"; then
             log "$label: $CHECK_REASON"
+            add_note "$key" "check failed ($CHECK_REASON), skipped"
+            FAILED=1
+            stop_pid "$PROXY_PID"
+        elif is_plain_mode "$mode" && ! plain_check "$mode" "$name" "$PROXY_PORT"; then
+            log "$label$tag: $CHECK_REASON"
             add_note "$key" "check failed ($CHECK_REASON), skipped"
             FAILED=1
             stop_pid "$PROXY_PID"
@@ -1552,6 +2143,9 @@ measure() {
             elif is_variant_mode "$mode"; then
                 out="$PROXY_DIR/wrk$sfx.txt"
                 bench_run "$mode" "$PROXY_DIR/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
+            elif is_plain_mode "$mode"; then
+                out="$PROXY_DIR/$mode$sfx.txt"
+                bench_run "$mode" "$PROXY_DIR/$mode-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
             else
                 out="$WORK/$name/wrk$sfx.txt"
                 run_wrk "$WORK/$name/wrk-warmup$sfx.txt" "$WARMUP" "$PROXY_PORT" || true
@@ -1561,10 +2155,12 @@ measure() {
             if ((acct)); then ticks0="$(cpu_ticks "$PROXY_PID")"; fi
             if [[ "$mode" == cache ]]; then hits0="$(cache_hits)"; fi
             if [[ "$mode" == aggregate ]]; then acalls0="$(agg_call_count)"; fi
+            if [[ "$mode:$name" == full:full ]]; then logs0="$(line_count "$PROXY_DIR/access.log")"; fi
             if uses_redis "$mode" "$name"; then
                 rticks0="$(cpu_ticks "$REDIS_PID")"
                 rcalls0="$(redis_calls "$mode")"
             fi
+            if [[ "$mode" == newconn ]]; then opens0="$(passive_opens)"; fi
             t0=$EPOCHREALTIME
             if ! bench_run "$mode" "$out" "$DURATION" "$PROXY_PORT"; then
                 show_output "$mode" "$out"
@@ -1573,6 +2169,7 @@ measure() {
                 stop_pid "$PROXY_PID"
             else
                 t1=$EPOCHREALTIME
+                if [[ "$mode" == newconn ]]; then opens1="$(passive_opens)"; fi
                 ticks1=0
                 if ((acct)); then ticks1="$(cpu_ticks "$PROXY_PID")"; fi
                 if uses_redis "$mode" "$name"; then
@@ -1587,7 +2184,7 @@ measure() {
                     FAILED=1
                 fi
                 case "$mode" in
-                    http | https | auth | ratelimit | cache | aggregate)
+                    http | https | body1k | body64k | newconn | auth | ratelimit | cache | aggregate | full)
                         rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
                         p50="$(ms "$(awk '$1 == "50%" {print $2}' "$out")")"
                         p99="$(ms "$(awk '$1 == "99%" {print $2}' "$out")")"
@@ -1627,8 +2224,42 @@ measure() {
                         auth) rnote+=" (figure discarded: every request must pass auth)" ;;
                         ratelimit) rnote+=" (figure discarded: every request must pass the rate limit)" ;;
                         cache | aggregate) rnote+=" (figure discarded: every request must be answered 200)" ;;
+                        full) rnote+=" (figure discarded: every request must pass auth and the rate limit)" ;;
                     esac
                     rps=""
+                fi
+                # Modes body1k, body64k: wrk must have read at least the body for every request
+                # (it checks neither size nor content; the check before did).
+                if [[ "$mode" == body1k || "$mode" == body64k ]] && [[ -n "$rps" && "$count" =~ ^[1-9][0-9]*$ ]]; then
+                    nbytes="$(wrk_bytes "$out")"
+                    log "$label$tag: wrk read $(awk -v b="$nbytes" -v n="$count" 'BEGIN { printf "%.0f", b / n }') bytes per request (body $(body_size "$mode"))"
+                    if ! awk -v b="$nbytes" -v n="$count" -v s="$(body_size "$mode")" 'BEGIN { exit !(b ~ /^[0-9.]+$/ && b / n >= s) }'; then
+                        rnote="${rnote:+$rnote; }wrk read ${nbytes:-?} bytes for $count requests, less than the $(body_size "$mode")-byte body each (figure discarded)"
+                        rps=""
+                    fi
+                fi
+                # Mode newconn: every request must have come on its own connection: the TCP
+                # connections accepted on this host during the run (PassiveOpens: the proxy's
+                # from wrk, plus the backend's from the proxy) must be at least wrk's requests.
+                # About 1.00 per request: upstream connections were reused; about 2: they were not.
+                if [[ "$mode" == newconn && -n "$rps" ]]; then
+                    if [[ "$opens0" =~ ^[0-9]+$ && "$opens1" =~ ^[0-9]+$ && "$count" =~ ^[1-9][0-9]*$ ]]; then
+                        conns="$(awk -v d="$((opens1 - opens0))" -v n="$count" 'BEGIN { printf "%.3f", d / n }')"
+                        log "$label$tag: $((opens1 - opens0)) TCP connections accepted for $count requests ($conns per request)"
+                        if ((opens1 - opens0 < count)); then
+                            rnote="${rnote:+$rnote; }only $((opens1 - opens0)) TCP connections accepted for $count requests: client connections were kept open (figure discarded)"
+                            rps=""
+                        fi
+                    else
+                        rnote="${rnote:+$rnote; }could not read PassiveOpens from /proc/net/snmp (figure discarded)"
+                        rps=""
+                    fi
+                fi
+                # Mode full: every measured request must have written its access-log line (none
+                # dropped) and gone through auth and the rate limit (the counters, scraped once
+                # from the admin listener after the run).
+                if [[ "$mode:$name" == full:full && -n "$rps" ]]; then
+                    full_after "$count" "$logs0" || { rnote="${rnote:+$rnote; }$CHECK_REASON (figure discarded)"; rps=""; }
                 fi
                 # A redis variant whose calls failed or timed out was (partly) served by the
                 # fallback (local limits, cache bypassed): say so under the table.
@@ -1705,7 +2336,7 @@ measure() {
             fi
         fi
     fi
-    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-" mean="-" cpu="-" busy="-" hits="-" redis_us="-" per_call="-"; fi
+    if [[ -z "$rps" ]]; then rps="-" p50="-" p99="-" mean="-" cpu="-" busy="-" hits="-" redis_us="-" per_call="-" conns="-"; fi
     RPS_R[$key]="${RPS_R[$key]:+${RPS_R[$key]} }$rps"
     P50_R[$key]="${P50_R[$key]:+${P50_R[$key]} }$p50"
     P99_R[$key]="${P99_R[$key]:+${P99_R[$key]} }$p99"
@@ -1715,6 +2346,7 @@ measure() {
     HITS_R[$key]="${HITS_R[$key]:+${HITS_R[$key]} }$hits"
     REDIS_R[$key]="${REDIS_R[$key]:+${REDIS_R[$key]} }$redis_us"
     CALL_R[$key]="${CALL_R[$key]:+${CALL_R[$key]} }$per_call"
+    CONN_R[$key]="${CONN_R[$key]:+${CONN_R[$key]} }$conns"
 }
 
 # bench_run MODE OUTFILE DURATION PORT : the load generator of MODE
@@ -1722,6 +2354,9 @@ bench_run() {
     case "$1" in
         http) run_wrk "$2" "$3" "$4" ;;
         https) run_wrk "$2" "$3" "$4" https ;;
+        body1k | body64k) WRK_PATH="$(body_path "$1")" run_wrk "$2" "$3" "$4" ;;
+        newconn) run_wrk "$2" "$3" "$4" http "Connection: close" ;;
+        full) run_wrk "$2" "$3" "$4" http "${FULL_HDR[@]}" ;;
         auth) run_wrk "$2" "$3" "$4" http "${AUTH_HDR[@]}" ;;
         ratelimit) run_wrk "$2" "$3" "$4" http "${RL_HDR[@]}" ;;
         cache) run_wrk "$2" "$3" "$4" ;;
@@ -1732,14 +2367,16 @@ bench_run() {
 }
 tool_of() {
     case "$1" in
-        http | https | auth | ratelimit | cache | aggregate) echo wrk ;;
+        http | https | body1k | body64k | newconn | auth | ratelimit | cache | aggregate | full) echo wrk ;;
         h2) echo h2load ;;
         handshake) echo "openssl s_time" ;;
     esac
 }
 load_desc() {
     case "$1" in
-        http | https | auth | ratelimit | cache) echo "$CONNECTIONS connections" ;;
+        http | https | auth | ratelimit | cache | full) echo "$CONNECTIONS connections" ;;
+        body1k | body64k) echo "$CONNECTIONS connections, GET $(body_path "$1") ($(body_size "$1")-byte body)" ;;
+        newconn) echo "$CONNECTIONS connections, Connection: close (a new connection per request)" ;;
         aggregate) echo "$AGG_CONNS connections" ;;
         h2) echo "$CONNECTIONS connections x $H2_STREAMS streams" ;;
         handshake) echo "$HS_CLIENTS parallel openssl s_time -new" ;;
@@ -1764,6 +2401,7 @@ tls_probe() {
 }
 
 declare -A RPS P50 P99 MEAN CPU BUSY HITS REDIS NOTE RPS_R P50_R P99_R MEAN_R CPU_R BUSY_R HITS_R REDIS_R CALL_R TLS_INFO H2_INFO
+declare -A CONN_R MEM_RSS0_R MEM_RSS1_R MEM_RSS2_R MEM_PSS0_R MEM_PSS1_R MEM_KPC_R MEM_KPCP_R MEM_HELD_R
 FAILED=0
 # Proxies that cannot run at all (no gatehouse build, bad BASELINE_BIN) are noted once per mode.
 RUN_LIST=()
@@ -1838,6 +2476,16 @@ if wants_mode aggregate; then
         fi
     fi
 fi
+# Mode full runs when gatehouse can; its checks are per measurement.
+FULL_RUN=0
+if wants_mode full; then
+    reason="$(skip_reason gatehouse)"
+    if [[ -n "$reason" ]]; then
+        for v in "${FULL_VARIANTS[@]}"; do NOTE[full:$v]="$reason"; done
+    else
+        FULL_RUN=1
+    fi
+fi
 # Without a redis-server, the redis variants are not measured (a failure: they were asked for).
 if [[ -n "$REDIS_STATUS" ]]; then
     for m in ratelimit cache; do
@@ -1856,8 +2504,8 @@ without_redis() {
     done
     echo "${out[*]}"
 }
-# names_of MODE : what MODE measures: the proxies, or (auth, ratelimit, cache, aggregate) the
-# gatehouse variants
+# names_of MODE : what MODE measures: the proxies, or (auth, ratelimit, cache, aggregate, full)
+# the gatehouse variants
 names_of() {
     if [[ "$1" == auth ]]; then
         ((AUTH_RUN)) && echo "${AUTH_VARIANTS[*]}"
@@ -1865,6 +2513,8 @@ names_of() {
         ((RL_RUN)) && without_redis "${RL_VARIANTS[@]}"
     elif [[ "$1" == cache ]]; then
         ((CACHE_RUN)) && without_redis "${CACHE_VARIANTS[@]}"
+    elif [[ "$1" == full ]]; then
+        ((FULL_RUN)) && echo "${FULL_VARIANTS[*]}"
     elif [[ "$1" == aggregate ]]; then
         if ((AGG_RUN)); then
             local v out=()
@@ -2041,6 +2691,18 @@ report_tls() {
             op="request"
             lat_head="mean (ms)"
             ;;
+        body1k | body64k)
+            title="$([[ "$mode" == body1k ]] && echo "1 KiB" || echo "64 KiB") body (HTTP/1.1 keep-alive, GET $(body_path "$mode") -> $(body_size "$mode") bytes, loopback)"
+            unit="req/s"
+            op="request"
+            lat_head="p50 / p99 (ms)"
+            ;;
+        newconn)
+            title="A new client connection per request (HTTP/1.1, Connection: close, loopback)"
+            unit="req/s"
+            op="request"
+            lat_head="p50 / p99 (ms)"
+            ;;
     esac
     echo "## $title"
     echo
@@ -2064,7 +2726,7 @@ report_tls() {
             continue
         fi
         case "$mode" in
-            https) lat=" ${P50[$key]} / ${P99[$key]} |" ;;
+            https | body1k | body64k | newconn) lat=" ${P50[$key]} / ${P99[$key]} |" ;;
             h2) lat=" ${MEAN[$key]} |" ;;
         esac
         r_rate="n/a"
@@ -2088,8 +2750,52 @@ report_tls() {
     echo "served. ratio vs nginx: measured rates. per CPU second: nginx's CPU µs / this proxy's, the"
     echo "ratio of what each would serve with its core saturated; read this one when proxy CPU is well"
     echo "below 100% (then the load generator was the limit and the measured rates mostly compare it)."
+    case "$mode" in
+        body1k | body64k) body_line "$mode" ;;
+        newconn) newconn_line ;;
+    esac
     base_line "$mode" "$unit" "$op"
     notes "$mode"
+}
+
+# body_line MODE : modes body1k, body64k: the body bytes each proxy passed per second (median
+# req/s x body size), under the table
+body_line() {
+    local name out=() r
+    for name in "${PROXY_LIST[@]}"; do
+        r="${RPS[$1:$name]:-}"
+        [[ -n "$r" ]] || continue
+        out+=("$name $(awk -v r="$r" -v s="$(body_size "$1")" 'BEGIN { printf "%.0f", r * s / 1048576 }') MiB/s")
+    done
+    ((${#out[@]} > 0)) || return 0
+    local IFS=,
+    r="${out[*]}"
+    echo
+    echo "Body bytes passed (median req/s x $(body_size "$1") bytes): ${r//,/, }."
+    echo "Checks: before measuring, each proxy's answer to \`GET $(body_path "$1")\` (curl) had to be 200 with exactly the"
+    echo "backend's $(body_size "$1") bytes; under load, wrk's bytes read per request had to be at least the body's size."
+}
+# newconn_line : mode newconn: TCP connections accepted per request and the check's Connection
+# header, per proxy, under the table
+newconn_line() {
+    local name out=() c
+    for name in "${PROXY_LIST[@]}"; do
+        [[ -n "${RPS[newconn:$name]:-}" ]] || continue
+        c="$(med_of "${CONN_R[newconn:$name]:-}")"
+        [[ "$c" == "?" ]] || c="$(printf '%.2f' "$c")"
+        out+=("$name $c (answer: \`Connection: ${NEWCONN_CHECK[$name]:-?}\`)")
+    done
+    ((${#out[@]} > 0)) || return 0
+    local IFS=';'
+    c="${out[*]}"
+    echo
+    echo "TCP connections accepted per request during the run (/proc/net/snmp PassiveOpens, this host; median),"
+    echo "and the check's answer to a request with \`Connection: close\` (round 1):"
+    echo "${c//;/; }."
+    echo "wrk sends \`Connection: close\` on every request and opens a new connection for the next one. About 1.00:"
+    echo "every request came on its own client connection and the proxy reused its upstream connections; about 2:"
+    echo "it opened an upstream connection per request too; below 1.00 the figure is discarded (client"
+    echo "connections were kept open). Latency includes wrk's connect."
 }
 
 # per_round_ratio KEY BASE : "0.93 / 0.95 / -", KEY's figure over BASE's in each round
@@ -2107,20 +2813,24 @@ per_round_ratio() {
 }
 
 # target_of MODE VARIANT : the issue's target for VARIANT's req/s as a multiple of none's
-# (empty: reported, no target)
+# (empty: reported, no target); mode full's is per CPU second (target_per_cpu)
 target_of() {
     case "$1:$2" in
         auth:basic | auth:jwt | ratelimit:limited | ratelimit:limited_by_header) echo 0.9 ;;
         cache:memory) echo 2 ;;
         cache:redis) echo 1 ;;
+        full:full) echo 0.85 ;;
     esac
 }
+# target_per_cpu MODE : whether MODE's target is on the ratio per CPU second (none's CPU µs per
+# request / the variant's) rather than on the measured req/s
+target_per_cpu() { [[ "$1" == full ]]; }
 
 # variant_table MODE VARIANT... : modes auth, ratelimit and cache: the table of the variants,
 # each against the first one (none), and the verdict on the targets (target_of). Mode cache
 # adds the share of the measured requests answered from the cache.
 variant_table() {
-    local mode="$1" v key rps n="$1:none" r_rate r_cpu busy cpu r t hits_col="" hits_sep="" hits
+    local mode="$1" v key rps n="$1:none" r_rate r_cpu busy cpu r t tv hits_col="" hits_sep="" hits
     local common="" same=1 targeted=() untargeted=() line
     shift
     if [[ "$mode" == cache ]]; then
@@ -2164,8 +2874,10 @@ variant_table() {
             untargeted+=("$v $r_rate (reported, no target)")
             continue
         fi
-        r="$(awk -v x="$r_rate" -v t="$t" 'BEGIN { if (x == "n/a") print "n/a"; else if (x + 0 >= t + 0) print "met"; else print "not met" }')"
-        targeted+=("$v $r_rate|$t|$r")
+        tv="$r_rate"
+        if target_per_cpu "$mode"; then tv="$r_cpu"; fi
+        r="$(awk -v x="$tv" -v t="$t" 'BEGIN { if (x == "n/a") print "n/a"; else if (x + 0 >= t + 0) print "met"; else print "not met" }')"
+        targeted+=("$v $tv|$t|$r")
         if [[ -z "$common" ]]; then common="$t"; elif [[ "$common" != "$t" ]]; then same=0; fi
     done
     echo
@@ -2174,7 +2886,11 @@ variant_table() {
         if ((same)); then
             # one target for all (auth, ratelimit): "Target req/s >= 0.90x none (...): basic 0.90 (met), ..."
             for r in "${targeted[@]}"; do line+="${line:+, }${r%%|*} (${r##*|})"; done
-            line="Target req/s >= $(printf '%.2f' "$common")x none (ratio of the medians): $line"
+            if target_per_cpu "$mode"; then
+                line="Target req/s per CPU second >= $(printf '%.2f' "$common")x none (none's median CPU µs per request / the variant's): $line"
+            else
+                line="Target req/s >= $(printf '%.2f' "$common")x none (ratio of the medians): $line"
+            fi
         else
             for r in "${targeted[@]}"; do
                 t="${r#*|}"
@@ -2408,6 +3124,117 @@ report_aggregate() {
     variant_notes aggregate "${AGG_VARIANTS[@]}"
 }
 
+# fmt_num DECIMALS VALUE : VALUE with DECIMALS decimals, or as it is when it is not a number
+fmt_num() {
+    if [[ "$2" =~ ^-?[0-9]+([.][0-9]*)?$ ]]; then printf "%.${1}f" "$2"; else printf '%s' "$2"; fi
+}
+# per_round_list LIST : "2.41 / 2.38 / -", the per-round figures of LIST as they are
+per_round_list() {
+    local vals joined
+    read -r -a vals <<<"${1:-}"
+    if ((${#vals[@]} == 0)); then echo "-"; return 0; fi
+    local IFS=/
+    joined="${vals[*]}"
+    echo "${joined//\// / }"
+}
+# report_idle : mode idle: the memory each proxy holds per idle keep-alive client connection
+report_idle() {
+    local name key kpc r0 r1 q0 q1 kpcp held nginx_ratio n="idle:nginx"
+    echo "## Memory per idle keep-alive client connection (HTTP/1.1, loopback)"
+    echo
+    echo "Each proxy started afresh (the config of mode http, with room for $IDLE_CONNS client connections), one"
+    echo "request (the body check), then its memory (**before**); then a client opened $IDLE_CONNS connections, sent one"
+    echo "keep-alive \`GET /\` on each and read the answer, and left them open and idle; after ${IDLE_SETTLE} s, the memory"
+    echo "again (**after**). KiB per idle connection = (after - before) / $IDLE_CONNS. Memory: the sum over the proxy's"
+    echo "processes (nginx: master and worker) of Rss (and Pss) in /proc/PID/smaps_rollup."
+    echo
+    if ((ROUNDS > 1)); then
+        echo "Medians over $ROUNDS interleaved rounds; the last column lists each round."
+        echo
+    fi
+    echo "| proxy | before (KiB) | after (KiB) | KiB per idle connection | ratio vs nginx | held open | PSS before / after (KiB) | PSS KiB per idle connection | KiB per idle connection per round |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    for name in "${PROXY_LIST[@]}"; do
+        key="idle:$name"
+        kpc="$(med_of "${MEM_KPC_R[$key]:-}")"
+        if [[ "$kpc" == "?" ]]; then
+            echo "| $name | skipped | - | - | - | - | - | - | $(per_round_list "${MEM_KPC_R[$key]:-}") |"
+            continue
+        fi
+        r0="$(med_of "${MEM_RSS0_R[$key]:-}")"
+        r1="$(med_of "${MEM_RSS1_R[$key]:-}")"
+        q0="$(med_of "${MEM_PSS0_R[$key]:-}")"
+        q1="$(med_of "${MEM_PSS1_R[$key]:-}")"
+        kpcp="$(med_of "${MEM_KPCP_R[$key]:-}")"
+        held="$(med_of "${MEM_HELD_R[$key]:-}")"
+        nginx_ratio="n/a"
+        if [[ "$(med_of "${MEM_KPC_R[$n]:-}")" != "?" ]]; then
+            nginx_ratio="$(ratio "$kpc" "$(med_of "${MEM_KPC_R[$n]:-}")")"
+        fi
+        printf '| %s | %s | %s | %.2f | %s | %s | %s / %s | %s | %s |\n' "$name" "$(fmt_num 0 "$r0")" "$(fmt_num 0 "$r1")" \
+            "$kpc" "$nginx_ratio" "$(fmt_num 0 "$held")" "$(fmt_num 0 "$q0")" "$(fmt_num 0 "$q1")" "$(fmt_num 2 "$kpcp")" \
+            "$(per_round_list "${MEM_KPC_R[$key]:-}")"
+    done
+    echo
+    local closed_list=() c
+    for name in "${PROXY_LIST[@]}"; do
+        c="$(med_of "${MEM_RSS2_R[idle:$name]:-}")"
+        [[ "$c" == "?" ]] || closed_list+=("$name $(fmt_num 0 "$c") KiB")
+    done
+    if ((${#closed_list[@]} > 0)); then
+        c="$(printf '%s, ' "${closed_list[@]}")"
+        echo "RSS 1 s after the client closed its connections (median; what a proxy keeps once they are gone,"
+        echo "in its allocator's free lists or caches, rather than holds per connection): ${c%, }."
+        echo
+    fi
+    echo "held open: client connections established on the proxy's port (\`ss -tn state established\`) when the"
+    echo "memory was read; a round with fewer than $IDLE_CONNS has no figure. Only the proxy's own memory counts: the"
+    echo "kernel's socket buffers are not in it. Rss counts shared pages in each process (nginx's master and worker"
+    echo "share most of theirs); Pss splits them. nginx allocates its connection slots (worker_connections) at start,"
+    echo "so they are in its *before*; the others allocate per connection."
+    notes idle
+}
+
+# report_full : mode full: Gatehouse with everything a production route has on (JSON access log,
+# metrics, JWT, rate limit) against the bare route
+report_full() {
+    echo "## Everything on (Gatehouse alone: JSON access log, metrics, JWT, rate limit; HTTP/1.1, loopback)"
+    echo
+    echo "The same route, one Gatehouse process per variant: \`none\` (as in mode http: no policies,"
+    echo "\`access_log: off\`, no admin listener; wrk sends no credential) and \`full\`: the JSON access log to a"
+    echo "file (\`access_log: { format: json, path: …/access.log }\`), the admin listener (Prometheus metrics,"
+    echo "scraped once after the run), \`auth: { methods: [jwt], jwt: { secret: \"\${$FULL_SECRET_ENV}\","
+    echo "algorithms: [HS256] } }\` (every request carries the same valid token) and \`rate_limit: { key: client_ip,"
+    echo "$RL_POLICY }\` (memory store, never reached). Target (issue 14): req/s per CPU second >= 0.85 of \`none\`."
+    echo
+    variant_table full "${FULL_VARIANTS[@]}"
+    echo "Checks before each measurement (curl):"
+    local v
+    for v in "${FULL_VARIANTS[@]}"; do
+        if [[ -n "${FULL_CHECK[$v]:-}" ]]; then echo "- $v: ${FULL_CHECK[$v]} (round 1)."; fi
+    done
+    echo "After each measured run of \`full\`: the access log must have a line for every request wrk completed"
+    echo "(none dropped), and /metrics must count at least as many 2xx answers"
+    echo "(\`gatehouse_http_requests_total\`), JWT successes (\`gatehouse_auth_total\`) and rate-limit passes"
+    echo "(\`gatehouse_rate_limit_total{result=\"allowed\"}\`), and none limited; any non-2xx under load discards"
+    echo "the figure."
+    if [[ -n "$FULL_AFTER" ]]; then echo "Round 1: $FULL_AFTER."; fi
+    if [[ -n "$FULL_LOG_SAMPLE" ]]; then
+        echo "An access-log line of the measured run (round 1):"
+        echo
+        echo '```'
+        echo "$FULL_LOG_SAMPLE"
+        echo '```'
+    fi
+    echo
+    echo "Metrics are recorded in both variants (Gatehouse always keeps them; \`full\` only serves them)."
+    echo "The JWT is verified once and then found in the verified-token cache (SHA-256 of the token, at"
+    echo "most 60 s), as a client repeating its token does. The access log's writer thread and the rate"
+    echo "limiter are part of the proxy's CPU (all threads, pinned to CPU $PROXY_CPU). proxy CPU and CPU µs per"
+    echo "request as in the TLS modes; per CPU second: none's CPU µs per request / full's."
+    variant_notes full "${FULL_VARIANTS[@]}"
+}
+
 first=1
 for mode in "${MODE_LIST[@]}"; do
     ((first)) || echo
@@ -2418,6 +3245,8 @@ for mode in "${MODE_LIST[@]}"; do
         ratelimit) report_ratelimit ;;
         cache) report_cache ;;
         aggregate) report_aggregate ;;
+        full) report_full ;;
+        idle) report_idle ;;
         *) report_tls "$mode" ;;
     esac
 done
@@ -2432,6 +3261,7 @@ echo "- CPU busy before start: ${CPU_BUSY_START}% (all CPUs, 1 s sample; should 
 REDIS_PIN=""
 if [[ -n "$REDIS_URL" ]]; then REDIS_PIN=" (+ redis-server)"; fi
 if [[ -n "$DELAY_PID" ]]; then REDIS_PIN+=" (+ the delaying backend)"; fi
+if wants_mode idle; then REDIS_PIN+=" (+ the idle client of mode idle)"; fi
 if ((GH_ONLY)); then
     echo "- pinning: gatehouse on CPU $PROXY_CPU; backend nginx + wrk$REDIS_PIN on CPU $LOAD_CPU"
 elif ((HAS_TLS)); then
@@ -2441,6 +3271,20 @@ else
 fi
 if wants_mode http; then
     echo "- load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body"
+fi
+if wants_mode body1k || wants_mode body64k; then
+    for m in body1k body64k; do
+        if wants_mode "$m"; then echo "- $m: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), keep-alive, GET $(body_path "$m") -> $(body_size "$m")-byte body (the backend nginx serves a static file)"; fi
+    done
+fi
+if wants_mode newconn; then
+    echo "- newconn: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION -H 'Connection: close' (after a $WARMUP warm-up), GET / -> 6-byte body, a new client connection per request; the proxies keep their upstream connections alive"
+fi
+if wants_mode idle; then
+    echo "- idle: $IDLE_CONNS client connections (python3 asyncio, at most 50 being opened at once), one keep-alive GET / each, then idle ${IDLE_SETTLE} s; fd limit $(ulimit -n); configs as in http plus nginx worker_connections / HAProxy maxconn / Gatehouse server.max_connections and max_connections_per_ip of at least $((IDLE_CONNS + 1000)) ($(version_of python3 --version))"
+fi
+if wants_mode full; then
+    echo "- full: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up), GET / -> 6-byte body; none sends no credential; full sends \`Authorization: Bearer\` with an HS256 token of ${FULL_JWT_LEN:-?} characters (header $FULL_JWT_HEADER, payload $(jwt_payload 0 | sed 's/0}$/now+3600}/'), secret: 64 random hex characters from openssl rand, given in the environment)"
 fi
 if wants_mode https; then
     echo "- https: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after a $WARMUP warm-up) over TLS, keep-alive HTTP/1.1 (wrk sends no ALPN), GET / -> 6-byte body"
@@ -2475,9 +3319,10 @@ if ((HAS_TLS)); then
 fi
 echo "- nginx: $(version_of "$NGINX" -v)"
 if wants haproxy; then echo "- haproxy: $(version_of "$HAPROXY" -v)"; fi
-if wants_mode http || wants_mode https || wants_mode auth || wants_mode ratelimit || wants_mode cache || wants_mode aggregate; then echo "- wrk: $(version_of wrk -v)"; fi
+if wants_mode http || wants_mode https || wants_mode body1k || wants_mode body64k || wants_mode newconn || wants_mode auth ||
+    wants_mode ratelimit || wants_mode cache || wants_mode aggregate || wants_mode full; then echo "- wrk: $(version_of wrk -v)"; fi
 if wants_mode h2; then echo "- h2load: $(version_of h2load --version)"; fi
-if ((HAS_TLS)) || wants_mode auth; then echo "- openssl: $(version_of openssl version)"; fi
+if ((HAS_TLS)) || wants_mode auth || wants_mode full; then echo "- openssl: $(version_of openssl version)"; fi
 if wants gatehouse; then echo "- gatehouse: $GH_VERSION"; fi
 if wants gatehouse-base; then echo "- gatehouse-base: $BASE_VERSION (BASELINE_BIN=${BASELINE:-$BASELINE_BIN})"; fi
 
@@ -2502,7 +3347,10 @@ for f in "$BACKEND_DIR/nginx.conf" "$WORK/nginx/nginx.conf" "$WORK/haproxy/hapro
     "$WORK/ratelimit/limited_by_header/gatehouse.yaml" "$WORK/ratelimit/redis/gatehouse.yaml" \
     "$WORK/ratelimit/check/gatehouse.yaml" "$WORK/cache/none/gatehouse.yaml" "$WORK/cache/memory/gatehouse.yaml" \
     "$WORK/cache/redis/gatehouse.yaml" "$WORK/aggregate/gatehouse.yaml" "$WORK/aggregate/gatehouse-delayed.yaml" \
-    "$WORK/aggregate/sequential/client.lua" "$WORK/aggregate/delay-backend/server.py"; do
+    "$WORK/aggregate/sequential/client.lua" "$WORK/aggregate/delay-backend/server.py" \
+    "$WORK/idle/nginx/nginx.conf" "$WORK/idle/haproxy/haproxy.cfg" "$WORK/idle/gatehouse/gatehouse.yaml" \
+    "$WORK/idle/gatehouse-base/gatehouse.yaml" "$WORK/idle/client.py" \
+    "$WORK/full/none/gatehouse.yaml" "$WORK/full/full/gatehouse.yaml"; do
     [[ -f "$f" ]] || continue
     echo
     echo "\`${f#"$WORK"/}\`:"
