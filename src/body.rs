@@ -20,6 +20,46 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A body streamed from elsewhere: an upstream's response, which drives its pooled connection.
 pub type Streamed = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError> + Send>>;
 
+/// A client's request body as the connection hands it over: none, read by the gateway's own
+/// HTTP/1.1 server, or by hyper (HTTP/2).
+pub enum ClientBody {
+    Empty,
+    H1(Streamed),
+    Hyper(Incoming),
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(b) => b.as_mut().poll_frame(cx),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Per-request counters shared by the request body and the access log.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -51,7 +91,7 @@ pub enum Body {
     /// A client's request body, counted, capped at `limit` bytes, and timed: a pause longer
     /// than `idle` ends it with [`BodyTimeout`].
     Request {
-        inner: Incoming,
+        inner: ClientBody,
         limit: u64,
         seen: u64,
         tally: Arc<Tally>,
@@ -76,7 +116,7 @@ impl Body {
     }
 
     pub fn request(
-        inner: Incoming,
+        inner: ClientBody,
         limit: Option<u64>,
         idle: std::time::Duration,
         tally: Arc<Tally>,
@@ -149,7 +189,7 @@ impl http_body::Body for Body {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tally.client_body_error.store(true, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
                     tally.awaiting_client.store(false, Ordering::Relaxed);

@@ -153,7 +153,33 @@ impl RequestCtx {
 /// headers are removed.
 pub struct Upgrade {
     pub proto: HeaderValue,
-    pub on: hyper::upgrade::OnUpgrade,
+    pub on: OnUpgrade,
+}
+
+/// A client connection after `101 Switching Protocols`: its stream, with any bytes already
+/// read past the request in front.
+pub type Upgraded = Box<dyn UpgradedIo>;
+
+pub trait UpgradedIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> UpgradedIo for T {}
+
+/// Where the client's connection arrives once the 101 has been written. The connection puts
+/// it in the extensions of a request that asks for an upgrade (as [`PendingUpgrade`]).
+pub type OnUpgrade = tokio::sync::oneshot::Receiver<Upgraded>;
+
+/// In a request's extensions: the connection can hand itself over after a 101. (Extensions
+/// must be `Clone`; the receiver is taken once.)
+#[derive(Clone)]
+pub struct PendingUpgrade(std::sync::Arc<std::sync::Mutex<Option<OnUpgrade>>>);
+
+impl PendingUpgrade {
+    pub fn new(on: OnUpgrade) -> Self {
+        PendingUpgrade(std::sync::Arc::new(std::sync::Mutex::new(Some(on))))
+    }
+
+    pub fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 /// Facts about the client side that forwarding needs.

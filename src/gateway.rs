@@ -9,9 +9,8 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
-use crate::body::{Body, Tally};
+use crate::body::{Body, ClientBody, Tally};
 pub use crate::context::ConnInfo;
 use crate::error::GatewayError;
 use crate::observe::access_log::{AccessLog, LoggedBody, Pending, Record};
@@ -50,7 +49,7 @@ impl Gateway {
 /// Transfer-Encoding on this request (hyper hides that; see `server::framing`).
 pub async fn handle(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: &ConnInfo,
     ambiguous_framing: bool,
 ) -> Response<LoggedBody> {
@@ -124,7 +123,7 @@ pub async fn handle(
 async fn route_and_forward(
     rt: &Runtime,
     metrics: &Arc<Metrics>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     tally: &Arc<Tally>,

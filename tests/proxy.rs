@@ -481,8 +481,10 @@ async fn websocket_upgrade_passes_through() {
     .await;
     let gw = TestGateway::start(&simple_config(&[up.url()])).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // The client's first frame rides in the same write as the upgrade request: the gateway has
+    // read it with the head, and must hand it on after the 101.
     s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nearly",
     )
     .await
     .unwrap();
@@ -491,6 +493,12 @@ async fn websocket_upgrade_passes_through() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("sec-websocket-accept"), "{head}");
+    let mut early = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut early))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&early, b"EARLY");
     for msg in [&b"hello"[..], b"again"] {
         s.write_all(msg).await.unwrap();
         let mut buf = vec![0u8; msg.len()];

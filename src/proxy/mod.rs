@@ -98,10 +98,11 @@ pub fn take_upgrade<B>(req: &mut Request<B>) -> Option<Upgrade> {
     if !websocket {
         return None;
     }
-    Some(Upgrade {
-        proto,
-        on: hyper::upgrade::on(req),
-    })
+    let on = req
+        .extensions_mut()
+        .remove::<crate::context::PendingUpgrade>()?
+        .take()?;
+    Some(Upgrade { proto, on })
 }
 
 fn connection_has(h: &HeaderMap, token: &str) -> bool {

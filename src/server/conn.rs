@@ -147,6 +147,16 @@ impl Activity {
         })
     }
 
+    /// The supervisor asked the connection to finish what is in flight and close.
+    pub fn winding_down(&self) -> bool {
+        self.signal.load(Ordering::Acquire) != RUN
+    }
+
+    /// The connection's task has ended (see [`serve`]).
+    pub fn ended(&self) {
+        self.signal.store(GONE, Ordering::Release);
+    }
+
     pub fn touch(&self) {
         self.epoch.fetch_add(1, Ordering::Relaxed);
     }
@@ -391,9 +401,22 @@ pub async fn serve<C: Future>(
     graceful_shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
 ) -> Option<C::Output> {
+    let out = drive(conn, graceful_shutdown, activity).await;
+    // An upgraded connection lives on in its splice, no longer this task's to end.
+    activity.signal.store(GONE, Ordering::Release);
+    out
+}
+
+/// [`serve`] without marking the connection ended: for a first part of its life (HTTP/1.1
+/// served by the gateway's own codec) that may hand over to a second (hyper, for HTTP/2).
+pub async fn drive<C: Future>(
+    conn: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
     let mut shut = false;
-    let out = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         activity.register(cx.waker());
         match activity.signal.load(Ordering::Acquire) {
             DROP => return Poll::Ready(None),
@@ -405,8 +428,5 @@ pub async fn serve<C: Future>(
         }
         conn.as_mut().poll(cx).map(Some)
     })
-    .await;
-    // An upgraded connection lives on in its splice, no longer this task's to end.
-    activity.signal.store(GONE, Ordering::Release);
-    out
+    .await
 }

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod framing;
+pub mod h1;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -257,9 +258,54 @@ struct ConnCtx {
     open: tokio::sync::mpsc::Sender<()>,
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one connection (plain, or TLS after the handshake) until it
-/// ends. `first_head`: what is left of the request-head timeout for the first request.
-async fn serve_stream<S>(stream: S, info: ConnInfo, first_head: Duration, ctx: ConnCtx)
+/// Serves one connection (plain, or TLS after the handshake) until it ends: HTTP/1.1 with the
+/// gateway's own codec ([`h1`]), HTTP/2 with hyper (a TLS client that chose `h2`, or a plain one
+/// that opens with the HTTP/2 preface). `first_head`: what is left of the request-head timeout
+/// for the first request.
+async fn serve_stream<S: h1::ClientIo>(
+    stream: S,
+    info: ConnInfo,
+    first_head: Duration,
+    ctx: ConnCtx,
+    alpn_h2: bool,
+) {
+    let info = Arc::new(info);
+    if alpn_h2 {
+        return serve_hyper(
+            h1::Prefixed::new(bytes::Bytes::new(), stream),
+            info,
+            first_head,
+            ctx,
+        )
+        .await;
+    }
+    let settings = h1::Settings {
+        max_head: ctx.settings.max_header_size,
+        head_timeout: ctx.settings.request_header_timeout,
+        first_head,
+        send_timeout: ctx.settings.send_timeout,
+    };
+    let served = h1::serve(stream, &ctx.gw, &info, &settings, &ctx.activity);
+    match conn::drive(served, |_| {}, &ctx.activity).await {
+        Some(h1::End::H2 { io, read }) => {
+            let left = first_head;
+            serve_hyper(h1::Prefixed::new(read, io), info, left, ctx).await;
+        }
+        Some(h1::End::Closed) => {
+            ctx.activity.ended();
+            ctx.active.dec();
+        }
+        None => {
+            ctx.activity.ended();
+            tracing::debug!(client = %ctx.peer, "connection dropped: it did not close when asked");
+            ctx.active.dec();
+        }
+    }
+}
+
+/// Serves a connection with hyper (HTTP/2, and HTTP/1.1 should a client switch to it there),
+/// under the framing watch and its timers.
+async fn serve_hyper<S>(stream: S, info: Arc<ConnInfo>, first_head: Duration, ctx: ConnCtx)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -271,7 +317,6 @@ where
         active,
         open,
     } = ctx;
-    let info = Arc::new(info);
     let builder = connection_builder(&settings);
     let gw_log = gw.clone();
     let watch = Arc::new(framing::FramingWatch::default());
@@ -284,25 +329,21 @@ where
     )
     .first_head_within(first_head);
     let svc_activity = activity.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let info = info.clone();
         let watch = watch.clone();
         let ambiguous = watch.next_request_is_ambiguous();
         let in_flight = svc_activity.start();
         async move {
+            let req = req.map(crate::body::ClientBody::Hyper);
             let resp = gateway::handle(&gw, req, &info, ambiguous).await;
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                watch.upgraded();
-            }
             Ok::<_, Infallible>(resp.map(|b| conn::ActiveBody::new(b, in_flight)))
         }
     });
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .into_owned();
-    // The connection's slot is released when the connection and every upgraded connection
-    // spliced from it (which hold a clone) have ended.
     let served = conn::serve(connection, |c| c.graceful_shutdown(), &activity);
     let Some(served) = served.await else {
         tracing::debug!(client = %peer, "connection dropped: it did not close when asked");
@@ -465,7 +506,8 @@ async fn accept_loop(
         drop(rt);
         tokio::spawn(async move {
             let Some(tls) = tls else {
-                return serve_stream(stream, info, ctx.settings.request_header_timeout, ctx).await;
+                let first = ctx.settings.request_header_timeout;
+                return serve_stream(stream, info, first, ctx, false).await;
             };
             // The handshake counts against the request-head timeout: together they get
             // `server.request_header_timeout` from the accept.
@@ -480,8 +522,9 @@ async fn accept_loop(
                         .and_then(|c| c.first())
                         .and_then(|c| tls::client_cert(c))
                         .map(Arc::new);
+                    let h2 = session.alpn_protocol() == Some(b"h2");
                     let left = budget.saturating_sub(accepted.elapsed());
-                    serve_stream(stream, info, left, ctx).await;
+                    serve_stream(stream, info, left, ctx, h2).await;
                 }
                 Ok(Err(e)) => {
                     ctx.gw.metrics.rejected("tls_handshake");

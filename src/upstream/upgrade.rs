@@ -5,13 +5,11 @@
 
 use std::sync::Arc;
 
-use hyper_util::rt::TokioIo;
-
 /// Copies bytes both ways between an upgraded client connection and upstream connection until
 /// either side closes, or until no byte has moved either way for `idle`. Holds the client
 /// connection's slot until then.
 pub(super) async fn splice<U>(
-    down: hyper::upgrade::OnUpgrade,
+    down: crate::context::OnUpgrade,
     up: U,
     _slot: Option<Arc<dyn Send + Sync>>,
     idle: std::time::Duration,
@@ -26,7 +24,7 @@ pub(super) async fn splice<U>(
         }
     };
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut down = Counted::new(TokioIo::new(down), moved.clone());
+    let mut down = Counted::new(down, moved.clone());
     let mut up = Counted::new(up, moved.clone());
     let mut copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
     // Checked every quarter of `idle`: closed within 1.25 × `idle` of the last byte.
