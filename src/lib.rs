@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod body;
+pub mod bufpool;
 pub mod cidr;
 pub mod compile;
 pub mod config;

@@ -75,60 +75,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// so the kernel does not answer it with a reset that destroys the last response.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Buffers kept per thread for connections that are reading or writing.
-mod pool {
-    use super::*;
-
-    const KEEP: usize = 256;
-
-    thread_local! {
-        static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-        static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub fn read_buf() -> BytesMut {
-        READ.with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| BytesMut::with_capacity(BUF))
-    }
-
-    pub fn put_read(mut b: BytesMut) {
-        if !b.is_empty() {
-            return;
-        }
-        b.clear();
-        // Empty and not shared: takes the whole allocation back in place.
-        b.reserve(BUF);
-        if b.capacity() > 4 * BUF {
-            return;
-        }
-        READ.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < KEEP {
-                p.push(b);
-            }
-        });
-    }
-
-    pub fn write_buf() -> Vec<u8> {
-        WRITE
-            .with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| Vec::with_capacity(1024))
-    }
-
-    pub fn put_write(mut v: Vec<u8>) {
-        if v.capacity() > 4 * BUF {
-            return;
-        }
-        v.clear();
-        WRITE.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < KEEP {
-                p.push(v);
-            }
-        });
-    }
-}
-
 /// The connection's limits, from `server:` at accept time.
 pub struct Settings {
     pub max_head: usize,
@@ -243,7 +189,9 @@ pub async fn serve<S: ClientIo>(
             }
         };
         c.requests += 1;
-        match c.exchange(head, gw, info).await {
+        // Boxed (one allocation per request): an idle connection's task then holds none of a
+        // request's state, only what waiting for the next head needs.
+        match Box::pin(c.exchange(head, gw, info)).await {
             Next::KeepAlive => {}
             Next::Close => {
                 c.linger().await;
@@ -487,14 +435,14 @@ impl<S: ClientIo> Conn<S> {
         if self.rbuf.as_ref().is_some_and(BytesMut::is_empty)
             && let Some(b) = self.rbuf.take()
         {
-            pool::put_read(b);
+            crate::bufpool::put_read(b);
         }
     }
 
     /// Reads once into the read buffer (taking one from the pool if there is none).
     fn read_more(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         use tokio::io::AsyncReadExt;
-        let buf = self.rbuf.get_or_insert_with(pool::read_buf);
+        let buf = self.rbuf.get_or_insert_with(crate::bufpool::read_buf);
         buf.reserve(want);
         let mut read = std::pin::pin!(self.io.read_buf(buf));
         read.as_mut().poll(cx)
@@ -516,7 +464,8 @@ impl<S: ClientIo> Conn<S> {
     async fn linger(&mut self) {
         let _ = tokio::time::timeout(self.send_timeout, self.io.shutdown()).await;
         let drain = async {
-            let mut sink = [0u8; 4096];
+            // On the heap: an array here would make every connection's task 4 KiB larger.
+            let mut sink = vec![0u8; 4096];
             let mut total = 0usize;
             loop {
                 match tokio::io::AsyncReadExt::read(&mut self.io, &mut sink).await {
@@ -569,8 +518,7 @@ impl<S: ClientIo> Conn<S> {
             upgrade_to = Some(tx);
         }
         let resp = {
-            // Boxed: an idle connection's task then holds none of a request's state.
-            let mut handled = Box::pin(gateway::handle(gw, req, info, ambiguous));
+            let mut handled = std::pin::pin!(gateway::handle(gw, req, info, ambiguous));
             poll_fn(|cx| {
                 if let Poll::Ready(r) = handled.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
@@ -700,7 +648,7 @@ impl<S: ClientIo> Conn<S> {
                     }
                 }
             }
-            let buf = self.rbuf.get_or_insert_with(pool::read_buf);
+            let buf = self.rbuf.get_or_insert_with(crate::bufpool::read_buf);
             let item = match &mut p.state {
                 PumpState::Length(left) if !buf.is_empty() => {
                     let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
@@ -813,7 +761,7 @@ impl<S: ClientIo> Conn<S> {
             *keep_alive = false;
             Out::Close
         };
-        let mut head = pool::write_buf();
+        let mut head = crate::bufpool::write_buf();
         status_line(&mut head, status);
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         for (name, value) in &parts.headers {
@@ -932,7 +880,7 @@ impl<S: ClientIo> Conn<S> {
             }
         })
         .await;
-        pool::put_write(std::mem::take(&mut w.head));
+        crate::bufpool::put_write(std::mem::take(&mut w.head));
         r
     }
 

@@ -271,13 +271,9 @@ async fn serve_stream<S: h1::ClientIo>(
 ) {
     let info = Arc::new(info);
     if alpn_h2 {
-        return serve_hyper(
-            h1::Prefixed::new(bytes::Bytes::new(), stream),
-            info,
-            first_head,
-            ctx,
-        )
-        .await;
+        // Boxed, here and below: an HTTP/1.1 connection's task then holds none of hyper's state.
+        let io = h1::Prefixed::new(bytes::Bytes::new(), stream);
+        return Box::pin(serve_hyper(io, info, first_head, ctx)).await;
     }
     let settings = h1::Settings {
         max_head: ctx.settings.max_header_size,
@@ -289,7 +285,7 @@ async fn serve_stream<S: h1::ClientIo>(
     match conn::drive(served, |_| {}, &ctx.activity).await {
         Some(h1::End::H2 { io, read }) => {
             let left = first_head;
-            serve_hyper(h1::Prefixed::new(read, io), info, left, ctx).await;
+            Box::pin(serve_hyper(h1::Prefixed::new(read, io), info, left, ctx)).await;
         }
         Some(h1::End::Closed) => {
             ctx.activity.ended();
@@ -504,38 +500,15 @@ async fn accept_loop(
             open: open.clone(),
         };
         drop(rt);
-        tokio::spawn(async move {
+        let task = async move {
             let Some(tls) = tls else {
                 let first = ctx.settings.request_header_timeout;
                 return serve_stream(stream, info, first, ctx, false).await;
             };
-            // The handshake counts against the request-head timeout: together they get
-            // `server.request_header_timeout` from the accept.
-            let accepted = std::time::Instant::now();
-            let budget = ctx.settings.request_header_timeout;
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            match tokio::time::timeout(budget, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let (_, session) = stream.get_ref();
-                    info.client_cert = session
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| tls::client_cert(c))
-                        .map(Arc::new);
-                    let h2 = session.alpn_protocol() == Some(b"h2");
-                    let left = budget.saturating_sub(accepted.elapsed());
-                    serve_stream(stream, info, left, ctx, h2).await;
-                }
-                Ok(Err(e)) => {
-                    ctx.gw.metrics.rejected("tls_handshake");
-                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    ctx.gw.metrics.rejected("tls_handshake_timeout");
-                    tracing::debug!(client = %peer, "TLS handshake timed out");
-                }
-            }
-        });
+            // Boxed: a plain connection's task then holds none of the handshake's state.
+            Box::pin(serve_tls(stream, tls, info, ctx)).await;
+        };
+        tokio::spawn(task);
     }
     drop(listener);
     drop(open);
@@ -549,5 +522,41 @@ async fn accept_loop(
     {
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline reached with requests still in flight");
         connections.drop_all(id);
+    }
+}
+
+/// The TLS handshake (bounded by the request-head timeout), then the connection.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    tls: Arc<crate::runtime::TlsListener>,
+    mut info: ConnInfo,
+    ctx: ConnCtx,
+) {
+    let peer = ctx.peer;
+    // The handshake counts against the request-head timeout: together they get
+    // `server.request_header_timeout` from the accept.
+    let accepted = std::time::Instant::now();
+    let budget = ctx.settings.request_header_timeout;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    match tokio::time::timeout(budget, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let (_, session) = stream.get_ref();
+            info.client_cert = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| tls::client_cert(c))
+                .map(Arc::new);
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let left = budget.saturating_sub(accepted.elapsed());
+            serve_stream(stream, info, left, ctx, h2).await;
+        }
+        Ok(Err(e)) => {
+            ctx.gw.metrics.rejected("tls_handshake");
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            ctx.gw.metrics.rejected("tls_handshake_timeout");
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+        }
     }
 }

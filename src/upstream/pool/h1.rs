@@ -107,6 +107,9 @@ impl PooledConn {
     /// arrives before the request body was written whole ends the writing, and the connection
     /// is not reused.
     pub async fn send(&mut self, req: Request<Body>) -> Result<Response<()>, SendError> {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = crate::bufpool::write_buf();
+        }
         self.wbuf.clear();
         let framing = http1::encode_head(&req, &mut self.wbuf);
         let inline = match (framing, req.body()) {
@@ -348,6 +351,9 @@ fn poll_read_more(
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     use tokio::io::AsyncReadExt;
+    if buf.capacity() == 0 {
+        *buf = crate::bufpool::read_buf();
+    }
     buf.reserve(want);
     let mut read = std::pin::pin!(io.read_buf(buf));
     read.as_mut().poll(cx)
@@ -452,6 +458,9 @@ impl TargetPool {
     /// Returns a connection whose last response ended cleanly.
     fn put(&self, mut conn: PooledConn) {
         conn.reused = false;
+        // An idle connection holds no buffer (see `crate::bufpool`).
+        crate::bufpool::put_read(std::mem::take(&mut conn.buf));
+        crate::bufpool::put_write(std::mem::take(&mut conn.wbuf));
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_TARGET {
             idle.push(Idle {
