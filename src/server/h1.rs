@@ -138,6 +138,7 @@ pub async fn serve<S: ClientIo>(
         send_timeout: s.send_timeout,
         activity: activity.clone(),
         requests: 0,
+        half_closed: false,
     };
     loop {
         let budget = if c.requests == 0 {
@@ -241,6 +242,8 @@ struct Conn<S> {
     send_timeout: Duration,
     activity: Arc<Activity>,
     requests: u64,
+    /// The client sent its end after pipelined requests: those are answered, then it closes.
+    half_closed: bool,
 }
 
 /// The request body as the gateway reads it: filled by the connection (same task) when asked.
@@ -251,7 +254,11 @@ struct BodyShared {
     done: bool,
     /// The reader is waiting for the next frame.
     wanted: bool,
+    /// The reader's task.
     waker: Option<Waker>,
+    /// The connection's task, woken when the reader asks for more: the reader may run in
+    /// another task (an HTTP/2 upstream's connection sends the body from its own).
+    conn_waker: Option<Waker>,
 }
 
 struct RequestBody {
@@ -304,6 +311,11 @@ impl http_body::Body for RequestBody {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => sh.waker = Some(cx.waker().clone()),
         }
+        if let Some(w) = sh.conn_waker.take()
+            && !w.will_wake(cx.waker())
+        {
+            w.wake();
+        }
         Poll::Pending
     }
 
@@ -346,6 +358,7 @@ impl<S: ClientIo> Conn<S> {
     async fn read_head(&mut self, max_head: usize, budget: Duration) -> Result<Got, ReadError> {
         let first = self.requests == 0;
         let mut armed = false;
+        let mut padded = false;
         if first {
             self.arm_head_timer(budget);
             armed = true;
@@ -359,6 +372,9 @@ impl<S: ClientIo> Conn<S> {
                         .take_while(|b| **b == b'\r' || **b == b'\n')
                         .count();
                     buf.advance(skip);
+                    // They start the head's clock like any other byte: a client feeding
+                    // only empty lines is timed out as a slow head.
+                    padded |= skip > 0;
                     if first && !buf.is_empty() {
                         let n = buf.len().min(H2_PREFACE.len());
                         if buf[..n] == H2_PREFACE[..n] {
@@ -374,7 +390,7 @@ impl<S: ClientIo> Conn<S> {
                         return Poll::Ready(Ok(Got::Head(h)));
                     }
                 }
-                let has_bytes = self.rbuf.as_ref().is_some_and(|b| !b.is_empty());
+                let has_bytes = self.rbuf.as_ref().is_some_and(|b| !b.is_empty()) || padded;
                 if !has_bytes && self.activity.winding_down() {
                     return Poll::Ready(Ok(Got::Eof));
                 }
@@ -504,7 +520,7 @@ impl<S: ClientIo> Conn<S> {
             Framing::None | Framing::Length(0) => (None, ClientBody::Empty),
             Framing::Length(n) => self.body_channel(PumpState::Length(n), Some(n), expect_continue),
             Framing::Chunked => {
-                self.body_channel(PumpState::Chunked(Chunked::Size), None, expect_continue)
+                self.body_channel(PumpState::Chunked(Chunked::new()), None, expect_continue)
             }
         };
         if ambiguous {
@@ -597,6 +613,7 @@ impl<S: ClientIo> Conn<S> {
             done: false,
             wanted: false,
             waker: None,
+            conn_waker: None,
         }));
         let body = RequestBody {
             shared: shared.clone(),
@@ -622,7 +639,12 @@ impl<S: ClientIo> Conn<S> {
                 return;
             }
             {
-                let sh = p.shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut sh = p.shared.lock().unwrap_or_else(|e| e.into_inner());
+                // Whatever happens below, the reader's next ask wakes this task.
+                match &sh.conn_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => sh.conn_waker = Some(cx.waker().clone()),
+                }
                 if !sh.wanted || sh.slot.is_some() {
                     return;
                 }
@@ -743,6 +765,12 @@ impl<S: ClientIo> Conn<S> {
         trailers_ok: bool,
         pump: &mut Option<Pump>,
     ) -> io::Result<()> {
+        // Once the final response goes out, a `100 Continue` would land inside it: a client
+        // still waiting for one sends its body anyway or not at all (then the connection
+        // closes after the response, its body unread).
+        if let Some(p) = pump.as_mut() {
+            p.continue_owed = false;
+        }
         let status = parts.status;
         let bodiless = method == Method::HEAD
             || status.is_informational()
@@ -886,8 +914,13 @@ impl<S: ClientIo> Conn<S> {
 
     /// While no request body is being read: reads ahead (a pipelined request, up to
     /// [`READ_AHEAD`] bytes) and notices the client leaving. True if it left.
+    ///
+    /// A client that pipelined requests and then closed its sending side (`shutdown(SHUT_WR)`)
+    /// is half-closed, not gone: its buffered requests are all answered, then the connection
+    /// closes. A close with nothing buffered is the client leaving (the request is dropped and
+    /// logged as 499), as nginx and hyper treat it.
     fn poll_client_gone(&mut self, cx: &mut Context<'_>, pump: &Option<Pump>) -> bool {
-        if pump.as_ref().is_some_and(|p| p.state != PumpState::Done) {
+        if self.half_closed || pump.as_ref().is_some_and(|p| p.state != PumpState::Done) {
             return false;
         }
         loop {
@@ -895,7 +928,14 @@ impl<S: ClientIo> Conn<S> {
                 return false;
             }
             match self.read_more(cx, BUF) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(0)) => {
+                    if self.rbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+                        self.half_closed = true;
+                        return false;
+                    }
+                    return true;
+                }
+                Poll::Ready(Err(_)) => return true,
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => return false,
             }

@@ -274,9 +274,16 @@ pub fn framing(h: &mut HeaderMap) -> Result<Option<Found>, &'static str> {
     Ok(Some(Found::Length(n)))
 }
 
-/// Where a chunked body's decoder is.
+/// Where a chunked body's decoder is, and how many extension bytes it has seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunked {
+pub struct Chunked {
+    at: At,
+    /// Chunk-extension bytes over the whole body (capped at [`MAX_EXTENSIONS`]).
+    ext: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
     /// At a chunk-size line.
     Size,
     /// Inside a chunk: this many data bytes left, then CRLF.
@@ -287,6 +294,25 @@ pub enum Chunked {
     Trailers,
     Done,
 }
+
+impl Chunked {
+    pub fn new() -> Chunked {
+        Chunked {
+            at: At::Size,
+            ext: 0,
+        }
+    }
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked::new()
+    }
+}
+
+/// Chunk-extension bytes allowed over one body (hyper's limit): extensions carry nothing the
+/// gateway uses, and without a cap a body of a few data bytes could take megabytes of them.
+const MAX_EXTENSIONS: usize = 16 * 1024;
 
 /// What the chunked decoder found in the buffer.
 pub enum Decoded {
@@ -320,9 +346,9 @@ pub fn take(buf: &mut BytesMut, n: usize) -> Bytes {
 /// sign or whitespace, CRLF line ends, a CRLF after each chunk's data.
 pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
     loop {
-        match *state {
-            Chunked::Done => return Ok(Decoded::End),
-            Chunked::Size => {
+        match state.at {
+            At::Done => return Ok(Decoded::End),
+            At::Size => {
                 let Some(end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
                     return Ok(Decoded::More);
                 };
@@ -336,34 +362,46 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded
                     return Err(ChunkError("invalid chunk size"));
                 }
                 let rest = &line[digits..];
-                if !rest.is_empty() && rest.trim_ascii_start().first() != Some(&b';') {
-                    return Err(ChunkError("invalid chunk extension"));
+                if !rest.is_empty() {
+                    // `*(BWS ";" BWS name [BWS "=" BWS value])`: no CR (a front end that
+                    // ends lines at a bare CR would frame the body differently), no controls.
+                    if rest.trim_ascii_start().first() != Some(&b';')
+                        || rest
+                            .iter()
+                            .any(|b| (b.is_ascii_control() && *b != b'\t') || *b == 0x7f)
+                    {
+                        return Err(ChunkError("invalid chunk extension"));
+                    }
+                    state.ext += rest.len();
+                    if state.ext > MAX_EXTENSIONS {
+                        return Err(ChunkError("too many chunk-extension bytes"));
+                    }
                 }
                 let size = hex.iter().fold(0u64, |n, b| {
                     n * 16 + u64::from((*b as char).to_digit(16).unwrap_or(0))
                 });
                 buf.advance(end + 2);
-                *state = if size == 0 {
-                    Chunked::Trailers
+                state.at = if size == 0 {
+                    At::Trailers
                 } else {
-                    Chunked::Data(size)
+                    At::Data(size)
                 };
             }
-            Chunked::Data(left) => {
+            At::Data(left) => {
                 if buf.is_empty() {
                     return Ok(Decoded::More);
                 }
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                 let data = take(buf, n);
                 let left = left - n as u64;
-                *state = if left == 0 {
-                    Chunked::DataEnd
+                state.at = if left == 0 {
+                    At::DataEnd
                 } else {
-                    Chunked::Data(left)
+                    At::Data(left)
                 };
                 return Ok(Decoded::Data(data));
             }
-            Chunked::DataEnd => {
+            At::DataEnd => {
                 if buf.len() < 2 {
                     return Ok(Decoded::More);
                 }
@@ -371,24 +409,41 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded
                     return Err(ChunkError("chunk data not followed by CRLF"));
                 }
                 buf.advance(2);
-                *state = Chunked::Size;
+                state.at = At::Size;
             }
-            Chunked::Trailers => {
-                if buf.len() >= 2 && &buf[..2] == b"\r\n" {
+            At::Trailers => {
+                if buf.len() < 2 {
+                    if buf.first() == Some(&b'\n') {
+                        return Err(ChunkError("bare LF after the last chunk"));
+                    }
+                    return Ok(Decoded::More);
+                }
+                if &buf[..2] == b"\r\n" {
                     buf.advance(2);
-                    *state = Chunked::Done;
+                    state.at = At::Done;
                     return Ok(Decoded::End);
                 }
-                // A trailer section: parsed as header fields up to the empty line.
+                // A trailer section: header fields up to the empty line, CRLF line ends only
+                // (with a bare LF, where the section ends would depend on the reader).
                 let Some(end) = find(buf, b"\r\n\r\n", MAX_TRAILERS)? else {
+                    if has_bare_lf(buf) {
+                        return Err(ChunkError("bare LF in the trailer section"));
+                    }
                     return Ok(Decoded::More);
                 };
+                let section = &buf[..end + 4];
+                if has_bare_lf(section) {
+                    return Err(ChunkError("bare LF in the trailer section"));
+                }
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let parsed = httparse::parse_headers(&buf[..end + 4], &mut fields)
+                let parsed = httparse::parse_headers(section, &mut fields)
                     .map_err(|_| ChunkError("invalid trailer section"))?;
-                let httparse::Status::Complete((_, fields)) = parsed else {
+                let httparse::Status::Complete((used, fields)) = parsed else {
                     return Err(ChunkError("invalid trailer section"));
                 };
+                if used != section.len() {
+                    return Err(ChunkError("invalid trailer section"));
+                }
                 let mut trailers = HeaderMap::with_capacity(fields.len());
                 for f in fields {
                     let (Ok(n), Ok(v)) = (
@@ -400,11 +455,18 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded
                     trailers.append(n, v);
                 }
                 buf.advance(end + 4);
-                *state = Chunked::Done;
+                state.at = At::Done;
                 return Ok(Decoded::Trailers(trailers));
             }
         }
     }
+}
+
+/// An LF not preceded by CR.
+fn has_bare_lf(b: &[u8]) -> bool {
+    b.iter()
+        .enumerate()
+        .any(|(i, c)| *c == b'\n' && (i == 0 || b[i - 1] != b'\r'))
 }
 
 /// The position of the first CRLF in `buf`; an error if there is none within `max` bytes, or
@@ -536,7 +598,7 @@ mod tests {
         let mut buf = BytesMut::new();
         put_chunk(&mut buf, b"hello");
         buf.extend_from_slice(b"3;ext=1\r\n wo\r\n0\r\nx-t: 1\r\n\r\nNEXT");
-        let mut st = Chunked::Size;
+        let mut st = Chunked::new();
         let mut body = Vec::new();
         let mut trailers = None;
         loop {
@@ -562,7 +624,7 @@ mod tests {
             "5 x\r\n",
         ] {
             let mut buf = BytesMut::from(bad.as_bytes());
-            let mut st = Chunked::Size;
+            let mut st = Chunked::new();
             let mut failed = false;
             for _ in 0..4 {
                 match decode_chunked(&mut st, &mut buf) {

@@ -53,6 +53,8 @@ pub struct PooledConn {
     framing: RespFraming,
     /// The connection may carry another request once the current response has ended.
     keep_alive: bool,
+    /// The rest of a request body still being written while its response streams.
+    writing: Option<Box<Writer>>,
     /// The connection's slot under the upstream's `limits.max_connections`, held while it is open.
     _slot: Option<OwnedSemaphorePermit>,
     /// Taken from the idle pool (it has carried a request before): the upstream may have
@@ -97,6 +99,7 @@ impl PooledConn {
             wbuf: Vec::new(),
             framing: RespFraming::Empty,
             keep_alive: false,
+            writing: None,
             _slot: slot,
             reused: false,
         }
@@ -148,7 +151,18 @@ impl PooledConn {
         let mut answered = false;
         let head = poll_fn(|cx| self.poll_exchange(cx, &mut w, &method, &mut answered)).await?;
         self.framing = head.framing;
-        self.keep_alive = head.keep_alive && w.done;
+        self.keep_alive = head.keep_alive;
+        // An answer that came before the request body was written whole: a success goes on
+        // taking the body as the response streams (full-duplex: an echo, a transcoder); an
+        // error stops it (RFC 9112 9.3), and the connection closes after the response.
+        self.writing = None;
+        if !w.done {
+            if head.status.as_u16() < 400 {
+                self.writing = Some(Box::new(w));
+            } else {
+                self.keep_alive = false;
+            }
+        }
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
@@ -265,7 +279,10 @@ impl PooledConn {
                             "request body shorter than its Content-Length",
                         ))));
                     }
-                    ReqFraming::Chunked => w.queue.push_back(http1::last_chunk(trailers.as_ref())),
+                    // Trailers are not sent on: hyper sent only those the request declared
+                    // in `Trailer` (hop-by-hop, removed), and a trailer may carry fields
+                    // (Host, framing, X-Forwarded-For) no policy has seen.
+                    ReqFraming::Chunked => w.queue.push_back(http1::last_chunk(None)),
                     _ => {}
                 }
             }
@@ -515,7 +532,7 @@ impl UpstreamBody {
         let state = match conn.framing {
             RespFraming::Empty | RespFraming::Length(0) => State::Done,
             RespFraming::Length(n) => State::Length(n),
-            RespFraming::Chunked => State::Chunked(Chunked::Size),
+            RespFraming::Chunked => State::Chunked(Chunked::new()),
             RespFraming::Close => State::Close,
         };
         let mut body = UpstreamBody {
@@ -536,6 +553,7 @@ impl UpstreamBody {
         self.state = State::Done;
         if let Some(c) = self.conn.take()
             && c.keep_alive
+            && c.writing.is_none()
             && c.buf.is_empty()
         {
             self.pool.put(c);
@@ -562,6 +580,19 @@ impl http_body::Body for UpstreamBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
+            if let Some(mut w) = conn.writing.take() {
+                match conn.poll_write_request(cx, &mut w) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        // The request body failed (the client's, most likely): the answer to
+                        // it cannot be trusted to complete.
+                        this.state = State::Done;
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Pending => conn.writing = Some(w),
+                }
+            }
             let want = match &mut this.state {
                 State::Done => {
                     this.release();
