@@ -182,11 +182,16 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H
         Version::HTTP_11
     };
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // The head is copied once into a buffer of its own size, which the field values share
+    // (one allocation, not one per field); `buf` keeps its allocation for the next response.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
     let (mut close, mut keep) = (false, false);
     for f in resp.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| HeadError::Framing("invalid field name in the upstream's response"))?;
-        let value = HeaderValue::from_bytes(f.value)
+        let at = (f.value.as_ptr() as usize).saturating_sub(base);
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + f.value.len()))
             .map_err(|_| HeadError::Framing("invalid field value in the upstream's response"))?;
         if name == header::CONNECTION {
             for t in f.value.split(|b| *b == b',') {
