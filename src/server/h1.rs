@@ -30,12 +30,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::body::{BoxError, ClientBody};
-use crate::context::{ConnInfo, PendingUpgrade, Upgraded};
+use crate::context::{ConnInfo, PendingUpgrade, Prefixed, Upgraded};
 use crate::gateway::{self, Gateway};
 use crate::observe::access_log::LoggedBody;
 use crate::upstream::http1::{Chunked, Decoded, decode_chunked, take};
@@ -201,7 +201,7 @@ pub async fn serve<S: ClientIo>(
             Next::Gone => return End::Closed,
             Next::Upgrade(tx) => {
                 let read = c.rbuf.take().map(BytesMut::freeze).unwrap_or_default();
-                let _ = tx.send(Box::new(Prefixed { read, io: c.io }));
+                let _ = tx.send(Box::new(Prefixed::new(read, c.io)));
                 return End::Closed;
             }
         }
@@ -1091,62 +1091,6 @@ impl Writing {
             self.push(crate::upstream::http1::last_chunk(t));
         }
         self.body_done = true;
-    }
-}
-
-/// A client's stream with bytes already read from it in front: after an upgrade, or handed to
-/// hyper after the HTTP/2 preface.
-pub struct Prefixed<S> {
-    read: Bytes,
-    io: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(read: Bytes, io: S) -> Self {
-        Prefixed { read, io }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read[..n]);
-            this.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -272,7 +272,7 @@ async fn serve_stream<S: h1::ClientIo>(
     let info = Arc::new(info);
     if alpn_h2 {
         // Boxed, here and below: an HTTP/1.1 connection's task then holds none of hyper's state.
-        let io = h1::Prefixed::new(bytes::Bytes::new(), stream);
+        let io = crate::context::Prefixed::new(bytes::Bytes::new(), stream);
         return Box::pin(serve_hyper(io, info, first_head, ctx)).await;
     }
     let settings = h1::Settings {
@@ -285,7 +285,13 @@ async fn serve_stream<S: h1::ClientIo>(
     match conn::drive(served, |_| {}, &ctx.activity).await {
         Some(h1::End::H2 { io, read }) => {
             let left = first_head;
-            Box::pin(serve_hyper(h1::Prefixed::new(read, io), info, left, ctx)).await;
+            Box::pin(serve_hyper(
+                crate::context::Prefixed::new(read, io),
+                info,
+                left,
+                ctx,
+            ))
+            .await;
         }
         Some(h1::End::Closed) => {
             ctx.activity.ended();

@@ -27,6 +27,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Got, TargetPool};
 use crate::body::Body;
+use crate::context::Prefixed;
 use crate::error::{BoxError, GatewayError};
 use crate::upstream::http1::{self, Chunked, Decoded, ReqFraming, RespFraming};
 use crate::upstream::transport::Stream;
@@ -341,10 +342,7 @@ impl PooledConn {
     /// After a `101 Switching Protocols`: the connection's stream, with the bytes already read
     /// past the head in front of it.
     pub fn into_upgraded(self) -> Prefixed<Stream> {
-        Prefixed {
-            prefix: self.buf.freeze(),
-            io: self.io,
-        }
+        Prefixed::new(self.buf.freeze(), self.io)
     }
 
     /// Polls once without a real waker: true if the upstream closed the connection or sent
@@ -374,55 +372,6 @@ fn poll_read_more(
     buf.reserve(want);
     let mut read = std::pin::pin!(io.read_buf(buf));
     read.as_mut().poll(cx)
-}
-
-/// An upgraded upstream stream: bytes read past the 101's head come first.
-pub struct Prefixed<T> {
-    prefix: Bytes,
-    io: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }
 
 pub(super) struct Idle {
