@@ -509,8 +509,6 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// The response body on its way to the client: counts bytes and writes the access-log line
-/// when the body ends or is dropped (client gone), exactly once.
 /// The response body on its way to the client: counts bytes and accounts the request (metrics,
 /// access-log line) when the body ends or is dropped (client gone), exactly once.
 pub struct LoggedBody {
