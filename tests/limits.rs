@@ -672,6 +672,9 @@ async fn rejections_before_routing_are_logged_and_counted() {
     ] {
         assert_eq!(status_of(&raw(gw.addr, bytes).await), want);
     }
+    // A client that sends nothing at all (a preconnect, a TCP health check): counted as
+    // `no_request` when the head timeout ends it, but not a request to log.
+    let silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     // A head that never ends: cut off by the head timeout, with no answer.
     let _ = raw(gw.addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -713,12 +716,29 @@ async fn rejections_before_routing_are_logged_and_counted() {
             .any(|l| l["reason"] == "both Content-Length and Transfer-Encoding"),
         "the smuggling line does not say why: {lines:?}"
     );
+    assert!(
+        !lines.iter().any(|l| l["error"] == "no_request"),
+        "a connection that sent nothing was logged: {lines:?}"
+    );
+    // The gateway closes the silent connection at its head timeout (bounded wait).
+    let mut silent = silent;
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was not closed: {closed:?}"
+    );
     let m = gw.gw.metrics.encode();
     for reason in [
         "head_too_large",
         "parse_error",
         "ambiguous_framing",
         "head_timeout",
+        "no_request",
     ] {
         assert!(
             m.contains(&format!(

@@ -38,7 +38,9 @@ use crate::body::{BoxError, ClientBody};
 use crate::context::{ConnInfo, PendingUpgrade, Prefixed, Upgraded};
 use crate::gateway::{self, Gateway};
 use crate::observe::access_log::LoggedBody;
-use crate::upstream::http1::{Chunked, Decoded, decode_chunked, take};
+use crate::upstream::http1::{
+    Chunked, Decoded, chunk_header, content_length, decimal, decode_chunked, last_chunk, take,
+};
 
 use super::conn::Activity;
 
@@ -58,6 +60,33 @@ impl ClientIo for TcpStream {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {}
+
+/// A request body's two ends: the body the gateway reads and the connection's pump.
+fn body_channel(state: PumpState, expect_continue: bool) -> (Option<Pump>, ClientBody) {
+    let shared = Arc::new(Mutex::new(BodyShared {
+        slot: None,
+        done: false,
+        wanted: false,
+        waker: None,
+        conn_waker: None,
+    }));
+    let left = match state {
+        PumpState::Length(n) => Some(n),
+        _ => None,
+    };
+    let body = RequestBody {
+        shared: shared.clone(),
+        left,
+        ended: false,
+    };
+    let pump = Pump {
+        shared,
+        state,
+        continue_owed: expect_continue,
+        continue_sent: 0,
+    };
+    (Some(pump), ClientBody::H1(Box::pin(body)))
+}
 
 /// Size of a pooled read buffer, and of each read into it.
 const BUF: usize = 8 * 1024;
@@ -161,27 +190,19 @@ pub async fn serve<S: ClientIo>(
                     ),
                     Refused::Malformed => (StatusCode::BAD_REQUEST, "parse_error"),
                 };
-                gw.metrics.rejected(reason);
-                if let Some(log) = gw.access_log.load().as_deref() {
-                    log.rejected(info.client_addr, status, reason);
-                }
+                super::report_rejected(gw, info.client_addr, Some(status), reason);
                 c.refuse(status).await;
                 return End::Closed;
             }
             Err(ReadError::Timeout { had_bytes }) => {
-                if had_bytes {
-                    // Logged as nginx logs it; the client is sent nothing.
-                    gw.metrics.rejected("head_timeout");
-                    if let Some(log) = gw.access_log.load().as_deref() {
-                        log.rejected(
-                            info.client_addr,
-                            StatusCode::REQUEST_TIMEOUT,
-                            "head_timeout",
-                        );
-                    }
+                // A partial head is logged as nginx logs it (408, though the client is sent
+                // nothing); a client that sent nothing is only counted.
+                let (status, reason) = if had_bytes {
+                    (Some(StatusCode::REQUEST_TIMEOUT), "head_timeout")
                 } else {
-                    gw.metrics.rejected("no_request");
-                }
+                    (None, "no_request")
+                };
+                super::report_rejected(gw, info.client_addr, status, reason);
                 return End::Closed;
             }
             Err(ReadError::Io(e)) => {
@@ -286,20 +307,14 @@ impl http_body::Body for RequestBody {
         }
         let mut sh = this.shared.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(item) = sh.slot.take() {
-            match &item {
-                Ok(f) => {
-                    if let (Some(d), Some(left)) = (f.data_ref(), this.left.as_mut()) {
-                        *left = left.saturating_sub(d.len() as u64);
-                    }
-                    if f.is_trailers() || (sh.done && this.left.is_none_or(|l| l == 0)) {
-                        this.ended = sh.done;
-                    }
-                    if this.left == Some(0) {
-                        this.ended = true;
-                    }
-                }
-                Err(_) => this.ended = true,
+            if let (Ok(f), Some(left)) = (&item, this.left.as_mut())
+                && let Some(d) = f.data_ref()
+            {
+                *left = left.saturating_sub(d.len() as u64);
             }
+            // The connection marks the last frame (the last Content-Length bytes, trailers,
+            // an error) as it delivers it.
+            this.ended = sh.done;
             return Poll::Ready(Some(item));
         }
         if sh.done {
@@ -352,6 +367,20 @@ enum PumpState {
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+impl Pump {
+    /// Hands the reader its next frame (`None`: only the end) and wakes it; `done`: nothing
+    /// follows.
+    fn deliver(&self, item: Option<Result<Frame<Bytes>, BoxError>>, done: bool) {
+        let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        sh.slot = item;
+        sh.done = done;
+        sh.wanted = false;
+        if let Some(w) = sh.waker.take() {
+            w.wake();
+        }
+    }
+}
+
 impl<S: ClientIo> Conn<S> {
     /// Waits for the next request head. An idle connection holds no buffer; the head timer
     /// runs from the accept for the first request, and from the first byte for later ones.
@@ -375,16 +404,14 @@ impl<S: ClientIo> Conn<S> {
                     // They start the head's clock like any other byte: a client feeding
                     // only empty lines is timed out as a slow head.
                     padded |= skip > 0;
-                    if first && !buf.is_empty() {
-                        let n = buf.len().min(H2_PREFACE.len());
-                        if buf[..n] == H2_PREFACE[..n] {
-                            if n == H2_PREFACE.len() {
-                                return Poll::Ready(Ok(Got::H2));
-                            }
-                        } else if let Some(h) = parse(buf, max_head).map_err(ReadError::Refused)? {
-                            return Poll::Ready(Ok(Got::Head(h)));
-                        }
-                    } else if !buf.is_empty()
+                    // A first request that is (so far) the HTTP/2 preface waits for all of it.
+                    let n = buf.len().min(H2_PREFACE.len());
+                    let h2 = first && !buf.is_empty() && buf[..n] == H2_PREFACE[..n];
+                    if h2 && n == H2_PREFACE.len() {
+                        return Poll::Ready(Ok(Got::H2));
+                    }
+                    if !h2
+                        && !buf.is_empty()
                         && let Some(h) = parse(buf, max_head).map_err(ReadError::Refused)?
                     {
                         return Poll::Ready(Ok(Got::Head(h)));
@@ -496,9 +523,6 @@ impl<S: ClientIo> Conn<S> {
             }
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
-        if let Some(b) = self.rbuf.take() {
-            drop(b);
-        }
     }
 
     /// One request: hands it to the gateway, feeds it the body as it asks, writes the response.
@@ -518,10 +542,8 @@ impl<S: ClientIo> Conn<S> {
         let (mut pump, body) = match framing {
             _ if ambiguous => (None, ClientBody::Empty),
             Framing::None | Framing::Length(0) => (None, ClientBody::Empty),
-            Framing::Length(n) => self.body_channel(PumpState::Length(n), Some(n), expect_continue),
-            Framing::Chunked => {
-                self.body_channel(PumpState::Chunked(Chunked::new()), None, expect_continue)
-            }
+            Framing::Length(n) => body_channel(PumpState::Length(n), expect_continue),
+            Framing::Chunked => body_channel(PumpState::Chunked(Chunked::new()), expect_continue),
         };
         if ambiguous {
             keep_alive = false;
@@ -602,35 +624,6 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    fn body_channel(
-        &mut self,
-        state: PumpState,
-        left: Option<u64>,
-        expect_continue: bool,
-    ) -> (Option<Pump>, ClientBody) {
-        let shared = Arc::new(Mutex::new(BodyShared {
-            slot: None,
-            done: false,
-            wanted: false,
-            waker: None,
-            conn_waker: None,
-        }));
-        let body = RequestBody {
-            shared: shared.clone(),
-            left,
-            ended: false,
-        };
-        (
-            Some(Pump {
-                shared,
-                state,
-                continue_owed: expect_continue,
-                continue_sent: 0,
-            }),
-            ClientBody::H1(Box::pin(body)),
-        )
-    }
-
     /// Feeds the request body: when the gateway waits for a frame, decodes the next one from
     /// the buffer (reading more if needed) and wakes it.
     fn poll_pump(&mut self, cx: &mut Context<'_>, p: &mut Pump) {
@@ -691,12 +684,7 @@ impl<S: ClientIo> Conn<S> {
                     }
                     Ok(Decoded::End) => {
                         p.state = PumpState::Done;
-                        let mut sh = p.shared.lock().unwrap_or_else(|e| e.into_inner());
-                        sh.done = true;
-                        sh.wanted = false;
-                        if let Some(w) = sh.waker.take() {
-                            w.wake();
-                        }
+                        p.deliver(None, true);
                         return;
                     }
                     Ok(Decoded::More) => None,
@@ -708,13 +696,7 @@ impl<S: ClientIo> Conn<S> {
                 PumpState::Done | PumpState::Broken => return,
             };
             if let Some((item, last)) = item {
-                let mut sh = p.shared.lock().unwrap_or_else(|e| e.into_inner());
-                sh.slot = Some(item);
-                sh.done = last;
-                sh.wanted = false;
-                if let Some(w) = sh.waker.take() {
-                    w.wake();
-                }
+                p.deliver(Some(item), last);
                 return;
             }
             let want = match p.state {
@@ -743,13 +725,7 @@ impl<S: ClientIo> Conn<S> {
 
     fn pump_fail(&mut self, p: &mut Pump, why: &'static str) {
         p.state = PumpState::Broken;
-        let mut sh = p.shared.lock().unwrap_or_else(|e| e.into_inner());
-        sh.slot = Some(Err(Box::new(BodyError(why))));
-        sh.done = true;
-        sh.wanted = false;
-        if let Some(w) = sh.waker.take() {
-            w.wake();
-        }
+        p.deliver(Some(Err(Box::new(BodyError(why)))), true);
     }
 
     /// Writes the response head and body. The head and the first body bytes go out in one
@@ -1055,7 +1031,7 @@ impl Writing {
                         self.push(data);
                     }
                     Out::Chunked => {
-                        self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                        self.push(chunk_header(data.len()));
                         self.push(data);
                         self.push(Bytes::from_static(b"\r\n"));
                     }
@@ -1088,7 +1064,7 @@ impl Writing {
         }
         if matches!(self.framing, Out::Chunked) {
             let t = trailers.filter(|_| self.trailers_ok);
-            self.push(crate::upstream::http1::last_chunk(t));
+            self.push(last_chunk(t));
         }
         self.body_done = true;
     }
@@ -1120,26 +1096,6 @@ fn put_date(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&d.1);
     });
-}
-
-/// One valid Content-Length (all values the same decimal number).
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    let mut found = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        let n = decimal(v.as_bytes())?;
-        if found.is_some_and(|f| f != n) {
-            return None;
-        }
-        found = Some(n);
-    }
-    found
-}
-
-fn decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Where `part` (a slice of `buf`) starts in `buf`.

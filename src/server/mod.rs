@@ -229,6 +229,21 @@ fn rejection(
     None
 }
 
+/// A connection refused before the gateway saw a request: counted in
+/// `gatehouse_downstream_rejected_total{reason}`, and logged with `status` when there is one
+/// (a client that sent nothing at all is not a request to log).
+fn report_rejected(
+    gw: &Gateway,
+    peer: SocketAddr,
+    status: Option<http::StatusCode>,
+    reason: &'static str,
+) {
+    gw.metrics.rejected(reason);
+    if let (Some(status), Some(log)) = (status, gw.access_log.load().as_deref()) {
+        log.rejected(peer, status, reason);
+    }
+}
+
 /// Closes idle upstream connections that expired or were closed by their upstream, for the
 /// upstreams of whatever config is current.
 async fn sweep_pools(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
@@ -356,16 +371,7 @@ where
     if let Err(e) = served {
         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
         if let Some((status, reason)) = rejection(&*e) {
-            gw_log.metrics.rejected(reason);
-            if let Some(log) = gw_log.access_log.load().as_deref()
-                && status.is_some()
-            {
-                log.rejected(
-                    peer,
-                    status.unwrap_or(http::StatusCode::BAD_REQUEST),
-                    reason,
-                );
-            }
+            report_rejected(&gw_log, peer, status, reason);
         }
     }
     active.dec();

@@ -10,7 +10,7 @@
 //! response with both Content-Length and Transfer-Encoding, a transfer coding other than
 //! `chunked`, or Content-Length values that disagree is refused (see [`framing`]).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
@@ -86,21 +86,26 @@ pub fn encode_head<B: http_body::Body>(req: &Request<B>, out: &mut Vec<u8>) -> R
     framing
 }
 
-/// One valid Content-Length of a request (all values the same number), if it has one.
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    let mut found: Option<u64> = None;
+/// One valid Content-Length (all values the same decimal number), if the message has one.
+/// Shared by both codecs.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    let mut found = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
-        let s = std::str::from_utf8(v.as_bytes()).ok()?;
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n: u64 = s.parse().ok()?;
+        let n = decimal(v.as_bytes())?;
         if found.is_some_and(|f| f != n) {
             return None;
         }
         found = Some(n);
     }
     found
+}
+
+/// A Content-Length value: one or more ASCII digits, within 64 bits.
+pub fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// The chunk-size line of one chunk of `len` bytes (`len` > 0).
@@ -257,14 +262,7 @@ pub fn framing(h: &mut HeaderMap) -> Result<Option<Found>, &'static str> {
     if has_te {
         return Err("upstream response has both Content-Length and Transfer-Encoding");
     }
-    let digits = |v: &HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
-    if !digits(first) {
-        return Err("upstream response has an invalid Content-Length");
-    }
-    let n = std::str::from_utf8(first.as_bytes())
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or("upstream response has an invalid Content-Length")?;
+    let n = decimal(first.as_bytes()).ok_or("upstream response has an invalid Content-Length")?;
     let mut repeated = false;
     for v in cl {
         if v != first {
@@ -494,16 +492,17 @@ fn find(buf: &[u8], needle: &[u8], max: usize) -> Result<Option<usize>, ChunkErr
     }
 }
 
-/// Appends `data` to `out` as one chunk (for tests and small bodies).
-pub fn put_chunk(out: &mut BytesMut, data: &[u8]) {
-    out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.put_slice(data);
-    out.put_slice(b"\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
+
+    /// Appends `data` to `out` as one chunk.
+    fn put_chunk(out: &mut BytesMut, data: &[u8]) {
+        out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.put_slice(data);
+        out.put_slice(b"\r\n");
+    }
 
     /// A body of unknown size.
     struct Unsized;
