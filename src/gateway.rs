@@ -83,7 +83,7 @@ pub async fn handle(
             error: None,
             reason: None,
             request_id: request_id.clone(),
-            trace_id: None,
+            trace: None,
             calls: None,
             tally: tally.clone(),
         },
@@ -370,7 +370,7 @@ async fn forward(
         req.headers_mut().remove(&trace::TRACESTATE);
     }
     if let Some(r) = line.record() {
-        r.trace_id = Some(trace.trace_id().to_owned());
+        r.trace = trace.trace_id().as_bytes().try_into().ok();
     }
     req.headers_mut()
         .insert(trace::TRACEPARENT.clone(), trace.header);

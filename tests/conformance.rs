@@ -1950,7 +1950,14 @@ async fn a_keep_alive_race_is_retried_for_idempotent_requests_only() {
         c.send("GET /a HTTP/1.1\r\nHost: gw.test\r\n\r\n").await;
         assert_eq!(c.response().await.status(), Some(200));
     }
-    assert_eq!(up.requests().len(), 3, "the GET was sent again once");
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 3, "the GET was sent again once");
+    assert_eq!(
+        String::from_utf8_lossy(&reqs[2]),
+        String::from_utf8_lossy(&reqs[1]),
+        "sent again byte for byte"
+    );
+    assert!(reqs[2].starts_with(b"GET /a HTTP/1.1\r\n"));
     c.send("POST /p HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nhi")
         .await;
     assert_eq!(c.response().await.status(), Some(200));

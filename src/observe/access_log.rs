@@ -102,7 +102,7 @@ impl AccessLog {
             error: Some(reason),
             reason: None,
             request_id: HeaderValue::from_static("-"),
-            trace_id: None,
+            trace: None,
             calls: None,
             tally: Arc::default(),
         };
@@ -287,8 +287,8 @@ pub struct Record {
     /// Why a request was refused (`bad_request`, `not_implemented`): which rule it broke.
     pub reason: Option<&'static str>,
     pub request_id: HeaderValue,
-    /// W3C trace id, when the request was forwarded.
-    pub trace_id: Option<String>,
+    /// The W3C trace id (32 hex digits), when the request was forwarded.
+    pub trace: Option<[u8; 32]>,
     /// An aggregate route's calls: `user:ok:12ms,orders:timeout:300ms`.
     pub calls: Option<String>,
     pub tally: Arc<Tally>,
@@ -320,16 +320,18 @@ impl Record {
         let (path, host, target, rid) = self.fields();
         let dur = self.start.elapsed().as_secs_f64() * 1000.0;
         let bytes_in = self.tally.bytes_in.load(Ordering::Relaxed);
-        let ts = rfc3339(self.time);
+        let ts = rfc3339_bytes(self.time);
+        let ts = std::str::from_utf8(&ts).unwrap_or("-");
+        let client = client_str(self.client);
+        let client = client.as_str();
         match format {
             LogFormat::Json => {
                 // Serialized straight from borrowed fields, in this order: a `json!` value
                 // built a map of owned keys and strings first (about 40 allocations a line; the
                 // JSON log cost more than the proxying in `MODE=full`).
-                let client = self.client.to_string();
                 let line = JsonLine {
-                    time: &ts,
-                    client: &client,
+                    time: ts,
+                    client,
                     method: self.method.as_str(),
                     path,
                     protocol: version_str(self.version),
@@ -343,10 +345,15 @@ impl Record {
                     bytes_in,
                     bytes_out,
                     request_id: &rid,
-                    trace_id: self.trace_id.as_deref(),
+                    trace_id: self
+                        .trace
+                        .as_ref()
+                        .and_then(|t| std::str::from_utf8(t).ok()),
                     calls: self.calls.as_deref(),
                 };
-                let json = serde_json::to_string(&line).unwrap_or_default();
+                let mut buf = Vec::with_capacity(384);
+                let _ = serde_json::to_writer(&mut buf, &line);
+                let json = String::from_utf8(buf).unwrap_or_default();
                 let mut s = escape_json_line(json);
                 s.push('\n');
                 s
@@ -356,7 +363,6 @@ impl Record {
                 let _ = write!(
                     s,
                     "{ts} {client} \"{method} {path} {proto}\" {status} route={route} target={target} duration_ms={dur:.3} bytes_in={bytes_in} bytes_out={bytes_out} request_id={rid}",
-                    client = self.client,
                     method = Escaped(self.method.as_str()),
                     path = Escaped(path),
                     proto = version_str(self.version),
@@ -365,7 +371,11 @@ impl Record {
                     target = Escaped(target),
                     rid = Escaped(&rid),
                 );
-                if let Some(t) = &self.trace_id {
+                if let Some(t) = self
+                    .trace
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                {
                     let _ = write!(s, " trace_id={}", Escaped(t));
                 }
                 if let Some(e) = self.error {
@@ -410,11 +420,10 @@ struct JsonLine<'a> {
 /// 8-bit CSI), what a shell treats specially even inside double quotes or between words, and
 /// invisible or direction-changing format characters (U+202E and friends, "Trojan Source").
 fn must_escape(c: char) -> bool {
+    if c.is_ascii() {
+        return ASCII_ESCAPE[c as usize];
+    }
     c.is_control()
-        || matches!(
-            c,
-            ' ' | '$' | '`' | '\\' | '"' | '\'' | ';' | '&' | '|' | '<' | '>' | '(' | ')' | '!'
-        )
         || matches!(
             c,
             '\u{00AD}'
@@ -429,6 +438,57 @@ fn must_escape(c: char) -> bool {
         )
 }
 
+/// [`must_escape`] for the ASCII characters, looked up: every byte of every line is checked.
+static ASCII_ESCAPE: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        t[b] = b < 0x20
+            || b == 0x7f
+            || matches!(
+                b as u8,
+                b' ' | b'$'
+                    | b'`'
+                    | b'\\'
+                    | b'"'
+                    | b'\''
+                    | b';'
+                    | b'&'
+                    | b'|'
+                    | b'<'
+                    | b'>'
+                    | b'('
+                    | b')'
+                    | b'!'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// The byte offset of the first character of `s` that [`must_escape`] (and `keep` does not
+/// keep). ASCII bytes are looked up in a table; only a non-ASCII character is decoded.
+fn first_escape(s: &str, keep: impl Fn(u8) -> bool) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x80 {
+            if ASCII_ESCAPE[b as usize] && !keep(b) {
+                return Some(i);
+            }
+            i += 1;
+        } else {
+            let c = s[i..].chars().next()?;
+            if must_escape(c) {
+                return Some(i);
+            }
+            i += c.len_utf8();
+        }
+    }
+    None
+}
+
 /// A field of a text line: `$` becomes `\x24`, U+202E becomes `\u{202e}`. A backslash is
 /// escaped too, so every backslash in a line starts an escape.
 struct Escaped<'a>(&'a str);
@@ -436,7 +496,7 @@ struct Escaped<'a>(&'a str);
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut rest = self.0;
-        while let Some(i) = rest.find(must_escape) {
+        while let Some(i) = first_escape(rest, |_| false) {
             f.write_str(&rest[..i])?;
             let Some(c) = rest[i..].chars().next() else {
                 break;
@@ -457,13 +517,14 @@ impl std::fmt::Display for Escaped<'_> {
 /// C0 controls; the others cannot occur outside a string in compact JSON, so replacing them
 /// anywhere in the line is safe.
 fn escape_json_line(line: String) -> String {
-    // Most lines have nothing to escape: kept as they are, no second copy.
-    let safe = |b: u8| b.is_ascii() && (b == b'"' || b == b'\\' || !must_escape(b as char));
-    if line.bytes().all(safe) {
+    // Most lines have nothing to escape: kept as they are, no second copy. Quotes and
+    // backslashes are serde_json's own escapes.
+    let Some(first) = first_escape(&line, |b| b == b'"' || b == b'\\') else {
         return line;
-    }
+    };
     let mut out = String::with_capacity(line.len() + 16);
-    for c in line.chars() {
+    out.push_str(&line[..first]);
+    for c in line[first..].chars() {
         if must_escape(c) && c != '"' && c != '\\' {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
@@ -489,6 +550,12 @@ fn version_str(v: Version) -> &'static str {
 
 /// RFC 3339 UTC with milliseconds, without a date crate.
 pub fn rfc3339(t: SystemTime) -> String {
+    let buf = rfc3339_bytes(t);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// [`rfc3339`] in a stack buffer (every access-log line has one): `2026-11-26T20:00:00.123Z`.
+fn rfc3339_bytes(t: SystemTime) -> [u8; 24] {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -502,11 +569,58 @@ pub fn rfc3339(t: SystemTime) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    )
+    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999) as u64;
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, h);
+    put(14, 2, m);
+    put(17, 2, s);
+    put(20, 3, u64::from(d.subsec_millis()));
+    out
+}
+
+/// A short string built on the stack: the client's address in a log line.
+struct StackStr {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl StackStr {
+    fn new() -> Self {
+        StackStr {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("-")
+    }
+}
+
+impl std::fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `ip:port` (`[v6]:port`), as `SocketAddr`'s `Display` writes it, without an allocation.
+fn client_str(addr: SocketAddr) -> StackStr {
+    let mut out = StackStr::new();
+    let _ = write!(out, "{addr}");
+    out
 }
 
 /// The response body on its way to the client: counts bytes and accounts the request (metrics,
@@ -597,6 +711,35 @@ mod tests {
         // Outside the BMP: a surrogate pair.
         let tag = escape_json_line(serde_json::json!({ "p": "\u{E0041}" }).to_string());
         assert_eq!(tag, "{\"p\":\"\\udb40\\udc41\"}");
+    }
+
+    #[test]
+    fn escapes_exactly_the_listed_ascii() {
+        for b in 0u8..128 {
+            let c = b as char;
+            let listed = b < 0x20 || b == 0x7f || " $`\\\"';&|<>()!".contains(c);
+            let text = Escaped(&c.to_string()).to_string();
+            assert_eq!(text != c.to_string(), listed, "{b:#x}: {text}");
+            let json = escape_json_line(serde_json::json!({ "p": c.to_string() }).to_string());
+            let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(back["p"], c.to_string(), "{json}");
+            if listed && c != '"' && c != '\\' {
+                assert!(!json.contains(c), "{b:#x}: {json}");
+            }
+        }
+        // Non-ASCII: only the listed invisible, control and direction characters.
+        assert_eq!(Escaped("é中\u{202E}").to_string(), "é中\\u{202e}");
+        assert_eq!(first_escape("aé\u{200B}", |_| false), Some(3));
+    }
+
+    #[test]
+    fn client_and_time_without_allocating_match_display() {
+        for a in ["10.1.2.3:8080", "[2001:db8::1]:443", "[fe80::1%7]:80"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(client_str(addr).as_str(), addr.to_string());
+        }
+        let t = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+        assert_eq!(rfc3339(t), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

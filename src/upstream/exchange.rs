@@ -114,7 +114,8 @@ pub async fn forward(
         Ok(Err(_)) => UpstreamOutcome::Failed,
         Err(_) => UpstreamOutcome::Timeout,
     };
-    let elapsed = started.elapsed();
+    let now = std::time::Instant::now();
+    let elapsed = now.saturating_duration_since(started);
     // An exchange the client broke (its body was malformed, paused too long, or cut off) is
     // not the target's failure, in the metrics either.
     let client_fault = client_body.as_ref().is_some_and(|t| {
@@ -128,16 +129,12 @@ pub async fn forward(
     let (conn, mut resp) = match result {
         Err(_) => {
             // A timeout counts as a very slow answer for the latency-aware balancer.
-            target
-                .live
-                .observe_latency(timeout, std::time::Instant::now());
+            target.live.observe_latency(timeout, now);
             return Err(TryError::Sent(GatewayError::UpstreamTimeout(timeout)));
         }
         Ok(r) => r?,
     };
-    target
-        .live
-        .observe_latency(elapsed, std::time::Instant::now());
+    target.live.observe_latency(elapsed, now);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(u), Conn::H1(conn)) = (upgrade.take(), conn) else {
@@ -219,44 +216,38 @@ async fn exchange_h1(target: &Target, mut conn: PooledConn, req: Request<Body>) 
     // idle timeout raced our request). A body-less idempotent request that then got no answer
     // at all is sent again on a fresh connection, as browsers and Go's client do: the
     // upstream closed without reading it.
+    // Nothing of the request is kept for it: a body-less request is in the connection's
+    // write buffer whole, and those bytes are written again.
     let again = (conn.reused
         && http_body::Body::is_end_stream(req.body())
         && matches!(
             *req.method(),
             Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
         ))
-    .then(|| {
-        (
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().clone(),
-        )
-    });
+    .then(|| req.method().clone());
     let sent_at = std::time::Instant::now();
     match conn.send(req).await {
         Ok(resp) => Ok((Conn::H1(conn), resp.map(|()| None))),
         // At once: a close that raced the request, not an upstream that took the request
         // and failed later (which is not safe to send again).
         Err(SendError::Incomplete(e))
-            if again.is_some() && sent_at.elapsed() < std::time::Duration::from_millis(100) =>
+            if again.is_some()
+                && conn.whole_written()
+                && sent_at.elapsed() < std::time::Duration::from_millis(100) =>
         {
-            drop(conn);
             tracing::debug!(target = %target.authority, error = %e, "reused connection closed by the target as the request went out: sending it on a new one");
-            let Some((method, uri, headers)) = again else {
-                return Err(TryError::Sent(GatewayError::Internal("no head".into())));
-            };
-            let mut req = Request::new(Body::empty());
-            *req.method_mut() = method;
-            *req.uri_mut() = uri;
-            *req.headers_mut() = headers;
-            send_fresh(target, req).await
+            let method = again.unwrap_or(Method::GET);
+            // Boxed: a rare path, kept out of the size of every request's future.
+            let written = conn.take_written();
+            drop(conn);
+            Box::pin(resend_fresh(target, written, method)).await
         }
         // Never written (the pooled connection was not usable after all): sending it on a
         // fresh connection cannot duplicate it. The dead one goes first, so it does not hold
         // a slot under the connection cap.
         Err(SendError::NotWritten(req, _)) => {
             drop(conn);
-            send_fresh(target, *req).await
+            Box::pin(send_fresh(target, *req)).await
         }
         Err(SendError::Incomplete(e) | SendError::Failed(e)) => {
             Err(TryError::Sent(GatewayError::UpstreamFailed(e)))
@@ -272,6 +263,21 @@ async fn send_fresh(target: &Target, req: Request<Body>) -> Exchanged {
         Err(e) => return Err(TryError::NotSent(e, Box::new(req))),
     };
     match fresh.send(req).await {
+        Ok(resp) => Ok((Conn::H1(fresh), resp.map(|()| None))),
+        Err(SendError::NotWritten(_, e) | SendError::Incomplete(e) | SendError::Failed(e)) => {
+            Err(TryError::Sent(GatewayError::UpstreamFailed(e)))
+        }
+    }
+}
+
+/// Writes `written` (a body-less request, as a connection wrote it) again, byte for byte, on a
+/// new connection to `target`.
+async fn resend_fresh(target: &Target, written: Vec<u8>, method: Method) -> Exchanged {
+    let mut fresh = match target.pool.connect().await {
+        Ok(c) => c,
+        Err(e) => return Err(TryError::Sent(e)),
+    };
+    match fresh.resend(written, &method).await {
         Ok(resp) => Ok((Conn::H1(fresh), resp.map(|()| None))),
         Err(SendError::NotWritten(_, e) | SendError::Incomplete(e) | SendError::Failed(e)) => {
             Err(TryError::Sent(GatewayError::UpstreamFailed(e)))
@@ -306,6 +312,12 @@ async fn exchange_h2(target: &Target, mut stream: H2Stream, req: Request<Body>) 
         return Err(TryError::Sent(GatewayError::UpstreamFailed(Box::new(e))));
     };
     tracing::debug!(target = %target.authority, error = %e, "HTTP/2 request not processed by the target: sending it on another connection");
+    // Boxed: a rare path, kept out of the size of every request's future.
+    Box::pin(send_h2_again(target, req)).await
+}
+
+/// [`exchange_h2`]'s second try, on another connection.
+async fn send_h2_again(target: &Target, req: Request<Body>) -> Exchanged {
     let mut fresh = match target.pool.checkout_h2().await {
         Ok(s) => s,
         Err(e) => return Err(TryError::NotSent(e, Box::new(req))),

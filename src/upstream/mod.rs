@@ -115,10 +115,12 @@ impl Upstream {
     /// ejected, not failing their active checks, and not yet `tried` by this request. When every target is out, all of them are
     /// tried anyway (panic mode): a wrongly ejected set must not fail every request.
     pub fn select(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
-        let now = Instant::now();
+        // The clock is read only if a target has been ejected at some time.
+        let now = std::cell::OnceCell::new();
         let healthy = |i: usize| {
             let live = &self.targets[i].live;
-            !live.is_ejected(now) && !live.is_down()
+            let ejected = live.ever_ejected() && live.is_ejected(*now.get_or_init(Instant::now));
+            !ejected && !live.is_down()
         };
         if let Some(i) = self.balancer.pick(
             &self.targets,

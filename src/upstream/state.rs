@@ -171,6 +171,11 @@ impl TargetLive {
         self.down.store(false, Ordering::Release);
     }
 
+    /// Whether the target has been ejected at some time (a cheap check before [`is_ejected`]).
+    pub fn ever_ejected(&self) -> bool {
+        self.ejected_until_ns.load(Ordering::Relaxed) != 0
+    }
+
     pub fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until_ns.load(Ordering::Acquire) > nanos(now)
     }

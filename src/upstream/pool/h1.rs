@@ -50,6 +50,8 @@ pub struct PooledConn {
     buf: BytesMut,
     /// The request head being written.
     wbuf: Vec<u8>,
+    /// See [`PooledConn::whole_written`].
+    whole_written: bool,
     /// How the current response's body is framed (set by [`PooledConn::send`]).
     framing: RespFraming,
     /// The connection may carry another request once the current response has ended.
@@ -98,6 +100,7 @@ impl PooledConn {
             io,
             buf: BytesMut::new(),
             wbuf: Vec::new(),
+            whole_written: false,
             framing: RespFraming::Empty,
             keep_alive: false,
             writing: None,
@@ -141,6 +144,55 @@ impl PooledConn {
             _ if inline => None,
             _ => Some(req.into_body()),
         };
+        self.whole_written = body.is_none() || matches!(framing, ReqFraming::Length(0));
+        self.finish_send(head_sent, framing, body, &method).await
+    }
+
+    /// Whether the last request [`send`](Self::send) wrote was in its write buffer whole (no
+    /// body to stream after the head), so that [`resend`](Self::resend) can write it again.
+    pub fn whole_written(&self) -> bool {
+        self.whole_written
+    }
+
+    /// The bytes of the last request written, taken out of the connection (for
+    /// [`resend`](Self::resend) on another one, when it was [written whole](Self::whole_written)).
+    pub fn take_written(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.wbuf)
+    }
+
+    /// Writes `request` (what [`take_written`](Self::take_written) gave of a connection that
+    /// wrote a request whole and got no answer) on this connection, byte for byte: nothing of
+    /// the request was kept or is rebuilt.
+    pub async fn resend(
+        &mut self,
+        request: Vec<u8>,
+        method: &Method,
+    ) -> Result<Response<()>, SendError> {
+        crate::bufpool::put_write(std::mem::replace(&mut self.wbuf, request));
+        let first = poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, &self.wbuf)).await;
+        let head_sent = match first {
+            Ok(0) => {
+                return Err(SendError::Failed(Box::new(Msg(
+                    "the upstream took no bytes",
+                ))));
+            }
+            Ok(n) => n,
+            Err(e) => return Err(SendError::Failed(Box::new(e))),
+        };
+        self.whole_written = true;
+        self.finish_send(head_sent, ReqFraming::None, None, method)
+            .await
+    }
+
+    /// The rest of a send once the first bytes of the write buffer are out: the rest of the
+    /// head and the body, and the answer's head.
+    async fn finish_send(
+        &mut self,
+        head_sent: usize,
+        framing: ReqFraming,
+        body: Option<Body>,
+        method: &Method,
+    ) -> Result<Response<()>, SendError> {
         let mut w = Writer {
             head_sent,
             framing,
@@ -150,7 +202,7 @@ impl PooledConn {
             done: false,
         };
         let mut answered = false;
-        let head = poll_fn(|cx| self.poll_exchange(cx, &mut w, &method, &mut answered)).await?;
+        let head = poll_fn(|cx| self.poll_exchange(cx, &mut w, method, &mut answered)).await?;
         self.framing = head.framing;
         self.keep_alive = head.keep_alive;
         // An answer that came before the request body was written whole: a success goes on
