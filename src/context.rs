@@ -4,6 +4,7 @@
 //! gateway, the policies, `proxy` and `upstream::send` import it; it imports none of them.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -319,4 +320,20 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
+}
+
+thread_local! {
+    static CORE: Cell<u16> = const { Cell::new(0) };
+}
+
+/// The core (1..=N) whose runtime this thread runs with `scheduler: per_core`; 0 on any other
+/// thread. Upstream pools hand a core the connections it opened (registered with its own
+/// reactor) first.
+pub fn core() -> u16 {
+    CORE.with(Cell::get)
+}
+
+/// Marks this thread as core `i`'s (see [`core`]).
+pub fn set_core(i: u16) {
+    CORE.with(|c| c.set(i));
 }

@@ -166,18 +166,13 @@ fn init_tracing() {
         .init();
 }
 
-/// The number of worker threads: the config's, else the CPUs this process may run on
-/// (`available_parallelism` honours CPU affinity and cgroup quotas).
-fn worker_count(rt: &Runtime) -> usize {
-    rt.workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+fn build_runtime(workers: usize, per_core: bool) -> std::io::Result<tokio::runtime::Runtime> {
     // One worker needs no work stealing: the single-threaded scheduler runs woken tasks in
     // order (reads of a burst, then their writes), which measured 10-15% more req/s on one
-    // core than the multi-threaded scheduler with one worker (bench/RESULTS.md).
-    if workers == 1 {
+    // core than the multi-threaded scheduler with one worker (bench/RESULTS.md). With
+    // `scheduler: per_core` the connections run on the server's own per-core runtimes; this
+    // one only runs the control side (reloads, the admin API, health checks, signals).
+    if workers == 1 || per_core {
         return tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
@@ -187,6 +182,14 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .thread_name("gatehouse-worker")
         .enable_all()
         .build()
+}
+
+fn control_scheduler(per_core: bool) -> &'static str {
+    if per_core {
+        "per_core"
+    } else {
+        "work_stealing"
+    }
 }
 
 /// Printed once the gateway listens: (the proxy addresses in config order, admin address).
@@ -201,8 +204,9 @@ fn serve(
     watch: bool,
     banner: Option<Banner>,
 ) -> ExitCode {
-    let workers = worker_count(&rt);
-    let tokio_rt = match build_runtime(workers) {
+    let workers = gatehouse::runtime::worker_count(rt.workers);
+    let per_core = rt.scheduler == gatehouse::config::model::Scheduler::PerCore;
+    let tokio_rt = match build_runtime(workers, per_core) {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
@@ -214,7 +218,7 @@ fn serve(
         if watch && let Err(e) = control.watch_file() {
             tracing::warn!("config file changes will not be noticed: {e}");
         }
-        tracing::info!(workers, "gatehouse {} started", env!("CARGO_PKG_VERSION"));
+        tracing::info!(workers, scheduler = ?control_scheduler(per_core), "gatehouse {} started", env!("CARGO_PKG_VERSION"));
         let addrs = control.proxy_addrs().await;
         if let Some(b) = banner
             && !addrs.is_empty()

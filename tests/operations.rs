@@ -137,6 +137,90 @@ async fn a_reload_adds_and_removes_listeners() {
     assert_eq!(get(&gw.url("/x")).await.status, 200);
 }
 
+/// `scheduler: per_core`: every listener is bound once per worker (SO_REUSEPORT), each worker
+/// runs its own runtime, and the kernel spreads new connections over them; a reload adds and
+/// removes listeners on every worker, and a shutdown lets a request in flight finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_share_the_listeners_reload_and_drain() {
+    let up = TestUpstream::start(Arc::new(|req| {
+        Box::pin(async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+            http::Response::new(full("done"))
+        })
+    }))
+    .await;
+    let free = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let one = config(&up.url(), "a", "workers: 2\nscheduler: per_core\n");
+    let two = one.replace(
+        "listen: \"127.0.0.1:0\"\n",
+        &format!("listen: [\"127.0.0.1:0\", \"{free}\"]\n"),
+    );
+    let gw = TestGateway::start(&one).await;
+    // A new connection per request (a new client each time): 40 connections, each hashed to
+    // one of the two sockets by its source port.
+    for i in 0..40 {
+        let r = get(&gw.url(&format!("/n{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(&r.body[..], b"done");
+    }
+    let metrics = gw.gw.metrics.encode();
+    let accepted = |w: u16| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "gatehouse_worker_connections_accepted_total{{worker=\"{w}\"}} "
+                ))
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        accepted(1) > 0 && accepted(2) > 0,
+        "both workers accept: {} and {}\n{metrics}",
+        accepted(1),
+        accepted(2)
+    );
+    assert!(accepted(1) + accepted(2) >= 40);
+
+    gw.control.apply(two, "test", false).await.unwrap();
+    for i in 0..8 {
+        assert_eq!(get(&format!("http://{free}/m{i}")).await.status, 200);
+    }
+    gw.control.apply(one, "test", false).await.unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(free).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the removed listener still accepts on a worker");
+
+    let slow = tokio::spawn({
+        let url = gw.url("/slow");
+        async move { get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = gw.addr;
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("shutdown finished");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "in flight at shutdown");
+    assert_eq!(&r.body[..], b"done");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no worker accepts after the shutdown"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_reload_changes_nothing() {
     let up = TestUpstream::echo("u").await;

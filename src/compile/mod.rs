@@ -355,6 +355,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         access_log,
         server,
         workers: cfg.workers,
+        scheduler: cfg.scheduler.unwrap_or_default(),
         warnings: cfg.redactions.scrub_all(warnings),
         file_paths: cfg.file_paths(),
         claims,

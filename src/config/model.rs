@@ -33,6 +33,11 @@ pub struct Config {
     /// Runtime worker threads. Default: the CPUs this process may run on.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// How the workers share the connections: `work_stealing` (default: one runtime whose
+    /// threads steal each other's tasks) or `per_core` (one single-threaded runtime per
+    /// worker, each accepting on its own `SO_REUSEPORT` socket of every listener).
+    #[serde(default)]
+    pub scheduler: Option<Scheduler>,
     /// Limits and timeouts on the client side.
     #[serde(default)]
     pub server: ServerConfig,
@@ -261,6 +266,15 @@ pub enum PathNormalization {
     #[default]
     Standard,
     Strict,
+}
+
+/// See [`Config::scheduler`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    #[default]
+    WorkStealing,
+    PerCore,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -402,6 +402,9 @@ impl Control {
         if rt.workers != self.gw.runtime.load().workers {
             tracing::warn!("`workers` changed: it takes effect at the next restart");
         }
+        if rt.scheduler != self.gw.runtime.load().scheduler {
+            tracing::warn!("`scheduler` changed: it takes effect at the next restart");
+        }
         // The point of no return. State first, so the first request on the new runtime
         // finds its metric series and its kept resources.
         self.state.adopt(&rt);

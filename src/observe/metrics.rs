@@ -81,6 +81,11 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -151,6 +156,7 @@ pub struct Metrics {
     target_healthy: Family<TargetLabels, Gauge>,
     connections_active: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
+    worker_connections: Family<WorkerLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     auth: Family<AuthLabels, Counter>,
@@ -258,6 +264,12 @@ impl Metrics {
             "gatehouse_connections_accepted",
             "Client connections accepted, by listener",
             connections.clone(),
+        );
+        let worker_connections = Family::<WorkerLabels, Counter>::default();
+        registry.register(
+            "gatehouse_worker_connections_accepted",
+            "Client connections accepted, by per-core worker (scheduler: per_core): how evenly the kernel spreads them",
+            worker_connections.clone(),
         );
         let rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -374,6 +386,7 @@ impl Metrics {
             target_healthy,
             connections_active,
             connections,
+            worker_connections,
             rejected,
             reloads,
             auth,
@@ -626,6 +639,13 @@ impl Metrics {
             .get_or_create(&UpstreamLabels {
                 upstream: Name(upstream.clone()),
             })
+            .inc();
+    }
+
+    /// A connection accepted by per-core worker `worker` (1..=N).
+    pub fn worker_connection(&self, worker: u16) {
+        self.worker_connections
+            .get_or_create(&WorkerLabels { worker })
             .inc();
     }
 

@@ -35,7 +35,9 @@ pub struct Runtime {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub access_log: Option<AccessLogConfig>,
     pub server: ServerSettings,
+    /// See [`worker_count`].
     pub workers: Option<usize>,
+    pub scheduler: crate::config::model::Scheduler,
     pub warnings: Vec<ConfigError>,
     /// Every filesystem path the config names, `(key path, path)`.
     pub file_paths: Vec<(String, String)>,
@@ -139,4 +141,10 @@ impl Routable for Route {
     fn matcher(&self) -> &Matcher {
         &self.matcher
     }
+}
+
+/// The number of worker threads: `workers`, else the CPUs this process may run on
+/// (`available_parallelism` honours CPU affinity and cgroup quotas).
+pub fn worker_count(workers: Option<usize>) -> usize {
+    workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -3,6 +3,7 @@
 //! down gracefully (stop accepting, let in-flight requests finish up to a deadline).
 
 pub mod conn;
+pub mod cores;
 pub mod framing;
 pub mod h1;
 pub mod tls;
@@ -39,21 +40,31 @@ pub struct Server {
     supervisor: tokio::task::JoinHandle<()>,
     /// Numbers the listeners, for the connections to say which one they came in on.
     next_listener: usize,
+    /// `scheduler: per_core`: the per-core runtimes, each accepting on its own socket of
+    /// every listener. `None`: the accept loops run on the runtime the server was started on.
+    cores: Option<cores::Cores>,
 }
 
 struct Listener {
     local: SocketAddr,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    /// One accept loop, or one per core.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Listeners bound for a config that is not yet active.
-pub struct Prepared(Vec<(SocketAddr, TcpListener)>);
+/// Listeners bound for a config that is not yet active: per address, one socket, or one per
+/// core.
+pub struct Prepared(Vec<(SocketAddr, Vec<std::net::TcpListener>)>);
 
 impl Server {
     /// Binds every listener of the current runtime and starts accepting.
     pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Server> {
         let rt = gw.runtime.load_full();
+        let workers = crate::runtime::worker_count(rt.workers);
+        let cores = match rt.scheduler {
+            crate::config::model::Scheduler::PerCore => Some(cores::Cores::start(workers)?),
+            crate::config::model::Scheduler::WorkStealing => None,
+        };
         let cap = rt.server.max_connections;
         let (sweep_stop, sweep_rx) = watch::channel(false);
         let sweeper = tokio::spawn(sweep_pools(gw.clone(), sweep_rx));
@@ -69,6 +80,7 @@ impl Server {
             connections: connections.clone(),
             supervisor: tokio::spawn(connections.supervise()),
             next_listener: 0,
+            cores,
         };
         let prepared = match server.prepare(&rt) {
             Ok(p) => p,
@@ -93,10 +105,14 @@ impl Server {
             if self.listeners.iter().any(|(a, _)| a == addr) {
                 continue;
             }
-            let listener = bind(*addr).map_err(|e| {
+            let bound = match &self.cores {
+                Some(c) => cores::bind_each(*addr, c.len()),
+                None => bind_std(*addr, false).map(|l| vec![l]),
+            };
+            let listeners = bound.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
-            out.push((*addr, listener));
+            out.push((*addr, listeners));
         }
         Ok(Prepared(out))
     }
@@ -112,26 +128,29 @@ impl Server {
             let _ = l.stop.send(true);
         }
         self.listeners = keep;
-        for (addr, listener) in prepared.0 {
-            let Ok(local) = listener.local_addr() else {
+        for (addr, sockets) in prepared.0 {
+            let Some(Ok(local)) = sockets.first().map(|l| l.local_addr()) else {
                 continue;
             };
-            tracing::info!(addr = %local, "listening");
+            tracing::info!(addr = %local, sockets = sockets.len(), "listening");
             let (stop, stop_rx) = watch::channel(false);
             self.next_listener += 1;
-            let task = tokio::spawn(accept_loop(
-                listener,
-                addr,
-                self.gw.clone(),
-                Shared {
+            let mut tasks = Vec::with_capacity(sockets.len());
+            for (i, socket) in sockets.into_iter().enumerate() {
+                let shared = Shared {
                     permits: self.permits.clone(),
                     per_ip: self.per_ip.clone(),
                     connections: self.connections.clone(),
                     id: self.next_listener,
-                },
-                stop_rx,
-            ));
-            self.listeners.push((addr, Listener { local, stop, task }));
+                };
+                let task = accept_on(socket, addr, self.gw.clone(), shared, stop_rx.clone());
+                // On its core's runtime, which then runs every connection it accepts.
+                tasks.push(match self.cores.as_ref().and_then(|c| c.handle(i)) {
+                    Some(core) => core.spawn(task),
+                    None => tokio::spawn(task),
+                });
+            }
+            self.listeners.push((addr, Listener { local, stop, tasks }));
         }
         // Config order, so local_addrs()[0] is the first `listen` entry.
         self.listeners.sort_by_key(|(a, _)| {
@@ -175,7 +194,11 @@ impl Server {
         let deadline = self.gw.runtime.load().server.shutdown_timeout;
         // Each accept loop enforces the deadline itself; this bound is a backstop.
         let backstop = deadline + Duration::from_secs(1);
-        let tasks: Vec<_> = self.listeners.into_iter().map(|(_, l)| l.task).collect();
+        let tasks: Vec<_> = self
+            .listeners
+            .into_iter()
+            .flat_map(|(_, l)| l.tasks)
+            .collect();
         let all = async {
             for t in tasks {
                 let _ = t.await;
@@ -397,19 +420,42 @@ fn connection_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
 
 /// Binds with SO_REUSEADDR and a deep backlog, so restarts and bursts behave.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, false)?)
+}
+
+/// [`bind`], not yet registered with a runtime; with `reuse_port`, SO_REUSEPORT too (one
+/// socket per core, see [`cores`]).
+pub fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// An accept loop on `socket`, registered with the runtime that runs the loop.
+async fn accept_on(
+    socket: std::net::TcpListener,
+    configured: SocketAddr,
+    gw: Arc<Gateway>,
+    shared: Shared,
+    stop: watch::Receiver<bool>,
+) {
+    match TcpListener::from_std(socket) {
+        Ok(listener) => accept_loop(listener, configured, gw, shared, stop).await,
+        Err(e) => tracing::error!(addr = %configured, error = %e, "cannot accept on the listener"),
+    }
 }
 
 /// What every listener shares: the connection caps and the connection supervisor; and which
@@ -480,6 +526,9 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        if let core @ 1.. = crate::context::core() {
+            gw.metrics.worker_connection(core);
+        }
         let slot = conn::ConnSlot::new(Some(permit), Some(ip_guard));
         let trusted = settings
             .trusted_proxies

@@ -52,6 +52,9 @@ pub struct PooledConn {
     wbuf: Vec<u8>,
     /// See [`PooledConn::whole_written`].
     whole_written: bool,
+    /// The core whose runtime opened the connection, and whose reactor it is registered with
+    /// (`scheduler: per_core`; 0 otherwise): see [`crate::context::core`].
+    core: u16,
     /// How the current response's body is framed (set by [`PooledConn::send`]).
     framing: RespFraming,
     /// The connection may carry another request once the current response has ended.
@@ -101,6 +104,7 @@ impl PooledConn {
             buf: BytesMut::new(),
             wbuf: Vec::new(),
             whole_written: false,
+            core: crate::context::core(),
             framing: RespFraming::Empty,
             keep_alive: false,
             writing: None,
@@ -431,6 +435,10 @@ pub(super) struct Idle {
     since: Instant,
 }
 
+/// How far back in an idle list a core looks for a connection of its own before it takes
+/// another core's (which works, but its readiness events arrive through the other core).
+const SAME_CORE_LOOKBACK: usize = 64;
+
 impl TargetPool {
     /// A live idle connection (most recently used first), or a new one, under the upstream's
     /// connection cap (see [`TargetPool::acquire`]).
@@ -445,9 +453,16 @@ impl TargetPool {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.pop()
+                let core = crate::context::core();
+                let from = idle.len().saturating_sub(SAME_CORE_LOOKBACK);
+                match idle[from..].iter().rposition(|i| i.conn.core == core) {
+                    Some(at) => Some(idle.remove(from + at)),
+                    None => idle.pop(),
+                }
             };
-            let Idle { mut conn, since } = candidate?;
+            let Idle {
+                mut conn, since, ..
+            } = candidate?;
             if since.elapsed() < self.idle_timeout && !conn.is_dead() {
                 conn.reused = true;
                 return Some(conn);
