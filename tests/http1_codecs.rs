@@ -559,3 +559,39 @@ async fn http10_client_gets_a_close_delimited_body_from_a_chunked_upstream() {
         other => panic!("{}", describe(other)),
     }
 }
+
+/// A response the gateway sends before it read the request body (a 413 for a declared length
+/// over `max_body_size`) is followed by a lingering close, whether or not the client asked to
+/// close: the gateway goes on reading (and dropping) what the client still sends for a moment,
+/// so the client's body writes do not run into a reset, and the 413 can be read after them.
+/// Closed at once with unread bytes, the connection is reset and the client's writes fail.
+#[tokio::test]
+async fn a_response_before_the_body_is_read_survives_the_rest_of_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = RawUpstream::ok().await;
+    let yaml = config(&up.url(), ", max_body_size: 1KiB", "");
+    let gw = TestGateway::start(&yaml).await;
+    for connection in ["keep-alive", "close"] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(format!(
+            "POST /big HTTP/1.1\r\nHost: gw.test\r\nConnection: {connection}\r\nContent-Length: 1048576\r\n\r\n"
+        ).as_bytes())
+        .await
+        .unwrap();
+        // Give the gateway time to answer and close, then send the body on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let piece = vec![b'x'; 64 * 1024];
+        for i in 0..16 {
+            tokio::time::timeout(Duration::from_secs(5), s.write_all(&piece))
+                .await
+                .unwrap_or_else(|_| panic!("{connection}: write {i} stalled"))
+                .unwrap_or_else(|e| panic!("{connection}: write {i} failed: {e}"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 413 "), "{connection}: {text}");
+    }
+    assert!(up.requests().is_empty(), "nothing reached the upstream");
+}

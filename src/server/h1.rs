@@ -219,6 +219,11 @@ pub async fn serve<S: ClientIo>(
                 c.linger().await;
                 return End::Closed;
             }
+            Next::CloseNow => {
+                // A FIN (and a TLS close_notify) after the response, without the drain.
+                let _ = tokio::time::timeout(c.send_timeout, c.io.shutdown()).await;
+                return End::Closed;
+            }
             Next::Gone => return End::Closed,
             Next::Upgrade(tx) => {
                 let read = c.rbuf.take().map(BytesMut::freeze).unwrap_or_default();
@@ -248,6 +253,8 @@ enum Next {
     KeepAlive,
     /// Close after lingering (the client may still be sending).
     Close,
+    /// Close at once: the client asked to, and everything it sent was read.
+    CloseNow,
     /// Already closed.
     Gone,
     /// A 101 went out: the stream goes to the splice.
@@ -539,6 +546,9 @@ impl<S: ClientIo> Conn<S> {
         } = head;
         let method = req.method().clone();
         let version = req.version();
+        // The client itself ends the connection after this request (`Connection: close`, or
+        // HTTP/1.0 without keep-alive): it sends nothing more.
+        let client_closes = !keep_alive && !ambiguous;
         let (mut pump, body) = match framing {
             _ if ambiguous => (None, ClientBody::Empty),
             Framing::None | Framing::Length(0) => (None, ClientBody::Empty),
@@ -618,7 +628,17 @@ impl<S: ClientIo> Conn<S> {
             };
         }
         if keep_alive {
-            Next::KeepAlive
+            return Next::KeepAlive;
+        }
+        // Lingering is for a client that may still be sending (a body not read whole, bytes
+        // past the request, a close it did not ask for): its data arriving after the close
+        // would reset the connection and destroy the response. A client that asked to close
+        // and whose request was read whole is closed at once, as nginx does; the drain cost
+        // a wake-up, a timer and a read per connection.
+        let read_whole = pump.as_ref().is_none_or(|p| p.state == PumpState::Done)
+            && self.rbuf.as_ref().is_none_or(|b| b.is_empty());
+        if client_closes && read_whole {
+            Next::CloseNow
         } else {
             Next::Close
         }
