@@ -236,11 +236,11 @@ impl ConnInfo {
         client_addr: SocketAddr,
         proto: &'static str,
         slot: Option<Arc<dyn Send + Sync>>,
-        local_port: u16,
+        port: HeaderValue,
         trusted: bool,
     ) -> Self {
         ConnInfo {
-            port: HeaderValue::from(local_port),
+            port,
             trusted,
             client_addr,
             proto,

@@ -205,7 +205,7 @@ fn serve(
     banner: Option<Banner>,
 ) -> ExitCode {
     let workers = gatehouse::runtime::worker_count(rt.workers);
-    let per_core = rt.scheduler == gatehouse::config::model::Scheduler::PerCore;
+    let per_core = rt.scheduler == gatehouse::runtime::Scheduler::PerCore;
     let tokio_rt = match build_runtime(workers, per_core) {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),

@@ -355,7 +355,12 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         access_log,
         server,
         workers: cfg.workers,
-        scheduler: cfg.scheduler.unwrap_or_default(),
+        scheduler: match cfg.scheduler.unwrap_or_default() {
+            crate::config::model::Scheduler::WorkStealing => {
+                crate::runtime::Scheduler::WorkStealing
+            }
+            crate::config::model::Scheduler::PerCore => crate::runtime::Scheduler::PerCore,
+        },
         warnings: cfg.redactions.scrub_all(warnings),
         file_paths: cfg.file_paths(),
         claims,

@@ -85,6 +85,25 @@ struct WorkerLabels {
     worker: u16,
 }
 
+/// See [`Metrics::accept_series`].
+pub struct AcceptSeries {
+    accepted: Counter,
+    active: Gauge,
+    worker: Option<Counter>,
+}
+
+impl AcceptSeries {
+    /// Counts an accepted connection; the gauge returned is decremented when it closes.
+    pub fn opened(&self) -> Gauge {
+        self.accepted.inc();
+        if let Some(w) = &self.worker {
+            w.inc();
+        }
+        self.active.inc();
+        self.active.clone()
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -642,21 +661,20 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection accepted by per-core worker `worker` (1..=N).
-    pub fn worker_connection(&self, worker: u16) {
-        self.worker_connections
-            .get_or_create(&WorkerLabels { worker })
-            .inc();
-    }
-
-    pub fn connection_opened(&self, listener: &str) -> Gauge {
+    /// The connection series of one accept loop (`listener`; `worker` 1..=N with
+    /// `scheduler: per_core`, else 0), looked up once for all its connections.
+    pub fn accept_series(&self, listener: &str, worker: u16) -> AcceptSeries {
         let labels = ListenerLabels {
             listener: listener.to_owned(),
         };
-        self.connections.get_or_create(&labels).inc();
-        let g = self.connections_active.get_or_create_owned(&labels);
-        g.inc();
-        g
+        AcceptSeries {
+            accepted: self.connections.get_or_create_owned(&labels),
+            active: self.connections_active.get_or_create_owned(&labels),
+            worker: (worker > 0).then(|| {
+                self.worker_connections
+                    .get_or_create_owned(&WorkerLabels { worker })
+            }),
+        }
     }
 
     pub fn reload(&self, ok: bool) {

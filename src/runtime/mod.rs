@@ -37,7 +37,7 @@ pub struct Runtime {
     pub server: ServerSettings,
     /// See [`worker_count`].
     pub workers: Option<usize>,
-    pub scheduler: crate::config::model::Scheduler,
+    pub scheduler: Scheduler,
     pub warnings: Vec<ConfigError>,
     /// Every filesystem path the config names, `(key path, path)`.
     pub file_paths: Vec<(String, String)>,
@@ -141,6 +141,15 @@ impl Routable for Route {
     fn matcher(&self) -> &Matcher {
         &self.matcher
     }
+}
+
+/// How the workers share the connections (the config's `scheduler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// One multi-threaded runtime (tokio's work stealing).
+    WorkStealing,
+    /// One single-threaded runtime per worker, each with its own socket of every listener.
+    PerCore,
 }
 
 /// The number of worker threads: `workers`, else the CPUs this process may run on

@@ -62,8 +62,8 @@ impl Server {
         let rt = gw.runtime.load_full();
         let workers = crate::runtime::worker_count(rt.workers);
         let cores = match rt.scheduler {
-            crate::config::model::Scheduler::PerCore => Some(cores::Cores::start(workers)?),
-            crate::config::model::Scheduler::WorkStealing => None,
+            crate::runtime::Scheduler::PerCore => Some(cores::Cores::start(workers)?),
+            crate::runtime::Scheduler::WorkStealing => None,
         };
         let cap = rt.server.max_connections;
         let (sweep_stop, sweep_rx) = watch::channel(false);
@@ -481,7 +481,10 @@ async fn accept_loop(
         id,
     } = shared;
     let local_port = listener.local_addr().map_or(0, |a| a.port());
+    // `X-Forwarded-Port` of every connection: shared bytes, made once.
+    let port = http::HeaderValue::from(local_port);
     let name = configured.to_string();
+    let series = gw.metrics.accept_series(&name, crate::context::core());
     // Every connection task holds a clone of `open`; when all are gone, `closed` yields None.
     let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
     'accept: loop {
@@ -526,9 +529,6 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        if let core @ 1.. = crate::context::core() {
-            gw.metrics.worker_connection(core);
-        }
         let slot = conn::ConnSlot::new(Some(permit), Some(ip_guard));
         let trusted = settings
             .trusted_proxies
@@ -540,7 +540,7 @@ async fn accept_loop(
             peer,
             if tls.is_some() { "https" } else { "http" },
             Some(Arc::new(slot)),
-            local_port,
+            port.clone(),
             trusted,
         );
         info.redirect_https = this
@@ -557,7 +557,7 @@ async fn accept_loop(
             peer,
             settings,
             activity,
-            active: gw.metrics.connection_opened(&name),
+            active: series.opened(),
             open: open.clone(),
         };
         drop(rt);
