@@ -353,7 +353,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         global: Chain::new(global_bound),
         upstreams,
         access_log,
-        server,
+        server: Arc::new(server),
         workers: cfg.workers,
         scheduler: match cfg.scheduler.unwrap_or_default() {
             crate::config::model::Scheduler::WorkStealing => {

@@ -34,7 +34,8 @@ pub struct Runtime {
     pub global: Chain,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub access_log: Option<AccessLogConfig>,
-    pub server: ServerSettings,
+    /// Shared: every connection holds them (a reference, not a copy, in its task).
+    pub server: Arc<ServerSettings>,
     /// See [`worker_count`].
     pub workers: Option<usize>,
     pub scheduler: Scheduler,

@@ -397,7 +397,7 @@ impl http_body::Body for ActiveBody {
 /// down gracefully (in-flight requests finish, then it closes), on `DROP` it is dropped
 /// (`None`).
 pub async fn serve<C: Future>(
-    conn: C,
+    conn: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
 ) -> Option<C::Output> {
@@ -409,12 +409,14 @@ pub async fn serve<C: Future>(
 
 /// [`serve`] without marking the connection ended: for a first part of its life (HTTP/1.1
 /// served by the gateway's own codec) that may hand over to a second (hyper, for HTTP/2).
+///
+/// `conn` is pinned by the caller: taken by value, it would sit in this future twice (as the
+/// argument and as the pinned local), in every connection's task.
 pub async fn drive<C: Future>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
 ) -> Option<C::Output> {
-    let mut conn = std::pin::pin!(conn);
     let mut shut = false;
     std::future::poll_fn(|cx| {
         activity.register(cx.waker());

@@ -288,7 +288,7 @@ async fn sweep_pools(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
 struct ConnCtx {
     gw: Arc<Gateway>,
     peer: SocketAddr,
-    settings: ServerSettings,
+    settings: Arc<ServerSettings>,
     activity: Arc<conn::Activity>,
     /// The `connections_active` gauge, decremented when the connection ends.
     active: prometheus_client::metrics::gauge::Gauge,
@@ -319,8 +319,11 @@ async fn serve_stream<S: h1::ClientIo>(
         first_head,
         send_timeout: ctx.settings.send_timeout,
     };
-    let served = h1::serve(stream, &ctx.gw, &info, &settings, &ctx.activity);
-    match conn::drive(served, |_| {}, &ctx.activity).await {
+    let end = {
+        let served = std::pin::pin!(h1::serve(stream, &ctx.gw, &info, &settings, &ctx.activity));
+        conn::drive(served, |_| {}, &ctx.activity).await
+    };
+    match end {
         Some(h1::End::H2 { io, read }) => {
             let left = first_head;
             Box::pin(serve_hyper(
@@ -384,6 +387,7 @@ where
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .into_owned();
+    let connection = std::pin::pin!(connection);
     let served = conn::serve(connection, |c| c.graceful_shutdown(), &activity);
     let Some(served) = served.await else {
         tracing::debug!(client = %peer, "connection dropped: it did not close when asked");
