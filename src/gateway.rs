@@ -254,6 +254,11 @@ async fn route_and_forward(
         .await
     }
     .await;
+    if let Some(p) = cx.log_path.take()
+        && let Some(r) = line.record()
+    {
+        r.path = Some(p);
+    }
     Ok(answer_through(&route.chain, answer, &mut cx, metrics, line).await)
 }
 

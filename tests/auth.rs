@@ -202,6 +202,57 @@ async fn api_keys_from_a_header_or_the_query() {
     assert_eq!(r.status, 401);
 }
 
+/// An API key sent in the query is a credential: the access log shows the query without it,
+/// for a valid key and for a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_in_the_query_never_reaches_the_access_log() {
+    let up = TestUpstream::echo("u").await;
+    let dir = common::servers::TempDir::new("auth-log");
+    let log = dir.0.join("access.log");
+    let yaml = config(
+        &up.url(),
+        &consumers(),
+        "{ methods: [api_key], api_key: { header: x-api-key, query: api_key } }",
+    )
+    .replace(
+        "access_log: off\n",
+        &format!(
+            "access_log: {{ format: json, path: \"{}\" }}\n",
+            log.display()
+        ),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let ip = "198.51.100.12";
+    let r = call(&gw, ip, "/k?a=1&api_key=alice-key&b=2", &[]).await;
+    assert_eq!(r.status, 200);
+    let r = call(&gw, ip, "/k?api_key=wrong-secret-key", &[]).await;
+    assert_eq!(r.status, 401);
+    let mut lines = Vec::new();
+    for _ in 0..250 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let paths: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
+        .collect();
+    assert_eq!(paths, ["\"/k?a=1&b=2\"", "\"/k\""], "{lines:?}");
+    for l in &lines {
+        assert!(
+            !l.contains("alice-key") && !l.contains("wrong-secret"),
+            "{l}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_and_consumers_decide_who_passes() {
     let up = TestUpstream::echo("u").await;

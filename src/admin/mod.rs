@@ -542,6 +542,7 @@ fn redact_in(v: &mut Value, all: bool) {
                     Value::Object(_) | Value::Array(_) => redact_in(item, secret || headers),
                     Value::String(s) if secret && s.starts_with("${") && s.ends_with('}') => {}
                     _ if secret => *item = Value::String("<redacted>".into()),
+                    Value::String(s) => redact_userinfo(s),
                     _ => {}
                 }
             }
@@ -552,11 +553,32 @@ fn redact_in(v: &mut Value, all: bool) {
                     Value::Object(_) | Value::Array(_) => redact_in(item, all),
                     Value::String(s) if all && s.starts_with("${") && s.ends_with('}') => {}
                     _ if all => *item = Value::String("<redacted>".into()),
+                    Value::String(s) => redact_userinfo(s),
                     _ => {}
                 }
             }
         }
         _ => {}
+    }
+}
+
+/// A URL's password, whatever key holds the URL (`store.redis.url`, `auth.jwt.jwks_url`,
+/// targets): `redis://user:pw@host/0` -> `redis://user:<redacted>@host/0`. A userinfo without a
+/// `:` may be a token on its own and is hidden whole.
+fn redact_userinfo(s: &mut String) {
+    let Some(scheme_end) = s.find("://") else {
+        return;
+    };
+    let start = scheme_end + 3;
+    let authority_end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    let Some(at) = s[start..authority_end].rfind('@').map(|i| start + i) else {
+        return;
+    };
+    let hidden_from = s[start..at].find(':').map_or(start, |i| start + i + 1);
+    if hidden_from < at {
+        s.replace_range(hidden_from..at, "<redacted>");
     }
 }
 
@@ -586,6 +608,36 @@ fn html(s: &'static str) -> Resp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_passwords_in_urls_under_any_key() {
+        let mut v = json!({
+            "store": {"redis": {"url": "redis://app:s3cret@10.0.0.7:6379/0",
+                                "cluster": ["rediss://:pw@a:7000", "redis://b:7001"]}},
+            "auth": {"jwks_url": "https://tok3n@idp.example/jwks?x=a@b"},
+            "other": "not a url: a:b@c"
+        });
+        redact(&mut v);
+        assert_eq!(
+            v["store"]["redis"]["url"],
+            "redis://app:<redacted>@10.0.0.7:6379/0"
+        );
+        assert_eq!(
+            v["store"]["redis"]["cluster"][0],
+            "rediss://:<redacted>@a:7000"
+        );
+        assert_eq!(v["store"]["redis"]["cluster"][1], "redis://b:7001");
+        assert_eq!(
+            v["auth"]["jwks_url"],
+            "https://<redacted>@idp.example/jwks?x=a@b"
+        );
+        assert_eq!(v["other"], "not a url: a:b@c");
+        let text = v.to_string();
+        assert!(
+            !text.contains("s3cret") && !text.contains("tok3n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn redacts_literal_secrets_but_not_references() {

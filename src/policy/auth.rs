@@ -407,6 +407,12 @@ impl AuthPolicy {
                 req.headers_mut().remove(h);
             }
         }
+        // A key in the query never reaches the access log, valid or not.
+        if let Some(q) = &self.key_query
+            && let Some(clean) = without_query_param(req.uri(), q)
+        {
+            cx.log_path = clean.path_and_query().cloned();
+        }
         let route = cx.route.clone();
         let ip = cx.client_ip;
         let found = self.find_credential(req, cx);
