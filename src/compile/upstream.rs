@@ -144,10 +144,15 @@ pub(super) fn compile_upstream(
             .timeouts
             .idle
             .map_or(upstream::DEFAULT_IDLE_TIMEOUT, |d| d.0),
+        read: u
+            .timeouts
+            .read
+            .map_or(upstream::DEFAULT_READ_TIMEOUT, |d| d.0),
     };
     for (k, d) in [
         ("connect", timeouts.connect),
         ("response", timeouts.response),
+        ("read", timeouts.read),
     ] {
         if d.is_zero() {
             errors.push(ConfigError::new(

@@ -533,6 +533,9 @@ pub struct UpstreamTimeoutsConfig {
     /// How long an unused pooled connection is kept. Default `60s`.
     #[serde(default)]
     pub idle: Option<DurationStr>,
+    /// Longest pause in a response body once its head has arrived. Default `300s`.
+    #[serde(default)]
+    pub read: Option<DurationStr>,
 }
 
 /// Policy kinds. The same fields appear inline on a route, in `policies.<name>` and in `global`.

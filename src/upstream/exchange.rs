@@ -177,6 +177,7 @@ pub async fn forward(
             c,
             target.pool.clone(),
             target.live.start(),
+            upstream.timeouts.read,
         ))),
         (Conn::H2(s), Some(body)) => {
             Body::Upstream(Box::pin(H2Body::new(body, s, target.live.start())))

@@ -32,6 +32,9 @@ use pool::{TargetPool, UpstreamPool};
 /// Documented defaults (README "Timeouts").
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `timeouts.read`: as Envoy's stream idle timeout (nginx's `proxy_read_timeout` is 60 s; a
+/// stream with rarer heartbeats needs a longer one).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Circuit-breaking limits of one upstream (`limits:`); `None` = unlimited.
@@ -47,6 +50,8 @@ pub struct Timeouts {
     pub connect: Duration,
     pub response: Duration,
     pub idle: Duration,
+    /// Longest pause in an HTTP/1.1 response body after its head.
+    pub read: Duration,
 }
 
 pub struct Target {

@@ -361,10 +361,23 @@ impl GatewayProcess {
     }
 
     pub fn start_with_args(config: &std::path::Path, extra: &[&str]) -> GatewayProcess {
-        let mut child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(config)
-            .args(extra)
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "--config"]).arg(config).args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// The binary started by `sh` with its open-file limit (`ulimit -n`) lowered to `n`.
+    pub fn start_with_fd_limit(config: &std::path::Path, n: u32) -> GatewayProcess {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {n} && exec \"$0\" run --config \"$1\""))
+            .arg(bin())
+            .arg(config);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> GatewayProcess {
+        let mut child = cmd
             .env("GATEHOUSE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -37,6 +37,9 @@ const MAX_IDLE_PER_TARGET: usize = 1024;
 
 /// A request body this small, already in memory, is written together with the head.
 const INLINE_BODY: usize = 16 * 1024;
+/// Interim (1xx) responses taken before one final response: more is a broken or hostile
+/// upstream (502).
+const MAX_INTERIM: u32 = 32;
 
 /// Bytes asked of the socket per read while a head or a body of unknown size is read; a body
 /// of known size is read in pieces of up to [`MAX_READ`].
@@ -91,6 +94,8 @@ struct Writer {
     /// Body bytes taken so far, checked against a Content-Length.
     taken: u64,
     done: bool,
+    /// Interim (1xx) responses read so far.
+    interim: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +209,7 @@ impl PooledConn {
             queue: VecDeque::new(),
             taken: 0,
             done: false,
+            interim: 0,
         };
         let mut answered = false;
         let head = poll_fn(|cx| self.poll_exchange(cx, &mut w, method, &mut answered)).await?;
@@ -243,7 +249,7 @@ impl PooledConn {
                 Poll::Pending => {}
             }
         }
-        let read = self.poll_head(cx, method, answered);
+        let read = self.poll_head(cx, method, answered, &mut w.interim);
         match (read, failed) {
             (Poll::Ready(r), _) => Poll::Ready(r),
             // The request could not be written whole and no answer is there yet.
@@ -352,6 +358,7 @@ impl PooledConn {
         cx: &mut Context<'_>,
         method: &Method,
         answered: &mut bool,
+        interim: &mut u32,
     ) -> Poll<Result<http1::Head, SendError>> {
         loop {
             if !self.buf.is_empty() {
@@ -361,6 +368,14 @@ impl PooledConn {
                         if head.status.is_informational()
                             && head.status != http::StatusCode::SWITCHING_PROTOCOLS
                         {
+                            // A few are normal (100, 102, 103); an endless run of them is an
+                            // upstream that never answers, and would keep this loop busy.
+                            *interim += 1;
+                            if *interim > MAX_INTERIM {
+                                return Poll::Ready(Err(SendError::Failed(Box::new(Msg(
+                                    "the upstream sent more than 32 interim (1xx) responses",
+                                )))));
+                            }
                             continue;
                         }
                         return Poll::Ready(Ok(head));
@@ -528,6 +543,12 @@ pub struct UpstreamBody {
     conn: Option<PooledConn>,
     pool: Arc<TargetPool>,
     state: State,
+    /// `timeouts.read`: the longest the body may pause.
+    read_timeout: std::time::Duration,
+    /// Armed when a read finds nothing; re-armed only after the body moved on (`moved`), so a
+    /// body that flows costs no timer work per read.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
     /// The request counts as in flight to its target until its response body is done.
     _in_flight: crate::upstream::state::InFlight,
 }
@@ -544,6 +565,7 @@ impl UpstreamBody {
         conn: PooledConn,
         pool: Arc<TargetPool>,
         in_flight: crate::upstream::state::InFlight,
+        read_timeout: std::time::Duration,
     ) -> Self {
         let state = match conn.framing {
             RespFraming::Empty | RespFraming::Length(0) => State::Done,
@@ -555,6 +577,9 @@ impl UpstreamBody {
             conn: Some(conn),
             pool,
             state,
+            read_timeout,
+            stall: None,
+            moved: false,
             _in_flight: in_flight,
         };
         if matches!(body.state, State::Done) {
@@ -661,7 +686,29 @@ impl http_body::Body for UpstreamBody {
                     READ_CHUNK
                 }
             };
-            match ready!(poll_read_more(&mut conn.io, &mut conn.buf, want, cx)) {
+            let read = match poll_read_more(&mut conn.io, &mut conn.buf, want, cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    // The body paused: time the pause (`timeouts.read`), so an upstream that
+                    // stops mid-body cannot hold the client forever.
+                    let deadline = tokio::time::Instant::now() + this.read_timeout;
+                    match this.stall.as_mut() {
+                        None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        Some(t) if this.moved => t.as_mut().reset(deadline),
+                        Some(_) => {}
+                    }
+                    this.moved = false;
+                    if let Some(t) = this.stall.as_mut()
+                        && t.as_mut().poll(cx).is_ready()
+                    {
+                        return this.fail(
+                            "the upstream paused the response body for longer than timeouts.read",
+                        );
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match read {
                 Ok(0) => {
                     if matches!(this.state, State::Close) {
                         // The end of a close-delimited body: the connection is not reused.
@@ -673,7 +720,7 @@ impl http_body::Body for UpstreamBody {
                         "the upstream closed the connection before the end of the response body",
                     );
                 }
-                Ok(_) => {}
+                Ok(_) => this.moved = true,
                 Err(e) => {
                     this.state = State::Done;
                     this.conn = None;
