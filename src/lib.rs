@@ -16,6 +16,8 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod hop;
 pub mod observe;

@@ -1123,6 +1123,16 @@ fn offset(buf: &[u8], part: &[u8]) -> usize {
     (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize)
 }
 
+/// [`parse`] for `crate::fuzzing`: `Some(true)` a head was parsed (and taken from `buf`),
+/// `Some(false)` refused, `None` incomplete.
+pub(crate) fn parse_for_fuzzing(buf: &mut BytesMut, max_head: usize) -> Option<bool> {
+    match parse(buf, max_head) {
+        Ok(Some(_)) => Some(true),
+        Ok(None) => None,
+        Err(_) => Some(false),
+    }
+}
+
 /// Parses a request head at the start of `buf` (`Ok(None)`: incomplete). The head's bytes
 /// are copied out once into a buffer of their own size, which the URI and field values
 /// share; `buf` keeps its allocation for the next read.

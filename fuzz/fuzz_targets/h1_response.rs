@@ -1,0 +1,8 @@
+//! See `gatehouse::fuzzing::h1_response`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    gatehouse::fuzzing::h1_response(data);
+});
