@@ -69,3 +69,119 @@ pub fn chunked(data: &[u8]) {
         }
     }
 }
+
+/// A request path: normalisation never panics, is stable (normalising its own output changes
+/// nothing, so the route chosen and the path forwarded agree), and leaves no `.` or `..`
+/// segment in a path that starts with `/`; the strict-mode check never panics.
+pub fn path(data: &[u8]) {
+    // What the router normalises is a URI's path: no query, no fragment.
+    let Ok(p) = std::str::from_utf8(data) else {
+        return;
+    };
+    if p.contains(['?', '#']) {
+        return;
+    }
+    let _ = crate::router::path::strict_violation(p);
+    let (once, _) = crate::router::path::normalize_ext(p);
+    let twice = crate::router::path::normalize(&once);
+    assert_eq!(once, twice, "normalising {p:?} twice gave a different path");
+    if once.starts_with('/') {
+        assert!(
+            !once.split('/').any(|s| s == "." || s == ".."),
+            "a dot segment survived: {p:?} -> {once:?}"
+        );
+    }
+}
+
+/// Small grammars of hostile text: `Cache-Control` values (one per line), a rate-limit spec, a
+/// host pattern, an htpasswd file and stored password hashes.
+pub fn small_grammars(data: &[u8]) {
+    let values: Vec<http::HeaderValue> = data
+        .split(|b| *b == b'\n')
+        .filter_map(|l| http::HeaderValue::from_bytes(l).ok())
+        .collect();
+    let _ = crate::store::cache::CacheControl::parse(values.iter());
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = crate::policy::rate_limit::parse_limit(text);
+    let _ = crate::router::HostPattern::parse(text);
+    let _ = crate::policy::htpasswd::Htpasswd::parse(text);
+    for line in text.lines().take(16) {
+        let _ = crate::policy::consumers::PasswordHash::parse(line);
+    }
+}
+
+/// An aggregation template and a value a client controls: a template either fails to parse
+/// or renders so that the value cannot change the request's shape. In a path it adds or removes
+/// no segment (no traversal, whatever normalisation the upstream applies) and no query; in a
+/// query it adds no parameter; in a header no line break.
+pub fn aggregate_template(data: &[u8]) {
+    use crate::aggregate::template::{Names, Place, Template};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let place = [Place::Path, Place::Query, Place::Header][usize::from(which % 3)];
+    let split = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    let (Ok(text), Ok(value)) = (
+        std::str::from_utf8(&rest[..split]),
+        std::str::from_utf8(rest.get(split + 1..).unwrap_or_default()),
+    ) else {
+        return;
+    };
+    let names = Names {
+        params: &["id"],
+        calls: &["user"],
+    };
+    let Ok(t) = Template::parse(text, place, &names) else {
+        return;
+    };
+    let (Ok(hostile), Ok(benign)) = (
+        t.render(&mut |_| Some(value.to_owned())),
+        t.render(&mut |_| Some("x".to_owned())),
+    ) else {
+        return;
+    };
+    let count = |s: &str, c: char| s.matches(c).count();
+    match place {
+        Place::Path => {
+            let segments = |s: &str| {
+                let p = s.split(['?', '#']).next().unwrap_or("");
+                crate::router::path::normalize(&format!("/{p}"))
+                    .split('/')
+                    .count()
+            };
+            assert_eq!(
+                segments(&hostile),
+                segments(&benign),
+                "{text:?} with {value:?}: {hostile:?}"
+            );
+            for c in ['?', '#'] {
+                assert_eq!(
+                    count(&hostile, c),
+                    count(&benign, c),
+                    "{text:?} with {value:?}: {hostile:?}"
+                );
+            }
+        }
+        Place::Query => {
+            for c in ['&', '#', '='] {
+                assert_eq!(
+                    count(&hostile, c),
+                    count(&benign, c),
+                    "{text:?} with {value:?}: {hostile:?}"
+                );
+            }
+        }
+        Place::Header => {
+            // The template's own text is the config author's; only the value is hostile.
+            for c in ['\r', '\n', '\0'] {
+                assert_eq!(
+                    count(&hostile, c),
+                    count(&benign, c),
+                    "{text:?} with {value:?}: {hostile:?}"
+                );
+            }
+        }
+    }
+}

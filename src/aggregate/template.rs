@@ -57,6 +57,13 @@ pub struct Names<'a> {
 impl Template {
     /// Parses `{...}` holes. Errors name what is wrong, for the config error.
     pub fn parse(t: &str, place: Place, names: &Names<'_>) -> Result<Template, String> {
+        // In a path or a query a `%` is an escape: one that is not complete in the template's
+        // own text would be completed by a value (`%2` + `E` is `%2E`, a dot segment).
+        if place != Place::Header && !escapes_complete(t) {
+            return Err(format!(
+                "a `%` in {t:?} does not start an escape (`%XX`); write `%25` for a percent sign"
+            ));
+        }
         let mut parts = Vec::new();
         let mut rest = t;
         while let Some(i) = rest.find('{') {
@@ -135,6 +142,26 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// Every `%` of the template's text (outside its `{...}` holes) is followed by two hex digits.
+fn escapes_complete(t: &str) -> bool {
+    let mut in_hole = false;
+    let b = t.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'{' => in_hole = true,
+            b'}' => in_hole = false,
+            b'%' if !in_hole => {
+                let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
 }
 
 /// `{a.b}` to a reference.
@@ -311,6 +338,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Found by the `aggregate_template` fuzz target: `/%2{id}` with the value `E` rendered
+    /// `/%2E`, a dot segment once decoded.
+    #[test]
+    fn an_incomplete_escape_in_the_text_is_refused() {
+        for place in [Place::Path, Place::Query] {
+            for bad in ["/%2{id}", "/a%", "/%zz/{id}", "/%4"] {
+                let e = Template::parse(bad, place, &names()).unwrap_err();
+                assert!(e.contains("escape"), "{bad}: {e}");
+            }
+            assert!(Template::parse("/a%20b/{id}%2F", place, &names()).is_ok());
+        }
+        assert!(Template::parse("50% {id}", Place::Header, &names()).is_ok());
     }
 
     #[test]

@@ -120,6 +120,15 @@ fn decode_unreserved(path: &str) -> String {
             i += 3;
             continue;
         }
+        if b == b'%' {
+            // Not an escape (`%zz`, a `%` at the end): kept as the data it is, `%25`. Left bare,
+            // it could combine with what the decoding above produces into a new escape
+            // (`%4%44` -> `%4D`), and a second decoding (the upstream's) would read another
+            // path than the one routed (found by the `path` fuzz target).
+            out.push_str("%25");
+            i += 1;
+            continue;
+        }
         // Request targets are ASCII (hyper rejects others), but stay correct for any UTF-8.
         let ch_len = utf8_len(b);
         out.push_str(&path[i..(i + ch_len).min(path.len())]);
@@ -585,12 +594,15 @@ mod tests {
             ("/a//../b", "/b"),
             ("/a/b/", "/a/b/"),
             ("/a/./", "/a/"),
-            ("/%", "/%"),
-            ("/%zz", "/%zz"),
-            ("/a%2", "/a%2"),
+            ("/%", "/%25"),
+            ("/%zz", "/%25zz"),
+            ("/a%2", "/a%252"),
+            ("/s/%4%44", "/s/%254D"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "{input}");
+            // Stable: what is routed reads the same when decoded again.
+            assert_eq!(normalize(&normalize(input)), want, "{input} twice");
         }
     }
 

@@ -1,0 +1,8 @@
+//! See `gatehouse::fuzzing::path`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    gatehouse::fuzzing::path(data);
+});
