@@ -109,6 +109,31 @@ routes:
     );
     assert!(err.contains("2 errors"), "{err}");
 
+    // The keys this work added: a misspelt scheduler, a zero read timeout, an incomplete
+    // escape in an aggregation template.
+    let cfg = TempConfig::new(
+        "listen: \"127.0.0.1:8080\"\nscheduler: per-core\nupstreams:\n  users: { targets: [\"http://127.0.0.1:9001\"] }\nroutes:\n  - { match: { path_prefix: / }, upstream: users }\n",
+    );
+    let (code, _, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("scheduler: unknown variant `per-core`"),
+        "{err}"
+    );
+    let cfg = TempConfig::new(
+        "listen: \"127.0.0.1:8080\"\nupstreams:\n  users: { targets: [\"http://127.0.0.1:9001\"], timeouts: { read: 0s } }\nroutes:\n  - match: { path: /page }\n    aggregate:\n      a: { upstream: users, path: \"/x/%2{query.id}\" }\n",
+    );
+    let (code, _, err) = run(&["check", "--config", cfg.path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("upstreams.users.timeouts.read: must be more than 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].aggregate.a.path") && err.contains("does not start an escape"),
+        "{err}"
+    );
+
     let (code, _, err) = run(&["check", "--config", "/nonexistent/gatehouse.yaml"]);
     assert_eq!(code, 1);
     assert!(

@@ -105,18 +105,38 @@ async fn a_hundred_reloads_under_traffic_fail_no_request() {
     assert!(pool_after.idle_count() > 0);
 }
 
+/// A loopback address nothing listens on (bound, then released).
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// `yaml` (listening on `127.0.0.1:0`) with `addr` as a second listener.
+fn with_second_listener(yaml: &str, addr: std::net::SocketAddr) -> String {
+    yaml.replace(
+        "listen: \"127.0.0.1:0\"\n",
+        &format!("listen: [\"127.0.0.1:0\", \"{addr}\"]\n"),
+    )
+}
+
+/// Whether connecting to `addr` is refused within a second (a removed listener closes as its
+/// accept loops notice the stop).
+async fn refused_soon(addr: std::net::SocketAddr) -> bool {
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_and_removes_listeners() {
     let up = TestUpstream::echo("u").await;
-    let free = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let free = free_addr();
     let one = config(&up.url(), "a", "");
-    let two = one.replace(
-        "listen: \"127.0.0.1:0\"\n",
-        &format!("listen: [\"127.0.0.1:0\", \"{free}\"]\n"),
-    );
+    let two = with_second_listener(&one, free);
     let gw = TestGateway::start(&one).await;
     assert!(tokio::net::TcpStream::connect(free).await.is_err());
     gw.control.apply(two, "test", false).await.unwrap();
@@ -125,15 +145,10 @@ async fn a_reload_adds_and_removes_listeners() {
     assert_eq!(get(&format!("http://{free}/x")).await.status, 200);
     assert_eq!(get(&gw.url("/x")).await.status, 200);
     gw.control.apply(one, "test", false).await.unwrap();
-    let mut refused = false;
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(free).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "the removed listener still accepts");
+    assert!(
+        refused_soon(free).await,
+        "the removed listener still accepts"
+    );
     assert_eq!(get(&gw.url("/x")).await.status, 200);
 }
 
@@ -151,15 +166,9 @@ async fn per_core_workers_share_the_listeners_reload_and_drain() {
         })
     }))
     .await;
-    let free = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let free = free_addr();
     let one = config(&up.url(), "a", "workers: 2\nscheduler: per_core\n");
-    let two = one.replace(
-        "listen: \"127.0.0.1:0\"\n",
-        &format!("listen: [\"127.0.0.1:0\", \"{free}\"]\n"),
-    );
+    let two = with_second_listener(&one, free);
     let gw = TestGateway::start(&one).await;
     // A new connection per request (a new client each time): 40 connections, each hashed to
     // one of the two sockets by its source port.
@@ -193,15 +202,10 @@ async fn per_core_workers_share_the_listeners_reload_and_drain() {
         assert_eq!(get(&format!("http://{free}/m{i}")).await.status, 200);
     }
     gw.control.apply(one, "test", false).await.unwrap();
-    let mut refused = false;
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(free).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "the removed listener still accepts on a worker");
+    assert!(
+        refused_soon(free).await,
+        "the removed listener still accepts on a worker"
+    );
 
     let slow = tokio::spawn({
         let url = gw.url("/slow");

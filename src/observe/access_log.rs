@@ -548,13 +548,8 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, without a date crate.
-pub fn rfc3339(t: SystemTime) -> String {
-    let buf = rfc3339_bytes(t);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// [`rfc3339`] in a stack buffer (every access-log line has one): `2026-11-26T20:00:00.123Z`.
+/// RFC 3339 UTC with milliseconds, without a date crate, in a stack buffer (every access-log
+/// line has one): `2026-11-26T20:00:00.123Z`.
 fn rfc3339_bytes(t: SystemTime) -> [u8; 24] {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
@@ -740,6 +735,10 @@ mod tests {
         }
         let t = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
         assert_eq!(rfc3339(t), "9999-12-31T23:59:59.999Z");
+    }
+
+    fn rfc3339(t: SystemTime) -> String {
+        String::from_utf8_lossy(&rfc3339_bytes(t)).into_owned()
     }
 
     #[test]

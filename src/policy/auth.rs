@@ -374,7 +374,13 @@ impl AuthPolicy {
                     .any(|g| self.allow_groups.iter().any(|a| **a == **g)))
     }
 
-    fn strip_credentials(&self, m: Method, req: &mut Request<Body>) {
+    /// `without_key`: the request's URI without the query key (if it had one).
+    fn strip_credentials(
+        &self,
+        m: Method,
+        req: &mut Request<Body>,
+        without_key: Option<http::Uri>,
+    ) {
         if self.keep_credentials {
             return;
         }
@@ -384,9 +390,7 @@ impl AuthPolicy {
             }
             Method::ApiKey => {
                 req.headers_mut().remove(&self.key_header);
-                if let Some(q) = &self.key_query
-                    && let Some(new) = without_query_param(req.uri(), q)
-                {
+                if let Some(new) = without_key {
                     *req.uri_mut() = new;
                 }
             }
@@ -407,10 +411,13 @@ impl AuthPolicy {
                 req.headers_mut().remove(h);
             }
         }
-        // A key in the query never reaches the access log, valid or not.
-        if let Some(q) = &self.key_query
-            && let Some(clean) = without_query_param(req.uri(), q)
-        {
+        // A key in the query never reaches the access log, valid or not (nor the upstream,
+        // once the request is let through).
+        let without_key = self
+            .key_query
+            .as_deref()
+            .and_then(|q| without_query_param(req.uri(), q));
+        if let Some(clean) = &without_key {
             cx.log_path = clean.path_and_query().cloned();
         }
         let route = cx.route.clone();
@@ -464,7 +471,7 @@ impl AuthPolicy {
             ));
         }
         self.metrics.auth(route.as_ref(), method.name(), "success");
-        self.strip_credentials(method, req);
+        self.strip_credentials(method, req, without_key);
         if let Ok(v) = HeaderValue::from_str(&consumer.id) {
             req.headers_mut().insert(self.id_header.clone(), v);
         }
@@ -580,13 +587,16 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The URI without every `name=...` pair of its query.
+/// The URI without every `name=...` pair of its query; `None` when it has none.
 fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
     let q = uri.query()?;
     let kept: Vec<&str> = q
         .split('&')
         .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
         .collect();
+    if kept.len() == q.split('&').count() {
+        return None;
+    }
     let pq = if kept.is_empty() {
         uri.path().to_owned()
     } else {
@@ -750,6 +760,9 @@ mod tests {
         assert_eq!(without_query_param(&u, "api_key").unwrap(), "/x?a=1&b=2");
         let u: http::Uri = "/x?api_key=secret".parse().unwrap();
         assert_eq!(without_query_param(&u, "api_key").unwrap(), "/x");
+        // Nothing to remove: nothing rebuilt (no new URI per request on such routes).
+        let u: http::Uri = "/x?a=1&api_keys=2".parse().unwrap();
+        assert!(without_query_param(&u, "api_key").is_none());
     }
 
     #[test]
