@@ -170,3 +170,383 @@ pub fn aggregate_template(data: &[u8]) {
         );
     }
 }
+
+/// Route matching on a compiled table, against the rule the table promises: of every route
+/// (and host pattern) that matches, the most specific wins (host, then path, then methods
+/// given, then more header conditions, then config order); the captured params are that
+/// route's; and a route `shadowed()` reports as unreachable is never the one found.
+///
+/// One line per route, `R <e|p> <path> <hosts|-> <methods|-> <header=value|->` (`e`: `path:`,
+/// exact or template; `p`: `path_prefix:`), then one per request, `Q <host|-> <path> <method>
+/// <header=value|->`.
+pub fn route_match(data: &[u8]) {
+    use crate::router::{HostPattern, Matcher, PathPattern, Routable, Router};
+    use std::cmp::Reverse;
+    use std::sync::Arc;
+
+    struct Route {
+        m: Matcher,
+        index: usize,
+    }
+    impl Routable for Route {
+        fn matcher(&self) -> &Matcher {
+            &self.m
+        }
+    }
+    fn header(f: Option<&str>) -> Option<(http::HeaderName, http::HeaderValue)> {
+        let (n, v) = f?.split_once('=')?;
+        Some((
+            http::HeaderName::from_bytes(n.as_bytes()).ok()?,
+            http::HeaderValue::from_str(v).ok()?,
+        ))
+    }
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut routes = Vec::new();
+    let mut requests = Vec::new();
+    for line in text.lines().take(64) {
+        let mut f = line.split(' ');
+        match f.next() {
+            Some("R") => {
+                let kind = f.next().unwrap_or("p");
+                let p = f.next().unwrap_or("/");
+                let Ok(path) = (if kind == "e" {
+                    PathPattern::parse_path(p)
+                } else {
+                    PathPattern::parse_prefix(p)
+                }) else {
+                    continue;
+                };
+                let hosts: Vec<HostPattern> = match f.next() {
+                    None | Some("-") => Vec::new(),
+                    Some(h) => h
+                        .split(',')
+                        .filter_map(|h| HostPattern::parse(h).ok())
+                        .collect(),
+                };
+                let methods: Vec<http::Method> = match f.next() {
+                    None | Some("-") => Vec::new(),
+                    Some(m) => m
+                        .split(',')
+                        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                        .collect(),
+                };
+                let headers = header(f.next()).into_iter().collect();
+                let index = routes.len();
+                routes.push(Arc::new(Route {
+                    m: Matcher {
+                        hosts,
+                        path,
+                        methods,
+                        headers,
+                    },
+                    index,
+                }));
+            }
+            Some("Q") => requests.push((f.next(), f.next(), f.next(), header(f.next()))),
+            _ => {}
+        }
+    }
+    let router = Router::new(routes.clone());
+    let shadowed: Vec<usize> = router.shadowed().iter().map(|s| s.index).collect();
+    for (host, path, method, hdr) in requests {
+        let host = host
+            .filter(|h| *h != "-")
+            .map(|h| crate::router::host_key(h).into_owned());
+        let Some(path) = path.filter(|p| p.starts_with('/') && !p.contains(['?', '#'])) else {
+            continue;
+        };
+        let path = crate::router::normalize(path);
+        let Ok(method) = http::Method::from_bytes(method.unwrap_or("GET").as_bytes()) else {
+            continue;
+        };
+        let mut headers = http::HeaderMap::new();
+        if let Some((n, v)) = hdr {
+            headers.insert(n, v);
+        }
+        // The rule, by brute force over every route and host pattern.
+        let any = [HostPattern::Any];
+        let expected = routes
+            .iter()
+            .flat_map(|r| {
+                let hosts = if r.m.hosts.is_empty() {
+                    &any[..]
+                } else {
+                    &r.m.hosts[..]
+                };
+                hosts.iter().map(move |h| (r, h))
+            })
+            .filter(|(r, h)| {
+                h.matches(host.as_deref())
+                    && r.m.matches_rest(&path, &method, &headers, &mut Vec::new())
+            })
+            .max_by_key(|(r, h)| {
+                (
+                    h.rank(),
+                    r.m.path.rank(),
+                    !r.m.methods.is_empty(),
+                    r.m.headers.len(),
+                    Reverse(r.index),
+                )
+            })
+            .map(|(r, _)| r);
+        let found = router.find(host.as_deref(), &path, &method, &headers);
+        assert_eq!(
+            found.as_ref().map(|f| f.route.index),
+            expected.map(|r| r.index),
+            "{method} {host:?} {path:?}"
+        );
+        if let (Some(f), Some(r)) = (found, expected) {
+            let mut params = Vec::new();
+            assert!(r.m.path.matches(&path, &mut params));
+            assert_eq!(f.params, params, "{path:?}");
+            assert!(
+                !shadowed.contains(&r.index),
+                "route {} is reported shadowed but is found for {method} {host:?} {path:?}",
+                r.index
+            );
+        }
+    }
+}
+
+/// A response's `Vary` and the request headers a variant is keyed by: the names parse without
+/// panicking, each once and never `*`; and two requests get the same variant key exactly when
+/// they send the same values (the trimmed elements of each listed header's comma-separated
+/// values, or both lack it).
+///
+/// The input: `Vary` values one per line, NUL, request A's headers (`name: value` lines), NUL,
+/// request B's.
+pub fn vary(data: &[u8]) {
+    use crate::policy::cache::{variant_key, vary_names};
+    let mut parts = data.splitn(3, |b| *b == 0);
+    let (vary, a, b) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let values: Vec<http::HeaderValue> = vary
+        .split(|b| *b == b'\n')
+        .filter_map(|l| http::HeaderValue::from_bytes(l).ok())
+        .collect();
+    let _ = crate::store::cache::CacheControl::parse(values.iter());
+    let Ok(names) = vary_names(&values) else {
+        return;
+    };
+    for (i, n) in names.iter().enumerate() {
+        assert!(!names[..i].contains(n), "{n} listed twice");
+        assert_ne!(n.as_str(), "*");
+    }
+    let headers = |raw: &[u8]| {
+        let mut h = http::HeaderMap::new();
+        for line in raw.split(|b| *b == b'\n') {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+            ) {
+                h.append(n, v);
+            }
+        }
+        h
+    };
+    let (a, b) = (headers(a), headers(b));
+    let elements = |h: &http::HeaderMap, n: &http::HeaderName| -> Option<Vec<Vec<u8>>> {
+        let mut values = h.get_all(n).iter().peekable();
+        values.peek()?;
+        Some(
+            values
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(|e| e.trim_ascii().to_vec())
+                .collect(),
+        )
+    };
+    let same = names.iter().all(|n| elements(&a, n) == elements(&b, n));
+    let (ka, kb) = (
+        variant_key(b"GET\0host\0/p", &names, 7, &a),
+        variant_key(b"GET\0host\0/p", &names, 7, &b),
+    );
+    assert_eq!(ka == kb, same, "{names:?}: {a:?} / {b:?}");
+}
+
+/// JWT headers and claims. The first byte picks: odd, the rest is a token as a client sends
+/// it, which must never verify (the fuzzer does not know the secret); even, the rest is a
+/// header and a claims set (JSON, split at the first NUL) that the fuzz target signs with the
+/// secret, so that the header and claim checks run on every shape of JSON: a token that
+/// verifies has alg HS256, an `exp` not past, an `nbf` not ahead, the issuer, the audience,
+/// the required claim and the scope the config asks for. Returns whether the token verified.
+pub fn jwt(data: &[u8]) -> bool {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::Value;
+    use std::sync::OnceLock;
+
+    const SECRET: &str = "fuzzing secret, long enough for HS256 keys";
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        forged: crate::policy::jwt::Jwt,
+        signed: crate::policy::jwt::Jwt,
+    }
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    let fx = FIXTURE.get_or_init(|| {
+        let compile = || {
+            let cfg: crate::config::model::JwtConfig = serde_json::from_value(serde_json::json!({
+                "secret": SECRET,
+                "issuer": "https://issuer.example",
+                "audiences": ["api"],
+                "required_claims": { "tenant": "acme" },
+                "scopes": ["read"],
+                "forward_claims": { "sub": "x-user", "groups": "x-groups", "tenant": "x-tenant" },
+            }))
+            .expect("the fixture's config");
+            let cx = crate::policy::PolicyCx {
+                consumers: &Default::default(),
+                registry: &Default::default(),
+                metrics: &Default::default(),
+                store: &Default::default(),
+                cache: &crate::store::cache::Backend::Memory(Default::default()),
+                claims: &Default::default(),
+                warnings: &Default::default(),
+            };
+            let mut errors = Vec::new();
+            let jwt = crate::policy::jwt::Jwt::compile(&cfg, &cx, "auth.jwt", &mut errors);
+            assert!(errors.is_empty(), "{errors:?}");
+            jwt.expect("the fixture compiles")
+        };
+        Fixture {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime"),
+            forged: compile(),
+            signed: compile(),
+        }
+    });
+    let Some((&mode, rest)) = data.split_first() else {
+        return false;
+    };
+    if mode % 2 == 1 {
+        let Ok(token) = std::str::from_utf8(rest) else {
+            return false;
+        };
+        let got = fx.rt.block_on(fx.forged.verify(token));
+        assert!(
+            got.is_err(),
+            "a token not signed with the secret verified: {token:?}"
+        );
+        return false;
+    }
+    let split = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    let (head, claims) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(head),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let Ok(sig) = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    ) else {
+        return false;
+    };
+    let token = format!("{signing_input}.{sig}");
+    let Ok(got) = fx.rt.block_on(fx.signed.verify(&token)) else {
+        return false;
+    };
+    let head: Value = serde_json::from_slice(head).expect("a verified token's header is JSON");
+    assert_eq!(head.get("alg"), Some(&Value::from("HS256")), "{head}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let number = |name: &str| got.get(name).and_then(Value::as_f64);
+    // The default leeway is 60 s; one more for the clock moving during the check.
+    let exp = number("exp").expect("a verified token has exp");
+    assert!(exp >= now - 61.0, "expired token verified: {got:?}");
+    if let Some(nbf) = number("nbf") {
+        assert!(nbf <= now + 61.0, "token not yet valid verified: {got:?}");
+    }
+    assert_eq!(got.get("iss"), Some(&Value::from("https://issuer.example")));
+    let aud_ok = match got.get("aud") {
+        Some(Value::String(s)) => s == "api",
+        Some(Value::Array(a)) => a.iter().any(|v| v == "api"),
+        _ => false,
+    };
+    assert!(aud_ok, "audience: {got:?}");
+    let scope_ok = ["scope", "scp"].iter().any(|c| match got.get(*c) {
+        Some(Value::String(s)) => s.split_whitespace().any(|s| s == "read"),
+        Some(Value::Array(a)) => a.iter().any(|v| v == "read"),
+        _ => false,
+    });
+    assert!(scope_ok, "scope: {got:?}");
+    let tenant_ok = match got.get("tenant") {
+        Some(Value::String(s)) => s == "acme",
+        Some(Value::Array(a)) => a.iter().any(|v| v == "acme"),
+        _ => false,
+    };
+    assert!(tenant_ok, "required claim: {got:?}");
+    for (_, value) in fx.signed.forward_headers(&got) {
+        assert!(
+            !value
+                .as_bytes()
+                .iter()
+                .any(|b| b.is_ascii_control() && *b != b'\t')
+        );
+    }
+    let _ = fx.signed.consumer(got);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every committed seed (and every input a fuzz run found, kept as `regression-*`) runs
+    /// through its target's checks with the tests, not only when fuzzing.
+    #[test]
+    fn every_seed_passes_its_target() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 10] = [
+            ("config", super::config),
+            ("h1_request", super::h1_request),
+            ("h1_response", super::h1_response),
+            ("chunked", super::chunked),
+            ("path", super::path),
+            ("small_grammars", super::small_grammars),
+            ("aggregate_template", super::aggregate_template),
+            ("route_match", super::route_match),
+            ("vary", super::vary),
+            ("jwt", |d| {
+                super::jwt(d);
+            }),
+        ];
+        let mut ran = 0;
+        for (name, target) in targets {
+            let dir = corpus.join(name);
+            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}"));
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                target(&data);
+                ran += 1;
+            }
+        }
+        assert!(ran >= 30, "only {ran} seeds");
+    }
+
+    /// The JWT seeds named `valid*` verify (so the claim checks after verification run).
+    #[test]
+    fn the_valid_jwt_seeds_verify() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/jwt");
+        for name in ["valid", "valid_arrays"] {
+            let data = std::fs::read(dir.join(name)).unwrap();
+            assert!(super::jwt(&data), "{name} did not verify");
+        }
+        let data = std::fs::read(dir.join("alg_none")).unwrap();
+        assert!(!super::jwt(&data));
+    }
+}

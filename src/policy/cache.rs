@@ -263,10 +263,38 @@ impl CachePolicy {
     }
 }
 
+/// The request headers an answer's `Vary` lists, each once; `Err("vary-star")` for `*` or
+/// anything that is not a header name (such an answer varies on what no key can hold, so it is
+/// not stored).
+pub(crate) fn vary_names<'a>(
+    values: impl IntoIterator<Item = &'a HeaderValue>,
+) -> Result<Vec<HeaderName>, &'static str> {
+    let mut vary = Vec::new();
+    for v in values {
+        for n in v.to_str().unwrap_or("*").split(',') {
+            let n = n.trim();
+            if n.is_empty() {
+                continue;
+            }
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(name) if n != "*" => {
+                    if !vary.contains(&name) {
+                        vary.push(name)
+                    }
+                }
+                _ => return Err("vary-star"),
+            }
+        }
+    }
+    Ok(vary)
+}
+
 /// A variant's key: the primary key, NUL (which no key part holds), the Vary marker's
 /// generation, and the request's values of the headers the answer varies by (whitespace
-/// around commas ignored), each after a NUL.
-fn variant_key(
+/// around commas ignored), each after a NUL. A header
+/// the request does not have is written without `=`, so that it matches only requests that
+/// lack it too, not ones that send it empty (RFC 9111 4.1).
+pub(crate) fn variant_key(
     primary: &[u8],
     names: &[HeaderName],
     generation: u64,
@@ -278,9 +306,12 @@ fn variant_key(
     for n in names {
         k.push(0);
         k.extend_from_slice(n.as_str().as_bytes());
-        k.push(b'=');
+        let mut values = headers.get_all(n).iter().peekable();
+        if values.peek().is_some() {
+            k.push(b'=');
+        }
         let mut first = true;
-        for v in headers.get_all(n) {
+        for v in values {
             for part in v.as_bytes().split(|b| *b == b',') {
                 if !first {
                     k.push(b',');
@@ -822,23 +853,7 @@ impl CachePolicy {
         if h.contains_key(header::SET_COOKIE) {
             return Err("set-cookie");
         }
-        let mut vary = Vec::new();
-        for v in h.get_all(header::VARY) {
-            for n in v.to_str().unwrap_or("*").split(',') {
-                let n = n.trim();
-                if n.is_empty() {
-                    continue;
-                }
-                match HeaderName::from_bytes(n.as_bytes()) {
-                    Ok(name) if n != "*" => {
-                        if !vary.contains(&name) {
-                            vary.push(name)
-                        }
-                    }
-                    _ => return Err("vary-star"),
-                }
-            }
-        }
+        let vary = vary_names(h.get_all(header::VARY))?;
         let f = self.freshness(h)?;
         if h.get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())

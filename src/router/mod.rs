@@ -59,7 +59,7 @@ impl HostPattern {
         Ok(HostPattern::Exact(h))
     }
 
-    fn matches(&self, host: Option<&str>) -> bool {
+    pub(crate) fn matches(&self, host: Option<&str>) -> bool {
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(e) => host == Some(e.as_str()),
@@ -69,7 +69,7 @@ impl HostPattern {
         }
     }
 
-    fn rank(&self) -> (u8, usize) {
+    pub(crate) fn rank(&self) -> (u8, usize) {
         match self {
             HostPattern::Exact(e) => (2, e.len()),
             HostPattern::Suffix(s) => (1, s.len()),
@@ -109,7 +109,7 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    fn matches_rest(
+    pub(crate) fn matches_rest(
         &self,
         path: &str,
         method: &Method,

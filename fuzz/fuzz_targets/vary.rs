@@ -1,0 +1,8 @@
+//! See `gatehouse::fuzzing::vary`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    gatehouse::fuzzing::vary(data);
+});
