@@ -510,7 +510,7 @@ mod tests {
     fn every_seed_passes_its_target() {
         let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 10] = [
+        let targets: [(&str, Target); 11] = [
             ("config", super::config),
             ("h1_request", super::h1_request),
             ("h1_response", super::h1_response),
@@ -523,6 +523,7 @@ mod tests {
             ("jwt", |d| {
                 super::jwt(d);
             }),
+            ("request_path", super::request_path),
         ];
         let mut ran = 0;
         for (name, target) in targets {
@@ -536,6 +537,9 @@ mod tests {
             }
         }
         assert!(ran >= 30, "only {ran} seeds");
+        // What the upstream found in the last requests it was sent.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        super::e2e::check_upstream();
     }
 
     /// The JWT seeds named `valid*` verify (so the claim checks after verification run).
@@ -548,5 +552,350 @@ mod tests {
         }
         let data = std::fs::read(dir.join("alg_none")).unwrap();
         assert!(!super::jwt(&data));
+    }
+}
+
+/// The request path end to end: raw bytes from a client, on a real TCP connection, into a
+/// gateway running in this process, in front of an upstream running in this process (hyper's
+/// server, which refuses what it cannot parse). The gateway answers or closes within a bound,
+/// whatever the bytes; what it sends back is HTTP/1.1 (or HTTP/2, to a client that opened
+/// with the preface); it never answers 500; and what reaches the upstream is a request hyper
+/// parses, in origin form, with one `Host`, no hop-by-hop header, and no dot segment in its
+/// path, even percent-encoded.
+///
+/// The gateway's config routes by template (with a rewrite), by prefix (with `strip_prefix`
+/// and header policies), caches one route, rate-limits one, aggregates two calls on one and
+/// answers one itself, and writes a JSON access log (to `/dev/null`); see `E2E_CONFIG`.
+pub fn request_path(data: &[u8]) {
+    use std::io::{Read, Write};
+    let e2e = e2e::fixture();
+    let mut conn = e2e::connect(e2e.gateway);
+    // The client may be cut off before it has written everything (a refused head): fine.
+    let _ = conn.write_all(data);
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = std::time::Instant::now() + e2e::ANSWER_WITHIN;
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            // The SIGPIPE handler's signal may land on this thread.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "the gateway neither answered nor closed within {:?} ({e}); it sent {} bytes",
+                e2e::ANSWER_WITHIN,
+                got.len()
+            ),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway kept the connection open past {:?}",
+            e2e::ANSWER_WITHIN
+        );
+    }
+    e2e::check_upstream();
+    // (Empty lines before a request line are skipped, RFC 9112 2.2, so before the preface too.)
+    let opening = data.trim_ascii_start();
+    if got.is_empty() || opening.starts_with(b"PRI * HTTP/2.0") {
+        return;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&got) {
+        Ok(_) => {
+            assert_eq!(
+                resp.version,
+                Some(1),
+                "not an HTTP/1.1 answer: {:?}",
+                e2e::show(&got)
+            );
+            assert_ne!(resp.code, Some(500), "500: {:?}", e2e::show(&got));
+        }
+        Err(e) => panic!("the answer does not parse ({e}): {:?}", e2e::show(&got)),
+    }
+}
+
+mod e2e {
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
+
+    /// How long a client may wait for the whole answer and the close: the config's head and
+    /// idle timeouts are 2 s, upstream answers are immediate.
+    pub const ANSWER_WITHIN: Duration = Duration::from_secs(8);
+
+    pub struct Fixture {
+        pub gateway: std::net::SocketAddr,
+        _rt: tokio::runtime::Runtime,
+        _control: std::sync::Arc<crate::control::Control>,
+    }
+
+    /// What the upstream found wrong in a request it was sent.
+    static VIOLATIONS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn violation(v: String) {
+        VIOLATIONS.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+    }
+
+    pub fn check_upstream() {
+        let v = std::mem::take(&mut *VIOLATIONS.lock().unwrap_or_else(|e| e.into_inner()));
+        assert!(v.is_empty(), "the upstream was sent: {v:?}");
+    }
+
+    pub fn show(b: &[u8]) -> String {
+        String::from_utf8_lossy(&b[..b.len().min(2048)]).into_owned()
+    }
+
+    /// A connection to the gateway that closes with a reset once read: a fuzz run opens
+    /// millions, and TIME_WAIT would use up the ephemeral ports.
+    pub fn connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("the gateway does not accept connections: {e}"));
+        let s = socket2::Socket::from(s);
+        let _ = s.set_linger(Some(Duration::ZERO));
+        let _ = s.set_read_timeout(Some(ANSWER_WITHIN));
+        s.into()
+    }
+
+    const E2E_CONFIG: &str = r#"
+listen: "127.0.0.1:0"
+access_log: { format: json, path: /dev/null }
+server:
+  request_header_timeout: 2s
+  idle_timeout: 2s
+  max_header_size: 16KiB
+  max_body_size: 64KiB
+upstreams:
+  app:
+    targets: ["http://UPSTREAM"]
+    timeouts: { connect: 1s, response: 3s }
+routes:
+  - name: item
+    match: { path: "/items/{id}", methods: [GET, HEAD] }
+    upstream: app
+    rewrite: "/v1/items/{id}"
+    cache: { ttl: 30s }
+    headers: { request: { set: { x-route: item } } }
+  - name: api
+    match: { path_prefix: /api }
+    upstream: app
+    strip_prefix: true
+    rate_limit: { key: client_ip, limit: 1000000/s, burst: 1000 }
+    headers:
+      request: { set: { x-route: api }, remove: [x-secret] }
+      response: { remove: [server] }
+  - name: files
+    match: { path: "/files/{*rest}" }
+    upstream: app
+    headers: { request: { set: { x-route: files } } }
+  - name: agg
+    match: { path: "/agg/{id}", methods: [GET] }
+    timeout: 3s
+    aggregate:
+      a: { upstream: app, path: "/a/{id}" }
+      b: { upstream: app, path: "/b?id={id}&q={query.q}", required: false }
+  - name: ping
+    match: { path: /ping }
+    respond: { status: 200, body: pong }
+  - name: rest
+    match: { path_prefix: / }
+    upstream: app
+    headers: { request: { set: { x-route: rest } } }
+"#;
+
+    pub fn fixture() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(start)
+    }
+
+    fn start() -> Fixture {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (gateway, control) = rt.block_on(async {
+            // A fuzz target has no Rust `main` to ignore SIGPIPE: a write to a connection the
+            // peer reset would end the process. A handler (never read) keeps it alive.
+            let pipe = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())
+                .expect("a SIGPIPE handler");
+            std::mem::forget(pipe);
+            let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("an upstream port");
+            let up_addr = upstream.local_addr().expect("its address");
+            tokio::spawn(serve_upstream(upstream));
+            let text = E2E_CONFIG.replace("UPSTREAM", &up_addr.to_string());
+            let cfg = crate::config::parse_str(&text, &|_| None).expect("the fixture's config");
+            let state = std::sync::Arc::new(crate::state::State::default());
+            let runtime = crate::compile::compile(&cfg, &state).expect("it compiles");
+            let control = crate::start(runtime, text, None, state)
+                .await
+                .expect("the gateway starts");
+            let gateway = *control
+                .proxy_addrs()
+                .await
+                .first()
+                .expect("the gateway listens");
+            (gateway, control)
+        });
+        Fixture {
+            gateway,
+            _rt: rt,
+            _control: control,
+        }
+    }
+
+    async fn serve_upstream(listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+                let io = hyper_util::rt::TokioIo::new(Recorded {
+                    inner: stream,
+                    seen: seen.clone(),
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .max_headers(4096)
+                    .serve_connection(io, hyper::service::service_fn(answer))
+                    .with_upgrades()
+                    .await;
+                if let Err(e) = served
+                    && (e.is_parse() || e.is_parse_too_large())
+                {
+                    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    violation(format!(
+                        "a request hyper cannot parse: {e}; the last bytes read: {:?}",
+                        String::from_utf8_lossy(&seen)
+                    ));
+                }
+            });
+        }
+    }
+
+    /// The upstream's side of a connection, keeping the last bytes it read (for the report).
+    struct Recorded {
+        inner: tokio::net::TcpStream,
+        seen: std::sync::Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl tokio::io::AsyncRead for Recorded {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.extend_from_slice(&buf.filled()[before..]);
+            let over = seen.len().saturating_sub(4096);
+            seen.drain(..over);
+            polled
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Recorded {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    async fn answer(
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+        use http_body_util::BodyExt;
+        let (parts, body) = req.into_parts();
+        check_request(&parts);
+        let len = body.collect().await.map_or(0, |b| b.to_bytes().len());
+        let text = format!(r#"{{"path":{:?},"body":{len}}}"#, parts.uri.path());
+        let resp = http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CACHE_CONTROL, "max-age=5")
+            .body(http_body_util::Full::new(bytes::Bytes::from(text)));
+        Ok(resp.unwrap_or_default())
+    }
+
+    fn check_request(p: &http::request::Parts) {
+        let mut bad = Vec::new();
+        let path = p.uri.path();
+        if p.uri.scheme().is_some() || p.uri.authority().is_some() || !path.starts_with('/') {
+            bad.push(format!("a target not in origin form: {}", p.uri));
+        }
+        let hosts = p.headers.get_all(http::header::HOST).iter().count();
+        if hosts != 1 {
+            bad.push(format!("{hosts} Host headers"));
+        }
+        for h in ["keep-alive", "proxy-connection", "trailer"] {
+            if p.headers.contains_key(h) {
+                bad.push(format!("the header {h}"));
+            }
+        }
+        // Every proxied route sets `x-route` (replacing a client's); the `api` route removes
+        // `x-secret`. (An aggregation's calls carry neither.)
+        let route: Vec<_> = p.headers.get_all("x-route").iter().collect();
+        if route.len() > 1 {
+            bad.push(format!("x-route {route:?}"));
+        }
+        if route.first().is_some_and(|r| *r == "api") && p.headers.contains_key("x-secret") {
+            bad.push("x-secret on the api route".into());
+        }
+        for te in p.headers.get_all(http::header::TE) {
+            if te.as_bytes() != b"trailers" {
+                bad.push(format!("TE: {te:?}"));
+            }
+        }
+        // An upgrade (WebSocket) goes upstream with its `Upgrade` and `Connection: upgrade`;
+        // no other header a `Connection` names does.
+        let upgrade = p.headers.contains_key(http::header::UPGRADE);
+        let mut says_upgrade = false;
+        for v in p.headers.get_all(http::header::CONNECTION) {
+            for token in v.to_str().unwrap_or("?").split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("upgrade") && upgrade {
+                    says_upgrade = true;
+                } else if !token.eq_ignore_ascii_case("close")
+                    && !token.eq_ignore_ascii_case("keep-alive")
+                {
+                    bad.push(format!("Connection: {token}"));
+                }
+            }
+        }
+        if upgrade && !says_upgrade {
+            bad.push("Upgrade without Connection: upgrade".into());
+        }
+        let decoded = |s: &str| s.replace("%2e", ".").replace("%2E", ".");
+        if path
+            .split('/')
+            .skip(1)
+            .any(|s| matches!(decoded(s).as_str(), "." | ".."))
+        {
+            bad.push(format!("a dot segment in {path:?}"));
+        }
+        if !bad.is_empty() {
+            violation(format!("{} {}: {}", p.method, p.uri, bad.join("; ")));
+        }
     }
 }

@@ -487,7 +487,13 @@ async fn request_target_forms() {
         case(
             "absolute form with an empty path goes upstream as /",
             "GET http://gw.test HTTP/1.1\r\nHost: gw.test\r\n\r\n",
-        ),
+        )
+        .up("GET / HTTP/1.1", &[], b""),
+        case(
+            "absolute form with a fragment and no path goes upstream as /",
+            "GET http://gw.test#f HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+        )
+        .up("GET / HTTP/1.1", &[], b""),
         case(
             "absolute form with a query and no path",
             "GET http://gw.test?x=1 HTTP/1.1\r\nHost: gw.test\r\n\r\n",

@@ -39,8 +39,16 @@ pub fn encode_head<B: http_body::Body>(req: &Request<B>, out: &mut Vec<u8>) -> R
     let method = req.method();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    // `path()` is `/` for an empty path (an absolute form such as `http://h?x=1`).
-    out.extend_from_slice(req.uri().path().as_bytes());
+    // `path()` is `/` for an empty path (an absolute form such as `http://h?x=1`), except in
+    // an origin-form `Uri` made from such a target's path: `http://h#f` leaves a
+    // `PathAndQuery` that shows `/` but holds nothing, and the `Uri` built from it has the
+    // path `` (found by fuzzing; an empty request target is unparseable upstream).
+    let path = req.uri().path();
+    out.extend_from_slice(if path.is_empty() {
+        b"/"
+    } else {
+        path.as_bytes()
+    });
     if let Some(q) = req.uri().query() {
         out.push(b'?');
         out.extend_from_slice(q.as_bytes());
