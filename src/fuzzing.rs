@@ -109,7 +109,34 @@ pub fn small_grammars(data: &[u8]) {
     let _ = crate::policy::htpasswd::Htpasswd::parse(text);
     for line in text.lines().take(16) {
         let _ = crate::policy::consumers::PasswordHash::parse(line);
+        let _ = crate::policy::auth::basic_credentials(line);
+        api_key_in_query(line);
     }
+}
+
+/// A query string carrying `api_key`: the URI logged and forwarded without it has no
+/// `api_key` left for the same lookup to find.
+fn api_key_in_query(query: &str) {
+    use crate::policy::auth::{query_param, without_query_param};
+    let Ok(uri) = format!("/p?{query}").parse::<http::Uri>() else {
+        return;
+    };
+    let Some(q) = uri.query() else {
+        return;
+    };
+    if query_param(q, "api_key").is_none() {
+        return;
+    }
+    let cleaned = without_query_param(&uri, "api_key")
+        .unwrap_or_else(|| panic!("{uri}: the key was found but not removed"));
+    assert!(
+        cleaned
+            .query()
+            .and_then(|q| query_param(q, "api_key"))
+            .is_none(),
+        "{uri} -> {cleaned}"
+    );
+    assert_eq!(cleaned.path(), uri.path());
 }
 
 /// An aggregation template and a value a client controls: a template either fails to parse

@@ -248,17 +248,10 @@ impl AuthPolicy {
     /// The request's credential for `m`, if it carries one.
     fn credential(&self, m: Method, req: &Request<Body>, cx: &RequestCtx) -> Option<Credential> {
         match m {
-            Method::Basic => {
-                let v = authorization(req, "basic")?;
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(v.trim())
-                    .ok()
-                    .and_then(|d| String::from_utf8(d).ok());
-                Some(match decoded.as_deref().and_then(|d| d.split_once(':')) {
-                    Some((u, p)) => Credential::Basic(u.to_owned(), p.to_owned()),
-                    None => Credential::Malformed,
-                })
-            }
+            Method::Basic => Some(match basic_credentials(authorization(req, "basic")?) {
+                Some((u, p)) => Credential::Basic(u, p),
+                None => Credential::Malformed,
+            }),
             Method::Jwt => {
                 authorization(req, "bearer").map(|t| Credential::Bearer(t.trim().to_owned()))
             }
@@ -559,8 +552,19 @@ fn authorization<'r>(req: &'r Request<Body>, scheme: &str) -> Option<&'r str> {
     s.eq_ignore_ascii_case(scheme).then_some(rest)
 }
 
+/// The user and password of a `Basic` credential (what follows the scheme): base64 of UTF-8
+/// `user:password` (RFC 7617); `None` when it is not.
+pub(crate) fn basic_credentials(v: &str) -> Option<(String, String)> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
 /// The first value of `name` in a query string, percent-decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| percent_decode(v))
@@ -588,7 +592,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The URI without every `name=...` pair of its query; `None` when it has none.
-fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
+pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
     let q = uri.query()?;
     let kept: Vec<&str> = q
         .split('&')
