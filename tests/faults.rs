@@ -6,9 +6,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::raw::{Got, RawClient, RawUpstream, Reply, Then};
+use common::servers::Redis;
 use common::{GatewayProcess, TempConfig, TestGateway, TestUpstream};
 
 fn config(target: &str, timeouts: &str) -> String {
@@ -151,4 +152,137 @@ async fn accept_recovers_from_file_descriptor_exhaustion() {
             .collect::<Vec<_>>()
     );
     assert!(gw.child.try_wait().unwrap().is_none(), "the gateway exited");
+}
+
+/// One request through a fresh connection, bounded: its response, and how long it took.
+async fn timed(addr: std::net::SocketAddr, path: &str) -> (common::raw::RawResponse, Duration) {
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        common::raw::exchange(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n\r\n"),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("GET {path}: no answer within 20 s"));
+    match got {
+        Got::Response(r) => (r, started.elapsed()),
+        other => panic!("GET {path}: {other:?}"),
+    }
+}
+
+/// The gateway's own error: JSON with the code, and the request id it also sent as a header.
+fn assert_gateway_error(r: &common::raw::RawResponse, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["error"], code, "{body}");
+    assert_eq!(
+        body["request_id"].as_str(),
+        r.header("x-request-id"),
+        "{body}"
+    );
+}
+
+/// A target given by a name that does not resolve (`.invalid` is reserved, RFC 6761): its
+/// requests get a 502 JSON error with the request id, as fast as the resolver says no (bounded
+/// here generously: a slow resolver may take seconds), and every other route is served
+/// meanwhile, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_name_that_does_not_resolve_gets_a_clean_502() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  nowhere:\n    targets: [\"http://no-such-host.invalid:8080\"]\n    timeouts: {{ connect: 2s }}\n  u:\n    targets: [\"{}\"]\nroutes:\n  - match: {{ path_prefix: /nowhere }}\n    upstream: nowhere\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Other routes are not held up while names are being resolved.
+    let others = {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..20 {
+                let (r, took) = timed(addr, "/other").await;
+                assert_eq!(r.status, 200);
+                slowest = slowest.max(took);
+            }
+            slowest
+        })
+    };
+    for _ in 0..3 {
+        let (r, took) = timed(gw.addr, "/nowhere/x").await;
+        assert_gateway_error(&r, 502, "upstream_connect_failed");
+        assert!(took < Duration::from_secs(15), "{took:?}");
+    }
+    let slowest = others.await.unwrap();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "another route waited {slowest:?}"
+    );
+    let (r, _) = timed(gw.addr, "/after").await;
+    assert_eq!(r.status, 200);
+}
+
+/// Redis stops answering (SIGSTOP: the connections stay open, nothing comes back) under a
+/// rate limit that fails open, one that fails closed and a cached route. Each request costs
+/// at most about the store's `timeout`, not a hang: fail-open and cached requests are served
+/// from the upstream, the fail-closed one gets a 503 JSON error. Routes without Redis are not
+/// slowed. Redis thawed: the fail-closed limit admits again, by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_costs_its_timeout_not_a_hang() {
+    let redis = Redis::start();
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nadmin: {{ addr: \"127.0.0.1:0\" }}\nstore: {{ redis: {{ url: \"{}\", timeout: 200ms }} }}\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: /open }}\n    upstream: u\n    rate_limit: {{ limit: 100000/s, burst: 100000 }}\n  - match: {{ path_prefix: /closed }}\n    upstream: u\n    rate_limit: {{ limit: 100000/s, burst: 100000, fail_closed: true }}\n  - match: {{ path_prefix: /cached }}\n    upstream: u\n    cache: {{ ttl: 60s }}\n  - match: {{ path_prefix: /plain }}\n    upstream: u\n",
+        redis.url(),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for p in ["/open", "/closed", "/cached/a", "/plain"] {
+        assert_eq!(timed(gw.addr, p).await.0.status, 200, "{p}");
+    }
+
+    redis.pause();
+    // Requests at once, and one after another: none may take much more than the timeout
+    // (a second covers a reconnect attempt and the machine's noise).
+    let bound = Duration::from_millis(1500);
+    for round in 0..3 {
+        let cached_path = format!("/cached/{round}");
+        let (open, closed, cached, plain) = tokio::join!(
+            timed(gw.addr, "/open"),
+            timed(gw.addr, "/closed"),
+            timed(gw.addr, &cached_path),
+            timed(gw.addr, "/plain"),
+        );
+        assert_eq!(open.0.status, 200, "fail open: {}", open.0.text());
+        assert_gateway_error(&closed.0, 503, "rate_limit_unavailable");
+        assert_eq!(cached.0.status, 200, "cache: {}", cached.0.text());
+        assert_eq!(plain.0.status, 200);
+        for (what, took) in [("open", open.1), ("closed", closed.1), ("cached", cached.1)] {
+            assert!(took < bound, "round {round}: {what} took {took:?}");
+        }
+        assert!(
+            plain.1 < Duration::from_millis(500),
+            "a route without Redis took {:?}",
+            plain.1
+        );
+    }
+    let st = common::get(&gw.admin_url("/status")).await.json();
+    assert_eq!(st["store"]["up"], false, "{st}");
+
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (r, _) = timed(gw.addr, "/closed").await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis thawed, still {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(timed(gw.addr, "/cached/a").await.0.status, 200);
 }

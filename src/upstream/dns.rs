@@ -81,4 +81,22 @@ mod tests {
         assert!(!is_name(&"127.0.0.1:1".parse().unwrap()));
         assert!(!is_name(&"[::1]:1".parse().unwrap()));
     }
+
+    /// A resolver failure (here a name under `.invalid`, which never resolves) keeps the
+    /// addresses the name had: a DNS outage does not take a working upstream's targets away.
+    #[test]
+    fn a_failed_resolution_keeps_the_last_addresses() {
+        let c = DnsCache::default();
+        let name = "users.invalid:8080".to_owned();
+        let before: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        c.entries
+            .lock()
+            .unwrap()
+            .insert(name.clone(), BTreeSet::from([before]));
+        assert!(!c.refresh(std::slice::from_ref(&name)), "nothing changed");
+        assert_eq!(c.get(&name), Some(vec![before]));
+        // A name that never resolved has no addresses (it is resolved when connecting).
+        assert!(!c.refresh(&["never.invalid:80".to_owned()]));
+        assert_eq!(c.get("never.invalid:80"), None);
+    }
 }

@@ -335,6 +335,25 @@ impl Redis {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open, nothing is answered; [`Redis::resume`]
+    /// thaws it.
+    pub fn pause(&self) {
+        self.send_signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.send_signal("CONT");
+    }
+
+    fn send_signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} redis-server");
+    }
+
     /// Starts it again, empty, on the same port and settings.
     pub fn restart(&mut self) {
         self.kill();
