@@ -286,3 +286,103 @@ async fn a_stalled_redis_costs_its_timeout_not_a_hang() {
     }
     assert_eq!(timed(gw.addr, "/cached/a").await.0.status, 200);
 }
+
+fn tagged_config(upstream: &str, tag: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nadmin: {{ addr: \"127.0.0.1:0\" }}\nupstreams:\n  u: {{ targets: [\"{upstream}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n    headers: {{ response: {{ set: {{ x-config: {tag} }} }} }}\n"
+    )
+}
+
+/// The `x-config` tag the running config puts on answers (a bounded request).
+async fn running_tag(addr: std::net::SocketAddr) -> String {
+    let (r, _) = timed(addr, "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-config").unwrap_or_default().to_owned()
+}
+
+/// Polls (at most 10 s) until the running config is `want`.
+async fn wait_tag(addr: std::net::SocketAddr, want: &str) -> bool {
+    for _ in 0..100 {
+        if running_tag(addr).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The config file deleted while the gateway runs (watched, then SIGHUP): the running config
+/// goes on serving, and the failure names the file. A new file moved into place (as editors
+/// and deploy tools do: write elsewhere, rename over) is picked up by the watcher; an invalid
+/// one moved into place is refused and the last good config keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_deleted_or_swapped_under_a_running_gateway() {
+    let up = TestUpstream::echo("u").await;
+    let cfg = TempConfig::new(&tagged_config(&up.url(), "a"));
+    let gw = GatewayProcess::start(&cfg.path);
+    assert_eq!(running_tag(gw.addr).await, "a");
+    let logged = |needle: &str| {
+        gw.stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    };
+    let file_name = cfg.path.file_name().unwrap().to_string_lossy().into_owned();
+    let wait_log = |needle: &'static str| {
+        let logged = &logged;
+        async move {
+            for _ in 0..100 {
+                if logged(needle) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+
+    // The watch is set up by the time the process says it started.
+    assert!(wait_log(" started").await);
+    std::fs::remove_file(&cfg.path).unwrap();
+    assert!(
+        wait_log("cannot read file").await,
+        "the deletion was not reported: {:?}",
+        gw.stderr_lines.lock().unwrap()
+    );
+    assert!(logged(&file_name), "the error does not name the file");
+    for _ in 0..5 {
+        assert_eq!(running_tag(gw.addr).await, "a");
+    }
+    gw.signal("HUP");
+    assert!(
+        wait_log("source=\"sighup\"").await,
+        "SIGHUP without a file logged nothing"
+    );
+    assert!(
+        gw.stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("sighup") && l.contains("cannot read file"))
+    );
+    assert_eq!(running_tag(gw.addr).await, "a");
+
+    // A good file renamed into place.
+    let staged = cfg.path.with_extension("staged");
+    std::fs::write(&staged, tagged_config(&up.url(), "b")).unwrap();
+    std::fs::rename(&staged, &cfg.path).unwrap();
+    assert!(wait_tag(gw.addr, "b").await, "the new file was not applied");
+
+    // An invalid one renamed into place: refused, `b` serves.
+    std::fs::write(
+        &staged,
+        format!("{}bogus: 1\n", tagged_config(&up.url(), "c")),
+    )
+    .unwrap();
+    std::fs::rename(&staged, &cfg.path).unwrap();
+    assert!(wait_log("bogus").await, "the invalid file was not reported");
+    for _ in 0..5 {
+        assert_eq!(running_tag(gw.addr).await, "b");
+    }
+}

@@ -297,6 +297,89 @@ async fn certificate_files_replaced_under_traffic() {
     assert_eq!(status, 200);
 }
 
+/// A certificate deleted, then replaced by garbage, while clients keep connecting: every
+/// reload that catches it is refused, the certificate in memory keeps serving every handshake
+/// and request, and the status says why the reload failed. Good files back: the new
+/// certificate is served within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_deleted_or_broken_keep_the_old_certificate() {
+    let up = TestUpstream::echo("u").await;
+    let ca = Ca::new("test CA");
+    let dir = Dir::new();
+    let old = ca.server(&["api.example.com"]);
+    let new = ca.server(&["api.example.com"]);
+    let pair = write_pair(&dir, "api", &old);
+    let gw = TestGateway::start(&tls_config(
+        &[pair],
+        "admin: { addr: \"127.0.0.1:0\" }\n",
+        &up.url(),
+    ))
+    .await;
+    let serves = |want: rustls::pki_types::CertificateDer<'static>| {
+        let (addr, ca) = (gw.addr, ca.der.clone());
+        async move {
+            let (leaf, tls) =
+                pki::handshake(addr, "api.example.com", pki::client_config(&ca, None))
+                    .await
+                    .expect("handshake");
+            assert!(leaf == want, "another certificate was served");
+            let (status, _) = pki::get_over(tls, "api.example.com", "/")
+                .await
+                .expect("request");
+            assert_eq!(status, 200);
+        }
+    };
+    let failed_reloads = || async {
+        let st = common::get(&gw.admin_url("/status")).await.json();
+        (st["last_reload"]["ok"] == false).then_some(st)
+    };
+
+    // Deleted: the watcher notices (it polls every second), the reload fails, the old
+    // certificate serves.
+    std::fs::remove_file(dir.path("api.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        serves(old.der.clone()).await;
+        if let Some(st) = failed_reloads().await {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the deletion was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        st["last_reload"]["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("api.pem")),
+        "{st}"
+    );
+    // Garbage in its place: refused too; the old one still serves.
+    dir.write("api.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    for _ in 0..15 {
+        serves(old.der.clone()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed_reloads().await.is_some());
+    // The new pair: served within seconds.
+    dir.write("api.key", &new.key_pem);
+    dir.write("api.pem", &new.cert_pem);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (leaf, _) = pki::handshake(
+            gw.addr,
+            "api.example.com",
+            pki::client_config(&ca.der, None),
+        )
+        .await
+        .expect("handshake");
+        if leaf == new.der {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new pair was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    serves(new.der.clone()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_certificates_are_config_errors_naming_the_file() {
     let ca = Ca::new("test CA");
