@@ -55,4 +55,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   added_policy=""
 fi
 
+# tests/faults.rs opens 10,000 client connections at once (slowloris): raise the open-file
+# limit (root may raise the hard limit too; otherwise up to the hard limit).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec cargo test --locked "$@"

@@ -386,3 +386,180 @@ async fn a_config_file_deleted_or_swapped_under_a_running_gateway() {
         assert_eq!(running_tag(gw.addr).await, "b");
     }
 }
+
+/// The sum of a metric's series in a Prometheus text exposition.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: i32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// This process's open-file limit (`ulimit -n`).
+fn fd_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 10,000 slowloris clients at once, from four addresses (127.0.0.2–5): each sends part of a
+/// request head, then one more header line every 2 s, and reconnects when it is cut off. The
+/// gateway (`max_connections: 3000`, the default 1000 per IP, `request_header_timeout: 3s`)
+/// never holds more than 3000 connections, its memory stays bounded, every slowloris
+/// connection is cut off, and a client from another address is served throughout, within
+/// the header timeout plus slack (the slots the timeout frees go to whoever is next in the
+/// kernel's accept queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_slowloris_connections() {
+    const CLIENTS: usize = 10_000;
+    const CAP: f64 = 3000.0;
+    assert!(
+        fd_limit() >= 11_000,
+        "this test opens 10,000 connections: raise `ulimit -n` to 11000 or more (scripts/test.sh \
+         does), it is {}",
+        fd_limit()
+    );
+    let up = TestUpstream::echo("u").await;
+    let cfg = TempConfig::new(&format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nadmin: {{ addr: \"127.0.0.1:0\" }}\nserver:\n  max_connections: 3000\n  request_header_timeout: 3s\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        up.url()
+    ));
+    let gw = GatewayProcess::start_with_fd_limit(&cfg.path, 16_384);
+    let admin = {
+        let line = gw.stderr_lines.lock().unwrap().iter().find_map(|l| {
+            l.split("admin API listening addr=")
+                .nth(1)
+                .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
+        });
+        format!("http://{}", line.expect("admin address in the log"))
+    };
+    let addr = gw.addr;
+    let rss_before = rss_mib(gw.pid());
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cut_off = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut attackers = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let (stop, connected, cut_off) = (stop.clone(), connected.clone(), cut_off.clone());
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 4) as u8);
+        attackers.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // Bounded: each round ends by a cut-off, a failed connect or the stop flag.
+            for _ in 0..50 {
+                if stop.load(Relaxed) {
+                    return;
+                }
+                let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                    return;
+                };
+                if socket.bind((source, 0).into()).is_err() {
+                    return;
+                }
+                let Ok(Ok(mut s)) =
+                    tokio::time::timeout(Duration::from_secs(3), socket.connect(addr)).await
+                else {
+                    continue;
+                };
+                connected.fetch_add(1, Relaxed);
+                let _ = s
+                    .write_all(b"GET /slow HTTP/1.1\r\nHost: gw.test\r\n")
+                    .await;
+                let mut buf = [0u8; 512];
+                loop {
+                    if stop.load(Relaxed) {
+                        return;
+                    }
+                    // Any answer (a 408, a close) ends this connection.
+                    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                        Ok(_) => {
+                            cut_off.fetch_add(1, Relaxed);
+                            break;
+                        }
+                        Err(_) => {
+                            if s.write_all(b"X-Drip: 1\r\n").await.is_err() {
+                                cut_off.fetch_add(1, Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+
+    // For 12 s: a client from 127.0.0.1 every 250 ms, and the gateway's gauges.
+    let started = Instant::now();
+    let (mut peak_active, mut peak_rss, mut slowest) = (0f64, 0f64, Duration::ZERO);
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        let (r, took) = timed(addr, "/legit").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        served += 1;
+        slowest = slowest.max(took);
+        let m = String::from_utf8_lossy(&common::get(&format!("{admin}/metrics")).await.body)
+            .into_owned();
+        peak_active = peak_active.max(metric_sum(&m, "gatehouse_connections_active"));
+        peak_rss = peak_rss.max(rss_mib(gw.pid()));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), a).await;
+    }
+    let connected = connected.load(std::sync::atomic::Ordering::Relaxed);
+    let cut_off = cut_off.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "slowloris: {connected} connections made, {cut_off} cut off; legit: {served} served, \
+         slowest {slowest:?}; peak active {peak_active}, RSS {rss_before:.1} -> peak {peak_rss:.1} MiB"
+    );
+    assert!(
+        connected >= CLIENTS,
+        "only {connected} slowloris connections were made"
+    );
+    assert!(
+        peak_active > 0.0 && peak_active <= CAP,
+        "{peak_active} connections at once"
+    );
+    assert!(cut_off >= CLIENTS / 2, "only {cut_off} were cut off");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a legitimate client waited {slowest:?}"
+    );
+    assert!(
+        peak_rss < rss_before + 200.0,
+        "RSS {rss_before} -> {peak_rss} MiB"
+    );
+    // Over: the gateway holds (about) nothing, and serves.
+    let mut active = f64::MAX;
+    for _ in 0..100 {
+        let m = String::from_utf8_lossy(&common::get(&format!("{admin}/metrics")).await.body)
+            .into_owned();
+        active = metric_sum(&m, "gatehouse_connections_active");
+        if active <= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(active <= 2.0, "{active} connections still open");
+    assert_eq!(timed(addr, "/after").await.0.status, 200);
+}

@@ -100,6 +100,8 @@ pub struct Activity {
     waker: Mutex<Option<Waker>>,
     /// `server.idle_timeout` at accept time, in ms.
     idle_ms: u64,
+    /// When it was accepted (ms on the [`now_ms`] clock).
+    opened_ms: u64,
     // Bookkeeping of the supervisor and of `reclaim_one` (both under the list's lock).
     seen_epoch: AtomicU64,
     quiet_since_ms: AtomicU64,
@@ -139,6 +141,7 @@ impl Activity {
             listener,
             waker: Mutex::new(None),
             idle_ms: idle.as_millis() as u64,
+            opened_ms: now_ms(),
             seen_epoch: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now_ms()),
             seen_writes: AtomicU64::new(0),
@@ -325,9 +328,13 @@ impl Connections {
     }
 
     /// A new client waits for a slot at `server.max_connections` (over all listeners): one
-    /// quiet connection makes room, as nginx reuses keep-alive connections at its cap: a
-    /// keep-alive connection quiet for 250 ms after a response, or any connection that has
-    /// done nothing for a second. True if one was found.
+    /// connection makes room, the oldest first. A connection that has not sent a whole first
+    /// request within a second of its accept (a slowloris dripping its head, or a client that
+    /// connected and sent nothing) is dropped at once: it has nothing to finish, and however
+    /// busy it keeps its socket it cannot hold a slot that a client with a request is waiting
+    /// for. Otherwise, as nginx reuses keep-alive connections at its cap, a keep-alive
+    /// connection quiet for 250 ms after a response, or any connection that has done nothing
+    /// for a second, is asked to close. True if one was found.
     pub fn reclaim_one(&self) -> bool {
         let now = now_ms();
         let mut done = false;
@@ -335,9 +342,19 @@ impl Connections {
             if a.signal.load(Ordering::Acquire) != RUN {
                 return true;
             }
-            let reusable = a
-                .quiet(now)
-                .is_some_and(|q| q >= 250 && (a.served.load(Ordering::Relaxed) || q >= 1000));
+            let quiet = a.quiet(now);
+            let served = a.served.load(Ordering::Relaxed);
+            if quiet.is_some() && !served && now.saturating_sub(a.opened_ms) >= 1000 {
+                if a.signal
+                    .compare_exchange(RUN, DROP, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    a.wake();
+                    done = true;
+                }
+                return !done;
+            }
+            let reusable = quiet.is_some_and(|q| q >= 250 && (served || q >= 1000));
             // Nothing is in flight: a short grace for the goodbye (HTTP/2's GOAWAY).
             if reusable && a.wind_down(now, 1000) {
                 done = true;

@@ -514,9 +514,10 @@ async fn accept_loop(
             continue;
         };
         // A slot under `server.max_connections`. At the cap this client waits (and those
-        // behind it stay in the kernel's backlog) while one idle keep-alive connection is
-        // asked to make room every 100 ms: a client that holds connections open between
-        // sparse requests cannot lock others out.
+        // behind it stay in the kernel's backlog) while a connection makes room: one whose
+        // first request is late is dropped at once, else an idle keep-alive connection is
+        // asked to close, every 100 ms (`Connections::reclaim_one`). Neither slow heads nor
+        // clients holding connections between sparse requests can lock others out.
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => break,
