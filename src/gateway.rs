@@ -208,10 +208,11 @@ async fn route_and_forward(
     if !rt.server.allow_underscores_in_headers {
         proxy::remove_underscored(req.headers_mut());
     }
-    // Only the gateway says who a client certificate names: every listener's identity header
-    // is removed from every request (routes are shared by all listeners), then this
-    // connection's verified identity, if any, is written.
-    for name in &rt.client_cert_headers {
+    // Only the gateway says who a client is: every identity header of the config (a client
+    // certificate's on any listener, since routes are shared by all listeners; what any route's
+    // auth tells its upstream) is removed from every request, then this connection's verified
+    // certificate identity, if any, is written. The route's own auth writes its headers later.
+    for name in &rt.identity_headers {
         req.headers_mut().remove(name);
     }
     if let Some(name) = &conn.forward_identity

@@ -534,3 +534,32 @@ async fn cors_headers_on_a_401() {
     assert!(r.status == 204 || r.status == 200, "{}", r.status);
     assert_eq!(up.hits(), 0);
 }
+
+/// The headers that say who a caller is are the gateway's on every route, not only where
+/// `auth` or `forward_auth` runs: a client cannot tell the service behind an unguarded route
+/// (or one guarded by another policy) that it is `root`. Other client headers pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_are_removed_on_every_route() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u: {{ targets: [\"{u}\"] }}\n  authz: {{ targets: [\"{u}\"] }}\nroutes:\n  - match: {{ path_prefix: /guarded }}\n    upstream: u\n    auth:\n      methods: [jwt]\n      identity_headers: {{ consumer_id: x-caller }}\n      jwt: {{ secret: \"a secret long enough for HS256 keys here\", forward_claims: {{ email: x-user-email }} }}\n  - match: {{ path_prefix: /checked }}\n    upstream: u\n    forward_auth: {{ url: \"{u}/check\", response_headers: [x-auth-user] }}\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
+        u = up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let req = "GET /open HTTP/1.1\r\nHost: gw.test\r\nX-Caller: root\r\nX-Consumer-Groups: admins\r\nX-User-Email: boss@example.com\r\nX-Auth-User: mallory\r\nX-Other: kept\r\n\r\n";
+    let r = match common::raw::exchange(gw.addr, req).await {
+        common::raw::Got::Response(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json()["headers"].clone();
+    for h in [
+        "x-caller",
+        "x-consumer-groups",
+        "x-user-email",
+        "x-auth-user",
+    ] {
+        assert!(seen.get(h).is_none(), "{h} reached the upstream: {seen}");
+    }
+    assert_eq!(seen["x-other"][0], "kept", "{seen}");
+}

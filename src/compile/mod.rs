@@ -344,7 +344,23 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         Some(AccessLogSetting::Config(c)) => Some(c.clone()),
     };
 
-    let listeners_for_headers = listeners.clone();
+    let identity_headers = {
+        let mut names: Vec<http::HeaderName> = Vec::new();
+        let certs = listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref().and_then(|t| t.forward_identity.clone()));
+        let policies = routes
+            .iter()
+            .flat_map(|r| r.chain.iter())
+            .chain(global_bound.iter())
+            .flat_map(|b| b.policy.identity_headers());
+        for n in certs.chain(policies) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
+    };
     Ok(Runtime {
         listeners,
         admin,
@@ -365,17 +381,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         file_paths: cfg.file_paths(),
         claims,
         cache,
-        client_cert_headers: {
-            let mut names: Vec<http::HeaderName> = Vec::new();
-            for l in &listeners_for_headers {
-                if let Some(n) = l.tls.as_ref().and_then(|t| t.forward_identity.clone())
-                    && !names.contains(&n)
-                {
-                    names.push(n);
-                }
-            }
-            names
-        },
+        identity_headers,
         store,
     })
 }

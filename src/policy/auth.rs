@@ -519,6 +519,14 @@ enum Credential {
 }
 
 impl Policy for AuthPolicy {
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        let mut names = vec![self.id_header.clone(), self.groups_header.clone()];
+        if let Some(j) = &self.jwt {
+            names.extend(j.forwarded_header_names().cloned());
+        }
+        names
+    }
+
     fn kind(&self) -> &'static str {
         "auth"
     }

@@ -359,6 +359,10 @@ impl ForwardAuth {
 }
 
 impl Policy for ForwardAuth {
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        self.response_headers.clone()
+    }
+
     fn kind(&self) -> &'static str {
         "forward_auth"
     }

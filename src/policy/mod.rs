@@ -120,6 +120,13 @@ pub trait Policy: Send + Sync {
         false
     }
 
+    /// Request headers whose value only this policy may give (who the caller is): a client's
+    /// copies are removed from every request on every route, not only where this policy runs,
+    /// so that a service behind a route without it cannot be told a forged identity either.
+    fn identity_headers(&self) -> Vec<http::HeaderName> {
+        Vec::new()
+    }
+
     fn on_request<'a>(
         &'a self,
         req: &'a mut Request<Body>,

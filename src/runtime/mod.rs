@@ -46,9 +46,11 @@ pub struct Runtime {
     /// health): the live ones it keeps and the new ones it makes. [`crate::State::adopt`]
     /// makes them the live set when this config goes live.
     pub claims: Claims,
-    /// Every listener's `client_auth.forward_header`: removed from every request, whichever
-    /// listener it came in on.
-    pub client_cert_headers: Vec<http::HeaderName>,
+    /// Headers only the gateway says: every listener's `client_auth.forward_header` and what
+    /// every `auth` and `forward_auth` policy tells upstreams (`identity_headers`, JWT
+    /// `forward_claims`, `response_headers`). A client's copies are removed from every request,
+    /// whichever listener it came in on and whichever route it takes.
+    pub identity_headers: Vec<http::HeaderName>,
     /// The shared store (`store:`) the policies use, for the admin status and the metrics.
     pub store: Arc<crate::store::Store>,
     /// Where the response cache lives (the admin API purges it, metrics read its size).
