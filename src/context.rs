@@ -73,9 +73,6 @@ pub struct RequestCtx {
     pub grpc: bool,
     /// The client connection's scheme, `http` or `https` (for `X-Forwarded-Proto`).
     pub proto: &'static str,
-    /// What the access log shows as the request's path and query instead of the client's,
-    /// when a policy found a credential in the query (`?api_key=`): the query without it.
-    pub log_path: Option<http::uri::PathAndQuery>,
     slots: Vec<(usize, Box<dyn Any + Send>)>,
     /// The position, in the chain, of the policy being called: its slot key.
     current: usize,
@@ -93,7 +90,6 @@ impl RequestCtx {
             client_cert: None,
             grpc: false,
             proto: "http",
-            log_path: None,
             slots: Vec::new(),
             current: 0,
         }
@@ -139,7 +135,6 @@ impl RequestCtx {
             client_cert: self.client_cert.clone(),
             grpc: self.grpc,
             proto: self.proto,
-            log_path: self.log_path.clone(),
             slots,
             current: at,
         }

@@ -209,10 +209,11 @@ async fn an_api_key_in_the_query_never_reaches_the_access_log() {
     let up = TestUpstream::echo("u").await;
     let dir = common::servers::TempDir::new("auth-log");
     let log = dir.0.join("access.log");
+    // An IP rule refuses one address before `auth` runs: its line hides the key too.
     let yaml = config(
         &up.url(),
         &consumers(),
-        "{ methods: [api_key], api_key: { header: x-api-key, query: api_key } }",
+        "{ methods: [api_key], api_key: { header: x-api-key, query: api_key } }\n    ip_rules: { deny: [198.51.100.66] }",
     )
     .replace(
         "access_log: off\n",
@@ -227,6 +228,8 @@ async fn an_api_key_in_the_query_never_reaches_the_access_log() {
     assert_eq!(r.status, 200);
     let r = call(&gw, ip, "/k?api_key=wrong-secret-key", &[]).await;
     assert_eq!(r.status, 401);
+    let r = call(&gw, "198.51.100.66", "/k?x=1&api_key=alice-key", &[]).await;
+    assert_eq!(r.status, 403);
     let mut lines = Vec::new();
     for _ in 0..250 {
         lines = std::fs::read_to_string(&log)
@@ -234,17 +237,21 @@ async fn an_api_key_in_the_query_never_reaches_the_access_log() {
             .lines()
             .map(str::to_owned)
             .collect();
-        if lines.len() >= 2 {
+        if lines.len() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
     let paths: Vec<String> = lines
         .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
         .collect();
-    assert_eq!(paths, ["\"/k?a=1&b=2\"", "\"/k\""], "{lines:?}");
+    assert_eq!(
+        paths,
+        ["\"/k?a=1&b=2\"", "\"/k\"", "\"/k?x=1\""],
+        "{lines:?}"
+    );
     for l in &lines {
         assert!(
             !l.contains("alice-key") && !l.contains("wrong-secret"),

@@ -404,15 +404,12 @@ impl AuthPolicy {
                 req.headers_mut().remove(h);
             }
         }
-        // A key in the query never reaches the access log, valid or not (nor the upstream,
-        // once the request is let through).
+        // A key in the query never reaches the upstream, once the request is let through (nor
+        // the access log: `Policy::query_secret`).
         let without_key = self
             .key_query
             .as_deref()
             .and_then(|q| without_query_param(req.uri(), q));
-        if let Some(clean) = &without_key {
-            cx.log_path = clean.path_and_query().cloned();
-        }
         let route = cx.route.clone();
         let ip = cx.client_ip;
         let found = self.find_credential(req, cx);
@@ -519,6 +516,10 @@ enum Credential {
 }
 
 impl Policy for AuthPolicy {
+    fn query_secret(&self) -> Option<&str> {
+        self.key_query.as_deref()
+    }
+
     fn identity_headers(&self) -> Vec<HeaderName> {
         let mut names = vec![self.id_header.clone(), self.groups_header.clone()];
         if let Some(j) = &self.jwt {

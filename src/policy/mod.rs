@@ -127,6 +127,13 @@ pub trait Policy: Send + Sync {
         Vec::new()
     }
 
+    /// A query parameter that carries a credential this policy reads (an API key): removed
+    /// from the path the access log shows, whichever policy answers the request, even one that
+    /// refuses it before this one runs.
+    fn query_secret(&self) -> Option<&str> {
+        None
+    }
+
     fn on_request<'a>(
         &'a self,
         req: &'a mut Request<Body>,
@@ -227,6 +234,8 @@ pub fn compile_set(
 #[derive(Clone, Default)]
 pub struct Chain {
     items: Vec<Bound>,
+    /// The query parameters its policies read credentials from ([`Policy::query_secret`]).
+    query_secrets: Vec<String>,
 }
 
 impl Chain {
@@ -234,7 +243,33 @@ impl Chain {
     /// within it; the sort is stable, so source order breaks ties.
     pub fn new(mut bound: Vec<Bound>) -> Chain {
         bound.sort_by_key(|b| (b.policy.phase(), !b.policy.first_in_phase()));
-        Chain { items: bound }
+        let mut query_secrets: Vec<String> = Vec::new();
+        for b in &bound {
+            if let Some(q) = b.policy.query_secret()
+                && !query_secrets.iter().any(|s| s == q)
+            {
+                query_secrets.push(q.to_owned());
+            }
+        }
+        Chain {
+            items: bound,
+            query_secrets,
+        }
+    }
+
+    /// The path and query the access log shows for `uri` when it differs from the client's:
+    /// without any credential a policy of this chain reads from the query.
+    pub fn log_path(&self, uri: &http::Uri) -> Option<http::uri::PathAndQuery> {
+        if self.query_secrets.is_empty() {
+            return None;
+        }
+        let mut clean: Option<http::Uri> = None;
+        for q in &self.query_secrets {
+            if let Some(u) = auth::without_query_param(clean.as_ref().unwrap_or(uri), q) {
+                clean = Some(u);
+            }
+        }
+        clean.and_then(|u| u.path_and_query().cloned())
     }
 
     pub fn is_empty(&self) -> bool {
