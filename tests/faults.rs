@@ -57,6 +57,85 @@ async fn a_body_that_stops_mid_way_is_cut_off_after_timeouts_read() {
     );
 }
 
+/// A response body that sends `hello`, then never another frame (and never ends).
+struct Stalling(bool);
+
+impl http_body::Body for Stalling {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"hello",
+        )))))
+    }
+}
+
+/// The same over HTTP/2 (h2c): a target whose stream sends a head and the start of the body,
+/// then stalls. After `timeouts.read` the client's response is cut off and the stream reset;
+/// the connection's other streams, and the next request, go on.
+#[tokio::test]
+async fn an_http2_body_that_stops_mid_way_is_cut_off_after_timeouts_read() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = if req.uri().path() == "/stalls" {
+                            http_body_util::Either::Left(Stalling(false))
+                        } else {
+                            http_body_util::Either::Right(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"ok"),
+                            ))
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    let gw = TestGateway::start(&config(&format!("h2c://{addr}"), ", read: 300ms")).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send("GET /stalls HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await;
+    match c.response_within(false, Duration::from_secs(10)).await {
+        Got::Closed(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("hello"), "{text}");
+            assert!(
+                !text.ends_with("0\r\n\r\n"),
+                "the body was not ended: {text}"
+            );
+        }
+        other => panic!("expected the response cut off, got {other:?}"),
+    }
+    let mut next = RawClient::connect(gw.addr).await;
+    next.send("GET /next HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await;
+    assert!(
+        matches!(next.response().await, Got::Response(r) if r.status == 200 && r.body == b"ok"),
+        "the gateway serves the next request"
+    );
+    server.abort();
+}
+
 /// An upstream that answers `100 Continue` a thousand times and never a final status: the
 /// gateway stops reading interim answers after 32 and answers 502 at once (not after the
 /// response timeout), and keeps serving.

@@ -179,9 +179,12 @@ pub async fn forward(
             target.live.start(),
             upstream.timeouts.read,
         ))),
-        (Conn::H2(s), Some(body)) => {
-            Body::Upstream(Box::pin(H2Body::new(body, s, target.live.start())))
-        }
+        (Conn::H2(s), Some(body)) => Body::Upstream(Box::pin(H2Body::new(
+            body,
+            s,
+            target.live.start(),
+            upstream.timeouts.read,
+        ))),
         (Conn::H2(_), None) => Body::Empty,
     };
     Ok(Response::from_parts(parts, body))

@@ -258,19 +258,33 @@ impl TargetPool {
 pub struct H2Body {
     incoming: Incoming,
     _stream: H2Stream,
+    /// `timeouts.read`: the longest the body may pause (as for HTTP/1.1 bodies).
+    read_timeout: Duration,
+    /// Armed when the body has nothing; re-armed only after it moved on (`moved`), so a
+    /// body that flows costs no timer work per frame.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
     /// The request counts as in flight to its target until its response body is done.
     _in_flight: crate::upstream::state::InFlight,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream paused the response body for longer than timeouts.read")]
+struct Paused;
 
 impl H2Body {
     pub fn new(
         incoming: Incoming,
         stream: H2Stream,
         in_flight: crate::upstream::state::InFlight,
+        read_timeout: Duration,
     ) -> Self {
         H2Body {
             incoming,
             _stream: stream,
+            read_timeout,
+            stall: None,
+            moved: false,
             _in_flight: in_flight,
         }
     }
@@ -284,9 +298,30 @@ impl http_body::Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().incoming)
-            .poll_frame(cx)
-            .map(|f| f.map(|r| r.map_err(Into::into)))
+        let this = self.get_mut();
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(f) => {
+                this.moved = true;
+                Poll::Ready(f.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                // The stream paused: time the pause, so a target that stops mid-body cannot
+                // hold the client (and the stream) forever. The stream is reset as it drops.
+                let deadline = tokio::time::Instant::now() + this.read_timeout;
+                match this.stall.as_mut() {
+                    None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    Some(t) if this.moved => t.as_mut().reset(deadline),
+                    Some(_) => {}
+                }
+                this.moved = false;
+                if let Some(t) = this.stall.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(Box::new(Paused))));
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
