@@ -6,7 +6,8 @@
 //!
 //! Passwords are verified on the blocking pool, a few at a time, and a success is remembered
 //! for a minute under a keyed hash of the credential, so the hot path costs one hash. Unknown
-//! users are checked against a decoy hash, so they take as long as known ones. Failed attempts
+//! users are checked against a decoy hash of the scheme and cost most of the policy's users
+//! have, so they take as long as known ones. Failed attempts
 //! are counted per client address: too many lock that address out for a while.
 
 use std::collections::HashMap;
@@ -62,6 +63,8 @@ pub struct AuthPolicy {
     allow_consumers: Vec<String>,
     allow_groups: Vec<String>,
     realm: String,
+    /// The typical hash of the users this policy checks (see [`AuthPolicy::decoy`]).
+    decoy_model: Option<PasswordHash>,
     htpasswd: Option<Arc<Htpasswd>>,
     key_header: HeaderName,
     key_query: Option<String>,
@@ -209,6 +212,11 @@ impl AuthPolicy {
             allow_consumers: a.consumers.clone(),
             allow_groups: a.groups.clone(),
             realm,
+            decoy_model: super::consumers::typical(
+                cx.consumers
+                    .password_hashes()
+                    .chain(htpasswd.iter().flat_map(|h| h.hashes())),
+            ),
             htpasswd,
             key_header,
             key_query: a.api_key.as_ref().and_then(|k| k.query.clone()),
@@ -346,7 +354,7 @@ impl AuthPolicy {
         }
         let (hash, known) = match &found {
             Some((_, h)) => (h.clone(), true),
-            None => (decoy_hash().clone(), false),
+            None => (self.decoy().await, false),
         };
         let password = pass.as_bytes().to_vec();
         let ok = verify_blocking(hash, password).await.ok_or(BUSY)?;
@@ -357,6 +365,22 @@ impl AuthPolicy {
             }
             _ => Err("wrong username or password"),
         }
+    }
+
+    /// What an unknown username is checked against: a hash of the shape most of this policy's
+    /// users have (made once per shape, on the blocking pool), so that the time taken does
+    /// not tell an unknown name from a known one.
+    async fn decoy(&self) -> PasswordHash {
+        let Some(model) = &self.decoy_model else {
+            return decoy_hash().clone();
+        };
+        if let Some(d) = super::consumers::cached_decoy(&model.shape()) {
+            return d;
+        }
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || super::consumers::decoy_like(&model))
+            .await
+            .unwrap_or_else(|_| decoy_hash().clone())
     }
 
     fn allowed(&self, c: &Consumer) -> bool {

@@ -38,6 +38,23 @@ impl PasswordHash {
         Err("is not a password hash: store an argon2id hash (from `gatehouse hash-password`) or a bcrypt one, never the password".into())
     }
 
+    /// What the time to verify depends on: the scheme and its cost parameters
+    /// (`$argon2id$v=19$m=19456,t=2,p=1`, `$2b$10`), not the salt or the digest.
+    pub fn shape(&self) -> String {
+        match self {
+            PasswordHash::Argon2(phc) => match argon2::PasswordHash::new(phc) {
+                Ok(h) => format!(
+                    "${}$v={}${}",
+                    h.algorithm,
+                    h.version.unwrap_or_default(),
+                    h.params
+                ),
+                Err(_) => String::new(),
+            },
+            PasswordHash::Bcrypt(h) => h.get(..6).unwrap_or(h).to_owned(),
+        }
+    }
+
     /// The stored hash as written (part of the verified-credential cache key).
     pub fn stored(&self) -> &str {
         match self {
@@ -73,6 +90,82 @@ pub fn decoy_hash() -> &'static PasswordHash {
             .unwrap_or_default();
         PasswordHash::Argon2(phc)
     })
+}
+
+/// The hash a user table's unknown names are checked against: of the shape most of its users'
+/// hashes have (scheme and cost), so that an unknown name costs as long as a known one and
+/// the time taken does not tell which names exist; `None` for an empty table. Ties go to the
+/// smallest shape, so the choice does not depend on hash-map order.
+pub fn typical<'a>(hashes: impl Iterator<Item = &'a PasswordHash>) -> Option<PasswordHash> {
+    let mut count: std::collections::BTreeMap<String, (usize, &PasswordHash)> = Default::default();
+    for h in hashes {
+        count.entry(h.shape()).or_insert((0, h)).0 += 1;
+    }
+    let most = count.values().map(|(n, _)| *n).max()?;
+    count
+        .into_values()
+        .find(|(n, _)| *n == most)
+        .map(|(_, h)| h.clone())
+}
+
+/// A decoy of `model`'s shape, made once per shape and kept: slow (one hash), so call it on
+/// the blocking pool the first time ([`cached_decoy`] says whether it is made).
+pub fn decoy_like(model: &PasswordHash) -> PasswordHash {
+    let shape = model.shape();
+    if let Some(d) = cached_decoy(&shape) {
+        return d;
+    }
+    let made = match model {
+        PasswordHash::Argon2(phc) => argon2_decoy(phc),
+        PasswordHash::Bcrypt(h) => h
+            .get(4..6)
+            .and_then(|c| c.parse::<u32>().ok())
+            .and_then(|cost| bcrypt::hash(decoy_password(), cost).ok())
+            .map(PasswordHash::Bcrypt),
+    }
+    .unwrap_or_else(|| decoy_hash().clone());
+    let mut decoys = DECOYS.lock().unwrap_or_else(|e| e.into_inner());
+    // Bounded: shapes come from config files, but a long life of reloads could bring many.
+    if decoys.len() >= 64 {
+        decoys.clear();
+    }
+    decoys.insert(shape, made.clone());
+    made
+}
+
+/// The decoy of this shape, if one was made.
+pub fn cached_decoy(shape: &str) -> Option<PasswordHash> {
+    DECOYS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(shape)
+        .cloned()
+}
+
+static DECOYS: std::sync::Mutex<std::collections::BTreeMap<String, PasswordHash>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// A password nobody sends: random per decoy.
+fn decoy_password() -> [u8; 16] {
+    std::array::from_fn(|_| fastrand::u8(..))
+}
+
+/// An argon2 hash with `phc`'s algorithm, version and parameters.
+fn argon2_decoy(phc: &str) -> Option<PasswordHash> {
+    use argon2::password_hash::CustomizedPasswordHasher;
+    let model = argon2::PasswordHash::new(phc).ok()?;
+    let params = argon2::Params::try_from(&model).ok()?;
+    let salt: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let made = argon2::Argon2::default()
+        .hash_password_customized(
+            &decoy_password(),
+            &salt,
+            Some(model.algorithm.as_str()),
+            model.version,
+            params,
+        )
+        .ok()?;
+    Some(PasswordHash::Argon2(made.to_string()))
 }
 
 /// Which client certificates identify a consumer: every given field must match.
@@ -203,6 +296,11 @@ impl Consumers {
         self.basic.get(username)
     }
 
+    /// Every consumer's stored password hash.
+    pub fn password_hashes(&self) -> impl Iterator<Item = &PasswordHash> {
+        self.basic.values().map(|(_, h)| h)
+    }
+
     /// The consumer holding this API key. Every stored digest is compared, in constant time,
     /// so the time taken says nothing about which (or whether one) matched.
     pub fn api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
@@ -258,6 +356,43 @@ pub fn key_digest(key: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::config::model::{ApiKeyConfig, BasicCredentialConfig};
+
+    fn argon2_with(m: u32, t: u32) -> PasswordHash {
+        use argon2::password_hash::CustomizedPasswordHasher;
+        let params = argon2::Params::new(m, t, 1, None).unwrap();
+        let h = argon2::Argon2::default()
+            .hash_password_customized(b"pw", b"0123456789abcdef", None, None, params)
+            .unwrap();
+        PasswordHash::parse(&h.to_string()).unwrap()
+    }
+
+    /// An unknown name is checked against a hash of the users' own scheme and cost, so it
+    /// takes as long as a known one: a bcrypt table gets a bcrypt decoy of the same cost, an
+    /// argon2 table one with the same parameters; the decoy verifies nothing.
+    #[test]
+    fn decoys_have_the_shape_of_the_users_hashes() {
+        let bcrypt4 = PasswordHash::parse(&bcrypt::hash("pw", 4).unwrap()).unwrap();
+        let light = argon2_with(8, 1);
+        let other = argon2_with(16, 2);
+        assert_eq!(bcrypt4.shape(), bcrypt4.stored()[..6]);
+        assert_eq!(light.shape(), "$argon2id$v=19$m=8,t=1,p=1");
+        // The majority's shape; a tie goes to the smallest shape, whatever the order.
+        let t = typical([&light, &bcrypt4, &light].into_iter()).unwrap();
+        assert_eq!(t.shape(), light.shape());
+        let t1 = typical([&light, &other].into_iter()).unwrap();
+        let t2 = typical([&other, &light].into_iter()).unwrap();
+        assert_eq!(t1.shape(), t2.shape());
+        assert!(typical(std::iter::empty()).is_none());
+        for model in [&bcrypt4, &light, &other] {
+            let d = decoy_like(model);
+            assert_eq!(d.shape(), model.shape());
+            assert_ne!(d.stored(), model.stored());
+            assert!(!d.verify(b"pw") && !d.verify(b""));
+            // Made once per shape.
+            assert_eq!(decoy_like(model).stored(), d.stored());
+            assert!(cached_decoy(&model.shape()).is_some());
+        }
+    }
 
     #[test]
     fn plaintext_passwords_and_bad_keys_are_refused_without_echo() {

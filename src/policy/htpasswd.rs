@@ -54,6 +54,10 @@ impl Htpasswd {
     pub fn user(&self, name: &str) -> Option<(Arc<Consumer>, PasswordHash)> {
         self.users.get(name).cloned()
     }
+
+    pub fn hashes(&self) -> impl Iterator<Item = &PasswordHash> {
+        self.users.values().map(|(_, h)| h)
+    }
 }
 
 #[cfg(test)]
