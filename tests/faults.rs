@@ -625,7 +625,7 @@ async fn ten_thousand_slowloris_connections() {
         "a legitimate client waited {slowest:?}"
     );
     assert!(
-        peak_rss < rss_before + 200.0,
+        peak_rss < rss_before + 128.0,
         "RSS {rss_before} -> {peak_rss} MiB"
     );
     // Over: the gateway holds (about) nothing, and serves.
