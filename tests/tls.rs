@@ -216,6 +216,24 @@ async fn an_optional_client_certificate_may_be_left_out() {
     );
 }
 
+/// Waits (at most 15 s) until handshakes for `api.example.com` get `want`'s certificate.
+async fn wait_for_leaf(addr: std::net::SocketAddr, ca: &Ca, want: &Leaf) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (leaf, _) = pki::handshake(addr, "api.example.com", pki::client_config(&ca.der, None))
+            .await
+            .expect("handshake");
+        if leaf == want.der {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// cert-manager and certbot rewrite the files in place. New connections get the new
 /// certificate within a few seconds; no request fails meanwhile, and a connection opened
 /// before the swap keeps working.
@@ -263,24 +281,7 @@ async fn certificate_files_replaced_under_traffic() {
     // and a reload that catches that is refused while the old pair keeps serving.
     dir.write("api.key", &new.key_pem);
     dir.write("api.pem", &new.cert_pem);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (leaf, _) = pki::handshake(
-            gw.addr,
-            "api.example.com",
-            pki::client_config(&ca.der, None),
-        )
-        .await
-        .expect("handshake");
-        if leaf == new.der {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_leaf(gw.addr, &ca, &new).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     traffic.await.expect("traffic task");
@@ -362,21 +363,7 @@ async fn certificate_files_deleted_or_broken_keep_the_old_certificate() {
     // The new pair: served within seconds.
     dir.write("api.key", &new.key_pem);
     dir.write("api.pem", &new.cert_pem);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (leaf, _) = pki::handshake(
-            gw.addr,
-            "api.example.com",
-            pki::client_config(&ca.der, None),
-        )
-        .await
-        .expect("handshake");
-        if leaf == new.der {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the new pair was not picked up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_leaf(gw.addr, &ca, &new).await;
     serves(new.der.clone()).await;
 }
 

@@ -544,11 +544,7 @@ pub struct UpstreamBody {
     pool: Arc<TargetPool>,
     state: State,
     /// `timeouts.read`: the longest the body may pause.
-    read_timeout: std::time::Duration,
-    /// Armed when a read finds nothing; re-armed only after the body moved on (`moved`), so a
-    /// body that flows costs no timer work per read.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    moved: bool,
+    pause: super::PauseLimit,
     /// The request counts as in flight to its target until its response body is done.
     _in_flight: crate::upstream::state::InFlight,
 }
@@ -577,9 +573,7 @@ impl UpstreamBody {
             conn: Some(conn),
             pool,
             state,
-            read_timeout,
-            stall: None,
-            moved: false,
+            pause: super::PauseLimit::new(read_timeout),
             _in_flight: in_flight,
         };
         if matches!(body.state, State::Done) {
@@ -689,18 +683,9 @@ impl http_body::Body for UpstreamBody {
             let read = match poll_read_more(&mut conn.io, &mut conn.buf, want, cx) {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
-                    // The body paused: time the pause (`timeouts.read`), so an upstream that
-                    // stops mid-body cannot hold the client forever.
-                    let deadline = tokio::time::Instant::now() + this.read_timeout;
-                    match this.stall.as_mut() {
-                        None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                        Some(t) if this.moved => t.as_mut().reset(deadline),
-                        Some(_) => {}
-                    }
-                    this.moved = false;
-                    if let Some(t) = this.stall.as_mut()
-                        && t.as_mut().poll(cx).is_ready()
-                    {
+                    // The body paused: an upstream that stops mid-body cannot hold the client
+                    // forever.
+                    if this.pause.expired(cx) {
                         return this.fail(
                             "the upstream paused the response body for longer than timeouts.read",
                         );
@@ -720,7 +705,7 @@ impl http_body::Body for UpstreamBody {
                         "the upstream closed the connection before the end of the response body",
                     );
                 }
-                Ok(_) => this.moved = true,
+                Ok(_) => this.pause.moved(),
                 Err(e) => {
                     this.state = State::Done;
                     this.conn = None;

@@ -259,11 +259,7 @@ pub struct H2Body {
     incoming: Incoming,
     _stream: H2Stream,
     /// `timeouts.read`: the longest the body may pause (as for HTTP/1.1 bodies).
-    read_timeout: Duration,
-    /// Armed when the body has nothing; re-armed only after it moved on (`moved`), so a
-    /// body that flows costs no timer work per frame.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    moved: bool,
+    pause: super::PauseLimit,
     /// The request counts as in flight to its target until its response body is done.
     _in_flight: crate::upstream::state::InFlight,
 }
@@ -282,9 +278,7 @@ impl H2Body {
         H2Body {
             incoming,
             _stream: stream,
-            read_timeout,
-            stall: None,
-            moved: false,
+            pause: super::PauseLimit::new(read_timeout),
             _in_flight: in_flight,
         }
     }
@@ -301,26 +295,13 @@ impl http_body::Body for H2Body {
         let this = self.get_mut();
         match Pin::new(&mut this.incoming).poll_frame(cx) {
             Poll::Ready(f) => {
-                this.moved = true;
+                this.pause.moved();
                 Poll::Ready(f.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => {
-                // The stream paused: time the pause, so a target that stops mid-body cannot
-                // hold the client (and the stream) forever. The stream is reset as it drops.
-                let deadline = tokio::time::Instant::now() + this.read_timeout;
-                match this.stall.as_mut() {
-                    None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                    Some(t) if this.moved => t.as_mut().reset(deadline),
-                    Some(_) => {}
-                }
-                this.moved = false;
-                if let Some(t) = this.stall.as_mut()
-                    && t.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Some(Err(Box::new(Paused))));
-                }
-                Poll::Pending
-            }
+            // The stream paused: a target that stops mid-body cannot hold the client (and the
+            // stream) forever. The stream is reset as it drops.
+            Poll::Pending if this.pause.expired(cx) => Poll::Ready(Some(Err(Box::new(Paused)))),
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod h1;
 pub mod h2;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -327,5 +328,44 @@ impl UpstreamPool {
         for p in pools {
             p.sweep();
         }
+    }
+}
+
+/// `timeouts.read` for a response body (HTTP/1.1 or HTTP/2): the longest it may have nothing to
+/// give. The timer is armed when a read finds nothing and re-armed only after the body moved on
+/// ([`PauseLimit::moved`]), so a body that flows costs no timer work per read.
+pub struct PauseLimit {
+    limit: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
+}
+
+impl PauseLimit {
+    pub fn new(limit: Duration) -> PauseLimit {
+        PauseLimit {
+            limit,
+            timer: None,
+            moved: false,
+        }
+    }
+
+    /// The body gave something.
+    pub fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    /// The body has nothing now: true once it has had nothing for the limit (else the timer
+    /// wakes `cx` then).
+    pub fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        match self.timer.as_mut() {
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(t) if self.moved => t.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        self.moved = false;
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 }
