@@ -66,15 +66,76 @@ impl PasswordHash {
     /// blocking pool.
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
-            PasswordHash::Argon2(phc) => {
-                use argon2::PasswordVerifier;
-                argon2::PasswordHash::new(phc).is_ok_and(|h| {
-                    argon2::Argon2::default()
-                        .verify_password(password, &h)
-                        .is_ok()
-                })
-            }
+            PasswordHash::Argon2(phc) => argon2_verify(phc, password),
             PasswordHash::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+        }
+    }
+}
+
+/// Checks `password` against an argon2 PHC string, as `argon2`'s own verifier does, but in
+/// working memory taken from [`ARGON2_MEMORY`] instead of a fresh allocation per check: the
+/// buffer (19 MiB at the default parameters) that every check freed stayed resident (glibc
+/// serves it from its per-thread arenas once its mmap threshold has risen), and 60 wrong
+/// passwords took the process from 12 to 240 MiB (found by `bench/soak.sh`).
+fn argon2_verify(phc: &str, password: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let Ok(h) = argon2::PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&h.salt, &h.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        argon2::Algorithm::try_from(h.algorithm.as_str()),
+        argon2::Params::try_from(&h),
+    ) else {
+        return false;
+    };
+    let Ok(version) = h.version.map(argon2::Version::try_from).transpose() else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = argon2::Argon2::new(algorithm, version.unwrap_or_default(), params);
+    let mut out = vec![0u8; expected.len()];
+    let mut memory = ARGON2_MEMORY.take(blocks);
+    let hashed = argon.hash_password_into_with_memory(
+        password,
+        salt.as_ref(),
+        &mut out,
+        &mut memory[..blocks],
+    );
+    ARGON2_MEMORY.give(memory);
+    hashed.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+}
+
+/// Argon2 working memory, kept for the next check. Checks run at most a few at a time
+/// (`auth`'s verification slots, half the cores), so it holds at most that many buffers, each
+/// the size the largest parameters in use need; a buffer is wiped before it is kept.
+struct Argon2Memory(std::sync::Mutex<Vec<Vec<argon2::Block>>>);
+
+static ARGON2_MEMORY: Argon2Memory = Argon2Memory(std::sync::Mutex::new(Vec::new()));
+
+impl Argon2Memory {
+    /// A buffer of at least `blocks` blocks.
+    fn take(&self, blocks: usize) -> Vec<argon2::Block> {
+        let mut v = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        if v.len() < blocks {
+            v.resize(blocks, argon2::Block::new());
+        }
+        v
+    }
+
+    fn give(&self, mut v: Vec<argon2::Block>) {
+        // What a check derived from a password does not outlive it.
+        v.fill(argon2::Block::new());
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < 8 {
+            kept.push(v);
         }
     }
 }
