@@ -513,14 +513,20 @@ async fn ten_thousand_slowloris_connections() {
         up.url()
     ));
     let gw = GatewayProcess::start_with_fd_limit(&cfg.path, 16_384);
-    let admin = {
-        let line = gw.stderr_lines.lock().unwrap().iter().find_map(|l| {
+    // The admin listener is logged after the proxy's (which `start` waited for).
+    let mut admin = None;
+    for _ in 0..100 {
+        admin = gw.stderr_lines.lock().unwrap().iter().find_map(|l| {
             l.split("admin API listening addr=")
                 .nth(1)
                 .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
         });
-        format!("http://{}", line.expect("admin address in the log"))
-    };
+        if admin.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = format!("http://{}", admin.expect("admin address in the log"));
     let addr = gw.addr;
     let rss_before = rss_mib(gw.pid());
 
