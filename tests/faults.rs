@@ -12,6 +12,10 @@ use common::raw::{Got, RawClient, RawUpstream, Reply, Then};
 use common::servers::Redis;
 use common::{GatewayProcess, TempConfig, TestGateway, TestUpstream};
 
+/// Tests that measure time take this, and so does the slowloris flood, which takes both cores
+/// for a while: the timings then measure the gateway, not the machine's other tests.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn config(target: &str, timeouts: &str) -> String {
     format!(
         "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  u:\n    targets: [\"{target}\"]\n    timeouts: {{ connect: 2s{timeouts} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n"
@@ -167,6 +171,7 @@ async fn an_endless_run_of_interim_responses_gets_a_502() {
 /// served by the same process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_recovers_from_file_descriptor_exhaustion() {
+    let _timed = TIMED.lock().await;
     let up = TestUpstream::echo("u").await;
     let cfg = TempConfig::new(&common::simple_config(&[up.url()]));
     let mut gw = GatewayProcess::start_with_fd_limit(&cfg.path, 64);
@@ -261,6 +266,7 @@ fn assert_gateway_error(r: &common::raw::RawResponse, status: u16, code: &str) {
 /// meanwhile, at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_name_that_does_not_resolve_gets_a_clean_502() {
+    let _timed = TIMED.lock().await;
     let up = TestUpstream::echo("u").await;
     let yaml = format!(
         "listen: \"127.0.0.1:0\"\naccess_log: off\nupstreams:\n  nowhere:\n    targets: [\"http://no-such-host.invalid:8080\"]\n    timeouts: {{ connect: 2s }}\n  u:\n    targets: [\"{}\"]\nroutes:\n  - match: {{ path_prefix: /nowhere }}\n    upstream: nowhere\n  - match: {{ path_prefix: / }}\n    upstream: u\n",
@@ -301,6 +307,7 @@ async fn a_target_name_that_does_not_resolve_gets_a_clean_502() {
 /// slowed. Redis thawed: the fail-closed limit admits again, by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_costs_its_timeout_not_a_hang() {
+    let _timed = TIMED.lock().await;
     let redis = Redis::start();
     let up = TestUpstream::echo("u").await;
     let yaml = format!(
@@ -500,6 +507,7 @@ fn fd_limit() -> u64 {
 /// a few seconds is the kernel's, measured 1.7 s alone and up to 6 s with both cores busy.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_slowloris_connections() {
+    let _timed = TIMED.lock().await;
     const CLIENTS: usize = 10_000;
     const CAP: f64 = 3000.0;
     assert!(
