@@ -100,8 +100,9 @@ pub struct Activity {
     waker: Mutex<Option<Waker>>,
     /// `server.idle_timeout` at accept time, in ms.
     idle_ms: u64,
-    /// When it was accepted (ms on the [`now_ms`] clock).
-    opened_ms: u64,
+    /// When its HTTP side was first polled (ms on the [`now_ms`] clock; 0 before, e.g.
+    /// during a TLS handshake, which does not look at the supervisor's verdict).
+    driven_ms: AtomicU64,
     // Bookkeeping of the supervisor and of `reclaim_one` (both under the list's lock).
     seen_epoch: AtomicU64,
     quiet_since_ms: AtomicU64,
@@ -116,6 +117,9 @@ const RUN: u8 = 0;
 const WIND_DOWN: u8 = 1;
 const DROP: u8 = 2;
 const GONE: u8 = 3;
+/// Its first request is late (see [`Connections::reclaim_one`]): dropped at its next poll if
+/// still nothing is in flight, else wound down like `WIND_DOWN`.
+const LATE: u8 = 4;
 
 /// How long a wound-down connection must have been quiet (nothing in flight, nothing
 /// written) before it is dropped.
@@ -141,7 +145,7 @@ impl Activity {
             listener,
             waker: Mutex::new(None),
             idle_ms: idle.as_millis() as u64,
-            opened_ms: now_ms(),
+            driven_ms: AtomicU64::new(0),
             seen_epoch: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now_ms()),
             seen_writes: AtomicU64::new(0),
@@ -190,7 +194,7 @@ impl Activity {
     /// flight. Called with the `Connections` list locked, so one caller at a time.
     fn quiet(&self, now: u64) -> Option<u64> {
         let e = self.epoch.load(Ordering::Relaxed);
-        let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+        let busy = self.in_flight.load(Ordering::Acquire) > 0;
         if busy || e != self.seen_epoch.load(Ordering::Relaxed) {
             self.seen_epoch.store(e, Ordering::Relaxed);
             self.quiet_since_ms.store(now, Ordering::Relaxed);
@@ -225,6 +229,9 @@ impl Activity {
     }
 
     fn register(&self, w: &Waker) {
+        if self.driven_ms.load(Ordering::Relaxed) == 0 {
+            self.driven_ms.store(now_ms(), Ordering::Relaxed);
+        }
         let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
             Some(old) if old.will_wake(w) => {}
@@ -342,11 +349,17 @@ impl Connections {
             if a.signal.load(Ordering::Acquire) != RUN {
                 return true;
             }
+            // Not driven yet (a TLS handshake): nothing would see a verdict; the head
+            // timeout bounds it.
+            let driven = a.driven_ms.load(Ordering::Relaxed);
+            if driven == 0 {
+                return true;
+            }
             let quiet = a.quiet(now);
             let served = a.served.load(Ordering::Relaxed);
-            if quiet.is_some() && !served && now.saturating_sub(a.opened_ms) >= 1000 {
+            if quiet.is_some() && !served && now.saturating_sub(driven) >= 1000 {
                 if a.signal
-                    .compare_exchange(RUN, DROP, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(RUN, LATE, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
                     a.wake();
@@ -371,7 +384,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.served.store(true, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Release: whoever sees the request gone also sees `served`.
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -439,6 +453,12 @@ pub async fn drive<C: Future>(
         activity.register(cx.waker());
         match activity.signal.load(Ordering::Acquire) {
             DROP => return Poll::Ready(None),
+            // A request that started since the verdict is finished first.
+            LATE if activity.in_flight.load(Ordering::Acquire) == 0 => return Poll::Ready(None),
+            LATE if !shut => {
+                shut = true;
+                graceful_shutdown(conn.as_mut());
+            }
             WIND_DOWN if !shut => {
                 shut = true;
                 graceful_shutdown(conn.as_mut());
