@@ -577,8 +577,12 @@ mod tests {
             let data = std::fs::read(dir.join(name)).unwrap();
             assert!(super::jwt(&data), "{name} did not verify");
         }
-        let data = std::fs::read(dir.join("alg_none")).unwrap();
-        assert!(!super::jwt(&data));
+        // An `iss` list holding the issuer is not the issuer (RFC 7519 4.1.1); the library
+        // takes it, and this target's check would have failed on it (found in review).
+        for name in ["alg_none", "regression-array-iss"] {
+            let data = std::fs::read(dir.join(name)).unwrap();
+            assert!(!super::jwt(&data), "{name} verified");
+        }
     }
 }
 
@@ -624,7 +628,11 @@ pub fn request_path(data: &[u8]) {
     }
     e2e::check_upstream();
     // (Empty lines before a request line are skipped, RFC 9112 2.2, so before the preface too.)
-    let opening = data.trim_ascii_start();
+    let skip = data
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    let opening = &data[skip..];
     if got.is_empty() || opening.starts_with(b"PRI * HTTP/2.0") {
         return;
     }

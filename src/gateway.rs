@@ -89,6 +89,13 @@ pub async fn handle(
         },
     );
 
+    // A credential in the query (an API key) never reaches the access log, whatever answers
+    // the request: a refusal before routing, a 404, a redirect or any policy.
+    if let Some(p) = policy::log_path(&rt.query_secrets, req.uri())
+        && let Some(r) = line.record()
+    {
+        r.path = Some(p);
+    }
     let grpc = crate::error::is_grpc(req.headers());
     let result = if ambiguous_framing {
         gw.metrics.rejected("ambiguous_framing");
@@ -170,7 +177,6 @@ async fn route_and_forward(
         // the scanner), and their response hooks see the 404.
         let mut req =
             req.map(|b| Body::request(b, rt.server.max_body_size, body_timeout, tally.clone()));
-        log_path(&rt.global, req.uri(), line);
         let answer = match rt.global.run_request(&mut req, &mut cx).await {
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(GatewayError::NoRoute),
@@ -221,7 +227,6 @@ async fn route_and_forward(
     {
         req.headers_mut().insert(name.clone(), v);
     }
-    log_path(&route.chain, req.uri(), line);
 
     // Everything after routing answers through one place, so the route's response-phase
     // policies run on every answer: the upstream's, a policy's, and the gateway's own errors.
@@ -258,16 +263,6 @@ async fn route_and_forward(
     }
     .await;
     Ok(answer_through(&route.chain, answer, &mut cx, metrics, line).await)
-}
-
-/// A credential in the query (an API key) never reaches the access log, whichever policy
-/// answers the request: an IP rule or CORS refusal before `auth` runs included.
-fn log_path(chain: &policy::Chain, uri: &http::Uri, line: &mut Pending) {
-    if let Some(p) = chain.log_path(uri)
-        && let Some(r) = line.record()
-    {
-        r.path = Some(p);
-    }
 }
 
 /// What forwarding needs of the client side, owned, so a background request can carry it.

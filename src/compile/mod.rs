@@ -344,16 +344,38 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         Some(AccessLogSetting::Config(c)) => Some(c.clone()),
     };
 
+    let mut query_secrets: Vec<String> = Vec::new();
+    for q in routes
+        .iter()
+        .map(|r| &r.chain)
+        .flat_map(|c| c.query_secrets())
+    {
+        if !query_secrets.contains(q) {
+            query_secrets.push(q.clone());
+        }
+    }
     let identity_headers = {
         let mut names: Vec<http::HeaderName> = Vec::new();
         let certs = listeners
             .iter()
             .filter_map(|l| l.tls.as_ref().and_then(|t| t.forward_identity.clone()));
-        let policies = routes
-            .iter()
-            .flat_map(|r| r.chain.iter())
-            .chain(global_bound.iter())
-            .flat_map(|b| b.policy.identity_headers());
+        let bound = || {
+            routes
+                .iter()
+                .flat_map(|r| r.chain.iter())
+                .chain(global_bound.iter())
+        };
+        // A name some policy reads a credential from stays the business of the routes whose
+        // policies write it (they remove the client's copy themselves).
+        let mut credentials = vec![
+            http::header::AUTHORIZATION,
+            http::header::PROXY_AUTHORIZATION,
+            http::header::COOKIE,
+        ];
+        credentials.extend(bound().flat_map(|b| b.policy.credential_headers()));
+        let policies = bound()
+            .flat_map(|b| b.policy.identity_headers())
+            .filter(|n| !credentials.contains(n));
         for n in certs.chain(policies) {
             if !names.contains(&n) {
                 names.push(n);
@@ -382,6 +404,7 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         claims,
         cache,
         identity_headers,
+        query_secrets,
         store,
     })
 }

@@ -544,6 +544,10 @@ impl Policy for AuthPolicy {
         self.key_query.as_deref()
     }
 
+    fn credential_headers(&self) -> Vec<HeaderName> {
+        vec![self.key_header.clone()]
+    }
+
     fn identity_headers(&self) -> Vec<HeaderName> {
         let mut names = vec![self.id_header.clone(), self.groups_header.clone()];
         if let Some(j) = &self.jwt {
@@ -660,10 +664,14 @@ async fn verify_blocking(hash: PasswordHash, password: Vec<u8>) -> Option<bool> 
         .await
         .ok()?
         .ok()?;
-    let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
-        .await
-        .unwrap_or(false);
-    drop(permit);
+    // The slot goes with the check, not with the request: a client that hangs up does not
+    // free it while the hash still runs (hanging up in a loop would run checks unbounded).
+    let ok = tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        hash.verify(&password)
+    })
+    .await
+    .unwrap_or(false);
     Some(ok)
 }
 

@@ -25,9 +25,18 @@ impl PasswordHash {
     /// error never repeats the value.
     pub fn parse(s: &str) -> Result<PasswordHash, String> {
         if s.starts_with("$argon2") {
-            return argon2::PasswordHash::new(s)
-                .map(|_| PasswordHash::Argon2(s.to_owned()))
-                .map_err(|e| format!("not a valid argon2 hash ({e})"));
+            let h = argon2::PasswordHash::new(s)
+                .map_err(|e| format!("not a valid argon2 hash ({e})"))?;
+            let params = argon2::Params::try_from(&h)
+                .map_err(|e| format!("not a valid argon2 hash ({e})"))?;
+            // Each check takes this much memory: a typo must not make one take all of it.
+            if params.m_cost() > MAX_ARGON2_KIB {
+                return Err(format!(
+                    "argon2 memory cost m={} KiB is over the limit of {MAX_ARGON2_KIB} KiB",
+                    params.m_cost()
+                ));
+            }
+            return Ok(PasswordHash::Argon2(s.to_owned()));
         }
         if ["$2a$", "$2b$", "$2y$"].iter().any(|p| s.starts_with(p)) {
             if s.len() != 60 {
@@ -97,7 +106,9 @@ fn argon2_verify(phc: &str, password: &[u8]) -> bool {
     let blocks = params.block_count();
     let argon = argon2::Argon2::new(algorithm, version.unwrap_or_default(), params);
     let mut out = vec![0u8; expected.len()];
-    let mut memory = ARGON2_MEMORY.take(blocks);
+    let Some(mut memory) = ARGON2_MEMORY.take(blocks) else {
+        return false;
+    };
     let hashed = argon.hash_password_into_with_memory(
         password,
         salt.as_ref(),
@@ -116,8 +127,8 @@ struct Argon2Memory(std::sync::Mutex<Vec<Vec<argon2::Block>>>);
 static ARGON2_MEMORY: Argon2Memory = Argon2Memory(std::sync::Mutex::new(Vec::new()));
 
 impl Argon2Memory {
-    /// A buffer of at least `blocks` blocks.
-    fn take(&self, blocks: usize) -> Vec<argon2::Block> {
+    /// A buffer of at least `blocks` blocks; `None` when the memory cannot be had.
+    fn take(&self, blocks: usize) -> Option<Vec<argon2::Block>> {
         let mut v = self
             .0
             .lock()
@@ -125,9 +136,10 @@ impl Argon2Memory {
             .pop()
             .unwrap_or_default();
         if v.len() < blocks {
+            v.try_reserve_exact(blocks - v.len()).ok()?;
             v.resize(blocks, argon2::Block::new());
         }
-        v
+        Some(v)
     }
 
     fn give(&self, mut v: Vec<argon2::Block>) {
@@ -139,6 +151,10 @@ impl Argon2Memory {
         }
     }
 }
+
+/// The largest argon2 memory cost a stored hash may ask for (1 GiB; the OWASP advice is
+/// 19–46 MiB).
+const MAX_ARGON2_KIB: u32 = 1024 * 1024;
 
 /// A hash to verify unknown users against, so that they cost as much time as known ones.
 pub fn decoy_hash() -> &'static PasswordHash {

@@ -359,6 +359,10 @@ impl ForwardAuth {
 }
 
 impl Policy for ForwardAuth {
+    fn credential_headers(&self) -> Vec<HeaderName> {
+        self.request_headers.clone()
+    }
+
     fn identity_headers(&self) -> Vec<HeaderName> {
         self.response_headers.clone()
     }

@@ -579,6 +579,11 @@ impl Jwt {
     }
 
     fn check_claims(&self, claims: &JwtClaims) -> Result<(), JwtError> {
+        // `iss` is one StringOrURI (RFC 7519 4.1.1); the library would take a list holding
+        // the issuer too.
+        if claims.get("iss").is_some_and(|v| !v.is_string()) {
+            return Err(JwtError::WrongIssuer);
+        }
         for (name, want) in &self.required_claims {
             let ok = claim(claims, name).is_some_and(|v| match v {
                 Value::Array(items) => items

@@ -127,6 +127,14 @@ pub trait Policy: Send + Sync {
         Vec::new()
     }
 
+    /// Request headers this policy reads a client's credential from (an API key header, what
+    /// `forward_auth` passes to its service). Never removed everywhere as an identity header,
+    /// even when another policy also writes one of those names: that would strip the
+    /// credential a route's own `auth` needs.
+    fn credential_headers(&self) -> Vec<http::HeaderName> {
+        Vec::new()
+    }
+
     /// A query parameter that carries a credential this policy reads (an API key): removed
     /// from the path the access log shows, whichever policy answers the request, even one that
     /// refuses it before this one runs.
@@ -257,19 +265,9 @@ impl Chain {
         }
     }
 
-    /// The path and query the access log shows for `uri` when it differs from the client's:
-    /// without any credential a policy of this chain reads from the query.
-    pub fn log_path(&self, uri: &http::Uri) -> Option<http::uri::PathAndQuery> {
-        if self.query_secrets.is_empty() {
-            return None;
-        }
-        let mut clean: Option<http::Uri> = None;
-        for q in &self.query_secrets {
-            if let Some(u) = auth::without_query_param(clean.as_ref().unwrap_or(uri), q) {
-                clean = Some(u);
-            }
-        }
-        clean.and_then(|u| u.path_and_query().cloned())
+    /// The query parameters its policies read credentials from.
+    pub fn query_secrets(&self) -> &[String] {
+        &self.query_secrets
     }
 
     pub fn is_empty(&self) -> bool {
@@ -331,6 +329,21 @@ impl Chain {
             }
         }
     }
+}
+
+/// The path and query the access log shows for `uri` when it differs from the client's:
+/// without any of the query parameters `secrets` (credentials a policy reads from the query).
+pub fn log_path(secrets: &[String], uri: &http::Uri) -> Option<http::uri::PathAndQuery> {
+    if secrets.is_empty() || uri.query().is_none() {
+        return None;
+    }
+    let mut clean: Option<http::Uri> = None;
+    for q in secrets {
+        if let Some(u) = auth::without_query_param(clean.as_ref().unwrap_or(uri), q) {
+            clean = Some(u);
+        }
+    }
+    clean.and_then(|u| u.path_and_query().cloned())
 }
 
 #[cfg(test)]

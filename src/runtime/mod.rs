@@ -51,6 +51,9 @@ pub struct Runtime {
     /// `forward_claims`, `response_headers`). A client's copies are removed from every request,
     /// whichever listener it came in on and whichever route it takes.
     pub identity_headers: Vec<http::HeaderName>,
+    /// Every query parameter a policy of the config reads a credential from (`api_key.query`):
+    /// removed from the path every access-log line shows, whatever answered the request.
+    pub query_secrets: Vec<String>,
     /// The shared store (`store:`) the policies use, for the admin status and the metrics.
     pub store: Arc<crate::store::Store>,
     /// Where the response cache lives (the admin API purges it, metrics read its size).
