@@ -532,7 +532,7 @@ async fn a_stalled_handshake_is_cut_off_by_the_head_timeout() {
     let pair = write_pair(&dir, "api", &ca.server(&["api.example.com"]));
     let yaml = tls_config(
         &[pair],
-        "server:\n  request_header_timeout: 1s\n",
+        "server:\n  request_header_timeout: 1s\nadmin: { addr: \"127.0.0.1:0\" }\n",
         "http://127.0.0.1:1",
     );
     let gw = TestGateway::start(&yaml).await;
@@ -547,6 +547,25 @@ async fn a_stalled_handshake_is_cut_off_by_the_head_timeout() {
         .unwrap_or(0);
     assert_eq!(n, 0, "closed without an answer");
     assert!(started.elapsed() >= Duration::from_millis(900));
+    // The connection no longer counts as open (it leaked in the gauge before).
+    let mut open = String::new();
+    for _ in 0..50 {
+        let m = String::from_utf8_lossy(&common::get(&gw.admin_url("/metrics")).await.body)
+            .into_owned();
+        open = m
+            .lines()
+            .filter(|l| l.starts_with("gatehouse_connections_active"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if open.lines().all(|l| l.ends_with(" 0")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !open.is_empty() && open.lines().all(|l| l.ends_with(" 0")),
+        "{open}"
+    );
     let (_, _) = pki::handshake(
         gw.addr,
         "api.example.com",

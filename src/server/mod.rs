@@ -619,10 +619,14 @@ async fn serve_tls(
         Ok(Err(e)) => {
             ctx.gw.metrics.rejected("tls_handshake");
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            ctx.activity.ended();
+            ctx.active.dec();
         }
         Err(_) => {
             ctx.gw.metrics.rejected("tls_handshake_timeout");
             tracing::debug!(client = %peer, "TLS handshake timed out");
+            ctx.activity.ended();
+            ctx.active.dec();
         }
     }
 }
