@@ -344,16 +344,9 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
         Some(AccessLogSetting::Config(c)) => Some(c.clone()),
     };
 
+    // What every route's policies need of every request: identity headers removed, and the
+    // query credentials kept out of the access log.
     let mut query_secrets: Vec<String> = Vec::new();
-    for q in routes
-        .iter()
-        .map(|r| &r.chain)
-        .flat_map(|c| c.query_secrets())
-    {
-        if !query_secrets.contains(q) {
-            query_secrets.push(q.clone());
-        }
-    }
     let identity_headers = {
         let mut names: Vec<http::HeaderName> = Vec::new();
         let certs = listeners
@@ -373,6 +366,11 @@ pub fn compile(cfg: &Config, state: &State) -> Result<Runtime, Vec<ConfigError>>
             http::header::COOKIE,
         ];
         credentials.extend(bound().flat_map(|b| b.policy.credential_headers()));
+        for q in bound().filter_map(|b| b.policy.query_secret()) {
+            if !query_secrets.iter().any(|s| s == q) {
+                query_secrets.push(q.to_owned());
+            }
+        }
         let policies = bound()
             .flat_map(|b| b.policy.identity_headers())
             .filter(|n| !credentials.contains(n));

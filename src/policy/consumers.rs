@@ -471,6 +471,17 @@ mod tests {
         }
     }
 
+    /// A stored hash decides how much memory each check takes: a cost no machine has (a typo,
+    /// or a planted htpasswd line) is refused when the config loads, not met by an abort.
+    #[test]
+    fn argon2_costs_over_a_gibibyte_are_refused() {
+        let ok = argon2_with(8, 1);
+        let huge = ok.stored().replace("m=8,", "m=4194304,");
+        let err = PasswordHash::parse(&huge).unwrap_err();
+        assert!(err.contains("m=4194304") && err.contains("limit"), "{err}");
+        assert!(PasswordHash::parse(ok.stored()).is_ok());
+    }
+
     #[test]
     fn plaintext_passwords_and_bad_keys_are_refused_without_echo() {
         let list = vec![ConsumerConfig {

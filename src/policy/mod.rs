@@ -242,8 +242,6 @@ pub fn compile_set(
 #[derive(Clone, Default)]
 pub struct Chain {
     items: Vec<Bound>,
-    /// The query parameters its policies read credentials from ([`Policy::query_secret`]).
-    query_secrets: Vec<String>,
 }
 
 impl Chain {
@@ -251,23 +249,7 @@ impl Chain {
     /// within it; the sort is stable, so source order breaks ties.
     pub fn new(mut bound: Vec<Bound>) -> Chain {
         bound.sort_by_key(|b| (b.policy.phase(), !b.policy.first_in_phase()));
-        let mut query_secrets: Vec<String> = Vec::new();
-        for b in &bound {
-            if let Some(q) = b.policy.query_secret()
-                && !query_secrets.iter().any(|s| s == q)
-            {
-                query_secrets.push(q.to_owned());
-            }
-        }
-        Chain {
-            items: bound,
-            query_secrets,
-        }
-    }
-
-    /// The query parameters its policies read credentials from.
-    pub fn query_secrets(&self) -> &[String] {
-        &self.query_secrets
+        Chain { items: bound }
     }
 
     pub fn is_empty(&self) -> bool {
