@@ -501,12 +501,13 @@ fn fd_limit() -> u64 {
 /// request head, then one more header line every 2 s, and reconnects when it is cut off. The
 /// gateway (`max_connections: 3000`, the default 1000 per IP, `request_header_timeout: 3s`)
 /// never holds more than 3000 connections, its memory stays bounded, every slowloris
-/// connection is cut off, and a client from another address is served throughout: half of its
-/// requests within 3 s, each served one within 10 s, and at least four served for each lost.
-/// (While the flood fills the kernel's accept queue, the client's SYN can be dropped and resent
-/// after 1 s, then 2 s more, and a completed handshake can be dropped from a full queue: a wait
-/// of a few seconds, or now and then a lost connection, is the kernel's; measured waits 1.7 s
-/// alone and up to 6 s with both cores busy.)
+/// connection is cut off, and clients from another address are served throughout: half of
+/// their requests within 3 s, each served one within 10 s, and at least four served for each
+/// lost. (While the flood fills the kernel's accept queue, a completed handshake is dropped
+/// from the full queue and the client's packets are resent after 1 s, 2 s more, 4 s more: a
+/// wait of a few seconds, or now and then a lost connection, is the kernel's. Measured: median
+/// waits 0.3–1.7 s, slowest 7.7 s, one attempt in about 25 lost. One client makes as few as
+/// three attempts in the window, and one lost failed the verdict; four clients make a sample.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_slowloris_connections() {
     let _timed = TIMED.lock().await;
@@ -595,34 +596,63 @@ async fn ten_thousand_slowloris_connections() {
         }));
     }
 
-    // For 12 s: a client from 127.0.0.1 every 250 ms, and the gateway's gauges.
+    // For 12 s: four clients from 127.0.0.1, each asking again 250 ms after its answer (more
+    // samples than one client makes in 12 s, so that the kernel's odd dropped handshake does not
+    // decide the verdict), and the gateway's gauges every 250 ms.
     let started = Instant::now();
+    let window = Duration::from_secs(12);
+    // The clients run on a thread and runtime of their own: the 10,000 slowloris tasks share
+    // this runtime's two workers, and their queue must not count as the gateway's wait.
+    let legit = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the legitimate clients");
+        rt.block_on(async move {
+            let clients = (0..4).map(|_| async move {
+                let (mut waits, mut lost) = (Vec::new(), 0usize);
+                // Bounded: the window is 12 s and each attempt at most 10 s.
+                while started.elapsed() < window {
+                    // The kernel may drop the client's handshake while the flood fills the
+                    // accept queue (the client then sees a reset or nothing): counted, not fatal.
+                    let asked = Instant::now();
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        common::raw::exchange(addr, "GET /legit HTTP/1.1\r\nHost: gw.test\r\n\r\n"),
+                    )
+                    .await
+                    {
+                        Ok(Got::Response(r)) => {
+                            assert_eq!(r.status, 200, "{}", r.text());
+                            waits.push(asked.elapsed());
+                        }
+                        _ => lost += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                (waits, lost)
+            });
+            futures_util::future::join_all(clients).await
+        })
+    });
     let (mut peak_active, mut peak_rss) = (0f64, 0f64);
-    let mut waits = Vec::new();
-    let (mut served, mut lost) = (0, 0);
-    while started.elapsed() < Duration::from_secs(12) {
-        // The kernel may drop the client's handshake while the flood fills the accept queue
-        // (the client then sees a reset or nothing): counted, not fatal.
-        let asked = Instant::now();
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            common::raw::exchange(addr, "GET /legit HTTP/1.1\r\nHost: gw.test\r\n\r\n"),
-        )
-        .await
-        {
-            Ok(Got::Response(r)) => {
-                assert_eq!(r.status, 200, "{}", r.text());
-                served += 1;
-                waits.push(asked.elapsed());
-            }
-            _ => lost += 1,
-        }
+    while started.elapsed() < window {
         let m = String::from_utf8_lossy(&common::get(&format!("{admin}/metrics")).await.body)
             .into_owned();
         peak_active = peak_active.max(metric_sum(&m, "gatehouse_connections_active"));
         peak_rss = peak_rss.max(rss_mib(gw.pid()));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let legit = tokio::task::spawn_blocking(move || legit.join())
+        .await
+        .expect("the join")
+        .expect("the legitimate clients");
+    let (mut waits, mut lost) = (Vec::new(), 0);
+    for (w, n) in legit {
+        waits.extend(w);
+        lost += n;
+    }
+    let served = waits.len();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for a in attackers {
         let _ = tokio::time::timeout(Duration::from_secs(10), a).await;
@@ -646,7 +676,7 @@ async fn ten_thousand_slowloris_connections() {
     );
     assert!(cut_off >= CLIENTS / 2, "only {cut_off} were cut off");
     assert!(
-        served >= 5 && lost * 4 <= served,
+        served >= 12 && lost * 4 <= served,
         "another client: {served} served, {lost} lost"
     );
     assert!(
