@@ -46,7 +46,12 @@ impl Endpoint {
     pub async fn connect(&self, timeout: Duration) -> Result<Io, BoxError> {
         let authority = self.authority.as_str();
         let attempt = async {
-            let tcp = TcpStream::connect(authority).await?;
+            let tcp = match authority.parse::<std::net::SocketAddr>() {
+                Ok(addr) => TcpStream::connect(addr).await?,
+                // A name not resolved yet (at start or since): looked up once for every
+                // connect waiting for it (see `dns::lookup`), each address tried in turn.
+                Err(_) => TcpStream::connect(&*super::dns::lookup(authority).await?).await?,
+            };
             let _ = tcp.set_nodelay(true);
             let Some(tls) = &self.transport.tls else {
                 return Ok(Stream::Tcp(tcp));

@@ -5,8 +5,14 @@
 //! come and go like any reload and the ones that stay keep their pools and health.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 
 /// Resolved addresses by `host:port`.
 #[derive(Default)]
@@ -50,6 +56,65 @@ impl DnsCache {
         }
         changed
     }
+}
+
+type Lookup = Shared<Pin<Box<dyn Future<Output = Result<Arc<[SocketAddr]>, Arc<str>>> + Send>>>;
+
+/// Lookups of names not resolved yet, by `host:port`: running, or finished less than
+/// [`LOOKUP_KEPT`] ago.
+fn lookups() -> &'static Mutex<HashMap<String, (Instant, Lookup)>> {
+    static LOOKUPS: OnceLock<Mutex<HashMap<String, (Instant, Lookup)>>> = OnceLock::new();
+    LOOKUPS.get_or_init(Default::default)
+}
+
+/// How long a finished lookup's answer (addresses or failure) serves later connects.
+const LOOKUP_KEPT: Duration = Duration::from_secs(1);
+
+/// The names whose lookups started, in order (for the tests).
+#[cfg(test)]
+static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Resolves `host:port` when connecting to a target whose name has not resolved yet (at start
+/// or since). The system resolver blocks, and a blocked lookup cannot be cancelled: one lookup
+/// per name runs at a time on the blocking pool, every connect to that name waits for it
+/// (each within its own connect timeout), and its answer, addresses or failure, serves the
+/// connects of the next second too. A resolver that hangs then holds one blocking thread per
+/// name, not one per request.
+pub async fn lookup(authority: &str) -> std::io::Result<Arc<[SocketAddr]>> {
+    let pending = {
+        let mut all = lookups().lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, (at, l)| l.peek().is_none() || at.elapsed() < LOOKUP_KEPT);
+        all.entry(authority.to_owned())
+            .or_insert_with(|| (Instant::now(), start_lookup(authority.to_owned())))
+            .1
+            .clone()
+    };
+    pending
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot resolve {authority}: {e}")))
+}
+
+fn start_lookup(authority: String) -> Lookup {
+    #[cfg(test)]
+    STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(authority.clone());
+    // Spawned: it runs to its end even if every connect waiting for it gives up first.
+    let blocking = tokio::task::spawn_blocking(move || {
+        std::net::ToSocketAddrs::to_socket_addrs(authority.as_str())
+            .map(|addrs| addrs.collect::<Vec<_>>())
+    });
+    let answer = async move {
+        match blocking.await {
+            Ok(Ok(addrs)) if !addrs.is_empty() => Ok(Arc::from(addrs)),
+            Ok(Ok(_)) => Err(Arc::from("no address")),
+            Ok(Err(e)) => Err(Arc::from(e.to_string())),
+            Err(e) => Err(Arc::from(e.to_string())),
+        }
+    };
+    let boxed: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(answer);
+    boxed.shared()
 }
 
 /// True for `host:port` whose host is a name, not an IP address.
@@ -98,5 +163,46 @@ mod tests {
         // A name that never resolved has no addresses (it is resolved when connecting).
         assert!(!c.refresh(&["never.invalid:80".to_owned()]));
         assert_eq!(c.get("never.invalid:80"), None);
+    }
+
+    /// Connects to a name that does not resolve share one lookup: fifty at once start one,
+    /// and the failure answers the connects of the next second without another; after that a
+    /// new lookup runs. A name that resolves gives its addresses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lookups_of_a_name_share_one() {
+        let name = "shared-lookup.invalid:80";
+        let started = || {
+            STARTED
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|n| *n == name)
+                .count()
+        };
+        let waits: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(async move { lookup(name).await }))
+            .collect();
+        for w in waits {
+            let e = w
+                .await
+                .unwrap()
+                .expect_err("an .invalid name does not resolve");
+            assert!(
+                e.to_string()
+                    .contains("cannot resolve shared-lookup.invalid:80"),
+                "{e}"
+            );
+        }
+        assert!(lookup(name).await.is_err());
+        assert_eq!(started(), 1, "one lookup for 51 connects");
+        tokio::time::sleep(LOOKUP_KEPT + Duration::from_millis(100)).await;
+        assert!(lookup(name).await.is_err());
+        assert_eq!(started(), 2, "a new lookup after a second");
+        let local = lookup("localhost:8080").await.expect("localhost resolves");
+        assert!(
+            local
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 8080)
+        );
     }
 }
