@@ -257,6 +257,78 @@ async fn connection_cap_holds_and_frees() {
     assert!(closed >= 1, "no idle connection made room");
 }
 
+/// At the cap, a keep-alive client that sent one quick request and now drips its second head
+/// (a line every 200 ms, so it is never quiet) is as late as one dripping its first: a client
+/// waiting for a slot is served within a second or two, not after `request_header_timeout`
+/// (30 s here); the dripping connections are dropped, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_head_dripped_at_the_cap_makes_room() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = simple_config(&[up.url()]).replace(
+        "access_log: off\n",
+        "access_log: off\nadmin: { addr: \"127.0.0.1:0\" }\nserver: { max_connections: 2, request_header_timeout: 30s }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut dripping = Vec::new();
+    for _ in 0..2 {
+        let mut c = common::raw::RawClient::connect(gw.addr).await;
+        c.send(req).await;
+        match c.response().await {
+            common::raw::Got::Response(r) => assert_eq!(r.status, 200),
+            other => panic!("the first request: {other:?}"),
+        }
+        c.send(b"GET /second HTTP/1.1\r\n").await;
+        dripping.push(c);
+    }
+    // Both slots are taken by connections whose second head trickles in.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drips: Vec<_> = dripping
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // Bounded: 100 lines at most (20 s), or until the gateway closes it.
+                for _ in 0..100 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return false;
+                    }
+                    c.send(b"X-Drip: 1\r\n").await;
+                    // Closed (with nothing sent): it no longer holds its slot.
+                    if c.closed_within(Duration::from_millis(200)).await {
+                        return true;
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(req).await.unwrap();
+    let mut buf = [0u8; 12];
+    let served = tokio::time::timeout(Duration::from_secs(8), c.read_exact(&mut buf)).await;
+    let waited = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut cut = 0;
+    for d in drips {
+        if d.await.unwrap_or(false) {
+            cut += 1;
+        }
+    }
+    served
+        .expect("a waiting client served while second heads trickle in")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    assert!(cut >= 1, "no dripping connection was dropped");
+    let late = gw
+        .metric("gatehouse_downstream_rejected_total{reason=\"late_at_capacity\"}")
+        .await;
+    assert!(late >= 1.0, "{late} counted late at the cap");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_and_request_head_have_separate_timeouts() {
     let up = TestUpstream::echo("u").await;

@@ -575,6 +575,61 @@ async fn a_stalled_handshake_is_cut_off_by_the_head_timeout() {
     .expect("still serving");
 }
 
+/// At `server.max_connections`, connections stuck in their TLS handshake (here: connected,
+/// sending nothing) make room for a waiting client a second after their accept, not after
+/// `request_header_timeout` (30 s here): the handshake sees the supervisor's verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_stall_at_the_cap_make_room() {
+    use tokio::io::AsyncReadExt;
+    let up = TestUpstream::echo("u").await;
+    let ca = Ca::new("test CA");
+    let dir = Dir::new();
+    let pair = write_pair(&dir, "api", &ca.server(&["api.example.com"]));
+    let yaml = tls_config(
+        &[pair],
+        "server:\n  max_connections: 3\n  request_header_timeout: 30s\nadmin: { addr: \"127.0.0.1:0\" }\n",
+        &up.url(),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(
+            tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(8), async {
+        let (_, tls) = pki::handshake(
+            gw.addr,
+            "api.example.com",
+            pki::client_config(&ca.der, None),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        pki::get_over(tls, "api.example.com", "/").await
+    })
+    .await
+    .expect("a waiting client served while handshakes stall")
+    .expect("the request");
+    assert_eq!(got.0, 200);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    // The oldest stalled handshake was dropped to make room.
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(2), stalled[0].read(&mut buf))
+        .await
+        .expect("the oldest stalled connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let late = gw
+        .metric("gatehouse_downstream_rejected_total{reason=\"late_at_capacity\"}")
+        .await;
+    assert!(late >= 1.0, "{late} counted late at the cap");
+}
+
 /// A returning client resumes its session (a TLS 1.3 ticket) instead of a full handshake, also
 /// after a reload: the ticket keys outlive it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

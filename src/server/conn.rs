@@ -101,8 +101,16 @@ pub struct Activity {
     /// `server.idle_timeout` at accept time, in ms.
     idle_ms: u64,
     /// When its HTTP side was first polled (ms on the [`now_ms`] clock; 0 before, e.g.
-    /// during a TLS handshake, which does not look at the supervisor's verdict).
+    /// during a TLS handshake).
     driven_ms: AtomicU64,
+    /// When it was accepted (ms on the [`now_ms`] clock).
+    accepted_ms: u64,
+    /// Its TLS handshake is running (under [`handshake`], which sees `LATE` and `DROP`).
+    handshaking: AtomicBool,
+    /// When the first byte of a later request's head came (0: no head on its way), for
+    /// [`Connections::reclaim_one`]: a client that drips its second head is as late as one
+    /// that drips its first.
+    head_since_ms: AtomicU64,
     // Bookkeeping of the supervisor and of `reclaim_one` (both under the list's lock).
     seen_epoch: AtomicU64,
     quiet_since_ms: AtomicU64,
@@ -117,8 +125,8 @@ const RUN: u8 = 0;
 const WIND_DOWN: u8 = 1;
 const DROP: u8 = 2;
 const GONE: u8 = 3;
-/// Its first request is late (see [`Connections::reclaim_one`]): dropped at its next poll if
-/// still nothing is in flight, else wound down like `WIND_DOWN`.
+/// Its request (or TLS handshake) is late (see [`Connections::reclaim_one`]): dropped at its
+/// next poll if still nothing is in flight, else wound down like `WIND_DOWN`.
 const LATE: u8 = 4;
 
 /// How long a wound-down connection must have been quiet (nothing in flight, nothing
@@ -146,6 +154,9 @@ impl Activity {
             waker: Mutex::new(None),
             idle_ms: idle.as_millis() as u64,
             driven_ms: AtomicU64::new(0),
+            accepted_ms: now_ms(),
+            handshaking: AtomicBool::new(false),
+            head_since_ms: AtomicU64::new(0),
             seen_epoch: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(now_ms()),
             seen_writes: AtomicU64::new(0),
@@ -183,9 +194,16 @@ impl Activity {
         now.saturating_sub(self.silent_since_ms.load(Ordering::Relaxed))
     }
 
+    /// The first byte of a later request's head (not the first request's: its clock is the
+    /// accept) came.
+    pub fn head_started(&self) {
+        self.head_since_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
     /// A request started; the guard ends it when its response body is done or dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since_ms.store(0, Ordering::Relaxed);
         self.touch();
         InFlight(self.clone())
     }
@@ -232,6 +250,10 @@ impl Activity {
         if self.driven_ms.load(Ordering::Relaxed) == 0 {
             self.driven_ms.store(now_ms(), Ordering::Relaxed);
         }
+        self.register_waker(w);
+    }
+
+    fn register_waker(&self, w: &Waker) {
         let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
             Some(old) if old.will_wake(w) => {}
@@ -335,47 +357,98 @@ impl Connections {
     }
 
     /// A new client waits for a slot at `server.max_connections` (over all listeners): one
-    /// connection makes room, the oldest first. A connection that has not sent a whole first
-    /// request within a second of its accept (a slowloris dripping its head, or a client that
-    /// connected and sent nothing) is dropped at once: it has nothing to finish, and however
-    /// busy it keeps its socket it cannot hold a slot that a client with a request is waiting
-    /// for. Otherwise, as nginx reuses keep-alive connections at its cap, a keep-alive
-    /// connection quiet for 250 ms after a response, or any connection that has done nothing
-    /// for a second, is asked to close. True if one was found.
-    pub fn reclaim_one(&self) -> bool {
+    /// connection makes room, the oldest first. A connection whose request is late (a whole
+    /// first request not sent within a second of its accept, or a later head started over a
+    /// second ago and not finished: a slowloris dripping its head, a client that connected
+    /// and sent nothing, or a TLS handshake still running a second after the accept) is
+    /// dropped at once: it has nothing to finish, and however busy it keeps its socket it
+    /// cannot hold a slot that a client with a request is waiting for. Otherwise, as nginx
+    /// reuses keep-alive connections at its cap, a keep-alive connection quiet for 250 ms
+    /// after a response, or any connection that has done nothing for a second, is asked to
+    /// close.
+    pub fn reclaim_one(&self) -> Option<Reclaimed> {
         let now = now_ms();
-        let mut done = false;
+        let mut done = None;
         self.each(|a| {
             if a.signal.load(Ordering::Acquire) != RUN {
                 return true;
             }
-            // Not driven yet (a TLS handshake): nothing would see a verdict; the head
-            // timeout bounds it.
             let driven = a.driven_ms.load(Ordering::Relaxed);
             if driven == 0 {
-                return true;
+                // Not driven yet: in its TLS handshake (which sees the verdict), or a task
+                // not yet polled (which would not; the head timeout bounds it).
+                let late = a.handshaking.load(Ordering::Acquire)
+                    && now.saturating_sub(a.accepted_ms) >= 1000;
+                if late && a.mark_late() {
+                    done = Some(Reclaimed::Late);
+                }
+                return done.is_none();
             }
             let quiet = a.quiet(now);
             let served = a.served.load(Ordering::Relaxed);
-            if quiet.is_some() && !served && now.saturating_sub(driven) >= 1000 {
-                if a.signal
-                    .compare_exchange(RUN, LATE, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    a.wake();
-                    done = true;
+            let head = a.head_since_ms.load(Ordering::Relaxed);
+            let late = quiet.is_some()
+                && if served {
+                    head != 0 && now.saturating_sub(head) >= 1000
+                } else {
+                    now.saturating_sub(driven) >= 1000
+                };
+            if late {
+                if a.mark_late() {
+                    done = Some(Reclaimed::Late);
                 }
-                return !done;
+                return done.is_none();
             }
             let reusable = quiet.is_some_and(|q| q >= 250 && (served || q >= 1000));
             // Nothing is in flight: a short grace for the goodbye (HTTP/2's GOAWAY).
             if reusable && a.wind_down(now, 1000) {
-                done = true;
+                done = Some(Reclaimed::Idle);
             }
-            !done
+            done.is_none()
         });
         done
     }
+}
+
+/// What [`Connections::reclaim_one`] freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaimed {
+    /// A connection whose request (or TLS handshake) was late: dropped.
+    Late,
+    /// A quiet connection: asked to close.
+    Idle,
+}
+
+impl Activity {
+    /// `LATE`: dropped at its next poll if nothing is in flight by then.
+    fn mark_late(&self) -> bool {
+        let marked = self
+            .signal
+            .compare_exchange(RUN, LATE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if marked {
+            self.wake();
+        }
+        marked
+    }
+}
+
+/// Runs a TLS handshake under the connection's supervisor: `None` if it was dropped (`LATE`
+/// at the cap, or `DROP`) before it finished. A wind-down lets it finish (the HTTP side then
+/// closes at once unless a request is already on its way).
+pub async fn handshake<F: Future>(fut: F, activity: &Activity) -> Option<F::Output> {
+    activity.handshaking.store(true, Ordering::Release);
+    let mut fut = std::pin::pin!(fut);
+    let out = std::future::poll_fn(|cx| {
+        activity.register_waker(cx.waker());
+        if matches!(activity.signal.load(Ordering::Acquire), LATE | DROP) {
+            return Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    activity.handshaking.store(false, Ordering::Release);
+    out
 }
 
 pub struct InFlight(Arc<Activity>);

@@ -430,6 +430,7 @@ impl<S: ClientIo> Conn<S> {
                 }
                 if has_bytes && !armed {
                     self.arm_head_timer(budget);
+                    self.activity.head_started();
                     armed = true;
                 }
                 let read = if self.rbuf.is_none() {

@@ -515,14 +515,16 @@ async fn accept_loop(
         };
         // A slot under `server.max_connections`. At the cap this client waits (and those
         // behind it stay in the kernel's backlog) while a connection makes room: one whose
-        // first request is late is dropped at once, else an idle keep-alive connection is
+        // request or TLS handshake is late is dropped at once, else an idle one is
         // asked to close, every 100 ms (`Connections::reclaim_one`). Neither slow heads nor
         // clients holding connections between sparse requests can lock others out.
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => break,
             Err(tokio::sync::TryAcquireError::NoPermits) => loop {
-                connections.reclaim_one();
+                if connections.reclaim_one() == Some(conn::Reclaimed::Late) {
+                    gw.metrics.rejected("late_at_capacity");
+                }
                 tokio::select! {
                     p = permits.clone().acquire_owned() => match p {
                         Ok(p) => break p,
@@ -604,8 +606,15 @@ async fn serve_tls(
     let accepted = std::time::Instant::now();
     let budget = ctx.settings.request_header_timeout;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    match tokio::time::timeout(budget, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => {
+    let handshake = conn::handshake(acceptor.accept(stream), &ctx.activity);
+    match tokio::time::timeout(budget, handshake).await {
+        Ok(None) => {
+            // Late at the cap: counted by the accept loop that dropped it.
+            tracing::debug!(client = %peer, "TLS handshake dropped: late while a client waited for a slot");
+            ctx.activity.ended();
+            ctx.active.dec();
+        }
+        Ok(Some(Ok(stream))) => {
             let (_, session) = stream.get_ref();
             info.client_cert = session
                 .peer_certificates()
@@ -616,7 +625,7 @@ async fn serve_tls(
             let left = budget.saturating_sub(accepted.elapsed());
             serve_stream(stream, info, left, ctx, h2).await;
         }
-        Ok(Err(e)) => {
+        Ok(Some(Err(e))) => {
             ctx.gw.metrics.rejected("tls_handshake");
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
             ctx.activity.ended();

@@ -212,6 +212,16 @@ impl TestGateway {
         )
     }
 
+    /// The value of one series on the admin API's `/metrics` (its line's start, labels
+    /// included, e.g. `gatehouse_downstream_rejected_total{reason="head_timeout"}`); 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = get(&self.admin_url("/metrics")).await.body;
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn shutdown(self) {
         self.control.shutdown().await;
     }
