@@ -578,17 +578,6 @@ async fn identity_headers_are_removed_on_every_route() {
     assert_eq!(seen["authorization"][0], "Bearer client-token", "{seen}");
 }
 
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// Password checks do not pile up memory: argon2's working memory (19 MiB at the default
 /// parameters) is reused, not left resident by every check (before, 60 wrong passwords took
 /// the binary from 12 to 240 MiB: glibc kept each freed buffer in another arena). 40 wrong
@@ -601,7 +590,6 @@ async fn password_checks_reuse_their_memory() {
     );
     let cfg = common::TempConfig::new(&yaml);
     let gw = common::GatewayProcess::start(&cfg.path);
-    let pid = gw.child.id();
     let ask = |n: u32, pw: &'static str| {
         let addr = gw.addr;
         async move {
@@ -616,11 +604,11 @@ async fn password_checks_reuse_their_memory() {
     };
     // The first check makes the buffer (and the runtime's threads): the baseline is after it.
     assert_eq!(ask(1, "alice-pw").await, 200);
-    let before = rss_mib(pid);
+    let before = gw.rss_mib();
     for n in 0..40 {
         assert_eq!(ask(10 + n, "wrong").await, 401);
     }
-    let after = rss_mib(pid);
+    let after = gw.rss_mib();
     eprintln!("40 password checks: RSS {before:.1} -> {after:.1} MiB");
     assert!(
         after < before + 40.0,

@@ -476,16 +476,6 @@ fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: i32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// This process's open-file limit (`ulimit -n`).
 fn fd_limit() -> u64 {
     std::fs::read_to_string("/proc/self/limits")
@@ -540,7 +530,7 @@ async fn ten_thousand_slowloris_connections() {
     }
     let admin = format!("http://{}", admin.expect("admin address in the log"));
     let addr = gw.addr;
-    let rss_before = rss_mib(gw.pid());
+    let rss_before = gw.rss_mib();
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -640,7 +630,7 @@ async fn ten_thousand_slowloris_connections() {
         let m = String::from_utf8_lossy(&common::get(&format!("{admin}/metrics")).await.body)
             .into_owned();
         peak_active = peak_active.max(metric_sum(&m, "gatehouse_connections_active"));
-        peak_rss = peak_rss.max(rss_mib(gw.pid()));
+        peak_rss = peak_rss.max(gw.rss_mib());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let legit = tokio::task::spawn_blocking(move || legit.join())
