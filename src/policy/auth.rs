@@ -368,19 +368,13 @@ impl AuthPolicy {
     }
 
     /// What an unknown username is checked against: a hash of the shape most of this policy's
-    /// users have (made once per shape, on the blocking pool), so that the time taken does
+    /// users have (made once per shape, on the blocking pool, one at a time), so that the time taken does
     /// not tell an unknown name from a known one.
     async fn decoy(&self) -> PasswordHash {
         let Some(model) = &self.decoy_model else {
             return decoy_hash().clone();
         };
-        if let Some(d) = super::consumers::cached_decoy(&model.shape()) {
-            return d;
-        }
-        let model = model.clone();
-        tokio::task::spawn_blocking(move || super::consumers::decoy_like(&model))
-            .await
-            .unwrap_or_else(|_| decoy_hash().clone())
+        super::consumers::decoy_of(model).await
     }
 
     fn allowed(&self, c: &Consumer) -> bool {

@@ -3,7 +3,7 @@
 //! only looks things up.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use subtle::ConstantTimeEq;
 
@@ -192,6 +192,10 @@ pub fn decoy_like(model: &PasswordHash) -> PasswordHash {
     if let Some(d) = cached_decoy(&shape) {
         return d;
     }
+    #[cfg(test)]
+    MADE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(shape.clone());
     let made = match model {
         PasswordHash::Argon2(phc) => argon2_decoy(phc),
         PasswordHash::Bcrypt(h) => h
@@ -209,6 +213,38 @@ pub fn decoy_like(model: &PasswordHash) -> PasswordHash {
     decoys.insert(shape, made.clone());
     made
 }
+
+/// [`decoy_like`] on the blocking pool, one at a time: a burst of unknown names before the
+/// decoy of a shape exists (just after a start or a reload) makes it once, not once per
+/// request (argon2 allocates its whole memory cost, up to 1 GiB, for every hash it makes).
+/// The maker holds the turn until its hash is done, even if the request that started it is
+/// gone.
+pub async fn decoy_of(model: &PasswordHash) -> PasswordHash {
+    static TURN: OnceLock<Arc<tokio::sync::Mutex<()>>> = OnceLock::new();
+    let shape = model.shape();
+    if let Some(d) = cached_decoy(&shape) {
+        return d;
+    }
+    let turn = TURN
+        .get_or_init(Default::default)
+        .clone()
+        .lock_owned()
+        .await;
+    if let Some(d) = cached_decoy(&shape) {
+        return d;
+    }
+    let model = model.clone();
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        decoy_like(&model)
+    })
+    .await
+    .unwrap_or_else(|_| decoy_hash().clone())
+}
+
+/// The shapes of the decoys made, in order (for the tests).
+#[cfg(test)]
+static MADE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// The decoy of this shape, if one was made.
 pub fn cached_decoy(shape: &str) -> Option<PasswordHash> {
@@ -469,6 +505,28 @@ mod tests {
             assert_eq!(decoy_like(model).stored(), d.stored());
             assert!(cached_decoy(&model.shape()).is_some());
         }
+    }
+
+    /// Fifty unknown names at once, before the decoy of their table's shape exists, make it
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_unknown_names_makes_one_decoy() {
+        let model = argon2_with(4096, 2);
+        let shape = model.shape();
+        let made = || MADE.lock().unwrap().iter().filter(|s| **s == shape).count();
+        let asks: Vec<_> = (0..50)
+            .map(|_| {
+                let model = model.clone();
+                tokio::spawn(async move { decoy_of(&model).await })
+            })
+            .collect();
+        let mut decoys = std::collections::BTreeSet::new();
+        for a in asks {
+            decoys.insert(a.await.unwrap().stored().to_owned());
+        }
+        assert_eq!(made(), 1, "decoys made");
+        assert_eq!(decoys.len(), 1, "one decoy for all");
+        assert_eq!(decoy_of(&model).await.shape(), model.shape());
     }
 
     /// A stored hash decides how much memory each check takes: a cost no machine has (a typo,
