@@ -488,16 +488,13 @@ fn fd_limit() -> u64 {
 }
 
 /// 10,000 slowloris clients at once, from four addresses (127.0.0.2–5): each sends part of a
-/// request head, then one more header line every 2 s, and reconnects when it is cut off. The
+/// request head, then one more header line every 2 s, and reconnects 2–4 s after it is cut off. The
 /// gateway (`max_connections: 3000`, the default 1000 per IP, `request_header_timeout: 3s`)
 /// never holds more than 3000 connections, its memory stays bounded, every slowloris
-/// connection is cut off, and clients from another address are served throughout: half of
-/// their requests within 3 s, each served one within 10 s, and at least four served for each
-/// lost. (While the flood fills the kernel's accept queue, a completed handshake is dropped
-/// from the full queue and the client's packets are resent after 1 s, 2 s more, 4 s more: a
-/// wait of a few seconds, or now and then a lost connection, is the kernel's. Measured: median
-/// waits 0.3–1.7 s, slowest 7.7 s, one attempt in about 25 lost. One client makes as few as
-/// three attempts in the window, and one lost failed the verdict; four clients make a sample.)
+/// connection is cut off, and four clients from another address are served throughout: every
+/// request answered, half within 500 ms, none after more than 8 s (measured: median 2–3 ms,
+/// slowest 0.9–1.2 s, in the first seconds, when the 10,000 connect at once and the kernel's
+/// accept queue overflows: a dropped handshake is resent after 1 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_slowloris_connections() {
     let _timed = TIMED.lock().await;
@@ -543,7 +540,7 @@ async fn ten_thousand_slowloris_connections() {
             use std::sync::atomic::Ordering::Relaxed;
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             // Bounded: each round ends by a cut-off, a failed connect or the stop flag.
-            for _ in 0..50 {
+            for round in 0..50usize {
                 if stop.load(Relaxed) {
                     return;
                 }
@@ -581,7 +578,14 @@ async fn ten_thousand_slowloris_connections() {
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // As a slowloris tool does, it opens a new connection for each one cut off a
+                // few seconds later (2–4 s, spread). (Reconnecting faster than the gateway
+                // cuts connections off, 200 ms after each, is a connection flood: it keeps the
+                // kernel's accept queue full, the kernel drops other clients' handshakes from
+                // it, and what they see is the kernel's: measured, half waited 0.3–1.3 s, up
+                // to 8 s, and 4–15% of attempts got no answer within 10 s.)
+                let spread = (i * 7919 + round * 104_729) % 2000;
+                tokio::time::sleep(Duration::from_millis(2000 + spread as u64)).await;
             }
         }));
     }
@@ -600,27 +604,29 @@ async fn ten_thousand_slowloris_connections() {
             .expect("a runtime for the legitimate clients");
         rt.block_on(async move {
             let clients = (0..4).map(|_| async move {
-                let (mut waits, mut lost) = (Vec::new(), 0usize);
+                let (mut waits, mut lost, mut closed) = (Vec::new(), 0usize, 0usize);
                 // Bounded: the window is 12 s and each attempt at most 10 s.
                 while started.elapsed() < window {
                     // The kernel may drop the client's handshake while the flood fills the
-                    // accept queue (the client then sees a reset or nothing): counted, not fatal.
+                    // accept queue (the client then waits, or cannot connect): lost, counted,
+                    // not fatal. A connection closed without an answer is the gateway's doing.
                     let asked = Instant::now();
-                    match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        common::raw::exchange(addr, "GET /legit HTTP/1.1\r\nHost: gw.test\r\n\r\n"),
-                    )
-                    .await
-                    {
-                        Ok(Got::Response(r)) => {
+                    let attempt = async {
+                        let mut c = common::raw::RawClient::try_connect(addr).await.ok()?;
+                        c.send("GET /legit HTTP/1.1\r\nHost: gw.test\r\n\r\n").await;
+                        Some(c.response().await)
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                        Ok(Some(Got::Response(r))) => {
                             assert_eq!(r.status, 200, "{}", r.text());
                             waits.push(asked.elapsed());
                         }
+                        Ok(Some(Got::Closed(_))) => closed += 1,
                         _ => lost += 1,
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                (waits, lost)
+                (waits, lost, closed)
             });
             futures_util::future::join_all(clients).await
         })
@@ -637,10 +643,11 @@ async fn ten_thousand_slowloris_connections() {
         .await
         .expect("the join")
         .expect("the legitimate clients");
-    let (mut waits, mut lost) = (Vec::new(), 0);
-    for (w, n) in legit {
+    let (mut waits, mut lost, mut closed) = (Vec::new(), 0, 0);
+    for (w, n, c) in legit {
         waits.extend(w);
         lost += n;
+        closed += c;
     }
     let served = waits.len();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -653,7 +660,7 @@ async fn ten_thousand_slowloris_connections() {
     let connected = connected.load(std::sync::atomic::Ordering::Relaxed);
     let cut_off = cut_off.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "slowloris: {connected} connections made, {cut_off} cut off; legit: {served} served, {lost} lost, \
+        "slowloris: {connected} connections made, {cut_off} cut off; legit: {served} served, {lost} lost, {closed} closed unanswered, \
          median wait {median:?}, slowest {slowest:?}; peak active {peak_active}, RSS {rss_before:.1} -> peak {peak_rss:.1} MiB"
     );
     assert!(
@@ -666,11 +673,11 @@ async fn ten_thousand_slowloris_connections() {
     );
     assert!(cut_off >= CLIENTS / 2, "only {cut_off} were cut off");
     assert!(
-        served >= 12 && lost * 4 <= served,
-        "another client: {served} served, {lost} lost"
+        served >= 40 && lost == 0 && closed == 0,
+        "other clients: {served} served, {lost} not answered within 10 s, {closed} closed unanswered"
     );
     assert!(
-        slowest < Duration::from_secs(10) && median < Duration::from_secs(3),
+        median < Duration::from_millis(500) && slowest < Duration::from_secs(8),
         "a legitimate client waited {slowest:?} (median {median:?})"
     );
     assert!(

@@ -358,9 +358,9 @@ impl Connections {
 
     /// A new client waits for a slot at `server.max_connections` (over all listeners): one
     /// connection makes room, the oldest first. A connection whose request is late (a whole
-    /// first request not sent within a second of its accept, or a later head started over a
-    /// second ago and not finished: a slowloris dripping its head, a client that connected
-    /// and sent nothing, or a TLS handshake still running a second after the accept) is
+    /// first request not sent within a second of its accept, or over HTTP/1.1 a later head
+    /// started over a second ago and not finished: a slowloris dripping its head, a client
+    /// that connected and sent nothing; or a TLS handshake still running 3 s after the accept) is
     /// dropped at once: it has nothing to finish, and however busy it keeps its socket it
     /// cannot hold a slot that a client with a request is waiting for. Otherwise, as nginx
     /// reuses keep-alive connections at its cap, a keep-alive connection quiet for 250 ms
@@ -376,9 +376,11 @@ impl Connections {
             let driven = a.driven_ms.load(Ordering::Relaxed);
             if driven == 0 {
                 // Not driven yet: in its TLS handshake (which sees the verdict), or a task
-                // not yet polled (which would not; the head timeout bounds it).
+                // not yet polled (which would not; the head timeout bounds it). A handshake
+                // gets three seconds: TLS 1.2 takes two round trips, so a client 1 s away
+                // still gets through.
                 let late = a.handshaking.load(Ordering::Acquire)
-                    && now.saturating_sub(a.accepted_ms) >= 1000;
+                    && now.saturating_sub(a.accepted_ms) >= HANDSHAKE_LATE_MS;
                 if late && a.mark_late() {
                     done = Some(Reclaimed::Late);
                 }
@@ -410,6 +412,9 @@ impl Connections {
     }
 }
 
+/// How long after its accept a TLS handshake still running is late at the cap.
+const HANDSHAKE_LATE_MS: u64 = 3000;
+
 /// What [`Connections::reclaim_one`] freed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reclaimed {
@@ -420,6 +425,15 @@ pub enum Reclaimed {
 }
 
 impl Activity {
+    /// A late connection turned out to have a request in flight: it winds down instead.
+    fn late_to_wind_down(&self) {
+        self.drop_at_ms
+            .store(now_ms() + QUIET_BEFORE_DROP_MS, Ordering::Release);
+        let _ = self
+            .signal
+            .compare_exchange(LATE, WIND_DOWN, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// `LATE`: dropped at its next poll if nothing is in flight by then.
     fn mark_late(&self) -> bool {
         let marked = self
@@ -434,7 +448,7 @@ impl Activity {
 }
 
 /// Runs a TLS handshake under the connection's supervisor: `None` if it was dropped (`LATE`
-/// at the cap, or `DROP`) before it finished. A wind-down lets it finish (the HTTP side then
+/// at the cap, or `DROP` at the shutdown deadline) before it finished. A wind-down lets it finish (the HTTP side then
 /// closes at once unless a request is already on its way).
 pub async fn handshake<F: Future>(fut: F, activity: &Activity) -> Option<F::Output> {
     activity.handshaking.store(true, Ordering::Release);
@@ -526,11 +540,15 @@ pub async fn drive<C: Future>(
         activity.register(cx.waker());
         match activity.signal.load(Ordering::Acquire) {
             DROP => return Poll::Ready(None),
-            // A request that started since the verdict is finished first.
             LATE if activity.in_flight.load(Ordering::Acquire) == 0 => return Poll::Ready(None),
-            LATE if !shut => {
-                shut = true;
-                graceful_shutdown(conn.as_mut());
+            // A request started since the verdict: it is finished first, then the connection
+            // closes as a wound-down one does (the supervisor drops it only once quiet).
+            LATE => {
+                activity.late_to_wind_down();
+                if !shut {
+                    shut = true;
+                    graceful_shutdown(conn.as_mut());
+                }
             }
             WIND_DOWN if !shut => {
                 shut = true;

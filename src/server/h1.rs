@@ -395,6 +395,7 @@ impl<S: ClientIo> Conn<S> {
         let first = self.requests == 0;
         let mut armed = false;
         let mut padded = false;
+        let mut noted = false;
         if first {
             self.arm_head_timer(budget);
             armed = true;
@@ -430,8 +431,13 @@ impl<S: ClientIo> Conn<S> {
                 }
                 if has_bytes && !armed {
                     self.arm_head_timer(budget);
-                    self.activity.head_started();
                     armed = true;
+                }
+                // A later head's first byte (not padding: a CRLF after a body is not a head
+                // on its way) starts its clock for `Connections::reclaim_one`.
+                if !first && !noted && self.rbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+                    self.activity.head_started();
+                    noted = true;
                 }
                 let read = if self.rbuf.is_none() {
                     match self.io.poll_readable(cx) {

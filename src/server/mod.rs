@@ -609,8 +609,9 @@ async fn serve_tls(
     let handshake = conn::handshake(acceptor.accept(stream), &ctx.activity);
     match tokio::time::timeout(budget, handshake).await {
         Ok(None) => {
-            // Late at the cap: counted by the accept loop that dropped it.
-            tracing::debug!(client = %peer, "TLS handshake dropped: late while a client waited for a slot");
+            // Late at the cap (counted by the accept loop that found it), or the shutdown
+            // deadline.
+            tracing::debug!(client = %peer, "TLS handshake dropped by the connection supervisor");
             ctx.activity.ended();
             ctx.active.dec();
         }

@@ -5,14 +5,11 @@
 //! come and go like any reload and the ones that stay keep their pools and health.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
-use futures_util::future::Shared;
+use tokio::sync::watch;
 
 /// Resolved addresses by `host:port`.
 #[derive(Default)]
@@ -58,16 +55,18 @@ impl DnsCache {
     }
 }
 
-type Lookup = Shared<Pin<Box<dyn Future<Output = Result<Arc<[SocketAddr]>, Arc<str>>> + Send>>>;
+type Answer = Result<Arc<[SocketAddr]>, Arc<str>>;
+/// A lookup's answer, and when it came (`None` while it runs).
+type Lookup = watch::Receiver<Option<(Instant, Answer)>>;
 
-/// Lookups of names not resolved yet, by `host:port`: running, or finished less than
-/// [`LOOKUP_KEPT`] ago.
-fn lookups() -> &'static Mutex<HashMap<String, (Instant, Lookup)>> {
-    static LOOKUPS: OnceLock<Mutex<HashMap<String, (Instant, Lookup)>>> = OnceLock::new();
+/// Lookups of names not resolved yet, by `host:port` (from the config: targets, JWKS and
+/// `forward_auth` URLs): running, or answered less than [`LOOKUP_KEPT`] ago.
+fn lookups() -> &'static Mutex<HashMap<String, Lookup>> {
+    static LOOKUPS: OnceLock<Mutex<HashMap<String, Lookup>>> = OnceLock::new();
     LOOKUPS.get_or_init(Default::default)
 }
 
-/// How long a finished lookup's answer (addresses or failure) serves later connects.
+/// How long a lookup's answer (addresses or failure) serves later connects, from when it came.
 const LOOKUP_KEPT: Duration = Duration::from_secs(1);
 
 /// The names whose lookups started, in order (for the tests).
@@ -81,17 +80,30 @@ static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// connects of the next second too. A resolver that hangs then holds one blocking thread per
 /// name, not one per request.
 pub async fn lookup(authority: &str) -> std::io::Result<Arc<[SocketAddr]>> {
-    let pending = {
+    let mut pending = {
         let mut all = lookups().lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|_, (at, l)| l.peek().is_none() || at.elapsed() < LOOKUP_KEPT);
+        all.retain(|_, l| match &*l.borrow() {
+            Some((at, _)) => at.elapsed() < LOOKUP_KEPT,
+            // Running, unless its task was dropped unfinished (its runtime shut down).
+            None => l.has_changed().is_ok(),
+        });
         all.entry(authority.to_owned())
-            .or_insert_with(|| (Instant::now(), start_lookup(authority.to_owned())))
-            .1
+            .or_insert_with(|| start_lookup(authority.to_owned()))
             .clone()
     };
-    pending
-        .await
-        .map_err(|e| std::io::Error::other(format!("cannot resolve {authority}: {e}")))
+    let answer = match pending.wait_for(Option::is_some).await {
+        Ok(got) => got.as_ref().map(|(_, a)| a.clone()),
+        Err(_) => None,
+    };
+    match answer {
+        Some(Ok(addrs)) => Ok(addrs),
+        Some(Err(e)) => Err(std::io::Error::other(format!(
+            "cannot resolve {authority}: {e}"
+        ))),
+        None => Err(std::io::Error::other(format!(
+            "cannot resolve {authority}: the lookup was abandoned"
+        ))),
+    }
 }
 
 fn start_lookup(authority: String) -> Lookup {
@@ -100,21 +112,23 @@ fn start_lookup(authority: String) -> Lookup {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(authority.clone());
-    // Spawned: it runs to its end even if every connect waiting for it gives up first.
-    let blocking = tokio::task::spawn_blocking(move || {
-        std::net::ToSocketAddrs::to_socket_addrs(authority.as_str())
-            .map(|addrs| addrs.collect::<Vec<_>>())
-    });
-    let answer = async move {
-        match blocking.await {
-            Ok(Ok(addrs)) if !addrs.is_empty() => Ok(Arc::from(addrs)),
-            Ok(Ok(_)) => Err(Arc::from("no address")),
-            Ok(Err(e)) => Err(Arc::from(e.to_string())),
+    let (answer, lookup) = watch::channel(None);
+    // Runs to its end even if every connect waiting for it gives up first.
+    tokio::task::spawn_blocking(move || {
+        let got = match std::net::ToSocketAddrs::to_socket_addrs(authority.as_str()) {
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if addrs.is_empty() {
+                    Err(Arc::from("no address"))
+                } else {
+                    Ok(Arc::from(addrs))
+                }
+            }
             Err(e) => Err(Arc::from(e.to_string())),
-        }
-    };
-    let boxed: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(answer);
-    boxed.shared()
+        };
+        answer.send_replace(Some((Instant::now(), got)));
+    });
+    lookup
 }
 
 /// True for `host:port` whose host is a name, not an IP address.
@@ -166,8 +180,9 @@ mod tests {
     }
 
     /// Connects to a name that does not resolve share one lookup: fifty at once start one,
-    /// and the failure answers the connects of the next second without another; after that a
-    /// new lookup runs. A name that resolves gives its addresses.
+    /// and the failure answers the connects of the next second without another (however long
+    /// the lookup took: the second runs from its answer); after that a new lookup runs. A name
+    /// that resolves gives its addresses.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_lookups_of_a_name_share_one() {
         let name = "shared-lookup.invalid:80";

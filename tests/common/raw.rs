@@ -600,13 +600,17 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        RawClient {
+        RawClient::try_connect(addr).await.expect("connect")
+    }
+
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<RawClient> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
             stream,
             buf: Vec::new(),
             eof: false,
-        }
+        })
     }
 
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
