@@ -1140,3 +1140,75 @@ async fn a_stream_reset_after_processing_is_not_sent_again() {
     assert_eq!(streams.load(Ordering::SeqCst), 2);
     task.abort();
 }
+
+/// Clients that stop reading big answers from an HTTP/2 target do not stall the other streams
+/// on its connection. Before, the connection's flow-control window was hyper's default (5 MB)
+/// against 2 MB per stream: three readers that stopped held it all, and every other answer on
+/// that connection waited for `timeouts.read` (300 s by default) to cut them off. Now the
+/// connection's window covers every stream it may carry (`max_concurrent_streams` × 2 MiB, as
+/// Go's HTTP/2 client gives its connections 1 GiB): what a stalled stream holds is its own
+/// window, and the others flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_do_not_stall_the_other_streams_of_an_h2_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // `/big`: 16 MiB in 64 KiB frames; anything else: `ok`.
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let body = if req.uri().path() == "/big" {
+                        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                        let frames = (0..256).map(move |_| {
+                            Ok::<_, Infallible>(hyper::body::Frame::data(chunk.clone()))
+                        });
+                        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+                    } else {
+                        http_body_util::Full::new(Bytes::from_static(b"ok")).boxed()
+                    };
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!("  u:\n    targets: [\"h2c://{addr}\"]\n"),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    // Four clients ask for 16 MiB each and read nothing (with a small receive buffer, little of
+    // it waits in their kernels).
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // Their streams fill their windows.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), get(&gw.url("/small")))
+        .await
+        .expect("an answer on the same connection is not held up by the stalled streams");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"ok");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "every stream on one connection"
+    );
+    drop(stalled);
+    server.abort();
+}

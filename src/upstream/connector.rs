@@ -27,6 +27,22 @@ pub type Io = TokioIo<Stream>;
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What one HTTP/2 stream from a target may have in flight, unread by its client (hyper's
+/// default).
+const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The connection-level window of an HTTP/2 connection to a target: room for every stream it
+/// may carry, so streams whose clients stopped reading hold only their own windows and the
+/// others keep flowing (hyper's default, 5 MB, was spent by three such streams, and every
+/// other answer on the connection waited for `timeouts.read`). Go's HTTP/2 client gives its
+/// connections 1 GiB; this is the cap too. Memory stays bounded by the stream windows.
+fn h2_connection_window(max_concurrent_streams: usize) -> u32 {
+    let streams = u32::try_from(max_concurrent_streams)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    streams.saturating_mul(H2_STREAM_WINDOW).min(1 << 30)
+}
+
 /// Where one target's connections go, and how they are made.
 pub struct Endpoint {
     /// `host:port` to connect to (an address once a name has been resolved).
@@ -116,6 +132,10 @@ impl Endpoint {
     {
         let io = self.connect(timeout).await?;
         Ok(http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(h2_connection_window(
+                self.transport.max_concurrent_streams,
+            ))
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT)
