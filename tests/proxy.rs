@@ -129,6 +129,7 @@ async fn refused_target_gets_502_and_rotation_continues() {
                 let j = r.json();
                 assert_eq!(j["error"], "upstream_connect_failed");
                 assert_eq!(j["request_id"].as_str(), r.header("x-request-id"));
+                assert_no_target(&r, dead);
             }
             s => panic!("unexpected status {s}"),
         }
@@ -170,6 +171,7 @@ routes:
     let r = get(&gw.url("/slow")).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.json()["error"], "upstream_timeout");
+    assert_no_target(&r, slow.addr);
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -179,6 +181,25 @@ routes:
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.json()["error"], "upstream_failed");
     assert!(r.json()["request_id"].is_string());
+    assert_no_target(&r, rude_addr);
+}
+
+/// The gateway's error answers do not tell clients where its targets are: neither the
+/// address nor the port is in the body or a header.
+fn assert_no_target(r: &TestResponse, target: std::net::SocketAddr) {
+    let port = format!(":{}", target.port());
+    let mut seen = vec![String::from_utf8_lossy(&r.body).into_owned()];
+    seen.extend(
+        r.headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or(""))),
+    );
+    for s in &seen {
+        assert!(
+            !s.contains(&target.to_string()) && !s.contains(&port),
+            "the answer names the target {target}: {s}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -755,3 +755,152 @@ async fn an_oversized_config_gets_413() {
         writer.abort();
     }
 }
+
+/// Nothing secret reaches the process log, even at `trace` for every crate: not the admin
+/// token, a Redis password (in the URL of a Redis the gateway cannot reach, so its failures are
+/// logged), the JWT secret, nor what clients send (passwords right and wrong, API keys in a
+/// header and in the query, bearer tokens, admin tokens right and wrong, a config with a
+/// plaintext password the admin API refuses), through to shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_process_log() {
+    use base64::Engine;
+    let up = TestUpstream::echo("u").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let jwt_secret = "jwt-secret-Q7x5-0123456789abcdef";
+    let hash = {
+        use argon2::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(b"alice-pw-Q7x3")
+            .unwrap()
+            .to_string()
+    };
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nadmin: {{ addr: \"127.0.0.1:0\", token: \"adm-token-Q7x1-0123456789\" }}\nstore: {{ redis: {{ url: \"redis://gate:redis-pw-Q7x2@{dead}/0\", timeout: 50ms }} }}\nconsumers:\n  - id: alice\n    basic_auth: {{ username: alice, password_hash: \"{hash}\" }}\n    api_keys: [{{ hash: \"{digest}\" }}]\nupstreams:\n  u: {{ targets: [\"{up}\"] }}\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: u\n    rate_limit: {{ key: client_ip, limit: 100/s, burst: 100 }}\n    cache: {{ ttl: 30s }}\n    auth: {{ methods: [basic, api_key, jwt], api_key: {{ header: x-api-key, query: api_key }}, jwt: {{ secret: \"{jwt_secret}\", algorithms: [HS256] }} }}\n",
+        digest = gatehouse::policy::consumers::key_digest(b"alice-key-Q7x4"),
+        up = up.url(),
+    );
+    let cfg = TempConfig::new(&yaml);
+    let gw = GatewayProcess::start_logging(&cfg.path, "trace");
+    let admin = admin_addr_of(&gw);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "alice", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(jwt_secret.as_bytes()),
+    )
+    .unwrap();
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "mallory", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(b"guessed-Q7xA-0123456789abcdef"),
+    )
+    .unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let asks: Vec<(String, &str, u16)> = vec![
+        (
+            format!("Authorization: Basic {}", b64("alice:alice-pw-Q7x3")),
+            "/a",
+            200,
+        ),
+        (
+            format!("Authorization: Basic {}", b64("alice:wrong-pw-Q7x6")),
+            "/b",
+            401,
+        ),
+        ("X-Api-Key: alice-key-Q7x4".to_owned(), "/c", 200),
+        ("X-Api-Key: wrong-key-Q7x7".to_owned(), "/d", 401),
+        (
+            "X-Other: 1".to_owned(),
+            "/e?api_key=alice-key-Q7x4&x=1",
+            200,
+        ),
+        ("X-Other: 1".to_owned(), "/f?api_key=wrong-key-Q7x7", 401),
+        (format!("Authorization: Bearer {token}"), "/g", 200),
+        (format!("Authorization: Bearer {forged}"), "/h", 401),
+    ];
+    for (header, path, status) in &asks {
+        let got = raw::exchange(
+            gw.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n"),
+        )
+        .await;
+        let got = got.response();
+        assert_eq!(got.status, *status, "{header} {path}: {}", got.text());
+    }
+    let r = admin_at(
+        admin,
+        "GET",
+        "/status",
+        Some("wrong-admin-Q7x8-0123456789"),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = admin_at(
+        admin,
+        "GET",
+        "/status",
+        Some("adm-token-Q7x1-0123456789"),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let bad = yaml.replace(&hash, "plain-Q7x9");
+    let r = admin_at(
+        admin,
+        "PUT",
+        "/config",
+        Some("adm-token-Q7x1-0123456789"),
+        &bad,
+    )
+    .await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    gw.signal("TERM");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = gw.stderr_lines.lock().unwrap().clone();
+        if lines
+            .iter()
+            .any(|l| l.contains("stopped") || l.contains("shut"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = lines.join("\n");
+    assert!(
+        log.contains("redis"),
+        "the Redis failures are logged:\n{log}"
+    );
+    let signature = token.rsplit('.').next().unwrap().to_owned();
+    for secret in [
+        "adm-token-Q7x1-0123456789",
+        "redis-pw-Q7x2",
+        "alice-pw-Q7x3",
+        "alice-key-Q7x4",
+        jwt_secret,
+        "wrong-pw-Q7x6",
+        "wrong-key-Q7x7",
+        "wrong-admin-Q7x8-0123456789",
+        "plain-Q7x9",
+        &signature,
+        &b64("alice:alice-pw-Q7x3"),
+        &b64("alice:wrong-pw-Q7x6"),
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret} is in the process log:\n{}",
+            log.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

@@ -758,3 +758,59 @@ async fn the_identity_header_cannot_be_forged_on_another_listener() {
         r.text()
     );
 }
+
+/// `min_version: "1.3"` refuses a client that speaks only TLS 1.2, in the handshake, and
+/// serves a TLS 1.3 one; the default ("1.2") serves the TLS 1.2 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_1_3_refuses_a_tls_1_2_client() {
+    let up = TestUpstream::echo("u").await;
+    let ca = Ca::new("test CA");
+    let dir = Dir::new();
+    let pair = write_pair(&dir, "api", &ca.server(&["api.example.com"]));
+    let only_1_2 = || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der.clone()).unwrap();
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    };
+    let strict = TestGateway::start(&tls_config(
+        std::slice::from_ref(&pair),
+        "      min_version: \"1.3\"\n",
+        &up.url(),
+    ))
+    .await;
+    let refused = pki::handshake(strict.addr, "api.example.com", only_1_2()).await;
+    assert!(refused.is_err(), "a TLS 1.2 client was served");
+    let (_, tls) = pki::handshake(
+        strict.addr,
+        "api.example.com",
+        pki::client_config(&ca.der, None),
+    )
+    .await
+    .expect("a TLS 1.3 client is served");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(
+        pki::get_over(tls, "api.example.com", "/").await.unwrap().0,
+        200
+    );
+    let default = TestGateway::start(&tls_config(&[pair], "", &up.url())).await;
+    let (_, tls) = pki::handshake(default.addr, "api.example.com", only_1_2())
+        .await
+        .expect("the default serves TLS 1.2");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(
+        pki::get_over(tls, "api.example.com", "/").await.unwrap().0,
+        200
+    );
+}

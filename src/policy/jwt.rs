@@ -1769,6 +1769,55 @@ mod tests {
         }
     }
 
+    /// Keys and key URLs a token names for itself (`jwk`, `jku`, `x5u`, `x5c`) are never
+    /// used: a token signed by an attacker's key that carries that key, or points at a JWKS
+    /// the attacker serves, fails as a bad signature, and the attacker's server is never
+    /// asked; the configured key (a file, or the configured JWKS) alone decides.
+    #[tokio::test]
+    async fn keys_named_in_the_token_header_are_ignored() {
+        let ours = Pair::generate(Algorithm::ES256);
+        let theirs = Pair::generate(Algorithm::ES256);
+        let evil = JwksServer::start(&[theirs.jwk("a")]).await;
+        let forged = |kid: Option<&str>| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = kid.map(str::to_owned);
+            h.jwk = Some(serde_json::from_value(theirs.jwk("a")).unwrap());
+            h.jku = Some(evil.url.clone());
+            h.x5u = Some(evil.url.clone());
+            jsonwebtoken::encode(&h, &claims(), &theirs.enc).unwrap()
+        };
+        // A key file.
+        let jwt = compile(json!({ "public_key": ours.file(), "algorithms": ["ES256"] }));
+        assert_eq!(jwt.verify(&forged(None)).await, Err(JwtError::BadSignature));
+        assert_eq!(
+            jwt.verify(&forged(Some("a"))).await,
+            Err(JwtError::BadSignature)
+        );
+        // A hand-made header with a certificate chain of its own.
+        let t = forged(None);
+        let sig = t.rsplit('.').next().unwrap();
+        let header = json!({ "alg": "ES256", "x5c": ["MIIBAA=="], "jku": evil.url });
+        assert_eq!(
+            jwt.verify(&raw(&header, &claims(), sig)).await,
+            Err(JwtError::BadSignature)
+        );
+        // The configured JWKS publishes our key as `a`; the token claims `a` and carries its
+        // own `a`.
+        let good = JwksServer::start(&[ours.jwk("a")]).await;
+        let jwt = compile(json!({ "jwks_url": good.url, "algorithms": ["ES256"] }));
+        assert_eq!(
+            jwt.verify(&forged(Some("a"))).await,
+            Err(JwtError::BadSignature)
+        );
+        assert_eq!(
+            jwt.verify(&ours.sign(Some("a"), &claims())).await.unwrap()["sub"],
+            "alice"
+        );
+        assert_eq!(evil.hits(), 0, "the token's own URLs are never fetched");
+        evil.stop().await;
+        good.stop().await;
+    }
+
     #[tokio::test]
     async fn jwks_rotation_and_the_unknown_kid_rate_limit() {
         let a = Pair::generate(Algorithm::ES256);

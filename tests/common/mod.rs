@@ -376,6 +376,15 @@ impl GatewayProcess {
         Self::spawn(cmd)
     }
 
+    /// The binary with `GATEHOUSE_LOG` set to `filter` (the others log at `info`).
+    pub fn start_logging(config: &std::path::Path, filter: &str) -> GatewayProcess {
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("GATEHOUSE_LOG", filter);
+        Self::spawn(cmd)
+    }
+
     /// The binary started by `sh` with its open-file limit (`ulimit -n`) lowered to `n`.
     pub fn start_with_fd_limit(config: &std::path::Path, n: u32) -> GatewayProcess {
         let mut cmd = Command::new("sh");
@@ -387,8 +396,10 @@ impl GatewayProcess {
     }
 
     fn spawn(mut cmd: Command) -> GatewayProcess {
+        if !cmd.get_envs().any(|(k, _)| k == "GATEHOUSE_LOG") {
+            cmd.env("GATEHOUSE_LOG", "info");
+        }
         let mut child = cmd
-            .env("GATEHOUSE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
