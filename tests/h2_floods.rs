@@ -274,3 +274,151 @@ async fn ping_and_settings_floods_stay_bounded() {
     }
     still_serves(gw.addr).await;
 }
+
+/// One frame as the server sent it: type, flags, stream, payload.
+struct Frame {
+    kind: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// The frames the server sends on `read` until `done` holds for them or `wait` passes.
+async fn frames_until(
+    read: &mut tokio::net::tcp::OwnedReadHalf,
+    wait: Duration,
+    done: impl Fn(&[Frame]) -> bool,
+) -> Vec<Frame> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let (mut buf, mut frames) = (Vec::new(), Vec::new());
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            frames.push(Frame {
+                kind: buf[3],
+                stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
+                payload: buf[9..9 + len].to_vec(),
+            });
+            buf.drain(..9 + len);
+        }
+        if done(&frames) {
+            return frames;
+        }
+        match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return frames,
+        }
+    }
+}
+
+/// More streams at once than the gateway allows (hyper's 200): the excess is refused
+/// (RST_STREAM with REFUSED_STREAM, which a client may send again), never forwarded, and the
+/// streams within the limit are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_limit_are_refused_not_forwarded() {
+    const RST_REFUSED_STREAM: u32 = 0x7;
+    let up = TestUpstream::delayed(Duration::from_millis(1500), "slow").await;
+    let gw = TestGateway::start(&gateway_config(&up.url())).await;
+    let (mut read, mut write) = h2c_connection(gw.addr).await.into_split();
+    let block = get_block();
+    let mut bytes = Vec::new();
+    for i in 0..300u32 {
+        bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &block));
+    }
+    write.write_all(&bytes).await.unwrap();
+    let refused = |f: &Frame| {
+        f.kind == RST_STREAM
+            && f.payload.len() == 4
+            && u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]])
+                == RST_REFUSED_STREAM
+    };
+    // Within the upstream's delay: the refusals, and at most the limit forwarded.
+    let early = frames_until(&mut read, Duration::from_secs(1), |fs| {
+        fs.iter().filter(|f| refused(f)).count() >= 100
+    })
+    .await;
+    let n_refused = early.iter().filter(|f| refused(f)).count();
+    let forwarded = up.hits();
+    assert!(n_refused >= 100, "{n_refused} streams refused of 300");
+    assert!(forwarded <= 200, "{forwarded} streams forwarded at once");
+    assert!(
+        !early.iter().any(|f| f.kind == GOAWAY),
+        "the connection itself was refused"
+    );
+    // The streams within the limit are answered once the upstream is.
+    let answered = |fs: &[Frame]| fs.iter().filter(|f| f.kind == HEADERS).count();
+    let late = frames_until(&mut read, Duration::from_secs(8), |fs| {
+        answered(fs) + answered(&early) >= 300 - n_refused
+    })
+    .await;
+    assert_eq!(
+        answered(&early) + answered(&late),
+        300 - n_refused,
+        "every stream not refused is answered"
+    );
+    assert_eq!(up.hits(), 300 - n_refused);
+    still_serves(gw.addr).await;
+}
+
+/// One header block over `server.max_header_size` (64 KiB) that does end (HEADERS, then five
+/// 16 KB CONTINUATION frames, the last with END_HEADERS): that stream is refused and never
+/// forwarded, and the connection stays usable for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_block_is_refused_and_the_connection_goes_on() {
+    let up = TestUpstream::echo("u").await;
+    let gw = TestGateway::start(&gateway_config(&up.url())).await;
+    let (mut read, mut write) = h2c_connection(gw.addr).await.into_split();
+    let mut bytes = frame(HEADERS, END_STREAM, 1, &get_block());
+    for i in 0..5 {
+        let flags = if i == 4 { END_HEADERS } else { 0 };
+        bytes.extend(frame(CONTINUATION, flags, 1, &big_field()));
+    }
+    write.write_all(&bytes).await.unwrap();
+    let about_1 = frames_until(&mut read, Duration::from_secs(5), |fs| {
+        fs.iter().any(|f| {
+            f.stream == 1 && (f.kind == HEADERS || f.kind == RST_STREAM) || f.kind == GOAWAY
+        })
+    })
+    .await;
+    assert!(
+        about_1
+            .iter()
+            .any(|f| f.stream == 1 && (f.kind == HEADERS || f.kind == RST_STREAM)),
+        "no answer to the oversized block"
+    );
+    assert!(
+        !about_1.iter().any(|f| f.kind == GOAWAY),
+        "the connection was closed"
+    );
+    // An answer to stream 1 is not a 200 (HPACK static entry 8, `0x88`).
+    if let Some(h) = about_1.iter().find(|f| f.stream == 1 && f.kind == HEADERS) {
+        assert_ne!(
+            h.payload.first(),
+            Some(&0x88),
+            "the oversized request got a 200"
+        );
+    }
+    assert_eq!(up.hits(), 0, "the oversized request was forwarded");
+    write
+        .write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 3, &get_block()))
+        .await
+        .unwrap();
+    let next = frames_until(&mut read, Duration::from_secs(5), |fs| {
+        fs.iter().any(|f| f.stream == 3 && f.kind == HEADERS)
+    })
+    .await;
+    let h = next
+        .iter()
+        .find(|f| f.stream == 3 && f.kind == HEADERS)
+        .expect("the next request on the connection is answered");
+    assert_eq!(
+        h.payload.first(),
+        Some(&0x88),
+        "the next request gets a 200"
+    );
+    assert_eq!(up.hits(), 1);
+}
