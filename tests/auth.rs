@@ -615,3 +615,64 @@ async fn password_checks_reuse_their_memory() {
         "40 password checks took RSS from {before:.1} to {after:.1} MiB"
     );
 }
+
+/// When every password-check slot stays busy (half the cores; checks of the default argon2
+/// cost), a request that gets none within 5 s is answered 503 `auth_unavailable` with its
+/// request id, not 401: a wrong password is not reported as checked, nor a right one as wrong.
+/// Once the burst is over, checks run again. In the binary, whose check slots are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_password_checks_answer_503() {
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ trusted_proxies: [\"127.0.0.1\"] }}\nconsumers:\n{}routes:\n  - match: {{ path_prefix: / }}\n    respond: {{ body: ok }}\n    auth: {{ methods: [basic] }}\n",
+        consumers()
+    );
+    let cfg = common::TempConfig::new(&yaml);
+    let gw = common::GatewayProcess::start(&cfg.path);
+    let slots = std::thread::available_parallelism().map_or(2, |n| n.get()) / 2;
+    // Far more checks than the slots finish in 5 s, each from its own address (no lockout).
+    let n = 100 * slots.max(1);
+    let asks: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = gw.addr;
+            tokio::spawn(async move {
+                let mut c = RawClient::connect(addr).await;
+                c.send(format!(
+                    "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.9.{}.{}\r\nAuthorization: {}\r\n\r\n",
+                    i / 250,
+                    i % 250 + 1,
+                    basic("alice", "wrong")
+                ))
+                .await;
+                c.response_within(false, Duration::from_secs(30))
+                    .await
+                    .response()
+            })
+        })
+        .collect();
+    let (mut checked, mut busy) = (0, 0);
+    for a in asks {
+        let r = a.await.unwrap();
+        match r.status {
+            401 => checked += 1,
+            503 => {
+                busy += 1;
+                assert_eq!(r.json()["error"], "auth_unavailable", "{}", r.text());
+                assert!(r.json()["request_id"].is_string());
+            }
+            s => panic!("{s}: {}", r.text()),
+        }
+    }
+    eprintln!("{checked} checked, {busy} answered 503 of {n}");
+    assert!(
+        checked >= 1 && busy >= 1,
+        "{checked} checked, {busy} answered 503 of {n}"
+    );
+    // The burst is over: checks run again.
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send(format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.8.0.1\r\nAuthorization: {}\r\n\r\n",
+        basic("alice", "alice-pw")
+    ))
+    .await;
+    assert_eq!(c.response().await.response().status, 200);
+}

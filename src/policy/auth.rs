@@ -789,6 +789,40 @@ fn failures() -> &'static Failures {
 mod tests {
     use super::*;
 
+    /// The failure table holds at most `MAX_ENTRIES` addresses: full of live entries, a new
+    /// address's failures go uncounted (never locked out) rather than the table growing; the
+    /// verified-credential cache clears itself when full and keeps taking entries.
+    #[test]
+    fn the_tables_stay_within_their_caps() {
+        let f = Failures::default();
+        for i in 0..MAX_ENTRIES as u32 {
+            f.record(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        }
+        let extra: IpAddr = "192.0.2.77".parse().unwrap();
+        for _ in 0..MAX_FAILURES + 2 {
+            f.record(extra);
+        }
+        assert_eq!(f.0.lock().unwrap().len(), MAX_ENTRIES);
+        assert_eq!(f.locked(extra), None, "counted past the cap");
+        // An address already in the table is still counted.
+        let known = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000));
+        for _ in 0..MAX_FAILURES {
+            f.record(known);
+        }
+        assert!(f.locked(known).is_some());
+
+        let v = Verified::default();
+        for i in 0..=MAX_ENTRIES as u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            v.insert(key, Arc::from("alice"));
+        }
+        assert!(v.0.lock().unwrap().len() <= MAX_ENTRIES);
+        let mut last = [0u8; 32];
+        last[..4].copy_from_slice(&(MAX_ENTRIES as u32).to_le_bytes());
+        assert!(v.lookup(&last, "alice"), "the newest entry is kept");
+    }
+
     #[test]
     fn query_keys_are_read_and_removed() {
         assert_eq!(
