@@ -500,6 +500,26 @@ async fn plain_listener_redirects_to_https_and_tls_sends_hsts() {
     let r = c.response().await.response();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-upstream"), Some("u"));
+    // The exemption is judged on the normalised path: dot segments (plain or escaped) that
+    // climb out of the challenge directory are redirected like any other path.
+    for sneaky in [
+        "/.well-known/acme-challenge/../../admin",
+        "/.well-known/acme-challenge/%2e%2e/%2E%2E/admin",
+        "/.well-known/./acme-challenge/../admin",
+    ] {
+        let mut c = RawClient::connect(addrs[1]).await;
+        c.send(format!(
+            "GET {sneaky} HTTP/1.1\r\nHost: api.example.com\r\n\r\n"
+        ))
+        .await;
+        let r = c.response().await.response();
+        assert_eq!(r.status, 308, "{sneaky} was not redirected");
+        assert_eq!(
+            r.header("x-upstream"),
+            None,
+            "{sneaky} reached the upstream"
+        );
+    }
 
     let port = gw.addr.port();
     let ca_path = dir.write("ca.pem", &ca.pem);
