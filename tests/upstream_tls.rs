@@ -1212,3 +1212,185 @@ async fn stalled_readers_do_not_stall_the_other_streams_of_an_h2_connection() {
     drop(stalled);
     server.abort();
 }
+
+/// An HTTP/2 target written as raw frames, answering every request with `block` (an HPACK
+/// header block, sent as one HEADERS frame) and then `data` (one DATA frame ending the
+/// stream; none if empty, when the HEADERS frame ends it).
+async fn raw_h2c(block: Vec<u8>, data: Vec<u8>) -> (std::net::SocketAddr, JoinHandle<()>) {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (block, data) = (block.clone(), data.clone());
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Our SETTINGS (none), and the acknowledgement of the client's.
+                let mut hello = frame(0x4, 0, 0, &[]);
+                hello.extend(frame(0x4, 0x1, 0, &[]));
+                if tcp.write_all(&hello).await.is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 16 * 1024];
+                loop {
+                    while buf.len() >= 9 {
+                        let len = (usize::from(buf[0]) << 16)
+                            | (usize::from(buf[1]) << 8)
+                            | usize::from(buf[2]);
+                        if buf.len() < 9 + len {
+                            break;
+                        }
+                        let (kind, flags) = (buf[3], buf[4]);
+                        let stream =
+                            u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                        buf.drain(..9 + len);
+                        // A request's HEADERS (with END_HEADERS): the scripted answer.
+                        if kind == 0x1 && flags & 0x4 != 0 {
+                            let end = if data.is_empty() { 0x1 } else { 0 };
+                            let mut out = frame(0x1, 0x4 | end, stream, &block);
+                            if !data.is_empty() {
+                                out.extend(frame(0x0, 0x1, stream, &data));
+                            }
+                            if tcp.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Malformed answers from an HTTP/2 target (RFC 9113 8.1.1) are never relayed: a `:status`
+/// that is not three digits, a connection-specific field, an upper-case field name, or no
+/// `:status` at all get the client a JSON 502 with its request id; a body longer than its
+/// `content-length` is never passed on (here, with the DATA in the same packet as the
+/// HEADERS, the client's connection is closed with nothing sent). The raw target first
+/// proves it can answer well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http2_answers_are_never_relayed() {
+    // HPACK: 0x88 is `:status: 200`; 0x08 a literal `:status` of the value that follows;
+    // 0x00 a literal with a new name.
+    fn literal(name: &str, value: &str) -> Vec<u8> {
+        let mut b = vec![0x00, name.len() as u8];
+        b.extend_from_slice(name.as_bytes());
+        b.push(value.len() as u8);
+        b.extend_from_slice(value.as_bytes());
+        b
+    }
+    let status = |v: &str| {
+        let mut b = vec![0x08, v.len() as u8];
+        b.extend_from_slice(v.as_bytes());
+        b
+    };
+    let good = [vec![0x88], literal("x-ok", "1")].concat();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a :status of letters", status("abc")),
+        ("a four-digit :status", status("2000")),
+        (
+            "a connection-specific field",
+            [vec![0x88], literal("connection", "close")].concat(),
+        ),
+        (
+            "an upper-case field name",
+            [vec![0x88], literal("X-Bad", "1")].concat(),
+        ),
+        ("no :status", literal("x-ok", "1")),
+    ];
+    let (addr, task) = raw_h2c(good, b"fine".to_vec()).await;
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!("  u:\n    targets: [\"h2c://{addr}\"]\n    retries: {{ attempts: 1 }}\n"),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    let r = raw::exchange(gw.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .response();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "fine"),
+        "the raw target answers"
+    );
+    assert_eq!(r.header("x-ok"), Some("1"));
+    task.abort();
+
+    for (what, block) in cases {
+        let (addr, task) = raw_h2c(block, Vec::new()).await;
+        let gw = TestGateway::start(&gateway_yaml(
+            &format!("  u:\n    targets: [\"h2c://{addr}\"]\n    retries: {{ attempts: 1 }}\n"),
+            "  - match: { path_prefix: / }\n    upstream: u\n",
+        ))
+        .await;
+        let r = raw::exchange(gw.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .response();
+        assert_eq!(r.status, 502, "{what}: {}", r.text());
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("upstream"),
+            "{what}: {}",
+            r.text()
+        );
+        assert_eq!(
+            r.json()["request_id"].as_str(),
+            r.header("x-request-id"),
+            "{what}"
+        );
+        assert_eq!(r.header("x-bad"), None, "{what}");
+        task.abort();
+    }
+
+    // `content-length: 5` and ten bytes of DATA: the client never gets the ten.
+    let (addr, task) = raw_h2c(
+        [vec![0x88], literal("content-length", "5")].concat(),
+        b"0123456789".to_vec(),
+    )
+    .await;
+    let gw = TestGateway::start(&gateway_yaml(
+        &format!("  u:\n    targets: [\"h2c://{addr}\"]\n    retries: {{ attempts: 1 }}\n"),
+        "  - match: { path_prefix: / }\n    upstream: u\n",
+    ))
+    .await;
+    let got = raw::exchange(gw.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    match got {
+        raw::Got::Response(r) => {
+            assert_ne!(r.text(), "0123456789", "the over-long body was relayed");
+            assert!(
+                r.status == 502 || r.text().len() <= 5,
+                "{} {}",
+                r.status,
+                r.text()
+            );
+        }
+        raw::Got::Closed(bytes) => {
+            let seen = String::from_utf8_lossy(&bytes).into_owned();
+            assert!(
+                !seen.contains("0123456789"),
+                "the over-long body was relayed: {seen}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+}
