@@ -260,9 +260,18 @@ async fn what_must_not_be_stored_is_not() {
         );
     }
     assert_eq!(o.count("/auth"), 2);
-    // The client's no-store too.
-    get(&gw, "/auth", &[("cache-control", "no-store")]).await;
+    // A client's no-store with nothing stored goes to the upstream, and its answer is not kept:
+    // the next request is a miss.
+    let r = get(&gw, "/auth", &[("cache-control", "no-store")]).await;
+    assert_eq!(cache_status(&r), "Gatehouse; fwd=request; detail=no-store");
     assert_eq!(o.count("/auth"), 3);
+    let r = get(&gw, "/auth", &[]).await;
+    assert!(
+        cache_status(&r).starts_with("Gatehouse; fwd=miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(o.count("/auth"), 4);
     // And a response with a body past max_object_size streamed whole but was not kept.
     let big = get(&gw, "/big", &[]).await;
     assert!(big.body.len() > 10);
@@ -671,4 +680,33 @@ async fn a_slow_client_does_not_hold_the_fill() {
     );
     assert_eq!(up.hits(), 1);
     drop(slow);
+}
+
+/// A client's `Cache-Control: no-cache`, `max-age=0`, `no-store` or `Pragma: no-cache` does not
+/// make the gateway go to the upstream for a fresh answer it holds (as Varnish and nginx by
+/// default; RFC 9111 5.2.1.5 lets a stored answer serve a `no-store` request): one client
+/// cannot turn every request into an upstream request by asking for freshness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_no_cache_does_not_reach_the_upstream() {
+    let o = Origin::start().await;
+    o.script("/n", cc("max-age=60"));
+    let gw = TestGateway::start(&config(&o.up.url(), "{ ttl: 30s }", "")).await;
+    let first = get(&gw, "/n", &[]).await;
+    assert_eq!(cache_status(&first), "Gatehouse; fwd=miss; stored");
+    for h in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("cache-control", "no-cache, no-store, max-age=0"),
+        ("pragma", "no-cache"),
+    ] {
+        let r = get(&gw, "/n", &[h]).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            cache_status(&r).starts_with("Gatehouse; hit"),
+            "{h:?}: {}",
+            cache_status(&r)
+        );
+        assert_eq!(r.body, first.body, "{h:?}");
+    }
+    assert_eq!(o.count("/n"), 1, "one upstream request");
 }

@@ -542,11 +542,10 @@ impl CachePolicy {
             cx.put(Slot::Bypass("bypass", "consumer"));
             return Flow::Continue;
         }
-        if CacheControl::parse(req.headers().get_all(header::CACHE_CONTROL)).no_store {
-            self.count(cx, "bypass");
-            cx.put(Slot::Bypass("request", "no-store"));
-            return Flow::Continue;
-        }
+        // A request's own `no-store` (RFC 9111 5.2.1.5): nothing of its exchange is stored,
+        // but a fresh answer already stored may serve it, so clients cannot send every request
+        // through to the upstream by asking for it.
+        let no_store = CacheControl::parse(req.headers().get_all(header::CACHE_CONTROL)).no_store;
         let head = method == Method::HEAD;
         let key = self.key(req, cx);
         let deadline = tokio::time::Instant::now() + self.coalesce;
@@ -574,6 +573,11 @@ impl CachePolicy {
                 let detail = if collapsed { "; collapsed" } else { "" };
                 let status = format!("Gatehouse; hit; ttl={}{detail}", e.ttl(now));
                 return respond(e, req, head, &status);
+            }
+            if no_store {
+                self.count(cx, "bypass");
+                cx.put(Slot::Bypass("request", "no-store"));
+                return Flow::Continue;
             }
             if let Found::Entry(k, e) = &found
                 && usable_stale(e, now, e.stale_while_revalidate)
