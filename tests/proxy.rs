@@ -465,10 +465,9 @@ fn tokio_stream_from<T: Send + 'static>(
     S(rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_passes_through() {
-    // The upstream accepts the upgrade, then echoes bytes in upper case.
-    let up = TestUpstream::start(Arc::new(|mut req: Request<Incoming>| {
+/// An upstream that accepts WebSocket upgrades, then echoes bytes in upper case.
+async fn upgrading_upstream() -> TestUpstream {
+    TestUpstream::start(Arc::new(|mut req: Request<Incoming>| {
         Box::pin(async move {
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
@@ -499,7 +498,12 @@ async fn websocket_upgrade_passes_through() {
             resp
         })
     }))
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    let up = upgrading_upstream().await;
     let gw = TestGateway::start(&simple_config(&[up.url()])).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     // The client's first frame rides in the same write as the upgrade request: the gateway has
@@ -984,4 +988,53 @@ routes:
     assert_eq!(r.header("x-global"), Some("yes"));
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert_eq!(r.header("x-route"), Some("yes"));
+}
+
+/// An upgrade request runs its route's policies before any upstream sees it: `ip_rules` refuse
+/// it with 403 and `auth` with 401, nothing reaches the upstream; with the key it is upgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_refuse_an_upgrade_before_the_upstream_sees_it() {
+    let up = upgrading_upstream().await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nconsumers:\n  - id: svc\n    api_keys: [{{ hash: \"{}\" }}]\nupstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - match: {{ path_prefix: /denied }}\n    upstream: u\n    ip_rules: {{ deny: [127.0.0.1] }}\n  - match: {{ path_prefix: /keyed }}\n    upstream: u\n    auth: {{ methods: [api_key] }}\n",
+        gatehouse::policy::consumers::key_digest(b"ws-key-1"),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let upgrade = |path: &str, extra: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    };
+    let r = common::raw::exchange(gw.addr, upgrade("/denied/ws", ""))
+        .await
+        .response();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = common::raw::exchange(gw.addr, upgrade("/keyed/ws", ""))
+        .await
+        .response();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = common::raw::exchange(gw.addr, upgrade("/keyed/ws", "X-Api-Key: wrong\r\n"))
+        .await
+        .response();
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(up.hits(), 0, "a refused upgrade reached the upstream");
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(upgrade("/keyed/ws", "X-Api-Key: ws-key-1\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut s, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"HI");
+    assert_eq!(up.hits(), 1);
 }
