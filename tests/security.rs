@@ -904,3 +904,52 @@ async fn secrets_never_reach_the_process_log() {
         );
     }
 }
+
+/// The admin listener holds at most 64 connections, and a head that does not arrive within
+/// 10 s closes its connection: 64 connections that send nothing make the 65th client wait,
+/// and it is answered once they are cut off (about 10 s), while the proxy listener serves
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_caps_connections_and_times_out_heads() {
+    let up = TestUpstream::echo("u").await;
+    let yaml = config(
+        &up.url(),
+        &format!("access_log: off\n{}", admin_block(None)),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let admin = gw.control.admin_addr().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { admin_at(admin, "GET", "/status", None, "").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a 65th admin connection was served at once"
+    );
+    let r = get(&gw.url("/proxied")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the proxy listener is not held up"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("served once the silent connections were cut off")
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
+        "waited {waited:?}"
+    );
+    // The silent connections were closed by the gateway.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), idle[0].read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
