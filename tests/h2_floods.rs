@@ -56,28 +56,13 @@ async fn server_frames(
     mut read: tokio::net::tcp::OwnedReadHalf,
     wait: Duration,
 ) -> (Option<u32>, bool) {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut goaway = None;
-    loop {
-        while buf.len() >= 9 {
-            let len =
-                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
-            if buf.len() < 9 + len {
-                break;
-            }
-            if buf[3] == GOAWAY && len >= 8 {
-                goaway = Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]));
-            }
-            buf.drain(..9 + len);
-        }
-        match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
-            Err(_) => return (goaway, false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (goaway, true),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let (frames, closed) = frames_until(&mut read, wait, |_| false).await;
+    let goaway = frames
+        .iter()
+        .filter(|f| f.kind == GOAWAY && f.payload.len() >= 8)
+        .map(|f| u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]))
+        .next_back();
+    (goaway, closed)
 }
 
 async fn h2c_connection(addr: SocketAddr) -> TcpStream {
@@ -282,12 +267,13 @@ struct Frame {
     payload: Vec<u8>,
 }
 
-/// The frames the server sends on `read` until `done` holds for them or `wait` passes.
+/// The frames the server sends on `read` until `done` holds for them or `wait` passes, and
+/// whether the server closed the connection meanwhile.
 async fn frames_until(
     read: &mut tokio::net::tcp::OwnedReadHalf,
     wait: Duration,
     done: impl Fn(&[Frame]) -> bool,
-) -> Vec<Frame> {
+) -> (Vec<Frame>, bool) {
     let deadline = tokio::time::Instant::now() + wait;
     let (mut buf, mut frames) = (Vec::new(), Vec::new());
     let mut chunk = vec![0u8; 64 * 1024];
@@ -306,11 +292,12 @@ async fn frames_until(
             buf.drain(..9 + len);
         }
         if done(&frames) {
-            return frames;
+            return (frames, false);
         }
         match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return frames,
+            Err(_) => return (frames, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (frames, true),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }
@@ -337,7 +324,7 @@ async fn streams_over_the_limit_are_refused_not_forwarded() {
                 == RST_REFUSED_STREAM
     };
     // Within the upstream's delay: the refusals, and at most the limit forwarded.
-    let early = frames_until(&mut read, Duration::from_secs(1), |fs| {
+    let (early, _) = frames_until(&mut read, Duration::from_secs(1), |fs| {
         fs.iter().filter(|f| refused(f)).count() >= 100
     })
     .await;
@@ -351,7 +338,7 @@ async fn streams_over_the_limit_are_refused_not_forwarded() {
     );
     // The streams within the limit are answered once the upstream is.
     let answered = |fs: &[Frame]| fs.iter().filter(|f| f.kind == HEADERS).count();
-    let late = frames_until(&mut read, Duration::from_secs(8), |fs| {
+    let (late, _) = frames_until(&mut read, Duration::from_secs(8), |fs| {
         answered(fs) + answered(&early) >= 300 - n_refused
     })
     .await;
@@ -378,7 +365,7 @@ async fn an_oversized_header_block_is_refused_and_the_connection_goes_on() {
         bytes.extend(frame(CONTINUATION, flags, 1, &big_field()));
     }
     write.write_all(&bytes).await.unwrap();
-    let about_1 = frames_until(&mut read, Duration::from_secs(5), |fs| {
+    let (about_1, _) = frames_until(&mut read, Duration::from_secs(5), |fs| {
         fs.iter().any(|f| {
             f.stream == 1 && (f.kind == HEADERS || f.kind == RST_STREAM) || f.kind == GOAWAY
         })
@@ -407,7 +394,7 @@ async fn an_oversized_header_block_is_refused_and_the_connection_goes_on() {
         .write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 3, &get_block()))
         .await
         .unwrap();
-    let next = frames_until(&mut read, Duration::from_secs(5), |fs| {
+    let (next, _) = frames_until(&mut read, Duration::from_secs(5), |fs| {
         fs.iter().any(|f| f.stream == 3 && f.kind == HEADERS)
     })
     .await;

@@ -1316,33 +1316,28 @@ async fn malformed_http2_answers_are_never_relayed() {
         ),
         ("no :status", literal("x-ok", "1")),
     ];
-    let (addr, task) = raw_h2c(good, b"fine".to_vec()).await;
-    let gw = TestGateway::start(&gateway_yaml(
-        &format!("  u:\n    targets: [\"h2c://{addr}\"]\n    retries: {{ attempts: 1 }}\n"),
-        "  - match: { path_prefix: / }\n    upstream: u\n",
-    ))
-    .await;
-    let r = raw::exchange(gw.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .response();
+    // One request through a gateway in front of a raw target answering `block` and `data`.
+    async fn through(block: Vec<u8>, data: Vec<u8>) -> raw::Got {
+        let (addr, task) = raw_h2c(block, data).await;
+        let gw = TestGateway::start(&gateway_yaml(
+            &format!("  u:\n    targets: [\"h2c://{addr}\"]\n    retries: {{ attempts: 1 }}\n"),
+            "  - match: { path_prefix: / }\n    upstream: u\n",
+        ))
+        .await;
+        let got = raw::exchange(gw.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        task.abort();
+        got
+    }
+    let r = through(good, b"fine".to_vec()).await.response();
     assert_eq!(
         (r.status, r.text().as_str()),
         (200, "fine"),
         "the raw target answers"
     );
     assert_eq!(r.header("x-ok"), Some("1"));
-    task.abort();
 
     for (what, block) in cases {
-        let (addr, task) = raw_h2c(block, Vec::new()).await;
-        let gw = TestGateway::start(&gateway_yaml(
-            &format!("  u:\n    targets: [\"h2c://{addr}\"]\n    retries: {{ attempts: 1 }}\n"),
-            "  - match: { path_prefix: / }\n    upstream: u\n",
-        ))
-        .await;
-        let r = raw::exchange(gw.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .response();
+        let r = through(block, Vec::new()).await.response();
         assert_eq!(r.status, 502, "{what}: {}", r.text());
         assert!(
             r.json()["error"]
@@ -1358,21 +1353,14 @@ async fn malformed_http2_answers_are_never_relayed() {
             "{what}"
         );
         assert_eq!(r.header("x-bad"), None, "{what}");
-        task.abort();
     }
 
     // `content-length: 5` and ten bytes of DATA: the client never gets the ten.
-    let (addr, task) = raw_h2c(
+    let got = through(
         [vec![0x88], literal("content-length", "5")].concat(),
         b"0123456789".to_vec(),
     )
     .await;
-    let gw = TestGateway::start(&gateway_yaml(
-        &format!("  u:\n    targets: [\"h2c://{addr}\"]\n    retries: {{ attempts: 1 }}\n"),
-        "  - match: { path_prefix: / }\n    upstream: u\n",
-    ))
-    .await;
-    let got = raw::exchange(gw.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     match got {
         raw::Got::Response(r) => {
             assert_ne!(r.text(), "0123456789", "the over-long body was relayed");
@@ -1392,5 +1380,4 @@ async fn malformed_http2_answers_are_never_relayed() {
         }
         other => panic!("{other:?}"),
     }
-    task.abort();
 }
