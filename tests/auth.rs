@@ -616,15 +616,24 @@ async fn password_checks_reuse_their_memory() {
     );
 }
 
-/// When every password-check slot stays busy (half the cores; checks of the default argon2
-/// cost), a request that gets none within 5 s is answered 503 `auth_unavailable` with its
-/// request id, not 401: a wrong password is not reported as checked, nor a right one as wrong.
-/// Once the burst is over, checks run again. In the binary, whose check slots are its own.
+/// When every password-check slot stays busy (half the cores; here a hash of 64 MiB and four
+/// passes, about 0.25 s optimised and seconds in a debug build, so far fewer than 100 checks
+/// fit in 5 s per slot either way), a request that gets none within 5 s is answered 503
+/// `auth_unavailable` with its request id, not 401: a wrong password is not reported as
+/// checked, nor a right one as wrong. Once the burst is over, checks run again. In the binary,
+/// whose check slots are its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_password_checks_answer_503() {
+    let heavy = {
+        use argon2::password_hash::CustomizedPasswordHasher;
+        let params = argon2::Params::new(64 * 1024, 4, 1, None).unwrap();
+        argon2::Argon2::default()
+            .hash_password_customized(b"alice-pw", b"0123456789abcdef", None, None, params)
+            .unwrap()
+            .to_string()
+    };
     let yaml = format!(
-        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ trusted_proxies: [\"127.0.0.1\"] }}\nconsumers:\n{}routes:\n  - match: {{ path_prefix: / }}\n    respond: {{ body: ok }}\n    auth: {{ methods: [basic] }}\n",
-        consumers()
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ trusted_proxies: [\"127.0.0.1\"] }}\nconsumers:\n  - id: alice\n    basic_auth: {{ username: alice, password_hash: \"{heavy}\" }}\nroutes:\n  - match: {{ path_prefix: / }}\n    respond: {{ body: ok }}\n    auth: {{ methods: [basic] }}\n"
     );
     let cfg = common::TempConfig::new(&yaml);
     let gw = common::GatewayProcess::start(&cfg.path);

@@ -263,7 +263,7 @@ async fn what_must_not_be_stored_is_not() {
     // A client's no-store with nothing stored goes to the upstream, and its answer is not kept:
     // the next request is a miss.
     let r = get(&gw, "/auth", &[("cache-control", "no-store")]).await;
-    assert_eq!(cache_status(&r), "Gatehouse; fwd=request; detail=no-store");
+    assert_eq!(cache_status(&r), "Gatehouse; fwd=miss; detail=no-store");
     assert_eq!(o.count("/auth"), 3);
     let r = get(&gw, "/auth", &[]).await;
     assert!(

@@ -863,17 +863,17 @@ async fn secrets_never_reach_the_process_log() {
     .await;
     assert!(r.status.is_client_error(), "{}", r.status);
     gw.signal("TERM");
-    let mut lines = Vec::new();
-    for _ in 0..100 {
-        lines = gw.stderr_lines.lock().unwrap().clone();
-        if lines
-            .iter()
-            .any(|l| l.contains("stopped") || l.contains("shut"))
-        {
+    // Through to the last line: the gateway's `stopped`, then the end of its stderr.
+    let stopped = |lines: &[String]| lines.iter().any(|l| l.ends_with("gatehouse: stopped"));
+    for _ in 0..200 {
+        if stopped(&gw.stderr_lines.lock().unwrap()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = gw.stderr_lines.lock().unwrap().clone();
+    assert!(stopped(&lines), "the gateway did not stop: {lines:?}");
     let log = lines.join("\n");
     assert!(
         log.contains("redis"),

@@ -505,7 +505,7 @@ async fn plain_listener_redirects_to_https_and_tls_sends_hsts() {
     for sneaky in [
         "/.well-known/acme-challenge/../../admin",
         "/.well-known/acme-challenge/%2e%2e/%2E%2E/admin",
-        "/.well-known/./acme-challenge/../admin",
+        "/.well-known/acme-challenge/./../../admin",
     ] {
         let mut c = RawClient::connect(addrs[1]).await;
         c.send(format!(

@@ -1144,10 +1144,10 @@ async fn a_stream_reset_after_processing_is_not_sent_again() {
 /// Clients that stop reading big answers from an HTTP/2 target do not stall the other streams
 /// on its connection. Before, the connection's flow-control window was hyper's default (5 MB)
 /// against 2 MB per stream: three readers that stopped held it all, and every other answer on
-/// that connection waited for `timeouts.read` (300 s by default) to cut them off. Now the
-/// connection's window covers every stream it may carry (`max_concurrent_streams` × 2 MiB, as
-/// Go's HTTP/2 client gives its connections 1 GiB): what a stalled stream holds is its own
-/// window, and the others flow.
+/// that connection waited until the stalled clients were cut off (`send_timeout`, 60 s, for
+/// these HTTP/1.1 clients). Now the connection's window covers every stream it may carry
+/// (`max_concurrent_streams` × 256 KiB): what a stalled stream holds is its own window, and
+/// the others flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_readers_do_not_stall_the_other_streams_of_an_h2_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

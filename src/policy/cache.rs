@@ -575,8 +575,15 @@ impl CachePolicy {
                 return respond(e, req, head, &status);
             }
             if no_store {
+                // No fresh answer: to the upstream, nothing stored (RFC 9211: `stale` if one
+                // is held, else `miss`).
                 self.count(cx, "bypass");
-                cx.put(Slot::Bypass("request", "no-store"));
+                let fwd = if matches!(found, Found::Entry(..)) {
+                    "stale"
+                } else {
+                    "miss"
+                };
+                cx.put(Slot::Bypass(fwd, "no-store"));
                 return Flow::Continue;
             }
             if let Found::Entry(k, e) = &found

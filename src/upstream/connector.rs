@@ -27,15 +27,17 @@ pub type Io = TokioIo<Stream>;
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What one HTTP/2 stream from a target may have in flight, unread by its client (hyper's
-/// default).
-const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// What one HTTP/2 stream from a target may have in flight, unread by its client: the
+/// gateway's memory per stalled stream (hyper's default is 2 MB; Envoy's edge guidance is
+/// 64 KiB). 256 KiB still carries 256 MB/s per stream at a 1 ms round trip.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
 
 /// The connection-level window of an HTTP/2 connection to a target: room for every stream it
-/// may carry, so streams whose clients stopped reading hold only their own windows and the
-/// others keep flowing (hyper's default, 5 MB, was spent by three such streams, and every
-/// other answer on the connection waited for `timeouts.read`). Go's HTTP/2 client gives its
-/// connections 1 GiB; this is the cap too. Memory stays bounded by the stream windows.
+/// may carry (up to 4096), so streams whose clients stopped reading hold only their own
+/// windows and the others keep flowing. With hyper's default (5 MB, against 2 MB per stream)
+/// three such streams spent it, and every other answer on the connection waited until the
+/// stalled clients were cut off. At most 1 GiB (Go's HTTP/2 client gives its connections
+/// 1 GiB); what it holds is at most a stream window per stalled stream.
 fn h2_connection_window(max_concurrent_streams: usize) -> u32 {
     let streams = u32::try_from(max_concurrent_streams)
         .unwrap_or(u32::MAX)
