@@ -35,6 +35,8 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=bench/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
 DURATION="${DURATION:-10s}"
@@ -338,27 +340,6 @@ WORK="$(mktemp -d -t gatehouse-bench.XXXXXX)"
 chmod 755 "$WORK"
 PIDS=()
 
-stop_pid() {
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; forget_pid "$pid"; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do # up to 5 s
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-}
-# Once reaped, a pid may be reused by an unrelated process: drop it from PIDS.
-forget_pid() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     local rc=$? pid
@@ -377,15 +358,6 @@ trap 'exit 143' TERM
 
 # How busy are the CPUs right now (before we start anything)? Someone else's cargo build
 # on a 2-core box would skew the numbers badly, so warn about it.
-cpu_busy_pct() { # busy % of all CPUs over ~1 s, from /proc/stat
-    local a b
-    a="$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
-    sleep 1
-    b="$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
-    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
-        busy = y[1] - x[1]; idle = y[2] - x[2]
-        printf "%.0f", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
-}
 CPU_BUSY_START="$(cpu_busy_pct)"
 if ((CPU_BUSY_START > 15)); then
     log "WARNING: CPUs are already ${CPU_BUSY_START}% busy before the benchmark starts (another cargo build?); numbers will be noisy"

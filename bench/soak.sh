@@ -37,6 +37,8 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=bench/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
 SOAK_SECONDS="${SOAK_SECONDS:-600}"
@@ -123,25 +125,6 @@ GW_PID=""
 REDIS_PID=""
 declare -A UP_PID UP_PORT
 
-forget_pid() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-stop_pid() {
-    local pid="$1" i
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do # up to 5 s
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-}
 kill9() {
     kill -KILL "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
@@ -167,15 +150,6 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'exit 143' TERM
 
-cpu_busy_pct() { # busy % of all CPUs over ~1 s, from /proc/stat
-    local a b
-    a="$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
-    sleep 1
-    b="$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
-    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
-        busy = y[1] - x[1]; idle = y[2] - x[2]
-        printf "%.0f", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
-}
 CPU_BUSY_START="$(cpu_busy_pct)"
 ((CPU_BUSY_START <= 15)) || log "WARNING: CPUs are already ${CPU_BUSY_START}% busy before the soak starts (another build?)"
 
