@@ -368,8 +368,8 @@ impl AuthPolicy {
     }
 
     /// What an unknown username is checked against: a hash of the shape most of this policy's
-    /// users have (made once per shape, on the blocking pool, one at a time), so that the time taken does
-    /// not tell an unknown name from a known one.
+    /// users have (made once per shape, on the blocking pool, one at a time), so that the time
+    /// taken does not tell an unknown name from a known one.
     async fn decoy(&self) -> PasswordHash {
         let Some(model) = &self.decoy_model else {
             return decoy_hash().clone();

@@ -448,8 +448,8 @@ impl Activity {
 }
 
 /// Runs a TLS handshake under the connection's supervisor: `None` if it was dropped (`LATE`
-/// at the cap, or `DROP` at the shutdown deadline) before it finished. A wind-down lets it finish (the HTTP side then
-/// closes at once unless a request is already on its way).
+/// at the cap, or `DROP` at the shutdown deadline) before it finished. A wind-down lets it
+/// finish (the HTTP side then closes at once unless a request is already on its way).
 pub async fn handshake<F: Future>(fut: F, activity: &Activity) -> Option<F::Output> {
     activity.handshaking.store(true, Ordering::Release);
     let mut fut = std::pin::pin!(fut);

@@ -357,10 +357,10 @@ impl PauseLimit {
     /// The body has nothing now: true once it has had nothing for the limit (else the timer
     /// wakes `cx` then).
     pub fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let deadline = tokio::time::Instant::now() + self.limit;
+        let deadline = || tokio::time::Instant::now() + self.limit;
         match self.timer.as_mut() {
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            Some(t) if self.moved => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline()))),
+            Some(t) if self.moved => t.as_mut().reset(deadline()),
             Some(_) => {}
         }
         self.moved = false;
