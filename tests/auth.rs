@@ -578,28 +578,47 @@ async fn identity_headers_are_removed_on_every_route() {
     assert_eq!(seen["authorization"][0], "Bearer client-token", "{seen}");
 }
 
+/// The binary with one `auth: basic` route answering `ok` for `consumers`, trusting
+/// 127.0.0.1's `X-Forwarded-For` (so each request can come from an address of its own, and no
+/// lockout interferes); the config file lives as long as the returned pair.
+fn basic_binary(consumers: &str) -> (common::TempConfig, common::GatewayProcess) {
+    let cfg = common::TempConfig::new(&format!(
+        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ trusted_proxies: [\"127.0.0.1\"] }}\nconsumers:\n{consumers}routes:\n  - match: {{ path_prefix: / }}\n    respond: {{ body: ok }}\n    auth: {{ methods: [basic] }}\n"
+    ));
+    let gw = common::GatewayProcess::start(&cfg.path);
+    (cfg, gw)
+}
+
+/// One request from `client` (as `X-Forwarded-For`) with Basic `alice:pw`, answered within
+/// `wait`.
+async fn ask_as_alice(
+    addr: std::net::SocketAddr,
+    client: String,
+    pw: &str,
+    wait: Duration,
+) -> common::raw::RawResponse {
+    let mut c = RawClient::connect(addr).await;
+    c.send(format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\nAuthorization: {}\r\n\r\n",
+        basic("alice", pw)
+    ))
+    .await;
+    c.response_within(false, wait).await.response()
+}
+
 /// Password checks do not pile up memory: argon2's working memory (19 MiB at the default
 /// parameters) is reused, not left resident by every check (before, 60 wrong passwords took
 /// the binary from 12 to 240 MiB: glibc kept each freed buffer in another arena). 40 wrong
 /// passwords, from 40 addresses (no lockout), in the real binary: it grows by about one buffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_checks_reuse_their_memory() {
-    let yaml = format!(
-        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ trusted_proxies: [\"127.0.0.1\"] }}\nconsumers:\n{}routes:\n  - match: {{ path_prefix: / }}\n    respond: {{ body: ok }}\n    auth: {{ methods: [basic] }}\n",
-        consumers()
-    );
-    let cfg = common::TempConfig::new(&yaml);
-    let gw = common::GatewayProcess::start(&cfg.path);
+    let (_cfg, gw) = basic_binary(&consumers());
     let ask = |n: u32, pw: &'static str| {
         let addr = gw.addr;
         async move {
-            let mut c = RawClient::connect(addr).await;
-            c.send(format!(
-                "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.{n}\r\nAuthorization: {}\r\n\r\n",
-                basic("alice", pw)
-            ))
-            .await;
-            c.response().await.response().status
+            ask_as_alice(addr, format!("198.51.100.{n}"), pw, Duration::from_secs(10))
+                .await
+                .status
         }
     };
     // The first check makes the buffer (and the runtime's threads): the baseline is after it.
@@ -632,11 +651,9 @@ async fn saturated_password_checks_answer_503() {
             .unwrap()
             .to_string()
     };
-    let yaml = format!(
-        "listen: \"127.0.0.1:0\"\naccess_log: off\nserver: {{ trusted_proxies: [\"127.0.0.1\"] }}\nconsumers:\n  - id: alice\n    basic_auth: {{ username: alice, password_hash: \"{heavy}\" }}\nroutes:\n  - match: {{ path_prefix: / }}\n    respond: {{ body: ok }}\n    auth: {{ methods: [basic] }}\n"
-    );
-    let cfg = common::TempConfig::new(&yaml);
-    let gw = common::GatewayProcess::start(&cfg.path);
+    let (_cfg, gw) = basic_binary(&format!(
+        "  - id: alice\n    basic_auth: {{ username: alice, password_hash: \"{heavy}\" }}\n"
+    ));
     let slots = std::thread::available_parallelism().map_or(2, |n| n.get()) / 2;
     // Far more checks than the slots finish in 5 s, each from its own address (no lockout).
     let n = 100 * slots.max(1);
@@ -644,17 +661,8 @@ async fn saturated_password_checks_answer_503() {
         .map(|i| {
             let addr = gw.addr;
             tokio::spawn(async move {
-                let mut c = RawClient::connect(addr).await;
-                c.send(format!(
-                    "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.9.{}.{}\r\nAuthorization: {}\r\n\r\n",
-                    i / 250,
-                    i % 250 + 1,
-                    basic("alice", "wrong")
-                ))
-                .await;
-                c.response_within(false, Duration::from_secs(30))
-                    .await
-                    .response()
+                let client = format!("10.9.{}.{}", i / 250, i % 250 + 1);
+                ask_as_alice(addr, client, "wrong", Duration::from_secs(30)).await
             })
         })
         .collect();
@@ -677,11 +685,12 @@ async fn saturated_password_checks_answer_503() {
         "{checked} checked, {busy} answered 503 of {n}"
     );
     // The burst is over: checks run again.
-    let mut c = RawClient::connect(gw.addr).await;
-    c.send(format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.8.0.1\r\nAuthorization: {}\r\n\r\n",
-        basic("alice", "alice-pw")
-    ))
+    let r = ask_as_alice(
+        gw.addr,
+        "10.8.0.1".into(),
+        "alice-pw",
+        Duration::from_secs(30),
+    )
     .await;
-    assert_eq!(c.response().await.response().status, 200);
+    assert_eq!(r.status, 200);
 }
