@@ -320,7 +320,11 @@ pub fn log_path(secrets: &[String], uri: &http::Uri) -> Option<http::uri::PathAn
         return None;
     }
     let mut clean: Option<http::Uri> = None;
-    for q in secrets {
+    // Most queries carry none of them: no copy is made for those.
+    for q in secrets
+        .iter()
+        .filter(|q| uri.query().is_some_and(|qs| qs.contains(q.as_str())))
+    {
         if let Some(u) = auth::without_query_param(clean.as_ref().unwrap_or(uri), q) {
             clean = Some(u);
         }
